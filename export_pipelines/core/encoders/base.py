@@ -1,0 +1,59 @@
+"""The encoder interface: one module per output format, registered in `encoders/__init__.py`.
+
+An encoder turns the rows of one file into bytes. The exporter feeds it batches from the
+reader its `input_kind` asks for, and cuts S3 parts from the bytes it returns:
+- `resumable` encoders (CSV) make every part self-contained (`cut()` closes a gzip member), so a
+  part boundary is a clean restart point for a crashed export;
+- the others (Parquet) are cut anywhere; the file is their unit of restart.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal
+
+from export_pipelines.core.query import ColumnInfo
+
+InputKind = Literal["pg_csv", "arrow"]
+
+
+class Encoder(ABC):
+    format: ClassVar[str]
+    input_kind: ClassVar[InputKind]
+    compressions: ClassVar[tuple[str, ...]]
+    default_compression: ClassVar[str]
+    resumable: ClassVar[bool]
+    media_type: ClassVar[str]
+
+    def __init__(self, columns: list[ColumnInfo], compression: str) -> None:
+        self.columns = columns
+        self.compression = compression
+
+    @property
+    @abstractmethod
+    def extension(self) -> str:
+        """File name extension, e.g. 'csv.gz'."""
+
+    @property
+    def content_type(self) -> str:
+        return self.media_type
+
+    def output_types(self) -> dict[str, str]:
+        """Column name -> how the column is represented in this format (for the manifest)."""
+        return {c.name: "text" for c in self.columns}
+
+    @abstractmethod
+    def begin(self) -> bytes:
+        """Bytes that open a file (e.g. the CSV header)."""
+
+    @abstractmethod
+    def encode(self, batch: Any) -> bytes:
+        """Encode one batch of rows; return the bytes ready so far (may be empty)."""
+
+    def cut(self) -> bytes:
+        """Close the current self-contained unit at a part boundary (resumable encoders)."""
+        return b""
+
+    @abstractmethod
+    def finish(self) -> bytes:
+        """Bytes that close the file."""

@@ -1,0 +1,132 @@
+"""Parquet (zstd by default) from Arrow batches read natively by ADBC.
+
+numeric(p,s) with p <= 38 becomes a Parquet decimal(p,s); numeric without a precision stays a
+string (never a float); json/jsonb are JSON text. A Parquet file cannot be restarted mid-file,
+so the file, not the part, is its unit of restart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from export_pipelines.core.encoders.base import Encoder
+from export_pipelines.core.query import ColumnInfo
+
+ROW_GROUP_ROWS = 128 * 1024
+
+
+def _numeric_type(col: ColumnInfo) -> pa.DataType | None:
+    if col.type_name != "numeric" or col.typmod < 4:
+        return None
+    precision, scale = ((col.typmod - 4) >> 16) & 0xFFFF, (col.typmod - 4) & 0xFFFF
+    return pa.decimal128(precision, scale) if 0 < precision <= 38 else None
+
+
+class _Buffer:
+    """A write-only file object for ParquetWriter whose bytes we drain after each write."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._pos = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        b = bytes(data)
+        self._chunks.append(b)
+        self._pos += len(b)
+        return len(b)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def drain(self) -> bytes:
+        out, self._chunks = b"".join(self._chunks), []
+        return out
+
+
+class ParquetEncoder(Encoder):
+    format = "parquet"
+    input_kind = "arrow"
+    compressions = ("zstd", "snappy", "none")
+    default_compression = "zstd"
+    resumable = False
+    media_type = "application/vnd.apache.parquet"
+
+    def __init__(self, columns: list[ColumnInfo], compression: str) -> None:
+        super().__init__(columns, compression)
+        self._buffer = _Buffer()
+        self._writer: pq.ParquetWriter | None = None
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._decimals = {c.name: t for c in columns if (t := _numeric_type(c)) is not None}
+        self._schema: pa.Schema | None = None
+
+    @property
+    def extension(self) -> str:
+        return "parquet"
+
+    def output_types(self) -> dict[str, str]:
+        if self._schema is None:
+            return {c.name: str(self._decimals.get(c.name, "")) or "arrow" for c in self.columns}
+        return {f.name: str(f.type) for f in self._schema}
+
+    def _normalise(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        arrays, fields = [], []
+        for field, array in zip(batch.schema, batch.columns, strict=True):
+            if isinstance(field.type, pa.ExtensionType):
+                # ADBC hands numeric and json as extension types over string storage.
+                array = array.storage
+            if field.name in self._decimals:
+                array = array.cast(self._decimals[field.name])
+            arrays.append(array)
+            fields.append(pa.field(field.name, array.type))
+        return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+
+    def begin(self) -> bytes:
+        return b""
+
+    def encode(self, batch: pa.RecordBatch) -> bytes:
+        batch = self._normalise(batch)
+        if self._schema is None:
+            self._schema = batch.schema
+        elif batch.schema != self._schema:
+            batch = batch.cast(self._schema)
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        if self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush_row_group()
+        return self._buffer.drain()
+
+    def _flush_row_group(self) -> None:
+        if self._schema is None:
+            return
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(
+                self._buffer,
+                self._schema,
+                compression=self.compression if self.compression != "none" else None,
+            )
+        if self._pending:
+            table = pa.Table.from_batches(self._pending, schema=self._schema)
+            self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        self._pending, self._pending_rows = [], 0
+
+    def finish(self) -> bytes:
+        if self._schema is None:
+            # No rows: still a valid, typed, empty file.
+            self._schema = pa.schema(
+                [pa.field(c.name, self._decimals.get(c.name, pa.string())) for c in self.columns]
+            )
+        self._flush_row_group()
+        assert self._writer is not None
+        self._writer.close()
+        return self._buffer.drain()

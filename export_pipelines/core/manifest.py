@@ -1,0 +1,164 @@
+"""Finishing an export: manifest.json, stale-object cleanup, _SUCCESS, presigned links.
+
+Order matters: the manifest is written after every file is complete, stale objects (from an
+earlier attempt that made more files) are deleted, and `_SUCCESS` is written last — so its
+presence means the folder holds exactly the files the manifest names, all complete.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from export_pipelines.core.exporter import ExportOutcome, ExportPlan, attachment, download_name
+from export_pipelines.core.layout import ExportLocation
+from export_pipelines.core.s3 import explain
+
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FileLink:
+    key: str
+    url: str
+    rows: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class FinalizedExport:
+    manifest_key: str
+    manifest_url: str
+    files: list[FileLink]
+    expires_at: datetime
+    rows: int
+    bytes: int
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def build_manifest(plan: ExportPlan, outcome: ExportOutcome) -> dict[str, Any]:
+    req = plan.request
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "export_id": req.export_id,
+        "tenant_id": req.tenant_id,
+        "resource": req.resource,
+        "format": req.format,
+        "compression": req.compression,
+        "filters": req.filters_for_manifest(),
+        "columns": [
+            {
+                "name": c.name,
+                "postgres_type": c.pg_type,
+                "output_type": outcome.output_types.get(c.name, "text"),
+            }
+            for c in plan.columns
+        ],
+        "key_column": plan.key_column,
+        "high_water_mark": _json_value(plan.high_water_mark),
+        "consistency": (
+            "each file is read in one REPEATABLE READ snapshot (files[].snapshot); rows with "
+            f"{plan.key_column} above high_water_mark are excluded"
+        ),
+        "rows_total": outcome.rows,
+        "bytes_total": outcome.bytes,
+        "created_at": datetime.now(UTC).isoformat(),
+        "files": [
+            {
+                "key": f.key,
+                "rows": f.rows,
+                "bytes": f.bytes,
+                "sha256": f.sha256,
+                "first_key": _json_value(f.first_key),
+                "last_key": _json_value(f.last_key),
+                "parts": f.parts,
+                "snapshot": f.snapshot,
+            }
+            for f in outcome.files
+        ],
+    }
+
+
+def clear_success_marker(client: Any, bucket: str, location: ExportLocation) -> None:
+    """Called before an export (re)writes its files: `_SUCCESS` must never sit beside stale ones."""
+    try:
+        client.delete_object(Bucket=bucket, Key=location.success_key)
+    except ClientError as exc:
+        raise explain(exc, bucket, location.success_key) from exc
+
+
+def presign(client: Any, bucket: str, key: str, filename: str, expiry: timedelta) -> str:
+    return client.generate_presigned_url(
+        "get_object",
+        Params={
+            "Bucket": bucket,
+            "Key": key,
+            "ResponseContentDisposition": attachment(filename),
+        },
+        ExpiresIn=int(expiry.total_seconds()),
+    )
+
+
+def finalize_export(client: Any, bucket: str, plan: ExportPlan, outcome: ExportOutcome) -> FinalizedExport:
+    loc = plan.location
+    manifest = build_manifest(plan, outcome)
+    put = {"Bucket": bucket, "ServerSideEncryption": "AES256"}
+    try:
+        client.put_object(
+            Key=loc.manifest_key,
+            Body=json.dumps(manifest, indent=2, ensure_ascii=False).encode(),
+            ContentType="application/json",
+            **put,
+        )
+        keep = {f.key for f in outcome.files} | {loc.manifest_key, loc.success_key}
+        stale = [
+            obj["Key"]
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=loc.folder)
+            for obj in page.get("Contents", [])
+            if obj["Key"] not in keep
+        ]
+        for start in range(0, len(stale), 1000):
+            client.delete_objects(
+                Bucket=bucket,
+                Delete={"Objects": [{"Key": k} for k in stale[start : start + 1000]], "Quiet": True},
+            )
+        client.put_object(Key=loc.success_key, Body=b"", **put)
+    except ClientError as exc:
+        raise explain(exc, bucket, loc.folder) from exc
+
+    expiry = timedelta(hours=plan.request.link_expiry_hours)
+    expires_at = datetime.now(UTC) + expiry
+    links = []
+    for number, f in enumerate(outcome.files, start=1):
+        ext = f.key.rsplit("/", 1)[-1].split(".", 1)[1]
+        links.append(
+            FileLink(
+                f.key,
+                presign(client, bucket, f.key, download_name(plan, number, ext), expiry),
+                f.rows,
+                f.bytes,
+            )
+        )
+    manifest_url = presign(client, bucket, loc.manifest_key, "manifest.json", expiry)
+    return FinalizedExport(
+        manifest_key=loc.manifest_key,
+        manifest_url=manifest_url,
+        files=links,
+        expires_at=expires_at,
+        rows=outcome.rows,
+        bytes=outcome.bytes,
+    )

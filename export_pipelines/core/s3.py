@@ -1,0 +1,188 @@
+"""S3 side of an export: the client, `MultipartSink` (one object = one multipart upload), errors.
+
+Transient failures (throttling, 5xx, timeouts, resets) are retried by botocore's `standard`
+retry mode, set explicitly. Configuration failures (no bucket, bad keys, access denied) are
+raised at once as `S3ConfigurationError` with a message a person can act on.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_PARTS = 10_000
+PART_GROWTH_EVERY = 1_000  # the part size doubles every 1,000 parts: 10,000 parts reach ~5 TB
+
+_CONFIG_ERRORS = {
+    "NoSuchBucket": "the bucket does not exist (check EXPORT_BUCKET)",
+    "AccessDenied": "access denied (check the credentials' permissions on the bucket)",
+    "InvalidAccessKeyId": "the access key is not known to the server (check AWS_ACCESS_KEY_ID)",
+    "SignatureDoesNotMatch": "the secret key is wrong (check AWS_SECRET_ACCESS_KEY)",
+    "InvalidBucketName": "the bucket name is invalid (check EXPORT_BUCKET)",
+}
+
+
+class S3ConfigurationError(RuntimeError):
+    """S3 refused us for a reason retrying cannot fix."""
+
+
+def explain(exc: ClientError, bucket: str, key: str | None = None) -> Exception:
+    """Turn a ClientError into S3ConfigurationError when it is a configuration problem."""
+    code = exc.response.get("Error", {}).get("Code", "")
+    if code in _CONFIG_ERRORS:
+        where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
+        return S3ConfigurationError(f"S3 {code} for {where}: {_CONFIG_ERRORS[code]}")
+    return exc
+
+
+def make_s3_client(
+    *,
+    endpoint_url: str | None = None,
+    region_name: str | None = None,
+    aws_access_key_id: str | None = None,
+    aws_secret_access_key: str | None = None,
+    aws_session_token: str | None = None,
+    max_attempts: int = 6,
+    max_pool_connections: int = 16,
+) -> Any:
+    """A boto3 S3 client that signs SigV4 (presigned URLs included) and retries transient errors."""
+    config = Config(
+        signature_version="s3v4",
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=10,
+        read_timeout=120,
+        max_pool_connections=max_pool_connections,
+        # Path-style works on every S3-compatible server; AWS accepts it too.
+        s3={"addressing_style": "path"},
+        # We send our own SHA-256 per part; don't make botocore compute a second checksum.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
+        region_name=region_name or os.environ.get("AWS_REGION") or "us-east-1",
+        aws_access_key_id=aws_access_key_id,
+        aws_secret_access_key=aws_secret_access_key,
+        aws_session_token=aws_session_token,
+        config=config,
+    )
+
+
+def part_size_for(part_number: int, base: int) -> int:
+    """Target size of part `part_number` (1-based): grows so a file never needs 10,000+ parts."""
+    return max(base, MIN_PART_SIZE) * (2 ** ((part_number - 1) // PART_GROWTH_EVERY))
+
+
+@dataclass(frozen=True)
+class UploadedPart:
+    number: int
+    etag: str
+    checksum_sha256: str  # base64, as S3 reports it
+    size: int
+
+
+class MultipartSink:
+    """One S3 object written as a multipart upload; `abort()` leaves no parts behind."""
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        key: str,
+        *,
+        content_type: str,
+        metadata: dict[str, str],
+        content_disposition: str | None = None,
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.key = key
+        self.content_type = content_type
+        self.metadata = metadata
+        self.content_disposition = content_disposition
+        self.upload_id: str | None = None
+
+    def start(self) -> str:
+        extra: dict[str, Any] = {}
+        if self.content_disposition:
+            extra["ContentDisposition"] = self.content_disposition
+        try:
+            resp = self.client.create_multipart_upload(
+                Bucket=self.bucket,
+                Key=self.key,
+                ContentType=self.content_type,
+                Metadata=self.metadata,
+                ServerSideEncryption="AES256",
+                ChecksumAlgorithm="SHA256",
+                **extra,
+            )
+        except ClientError as exc:
+            raise explain(exc, self.bucket, self.key) from exc
+        self.upload_id = resp["UploadId"]
+        return resp["UploadId"]
+
+    def upload_part(self, number: int, data: bytes) -> UploadedPart:
+        if self.upload_id is None:
+            raise RuntimeError("start() the upload first")
+        checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        try:
+            resp = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=data,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=checksum,
+            )
+        except ClientError as exc:
+            raise explain(exc, self.bucket, self.key) from exc
+        return UploadedPart(number, resp["ETag"], checksum, len(data))
+
+    def complete(self, parts: list[UploadedPart]) -> None:
+        if self.upload_id is None:
+            raise RuntimeError("start() the upload first")
+        ordered = sorted(parts, key=lambda p: p.number)
+        try:
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={
+                    "Parts": [
+                        {"PartNumber": p.number, "ETag": p.etag, "ChecksumSHA256": p.checksum_sha256}
+                        for p in ordered
+                    ]
+                },
+            )
+        except ClientError as exc:
+            raise explain(exc, self.bucket, self.key) from exc
+        self.upload_id = None
+
+    def abort(self) -> None:
+        """Abort the upload if one is open; never raises (it runs while handling another error)."""
+        if self.upload_id is None:
+            return
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+            self.upload_id = None
+        except Exception:  # noqa: BLE001 - the original error matters more; the janitor retries
+            pass
+
+
+def open_uploads(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """Multipart uploads still open under `prefix` (what a failed export must not leave)."""
+    out: list[dict[str, Any]] = []
+    paginator = client.get_paginator("list_multipart_uploads")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        out.extend(page.get("Uploads", []))
+    return out
