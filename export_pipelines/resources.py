@@ -1,0 +1,77 @@
+"""Dagster resources: thin wrappers that hand the core its connections and settings.
+
+Secrets come from the environment through `EnvVar`; they never appear in run config or logs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from export_pipelines.core.catalog import Catalog, load_catalog
+from export_pipelines.core.s3 import make_s3_client
+
+
+class SourceDatabase(dg.ConfigurableResource):
+    """The tenant database (and the `export_requests` queue)."""
+
+    url: str
+
+    @property
+    def conninfo(self) -> str:
+        return self.url
+
+
+class ExportS3(S3Resource):
+    """dagster-aws's S3 resource, with the client settings exports rely on (SigV4, retries)."""
+
+    def get_client(self) -> Any:
+        return make_s3_client(
+            endpoint_url=self.endpoint_url,
+            region_name=self.region_name,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+            max_attempts=self.max_attempts,
+        )
+
+
+class ExportSettings(dg.ConfigurableResource):
+    """Where exports go and how they are cut."""
+
+    bucket: str
+    prefix: str = "exports"
+    catalog_path: str | None = None
+    part_size_mib: int = 8
+    max_parts_in_flight: int = 3
+
+    def catalog(self) -> Catalog:
+        return load_catalog(self.catalog_path or None)
+
+
+def _optional_env(name: str) -> Any:
+    # EnvVar keeps the value out of the run config; optional variables may be unset (e.g. no
+    # AWS_ENDPOINT_URL on AWS, no static keys with an instance role).
+    return dg.EnvVar(name) if os.environ.get(name) else None
+
+
+def default_resources() -> dict[str, Any]:
+    return {
+        "source": SourceDatabase(url=dg.EnvVar("SOURCE_DATABASE_URL")),
+        "s3": ExportS3(
+            endpoint_url=_optional_env("AWS_ENDPOINT_URL"),
+            region_name=os.environ.get("AWS_REGION", "us-east-1"),
+            aws_access_key_id=_optional_env("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=_optional_env("AWS_SECRET_ACCESS_KEY"),
+            aws_session_token=_optional_env("AWS_SESSION_TOKEN"),
+            max_attempts=6,
+        ),
+        "export_settings": ExportSettings(
+            bucket=dg.EnvVar("EXPORT_BUCKET"),
+            prefix=os.environ.get("EXPORT_PREFIX", "exports"),
+            catalog_path=_optional_env("EXPORT_CATALOG"),
+        ),
+    }

