@@ -47,13 +47,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
             }
         }
     }
-    with dg.DagsterInstance.get() as instance:
-        result = dg.execute_job(
+    with (
+        dg.DagsterInstance.get() as instance,
+        dg.execute_job(
             dg.reconstructable(tenant_export_job_with_resources),
             instance=instance,
             run_config=run_config,
             tags={"tenant": args.tenant},
-        )
+        ) as result,
+    ):
         if not result.success:
             print(f"run {result.run_id} failed; see `dagster dev` UI or the log above", file=sys.stderr)
             return 1

@@ -288,21 +288,21 @@ def run_export(
     pool = ThreadPoolExecutor(max_workers=max_parts_in_flight, thread_name_prefix="export-upload")
 
     def report(finished: list[tuple[UploadedPart, int, Any]], current: FileResult) -> None:
-        for part, rows, _ in finished:
+        for part, rows, _ in finished:  # one progress event per uploaded part
             totals["rows"] += rows
             totals["bytes"] += part.size
             totals["parts"] += 1
-        if finished and on_progress:
-            on_progress(
-                ExportProgress(
-                    rows_exported=totals["rows"],
-                    rows_total=plan.rows_total,
-                    bytes_written=totals["bytes"],
-                    parts_uploaded=totals["parts"],
-                    files_completed=len(files),
-                    file_key=current.key,
+            if on_progress:
+                on_progress(
+                    ExportProgress(
+                        rows_exported=totals["rows"],
+                        rows_total=plan.rows_total,
+                        bytes_written=totals["bytes"],
+                        parts_uploaded=totals["parts"],
+                        files_completed=len(files),
+                        file_key=current.key,
+                    )
                 )
-            )
 
     reader.start()
     try:

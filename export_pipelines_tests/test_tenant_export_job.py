@@ -1,0 +1,74 @@
+"""tenant_export_job through Dagster (execute_in_process) against the real services."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from export_pipelines.core.s3 import open_uploads
+from export_pipelines.jobs import tenant_export_job
+from export_pipelines.resources import ExportS3, ExportSettings, SourceDatabase
+from export_pipelines_tests.readback import csv_rows, read_manifest
+
+
+@pytest.fixture
+def resources(source_url, s3_client, bucket, prefix, stack_env):
+    return {
+        "source": SourceDatabase(url=source_url),
+        "s3": ExportS3(
+            endpoint_url=stack_env["AWS_ENDPOINT_URL"],
+            region_name="us-east-1",
+            aws_access_key_id=stack_env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=stack_env["AWS_SECRET_ACCESS_KEY"],
+        ),
+        "export_settings": ExportSettings(bucket=bucket, prefix=prefix),
+    }
+
+
+def run(resources, **config):
+    instance = dg.DagsterInstance.ephemeral()
+    result = tenant_export_job.execute_in_process(
+        run_config={"ops": {"count_rows": {"config": config}}},
+        resources=resources,
+        raise_on_error=False,
+        instance=instance,
+    )
+    result.logs = [e.user_message for e in instance.all_logs(result.run_id)]  # as the UI shows them
+    return result
+
+
+def test_job_exports_and_reports_metadata(resources, s3_client, bucket, prefix, pg):
+    result = run(resources, tenant_id="t-005", resource="orders", request_id="req-123")
+    assert result.success
+    done = result.output_for_node("finalize")
+    expected = pg.execute("SELECT count(*) FROM orders WHERE tenant_id = 't-005'").fetchone()[0]
+    assert done.rows == expected > 0
+    assert done.manifest_key == f"{prefix}/tenant=t-005/orders/req-123/manifest.json"
+    manifest = read_manifest(s3_client, bucket, done.manifest_key)
+    _, rows = csv_rows(s3_client, bucket, manifest)
+    assert len(rows) == expected and {r[1] for r in rows} == {"t-005"}
+
+    outputs = {e.step_key: e.step_output_data.metadata for e in result.all_events if e.is_successful_output}
+    assert outputs["count_rows"]["rows_total"].value == expected
+    fin = outputs["finalize"]
+    assert fin["rows"].value == expected and fin["files"].value == 1
+    assert fin["rows_per_second"].value > 0 and fin["seconds"].value > 0
+    assert isinstance(fin["file_00001_url"], dg.UrlMetadataValue)
+    assert isinstance(fin["manifest_url"], dg.UrlMetadataValue)
+    progress = [m for m in result.logs if m.startswith("progress:")]
+    assert progress and progress[-1].startswith(f"progress: {expected}/{expected} rows (100.0%)")
+
+
+def test_invalid_config_fails_with_the_allowed_values(resources, s3_client, bucket, prefix):
+    result = run(resources, tenant_id="t-005", resource="orders", columns=["id", "secret"])
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    assert "columns: unknown column(s) 'secret'" in failure.message
+    assert "allowed: amount, attrs, created_at" in failure.message
+    assert open_uploads(s3_client, bucket, prefix) == []
+
+
+def test_definitions_load():
+    from export_pipelines.definitions import defs
+
+    assert defs.resolve_job_def("tenant_export_job").name == "tenant_export_job"
