@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 import psycopg
 
 from export_pipelines.core.demo_data import DemoSize, load_demo_data
+from export_pipelines.core.request_store import RequestStore
 
 
 def _source_url() -> str:
@@ -70,6 +72,106 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store() -> RequestStore:
+    return RequestStore(_source_url())
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    _store().migrate()
+    print("export_requests is up to date")
+    return 0
+
+
+def _filter_arg(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--filter takes NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    filters: dict[str, object] = {}
+    for name, value in args.filter or []:
+        prev = filters.get(name)
+        filters[name] = value if prev is None else [*(prev if isinstance(prev, list) else [prev]), value]
+    if args.date_from:
+        filters["date_from"] = args.date_from
+    if args.date_to:
+        filters["date_to"] = args.date_to
+    store = _store()
+    store.migrate()
+    request_id = store.create(
+        tenant_id=args.tenant,
+        resource=args.resource,
+        format=args.format,
+        compression=args.compression,
+        filters=filters,
+        columns=args.columns.split(",") if args.columns else None,
+        webhook_url=args.webhook_url,
+        email=args.email,
+    )
+    print(request_id)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    row = _store().get(args.id)
+    if row is None:
+        print(f"no export request {args.id!r}", file=sys.stderr)
+        return 1
+    progress = ""
+    if row.rows_total:
+        progress = f" ({100 * row.rows_exported / row.rows_total:.1f}%)"
+    print(f"id:        {row.id} (attempt {row.attempt})")
+    print(f"tenant:    {row.tenant_id}   resource: {row.resource}   format: {row.format}")
+    print(f"status:    {row.status}")
+    total = row.rows_total if row.rows_total is not None else "?"
+    print(f"progress:  {row.rows_exported}/{total} rows{progress}, {row.bytes_written} bytes")
+    if row.run_id:
+        print(f"run:       {row.run_id}")
+    if row.error:
+        print(f"error:     {row.error}")
+    if row.download_url:
+        print(f"expires:   {row.expires_at:%Y-%m-%d %H:%M} UTC" if row.expires_at else "expires:   -")
+        print(f"link:      {row.download_url}")
+    return 0
+
+
+def cmd_relink(args: argparse.Namespace) -> int:
+    """A fresh presigned link for an export that has not expired."""
+    from datetime import UTC, datetime, timedelta
+
+    from export_pipelines.core.manifest import presign
+    from export_pipelines.core.request import MAX_LINK_EXPIRY_HOURS
+    from export_pipelines.core.s3 import make_s3_client
+
+    store = _store()
+    row = store.get(args.id)
+    if row is None or row.status != "succeeded" or not row.manifest_key:
+        state = "unknown" if row is None else row.status
+        print(
+            f"export {args.id} cannot get a new link (status: {state}); only succeeded exports can",
+            file=sys.stderr,
+        )
+        return 1
+    if not 1 <= args.hours <= MAX_LINK_EXPIRY_HOURS:
+        print(f"--hours: must be from 1 to {MAX_LINK_EXPIRY_HOURS}", file=sys.stderr)
+        return 2
+    client, bucket = make_s3_client(), os.environ["EXPORT_BUCKET"]
+    manifest = json.loads(client.get_object(Bucket=bucket, Key=row.manifest_key)["Body"].read())
+    expiry = timedelta(hours=args.hours)
+    files = manifest["files"]
+    key, name = (
+        (files[0]["key"], files[0]["key"].rsplit("/", 1)[1])
+        if len(files) == 1
+        else (row.manifest_key, "manifest.json")
+    )
+    url = presign(client, bucket, key, name, expiry)
+    store.refresh_link(row.id, url, datetime.now(UTC) + expiry)
+    print(url)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="export-pipelines", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +190,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resource", default="orders")
     p.add_argument("--format", default="csv")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("migrate", help="create/upgrade the export_requests table (idempotent)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("request", help="queue an export (a row in export_requests); prints its id")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--resource", required=True)
+    p.add_argument("--format", default="csv")
+    p.add_argument("--compression")
+    p.add_argument("--columns", help="comma-separated column names (default: all)")
+    p.add_argument(
+        "--filter",
+        action="append",
+        type=_filter_arg,
+        metavar="NAME=VALUE",
+        help="catalog filter; repeat a name for IN (...)",
+    )
+    p.add_argument("--date-from", help="inclusive, ISO 8601")
+    p.add_argument("--date-to", help="exclusive, ISO 8601")
+    p.add_argument("--webhook-url")
+    p.add_argument("--email")
+    p.set_defaults(func=cmd_request)
+
+    p = sub.add_parser("status", help="status, progress and link of a request")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("relink", help="issue a fresh download link for an unexpired export")
+    p.add_argument("id")
+    p.add_argument("--hours", type=int, default=24)
+    p.set_defaults(func=cmd_relink)
     return parser
 
 

@@ -1,14 +1,16 @@
-"""The code location: `dagster dev -m export_pipelines.definitions` (or workspace.yaml) loads this."""
-
-from __future__ import annotations
+"""The code location: `dagster dev -w workspace.yaml` (or `-m export_pipelines.definitions`) loads this."""
 
 import dagster as dg
 
-from export_pipelines.jobs import tenant_export_job
+from export_pipelines.jobs import janitor_job, monthly_tenant_export_job, tenant_export_job
 from export_pipelines.resources import default_resources
+from export_pipelines.schedules import janitor_schedule, monthly_enterprise_export_schedule
+from export_pipelines.sensors import export_failure_sensor, export_request_sensor, tenant_partitions_sensor
 
 defs = dg.Definitions(
-    jobs=[tenant_export_job],
+    jobs=[tenant_export_job, monthly_tenant_export_job, janitor_job],
+    schedules=[monthly_enterprise_export_schedule, janitor_schedule],
+    sensors=[export_request_sensor, tenant_partitions_sensor, export_failure_sensor],
     resources=default_resources(),
 )
 

@@ -2,9 +2,13 @@
 """The export graph's ops: each turns config into one core call and its result into metadata.
 
 count_rows → export_files → finalize → notify. Run config is given once, to count_rows; the
-later ops receive the plan as an input.
+later ops receive the plan as an input. When the run serves a row of export_requests, each op
+also moves that row along (running, progress, succeeded); failures are recorded by
+`export_failure_sensor`, which knows whether the run will be retried.
 """
 
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
@@ -12,13 +16,15 @@ import dagster as dg
 from export_pipelines.core.catalog import CatalogError, InvalidRequest
 from export_pipelines.core.exporter import ExportOutcome, ExportPlan, ExportProgress, plan_export, run_export
 from export_pipelines.core.manifest import FinalizedExport, clear_success_marker, finalize_export
+from export_pipelines.core.notify import InvalidWebhook, check_webhook_url, post_webhook, send_email
 from export_pipelines.core.request import build_request
-from export_pipelines.resources import ExportS3, ExportSettings, SourceDatabase
+from export_pipelines.resources import ExportS3, ExportSettings, Notifier, SourceDatabase
 
 # Network ops ride over transient failures; invalid input is raised with allow_retries=False.
 NETWORK_RETRY = dg.RetryPolicy(
     max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
+REQUEST_ID_TAG = "export/request_id"
 
 
 class NotifyConfig(dg.Config):
@@ -42,16 +48,30 @@ class ExportConfig(dg.Config):
     notify: NotifyConfig = NotifyConfig()
 
 
-def export_id_for(context: dg.OpExecutionContext, config: ExportConfig) -> str:
-    """The request id, the month of a monthly partition, or the run's root run id (so a
-    re-execution of the same run writes the same keys)."""
-    if config.request_id:
-        return config.request_id
-    if context.has_partition_key:
-        keys = getattr(context.partition_key, "keys_by_dimension", None)
-        if keys and "month" in keys:
-            return keys["month"]
-    return context.run.root_run_id or context.run_id
+@dataclass(frozen=True)
+class RunPlan:
+    """The core plan plus who to tell when it is done."""
+
+    plan: ExportPlan
+    request_id: str | None
+    webhook_url: str | None
+    email: str | None
+
+
+def monthly_partition(context: dg.OpExecutionContext) -> tuple[str, str] | None:
+    """(tenant, month start 'YYYY-MM-DD') of a tenant x month partition, else None."""
+    if not context.has_partition_key:
+        return None
+    keys = getattr(context.partition_key, "keys_by_dimension", None)
+    if not keys or "month" not in keys or "tenant" not in keys:
+        return None
+    return keys["tenant"], keys["month"]
+
+
+def _month_range(month: str) -> tuple[str, str]:
+    start = datetime.fromisoformat(month).replace(tzinfo=UTC)
+    end = start.replace(year=start.year + (start.month == 12), month=start.month % 12 + 1)
+    return start.isoformat(), end.isoformat()
 
 
 @dg.op(retry_policy=NETWORK_RETRY, tags={"kind": "postgres"})
@@ -60,25 +80,39 @@ def count_rows(
     config: ExportConfig,
     source: SourceDatabase,
     export_settings: ExportSettings,
-) -> ExportPlan:
+) -> RunPlan:
     """Validate the request against the catalog, count its rows and fix the high-water mark."""
+    tenant_id, filters = config.tenant_id, dict(config.filters)
+    export_id = config.request_id or context.run.root_run_id or context.run_id
+    partition = monthly_partition(context)
+    if partition:
+        # The partition decides tenant and month; the keys are idempotent per partition.
+        tenant_id, month = partition
+        filters["date_from"], filters["date_to"] = _month_range(month)
+        export_id = month[:7]
     try:
+        if config.notify.webhook_url:
+            check_webhook_url(config.notify.webhook_url)
         catalog = export_settings.catalog()
         request = build_request(
             catalog,
-            tenant_id=config.tenant_id,
+            tenant_id=tenant_id,
             resource=config.resource,
             format=config.format,
             compression=config.compression,
             columns=config.columns,
-            filters=config.filters,
-            export_id=export_id_for(context, config),
+            filters=filters,
+            export_id=export_id,
             max_rows_per_file=config.max_rows_per_file,
             link_expiry_hours=config.link_expiry_hours,
         )
         plan = plan_export(source.conninfo, catalog, request, export_settings.prefix)
-    except (InvalidRequest, CatalogError) as exc:
+    except (InvalidRequest, CatalogError, InvalidWebhook) as exc:
+        if config.request_id:
+            source.requests().mark_failed(config.request_id, str(exc))
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    if config.request_id:
+        source.requests().mark_running(config.request_id, context.run_id, plan.rows_total)
     context.add_output_metadata(
         {
             "rows_total": plan.rows_total,
@@ -87,20 +121,22 @@ def count_rows(
             "high_water_mark": str(plan.high_water_mark),
         }
     )
-    return plan
+    return RunPlan(plan, config.request_id, config.notify.webhook_url, config.notify.email)
 
 
 @dg.op(retry_policy=NETWORK_RETRY, tags={"kind": "s3"})
 def export_files(
     context: dg.OpExecutionContext,
-    plan: ExportPlan,
+    run_plan: RunPlan,
     source: SourceDatabase,
     s3: ExportS3,
     export_settings: ExportSettings,
 ) -> ExportOutcome:
-    """Stream the rows into S3 files; progress is logged after every uploaded part."""
+    """Stream the rows into S3 files; progress is logged (and put on the request row) per part."""
+    plan = run_plan.plan
     client = s3.get_client()
     clear_success_marker(client, export_settings.bucket, plan.location)
+    store = source.requests() if run_plan.request_id else None
 
     def on_progress(p: ExportProgress) -> None:
         pct = f" ({100 * p.rows_exported / p.rows_total:.1f}%)" if p.rows_total else ""
@@ -108,6 +144,8 @@ def export_files(
             f"progress: {p.rows_exported}/{p.rows_total} rows{pct}, {p.bytes_written} bytes, "
             f"{p.parts_uploaded} parts, {p.files_completed} files done; writing {p.file_key}"
         )
+        if store and run_plan.request_id:
+            store.update_progress(run_plan.request_id, p.rows_exported, p.bytes_written)
 
     outcome = run_export(
         plan,
@@ -135,13 +173,13 @@ def export_files(
 @dg.op(retry_policy=NETWORK_RETRY, tags={"kind": "s3"})
 def finalize(
     context: dg.OpExecutionContext,
-    plan: ExportPlan,
+    run_plan: RunPlan,
     outcome: ExportOutcome,
     s3: ExportS3,
     export_settings: ExportSettings,
 ) -> FinalizedExport:
     """Write manifest.json, drop stale objects, write _SUCCESS, presign the links."""
-    done = finalize_export(s3.get_client(), export_settings.bucket, plan, outcome)
+    done = finalize_export(s3.get_client(), export_settings.bucket, run_plan.plan, outcome)
     metadata: dict[str, Any] = {
         "rows": done.rows,
         "bytes": done.bytes,
@@ -158,9 +196,95 @@ def finalize(
     return done
 
 
+def download_url(done: FinalizedExport) -> str:
+    """One link for the request row: the file, or the manifest when there are several files."""
+    return done.files[0].url if len(done.files) == 1 else done.manifest_url
+
+
+def success_payload(run_plan: RunPlan, done: FinalizedExport) -> dict[str, Any]:
+    req = run_plan.plan.request
+    return {
+        "event": "export.succeeded",
+        "export_id": req.export_id,
+        "tenant_id": req.tenant_id,
+        "resource": req.resource,
+        "rows": done.rows,
+        "bytes": done.bytes,
+        "files": [{"url": f.url, "rows": f.rows, "bytes": f.bytes} for f in done.files],
+        "manifest_url": done.manifest_url,
+        "expires_at": done.expires_at.isoformat(),
+        "error": None,
+    }
+
+
+def deliver(
+    log: Any,
+    notifier: Notifier,
+    payload: dict[str, Any],
+    webhook_url: str | None,
+    email: str | None,
+    email_subject: str,
+    email_body: str,
+) -> str | None:
+    """Send webhook and email; return what went wrong (None if all went well). Never raises."""
+    problems = []
+    if webhook_url:
+        try:
+            check_webhook_url(webhook_url, notifier.allowlist())
+            result = post_webhook(webhook_url, payload, notifier.webhook_secret)
+            if not result.ok:
+                problems.append(f"webhook failed after {result.attempts} attempt(s): {result.error}")
+        except InvalidWebhook as exc:
+            problems.append(str(exc))
+    if email:
+        if not notifier.smtp_url:
+            log.info("email skipped: SMTP_URL is not set")
+        else:
+            try:
+                send_email(notifier.smtp_url, email, email_subject, email_body, sender=notifier.sender)
+            except Exception as exc:  # noqa: BLE001 - a notification never fails the export
+                problems.append(f"email failed: {type(exc).__name__}: {exc}")
+    for p in problems:
+        log.warning(p)
+    return "; ".join(problems) or None
+
+
 @dg.op(tags={"kind": "notify"})
-def notify(context: dg.OpExecutionContext, done: FinalizedExport) -> FinalizedExport:
-    """Tell whoever asked that the export is ready."""
+def notify(
+    context: dg.OpExecutionContext,
+    run_plan: RunPlan,
+    done: FinalizedExport,
+    source: SourceDatabase,
+    notifier: Notifier,
+) -> FinalizedExport:
+    """Mark the request row succeeded, then webhook and email. Failures here are recorded only."""
+    req = run_plan.plan.request
+    store = source.requests() if run_plan.request_id else None
+    if store and run_plan.request_id:
+        store.mark_succeeded(
+            run_plan.request_id,
+            rows=done.rows,
+            bytes_written=done.bytes,
+            manifest_key=done.manifest_key,
+            download_url=download_url(done),
+            expires_at=done.expires_at,
+        )
+    body = (
+        f"Your export of {req.resource} is ready: {done.rows} rows in {len(done.files)} file(s).\n\n"
+        + "\n".join(f.url for f in done.files)
+        + f"\n\nThe link(s) expire at {done.expires_at:%Y-%m-%d %H:%M} UTC.\n"
+    )
+    problem = deliver(
+        context.log,
+        notifier,
+        success_payload(run_plan, done),
+        run_plan.webhook_url,
+        run_plan.email,
+        f"Your {req.resource} export is ready",
+        body,
+    )
+    if store and run_plan.request_id and (run_plan.webhook_url or run_plan.email):
+        store.record_notification(run_plan.request_id, problem)
     context.log.info(
         f"export ready: {done.rows} rows in {len(done.files)} file(s); manifest {done.manifest_key}"
     )

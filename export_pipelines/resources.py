@@ -6,12 +6,14 @@ Secrets come from the environment through `EnvVar`; they never appear in run con
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from export_pipelines.core.catalog import Catalog, load_catalog
+from export_pipelines.core.request_store import RequestStore
 from export_pipelines.core.s3 import make_s3_client
 
 
@@ -23,6 +25,9 @@ class SourceDatabase(dg.ConfigurableResource):
     @property
     def conninfo(self) -> str:
         return self.url
+
+    def requests(self) -> RequestStore:
+        return RequestStore(self.url)
 
 
 class ExportS3(S3Resource):
@@ -47,9 +52,25 @@ class ExportSettings(dg.ConfigurableResource):
     catalog_path: str | None = None
     part_size_mib: int = 8
     max_parts_in_flight: int = 3
+    abort_uploads_after_hours: int = 24  # janitor: multipart uploads older than this are aborted
 
     def catalog(self) -> Catalog:
         return load_catalog(self.catalog_path or None)
+
+    def abort_uploads_after(self) -> timedelta:
+        return timedelta(hours=self.abort_uploads_after_hours)
+
+
+class Notifier(dg.ConfigurableResource):
+    """Webhook signing key, SMTP server and the webhook host allowlist."""
+
+    webhook_secret: str
+    smtp_url: str | None = None
+    webhook_allowlist: str = ""  # comma-separated hosts; ".example.com" allows subdomains
+    sender: str = "exports@localhost"
+
+    def allowlist(self) -> tuple[str, ...]:
+        return tuple(h.strip().lower() for h in self.webhook_allowlist.split(",") if h.strip())
 
 
 def _optional_env(name: str) -> Any:
@@ -73,5 +94,10 @@ def default_resources() -> dict[str, Any]:
             bucket=dg.EnvVar("EXPORT_BUCKET"),
             prefix=os.environ.get("EXPORT_PREFIX", "exports"),
             catalog_path=_optional_env("EXPORT_CATALOG"),
+        ),
+        "notifier": Notifier(
+            webhook_secret=dg.EnvVar("EXPORT_WEBHOOK_SECRET"),
+            smtp_url=_optional_env("SMTP_URL"),
+            webhook_allowlist=os.environ.get("EXPORT_WEBHOOK_ALLOWLIST", ""),
         ),
     }

@@ -5,5 +5,6 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/scripts/setup.sh"
 # shellcheck source=scripts/env.sh
 source "$root/scripts/env.sh"
+export-pipelines migrate
 export-pipelines demo-data
 export-pipelines demo --tenant "${DEMO_TENANT:-t-big}" --format "${DEMO_FORMAT:-csv}"

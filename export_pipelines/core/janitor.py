@@ -1,0 +1,53 @@
+"""Hygiene: expire old exports (delete their objects) and abort abandoned multipart uploads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from export_pipelines.core.request_store import RequestStore
+from export_pipelines.core.s3 import open_uploads
+
+
+@dataclass(frozen=True)
+class JanitorReport:
+    expired_requests: int
+    deleted_objects: int
+    aborted_uploads: int
+
+
+def delete_folder(client: Any, bucket: str, folder: str) -> int:
+    """Delete every object under `folder` (which ends with '/'); returns how many."""
+    if not folder.endswith("/"):
+        raise ValueError("folder must end with '/' so it cannot match a sibling prefix")
+    deleted = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+            deleted += len(keys)
+    return deleted
+
+
+def abort_stale_uploads(client: Any, bucket: str, prefix: str, older_than: timedelta) -> int:
+    cutoff = datetime.now(UTC) - older_than
+    aborted = 0
+    for upload in open_uploads(client, bucket, prefix):
+        if upload["Initiated"] < cutoff:
+            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            aborted += 1
+    return aborted
+
+
+def run_janitor(
+    store: RequestStore, client: Any, bucket: str, prefix: str, abort_uploads_older_than: timedelta
+) -> JanitorReport:
+    expired = deleted = 0
+    for req in store.expired():
+        if req.manifest_key:
+            deleted += delete_folder(client, bucket, req.manifest_key.rsplit("/", 1)[0] + "/")
+        if store.mark_expired(req.id):
+            expired += 1
+    aborted = abort_stale_uploads(client, bucket, prefix.strip("/") + "/", abort_uploads_older_than)
+    return JanitorReport(expired, deleted, aborted)

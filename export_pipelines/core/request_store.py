@@ -1,0 +1,279 @@
+"""The `export_requests` table (DESIGN 3.3): the queue apps write to and the status they read.
+
+Status: pending → queued → running → succeeded | failed; succeeded → expired when the janitor
+removes the files; a failed row set back to pending with attempt + 1 runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+MIGRATION = """
+CREATE TABLE IF NOT EXISTS public.export_requests (
+    id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    tenant_id      text NOT NULL,
+    resource       text NOT NULL,
+    format         text NOT NULL DEFAULT 'csv',
+    compression    text,
+    filters        jsonb NOT NULL DEFAULT '{}'::jsonb,
+    columns        text[],
+    webhook_url    text,
+    email          text,
+    status         text NOT NULL DEFAULT 'pending',
+    attempt        int NOT NULL DEFAULT 1,
+    rows_total     bigint,
+    rows_exported  bigint NOT NULL DEFAULT 0,
+    bytes_written  bigint NOT NULL DEFAULT 0,
+    run_id         text,
+    manifest_key   text,
+    download_url   text,
+    expires_at     timestamptz,
+    error          text,
+    notified_at    timestamptz,
+    notify_error   text,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    queued_at      timestamptz,
+    started_at     timestamptz,
+    completed_at   timestamptz,
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT export_requests_status_check
+        CHECK (status IN ('pending', 'queued', 'running', 'succeeded', 'failed', 'expired'))
+);
+CREATE INDEX IF NOT EXISTS export_requests_pending_idx
+    ON public.export_requests (created_at) WHERE status IN ('pending', 'queued');
+CREATE INDEX IF NOT EXISTS export_requests_expiry_idx
+    ON public.export_requests (expires_at) WHERE status = 'succeeded';
+"""
+
+STATUSES = ("pending", "queued", "running", "succeeded", "failed", "expired")
+
+
+@dataclass(frozen=True)
+class StoredRequest:
+    """One row of export_requests, as read (fields are raw: validation happens elsewhere)."""
+
+    id: str
+    tenant_id: str
+    resource: str
+    format: str
+    compression: str | None
+    filters: Any
+    columns: list[str] | None
+    webhook_url: str | None
+    email: str | None
+    status: str
+    attempt: int
+    rows_total: int | None
+    rows_exported: int
+    bytes_written: int
+    run_id: str | None
+    manifest_key: str | None
+    download_url: str | None
+    expires_at: datetime | None
+    error: str | None
+    created_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+
+    @property
+    def run_key(self) -> str:
+        return f"{self.id}:{self.attempt}"
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> StoredRequest:
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+
+class RequestStore:
+    """Every read and write of export_requests. Each method is one short transaction."""
+
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
+
+    def _connect(self) -> psycopg.Connection[dict[str, Any]]:
+        return psycopg.connect(
+            self.conninfo, autocommit=True, row_factory=dict_row, options="-c statement_timeout=30s"
+        )
+
+    def migrate(self) -> None:
+        with self._connect() as conn:
+            # Concurrent first runs (setup and tests) must not race on CREATE.
+            conn.execute("SELECT pg_advisory_lock(hashtext('export_requests_migration'))")
+            try:
+                conn.execute(MIGRATION)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(hashtext('export_requests_migration'))")
+
+    def create(
+        self,
+        *,
+        tenant_id: str,
+        resource: str,
+        format: str = "csv",
+        compression: str | None = None,
+        filters: dict[str, Any] | None = None,
+        columns: list[str] | None = None,
+        webhook_url: str | None = None,
+        email: str | None = None,
+    ) -> str:
+        with self._connect() as conn:
+            row = conn.execute(
+                """
+                INSERT INTO export_requests
+                    (id, tenant_id, resource, format, compression, filters, columns, webhook_url, email)
+                VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s) RETURNING id
+                """,
+                [
+                    uuid.uuid4(),
+                    tenant_id,
+                    resource,
+                    format,
+                    compression,
+                    json.dumps(filters or {}),
+                    columns,
+                    webhook_url,
+                    email,
+                ],
+            ).fetchone()
+        assert row is not None
+        return str(row["id"])
+
+    def get(self, request_id: str) -> StoredRequest | None:
+        try:
+            uuid.UUID(str(request_id))
+        except ValueError:
+            return None
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM export_requests WHERE id = %s", [request_id]).fetchone()
+        return StoredRequest.from_row(_stringify_id(row)) if row else None
+
+    def to_launch(self, limit: int = 50, requeue_after_seconds: int = 120) -> list[StoredRequest]:
+        """Pending rows, plus queued rows whose run never started (a tick that died after
+        marking them); re-requesting those is safe because run keys are deduplicated."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                """
+                SELECT * FROM export_requests
+                WHERE status = 'pending'
+                   OR (status = 'queued' AND run_id IS NULL
+                       AND queued_at < now() - make_interval(secs => %s))
+                ORDER BY created_at, id
+                LIMIT %s
+                """,
+                [requeue_after_seconds, limit],
+            ).fetchall()
+        return [StoredRequest.from_row(_stringify_id(r)) for r in rows]
+
+    def _update(self, request_id: str, sql: str, params: list[Any], only_if: tuple[str, ...] = ()) -> bool:
+        guard = " AND status = ANY(%s)" if only_if else ""
+        with self._connect() as conn:
+            cur = conn.execute(
+                f"UPDATE export_requests SET {sql}, updated_at = now() WHERE id = %s{guard}",
+                [*params, request_id, *([list(only_if)] if only_if else [])],
+            )
+            return cur.rowcount == 1
+
+    def mark_queued(self, request_id: str, attempt: int) -> bool:
+        with self._connect() as conn:
+            cur = conn.execute(
+                """
+                UPDATE export_requests SET status = 'queued', queued_at = now(), error = NULL,
+                       updated_at = now()
+                WHERE id = %s AND attempt = %s AND status IN ('pending', 'queued')
+                """,
+                [request_id, attempt],
+            )
+            return cur.rowcount == 1
+
+    def mark_invalid(self, request_id: str, attempt: int, error: str) -> bool:
+        with self._connect() as conn:
+            cur = conn.execute(
+                """
+                UPDATE export_requests SET status = 'failed', error = %s, completed_at = now(),
+                       updated_at = now()
+                WHERE id = %s AND attempt = %s AND status = 'pending'
+                """,
+                [error, request_id, attempt],
+            )
+            return cur.rowcount == 1
+
+    def mark_running(self, request_id: str, run_id: str, rows_total: int) -> bool:
+        return self._update(
+            request_id,
+            "status = 'running', run_id = %s, rows_total = %s, rows_exported = 0, bytes_written = 0, "
+            "started_at = coalesce(started_at, now()), error = NULL",
+            [run_id, rows_total],
+            only_if=("pending", "queued", "running", "failed"),
+        )
+
+    def update_progress(self, request_id: str, rows_exported: int, bytes_written: int) -> bool:
+        return self._update(
+            request_id,
+            "rows_exported = %s, bytes_written = %s",
+            [rows_exported, bytes_written],
+            only_if=("running",),
+        )
+
+    def mark_succeeded(
+        self,
+        request_id: str,
+        *,
+        rows: int,
+        bytes_written: int,
+        manifest_key: str,
+        download_url: str,
+        expires_at: datetime,
+    ) -> bool:
+        return self._update(
+            request_id,
+            "status = 'succeeded', rows_exported = %s, bytes_written = %s, manifest_key = %s, "
+            "download_url = %s, expires_at = %s, completed_at = now(), error = NULL",
+            [rows, bytes_written, manifest_key, download_url, expires_at],
+        )
+
+    def mark_failed(self, request_id: str, error: str) -> bool:
+        return self._update(
+            request_id,
+            "status = 'failed', error = %s, completed_at = now()",
+            [error[:4000]],
+            only_if=("pending", "queued", "running"),
+        )
+
+    def note_error(self, request_id: str, error: str) -> bool:
+        """An attempt failed but will be retried: say so without leaving `running`."""
+        return self._update(request_id, "error = %s", [error[:4000]], only_if=("running", "queued"))
+
+    def record_notification(self, request_id: str, error: str | None) -> bool:
+        return self._update(request_id, "notified_at = now(), notify_error = %s", [error])
+
+    def refresh_link(self, request_id: str, download_url: str, expires_at: datetime) -> bool:
+        return self._update(
+            request_id,
+            "download_url = %s, expires_at = %s",
+            [download_url, expires_at],
+            only_if=("succeeded",),
+        )
+
+    def expired(self, limit: int = 500) -> list[StoredRequest]:
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT * FROM export_requests WHERE status = 'succeeded' AND expires_at < now() "
+                "ORDER BY expires_at LIMIT %s",
+                [limit],
+            ).fetchall()
+        return [StoredRequest.from_row(_stringify_id(r)) for r in rows]
+
+    def mark_expired(self, request_id: str) -> bool:
+        return self._update(request_id, "status = 'expired', download_url = NULL", [], only_if=("succeeded",))
+
+
+def _stringify_id(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "id": str(row["id"])}

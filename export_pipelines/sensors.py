@@ -1,0 +1,182 @@
+"""Sensors: export_requests rows → runs; tenants table → partitions; failed runs → request rows."""
+
+import os
+from typing import Any
+
+import dagster as dg
+
+from export_pipelines.core.catalog import CatalogError, InvalidRequest
+from export_pipelines.core.notify import InvalidWebhook, check_webhook_url
+from export_pipelines.core.request import build_request
+from export_pipelines.core.request_store import RequestStore, StoredRequest
+from export_pipelines.jobs import TENANT_PARTITIONS, monthly_tenant_export_job, tenant_export_job
+from export_pipelines.ops import REQUEST_ID_TAG, deliver
+from export_pipelines.resources import ExportSettings, Notifier, SourceDatabase
+
+SENSOR_INTERVAL = int(os.environ.get("EXPORT_SENSOR_INTERVAL_SECONDS", "5"))
+ATTEMPT_TAG = "export/attempt"
+
+
+_migrated: set[str] = set()
+
+
+def _migrate_once(store: RequestStore) -> None:
+    # The sensor may tick before anyone ran `export-pipelines migrate`.
+    if store.conninfo not in _migrated:
+        store.migrate()
+        _migrated.add(store.conninfo)
+
+
+def request_run_config(row: StoredRequest) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "tenant_id": row.tenant_id,
+        "resource": row.resource,
+        "format": row.format,
+        "filters": row.filters or {},
+        "request_id": row.id,
+        "notify": {"webhook_url": row.webhook_url, "email": row.email},
+    }
+    if row.compression:
+        config["compression"] = row.compression
+    if row.columns:
+        config["columns"] = row.columns
+    return {"ops": {"count_rows": {"config": config}}}
+
+
+def validate_row(row: StoredRequest, settings: ExportSettings, notifier: Notifier) -> None:
+    """Everything that can be checked without the database; raises with a reason a person can act on."""
+    if not isinstance(row.filters, dict):
+        raise InvalidRequest("filters", "must be a JSON object of filter name to value(s)")
+    build_request(
+        settings.catalog(),
+        tenant_id=row.tenant_id,
+        resource=row.resource,
+        format=row.format,
+        compression=row.compression,
+        columns=row.columns,
+        filters=row.filters,
+        export_id=row.id,
+    )
+    if row.webhook_url:
+        check_webhook_url(row.webhook_url, notifier.allowlist())
+
+
+@dg.sensor(
+    job=tenant_export_job,
+    minimum_interval_seconds=SENSOR_INTERVAL,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Turns pending export_requests rows into runs (run_key = id:attempt).",
+)
+def export_request_sensor(
+    context: dg.SensorEvaluationContext,
+    source: SourceDatabase,
+    export_settings: ExportSettings,
+    notifier: Notifier,
+) -> dg.SensorResult:
+    store = source.requests()
+    _migrate_once(store)
+    runs: list[dg.RunRequest] = []
+    for row in store.to_launch():
+        try:
+            validate_row(row, export_settings, notifier)
+        except (InvalidRequest, CatalogError, InvalidWebhook) as exc:
+            store.mark_invalid(row.id, row.attempt, str(exc))
+            context.log.info(f"request {row.id} rejected: {exc}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - one bad row must never stop the others
+            store.mark_invalid(row.id, row.attempt, f"invalid request: {type(exc).__name__}: {exc}")
+            continue
+        store.mark_queued(row.id, row.attempt)
+        runs.append(
+            dg.RunRequest(
+                run_key=row.run_key,
+                run_config=request_run_config(row),
+                tags={"tenant": row.tenant_id, REQUEST_ID_TAG: row.id, ATTEMPT_TAG: str(row.attempt)},
+            )
+        )
+    return dg.SensorResult(run_requests=runs)
+
+
+@dg.sensor(
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Keeps the 'tenants' dynamic partitions in sync with the catalog's tenants table.",
+)
+def tenant_partitions_sensor(
+    context: dg.SensorEvaluationContext, source: SourceDatabase, export_settings: ExportSettings
+) -> dg.SensorResult:
+    wanted = set(list_tenants(source, export_settings))
+    have = set(context.instance.get_dynamic_partitions(TENANT_PARTITIONS.name or "tenants"))
+    missing = sorted(wanted - have)
+    return dg.SensorResult(
+        dynamic_partitions_requests=[TENANT_PARTITIONS.build_add_request(missing)] if missing else []
+    )
+
+
+def list_tenants(
+    source: SourceDatabase, settings: ExportSettings, enterprise_only: bool = False
+) -> list[str]:
+    import psycopg
+    from psycopg import sql
+
+    tenants = settings.catalog().tenants
+    if tenants is None:
+        return []
+    query = sql.SQL("SELECT {key}::text FROM {table}").format(
+        key=sql.Identifier(tenants.key), table=sql.Identifier(tenants.table.schema, tenants.table.name)
+    )
+    params: list[Any] = []
+    if enterprise_only:
+        if not tenants.enterprise_column:
+            return []
+        query = sql.SQL("{} WHERE {} = %s").format(query, sql.Identifier(tenants.enterprise_column))
+        params.append(tenants.enterprise_value)
+    with psycopg.connect(source.conninfo, autocommit=True) as conn:
+        return [r[0] for r in conn.execute(sql.SQL("{} ORDER BY 1").format(query), params)]
+
+
+@dg.run_failure_sensor(
+    monitored_jobs=[tenant_export_job, monthly_tenant_export_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=SENSOR_INTERVAL,
+    description="Marks the request row failed (or notes the error while a run retry is pending).",
+)
+def export_failure_sensor(
+    context: dg.RunFailureSensorContext, source: SourceDatabase, notifier: Notifier
+) -> None:
+    record_run_failure(
+        context.dagster_run, context.failure_event.message or "run failed", source, notifier, context.log
+    )
+
+
+def record_run_failure(
+    run: dg.DagsterRun, message: str, source: SourceDatabase, notifier: Notifier, log: Any
+) -> None:
+    request_id = run.tags.get(REQUEST_ID_TAG)
+    if not request_id:
+        return
+    store = source.requests()
+    error = f"run {run.run_id} failed: {message}"
+    if run.tags.get("dagster/will_retry") == "true":
+        store.note_error(request_id, error + " (retrying)")
+        return
+    if not store.mark_failed(request_id, error):
+        return  # already failed by count_rows (invalid request) or no longer active
+    row = store.get(request_id)
+    if row and (row.webhook_url or row.email):
+        payload = {
+            "event": "export.failed",
+            "export_id": row.id,
+            "tenant_id": row.tenant_id,
+            "resource": row.resource,
+            "rows": row.rows_exported,
+            "bytes": row.bytes_written,
+            "files": [],
+            "manifest_url": None,
+            "expires_at": None,
+            "error": error,
+        }
+        problem = deliver(
+            log, notifier, payload, row.webhook_url, row.email, f"Your {row.resource} export failed", error
+        )
+        store.record_notification(request_id, problem)
