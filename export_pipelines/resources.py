@@ -27,7 +27,7 @@ class SourceDatabase(dg.ConfigurableResource):
         return self.url
 
     def requests(self) -> RequestStore:
-        return RequestStore(self.url)
+        return RequestStore(self.url).migrate_once()
 
 
 class ExportS3(S3Resource):

@@ -42,6 +42,7 @@ def monthly_enterprise_export_schedule(
 
 
 janitor_schedule = dg.ScheduleDefinition(
+    name="janitor_schedule",
     job=janitor_job,
     cron_schedule="0 3 * * *",
     execution_timezone="UTC",

@@ -8,23 +8,13 @@ import dagster as dg
 from export_pipelines.core.catalog import CatalogError, InvalidRequest
 from export_pipelines.core.notify import InvalidWebhook, check_webhook_url
 from export_pipelines.core.request import build_request
-from export_pipelines.core.request_store import RequestStore, StoredRequest
+from export_pipelines.core.request_store import StoredRequest
 from export_pipelines.jobs import TENANT_PARTITIONS, monthly_tenant_export_job, tenant_export_job
 from export_pipelines.ops import REQUEST_ID_TAG, deliver
 from export_pipelines.resources import ExportSettings, Notifier, SourceDatabase
 
 SENSOR_INTERVAL = int(os.environ.get("EXPORT_SENSOR_INTERVAL_SECONDS", "5"))
 ATTEMPT_TAG = "export/attempt"
-
-
-_migrated: set[str] = set()
-
-
-def _migrate_once(store: RequestStore) -> None:
-    # The sensor may tick before anyone ran `export-pipelines migrate`.
-    if store.conninfo not in _migrated:
-        store.migrate()
-        _migrated.add(store.conninfo)
 
 
 def request_run_config(row: StoredRequest) -> dict[str, Any]:
@@ -74,7 +64,6 @@ def export_request_sensor(
     notifier: Notifier,
 ) -> dg.SensorResult:
     store = source.requests()
-    _migrate_once(store)
     runs: list[dg.RunRequest] = []
     for row in store.to_launch():
         try:

@@ -17,6 +17,7 @@ from export_pipelines.core.s3 import make_s3_client
 
 TEST_DB = "exports_test"
 TEST_BUCKET = "exports-test"
+WEBHOOK_SECRET = "test-webhook-secret"
 # Big enough for the "at least 100,000 nasty rows" requirement, small enough for CI.
 TEST_SIZE = DemoSize(big_rows=120_000, small_rows=30_000, small_tenants=20)
 
@@ -81,3 +82,32 @@ def pg(source_url: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(source_url, autocommit=True) as conn:
         conn.execute("SET TimeZone = 'UTC'")
         yield conn
+
+
+@pytest.fixture
+def dagster_resources(source_url, s3_client, bucket, prefix, stack_env) -> dict[str, Any]:
+    """The definitions' resources, pointed at the test database, bucket and a fresh prefix."""
+    from export_pipelines.resources import ExportS3, ExportSettings, Notifier, SourceDatabase
+
+    return {
+        "source": SourceDatabase(url=source_url),
+        "s3": ExportS3(
+            endpoint_url=stack_env["AWS_ENDPOINT_URL"],
+            region_name="us-east-1",
+            aws_access_key_id=stack_env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=stack_env["AWS_SECRET_ACCESS_KEY"],
+        ),
+        "export_settings": ExportSettings(bucket=bucket, prefix=prefix),
+        "notifier": Notifier(webhook_secret=WEBHOOK_SECRET, smtp_url=None),
+    }
+
+
+@pytest.fixture
+def store(source_url):
+    from export_pipelines.core.request_store import RequestStore
+
+    s = RequestStore(source_url)
+    s.migrate()
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE export_requests")
+    return s

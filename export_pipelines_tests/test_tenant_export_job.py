@@ -7,22 +7,12 @@ import pytest
 
 from export_pipelines.core.s3 import open_uploads
 from export_pipelines.jobs import tenant_export_job
-from export_pipelines.resources import ExportS3, ExportSettings, SourceDatabase
 from export_pipelines_tests.readback import csv_rows, read_manifest
 
 
 @pytest.fixture
-def resources(source_url, s3_client, bucket, prefix, stack_env):
-    return {
-        "source": SourceDatabase(url=source_url),
-        "s3": ExportS3(
-            endpoint_url=stack_env["AWS_ENDPOINT_URL"],
-            region_name="us-east-1",
-            aws_access_key_id=stack_env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=stack_env["AWS_SECRET_ACCESS_KEY"],
-        ),
-        "export_settings": ExportSettings(bucket=bucket, prefix=prefix),
-    }
+def resources(dagster_resources):
+    return dagster_resources
 
 
 def run(resources, **config):

@@ -10,7 +10,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 from psycopg.rows import dict_row
@@ -92,11 +92,28 @@ class StoredRequest:
         return cls(**{k: row[k] for k in cls.__dataclass_fields__})
 
 
+def is_request_id(value: str) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
+
+
 class RequestStore:
     """Every read and write of export_requests. Each method is one short transaction."""
 
+    _migrated: ClassVar[set[str]] = set()
+
     def __init__(self, conninfo: str) -> None:
         self.conninfo = conninfo
+
+    def migrate_once(self) -> RequestStore:
+        """Migrate on first use in this process (a sensor may tick before anyone migrated)."""
+        if self.conninfo not in RequestStore._migrated:
+            self.migrate()
+            RequestStore._migrated.add(self.conninfo)
+        return self
 
     def _connect(self) -> psycopg.Connection[dict[str, Any]]:
         return psycopg.connect(
@@ -147,9 +164,7 @@ class RequestStore:
         return str(row["id"])
 
     def get(self, request_id: str) -> StoredRequest | None:
-        try:
-            uuid.UUID(str(request_id))
-        except ValueError:
+        if not is_request_id(request_id):
             return None
         with self._connect() as conn:
             row = conn.execute("SELECT * FROM export_requests WHERE id = %s", [request_id]).fetchone()
@@ -173,6 +188,8 @@ class RequestStore:
         return [StoredRequest.from_row(_stringify_id(r)) for r in rows]
 
     def _update(self, request_id: str, sql: str, params: list[Any], only_if: tuple[str, ...] = ()) -> bool:
+        if not is_request_id(request_id):
+            return False  # an ad-hoc run's request_id that names no row: nothing to update
         guard = " AND status = ANY(%s)" if only_if else ""
         with self._connect() as conn:
             cur = conn.execute(

@@ -1,0 +1,143 @@
+"""export_request_sensor and the request row's life: pending → queued → running → succeeded | failed."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import psycopg
+import pytest
+
+from export_pipelines.definitions import defs
+from export_pipelines.jobs import tenant_export_job
+from export_pipelines.sensors import export_request_sensor, record_run_failure
+
+
+def tick(resources, instance=None):
+    context = dg.build_sensor_context(instance=instance or dg.DagsterInstance.ephemeral(), resources=resources)
+    result = export_request_sensor(context)
+    return result.run_requests or []
+
+
+def test_migration_is_idempotent(store, source_url):
+    store.migrate()
+    store.migrate()
+    with psycopg.connect(source_url) as conn:
+        cols = {r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'export_requests'")}
+    assert {"id", "tenant_id", "resource", "format", "compression", "filters", "columns", "webhook_url", "email",
+            "status", "attempt", "rows_total", "rows_exported", "bytes_written", "run_id", "manifest_key",
+            "download_url", "expires_at", "error", "created_at", "started_at", "completed_at", "updated_at"} <= cols
+
+
+def test_pending_row_becomes_one_run_request_once(store, dagster_resources):
+    rid = store.create(tenant_id="t-004", resource="orders", format="csv", filters={"status": ["paid"]})
+    requests = tick(dagster_resources)
+    assert [r.run_key for r in requests] == [f"{rid}:1"]
+    (req,) = requests
+    assert req.tags["tenant"] == "t-004"
+    cfg = req.run_config["ops"]["count_rows"]["config"]
+    assert cfg["request_id"] == rid and cfg["filters"] == {"status": ["paid"]}
+    assert store.get(rid).status == "queued"
+    # A second tick, and a tick from a "restarted" daemon (new context, no cursor): no new run.
+    assert tick(dagster_resources) == []
+    assert tick(dagster_resources, dg.DagsterInstance.ephemeral()) == []
+
+
+def test_queued_row_whose_run_never_started_is_re_requested_with_the_same_run_key(store, dagster_resources, source_url):
+    rid = store.create(tenant_id="t-004", resource="orders")
+    (first,) = tick(dagster_resources)
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("UPDATE export_requests SET queued_at = now() - interval '1 hour' WHERE id = %s", [rid])
+    (again,) = tick(dagster_resources)
+    assert again.run_key == first.run_key == f"{rid}:1"  # Dagster launches a run_key only once
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"resource": "invoices"}, "resource: unknown resource 'invoices'; allowed: orders"),
+        ({"format": "xml"}, "format: unknown format 'xml'; allowed: csv, parquet"),
+        ({"columns": ["id", "ssn"]}, "columns: unknown column(s) 'ssn'"),
+        ({"filters": {"note": "x"}}, "filters: 'note' is not a filter"),
+        ({"filters": {"date_from": "31/12/2024"}}, "filters.date_from: '31/12/2024' is not an ISO 8601"),
+        ({"filters": {"date_from": "2024-05-01", "date_to": "2024-04-01"}}, "filters.date_to: must be after"),
+        ({"webhook_url": "file:///etc/passwd"}, "webhook_url: must be an http(s) URL"),
+        ({"compression": "brotli"}, "compression: 'brotli' is not available for csv; allowed: gzip, none"),
+    ],
+)
+def test_invalid_request_fails_without_a_run_and_others_still_run(store, dagster_resources, fields, reason):
+    args = {"tenant_id": "t-004", "resource": "orders", **fields}
+    bad = store.create(**args)
+    good = store.create(tenant_id="t-006", resource="orders")
+    requests = tick(dagster_resources)
+    assert [r.run_key for r in requests] == [f"{good}:1"]
+    row = store.get(bad)
+    assert row.status == "failed" and row.run_id is None
+    assert reason in row.error
+
+
+def test_malformed_filters_json_is_rejected(store, dagster_resources, source_url):
+    rid = store.create(tenant_id="t-004", resource="orders")
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("UPDATE export_requests SET filters = %s::jsonb WHERE id = %s", [json.dumps([1, 2]), rid])
+    assert tick(dagster_resources) == []
+    assert "filters: must be a JSON object" in store.get(rid).error
+
+
+def test_failed_row_set_back_to_pending_runs_again_with_next_attempt(store, dagster_resources, source_url):
+    rid = store.create(tenant_id="t-004", resource="orders")
+    tick(dagster_resources)
+    store.mark_failed(rid, "boom")
+    assert tick(dagster_resources) == []
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("UPDATE export_requests SET status = 'pending', attempt = attempt + 1 WHERE id = %s", [rid])
+    assert [r.run_key for r in tick(dagster_resources)] == [f"{rid}:2"]
+
+
+def test_run_moves_the_row_to_succeeded_with_link(store, dagster_resources, pg):
+    rid = store.create(tenant_id="t-007", resource="orders", format="parquet")
+    (req,) = tick(dagster_resources)
+    result = tenant_export_job.execute_in_process(
+        run_config=req.run_config, resources=dagster_resources, tags=req.tags, raise_on_error=False
+    )
+    assert result.success
+    row = store.get(rid)
+    expected = pg.execute("SELECT count(*) FROM orders WHERE tenant_id = 't-007'").fetchone()[0]
+    assert row.status == "succeeded" and row.run_id == result.run_id
+    assert row.rows_total == row.rows_exported == expected
+    assert row.bytes_written > 0 and row.download_url.startswith("http")
+    assert row.manifest_key.endswith(f"/tenant=t-007/orders/{rid}/manifest.json")
+    assert row.expires_at > row.completed_at and row.error is None
+
+
+def test_failed_run_marks_the_row_failed_unless_it_will_be_retried(store, dagster_resources):
+    rid = store.create(tenant_id="t-007", resource="orders")
+    store.mark_queued(rid, 1)
+    store.mark_running(rid, "run-1", 10)
+    retrying = dg.DagsterRun(job_name="tenant_export_job", run_id="r1", tags={"export/request_id": rid, "dagster/will_retry": "true"})
+    record_run_failure(retrying, "worker died", dagster_resources["source"], dagster_resources["notifier"], None)
+    row = store.get(rid)
+    assert row.status == "running" and "worker died (retrying)" in row.error
+    final = dg.DagsterRun(job_name="tenant_export_job", run_id="r2", tags={"export/request_id": rid, "dagster/will_retry": "false"})
+    record_run_failure(final, "S3 NoSuchBucket", dagster_resources["source"], dagster_resources["notifier"], None)
+    row = store.get(rid)
+    assert row.status == "failed" and "S3 NoSuchBucket" in row.error
+
+
+def test_invalid_request_found_at_run_time_fails_the_row(store, dagster_resources, source_url):
+    # The catalog allows it, but the run finds a problem (here: an unknown filter slipped in).
+    rid = store.create(tenant_id="t-007", resource="orders")
+    result = tenant_export_job.execute_in_process(
+        run_config={"ops": {"count_rows": {"config": {"tenant_id": "t-007", "resource": "orders",
+                                                      "request_id": rid, "filters": {"secret": 1}}}}},
+        resources=dagster_resources,
+        raise_on_error=False,
+    )
+    assert not result.success
+    row = store.get(rid)
+    assert row.status == "failed" and "filters: 'secret' is not a filter" in row.error
+
+
+def test_definitions_have_the_sensors_and_schedules():
+    assert {s.name for s in defs.sensors} >= {"export_request_sensor", "tenant_partitions_sensor", "export_failure_sensor"}
+    assert {s.name for s in defs.schedules} == {"monthly_enterprise_export_schedule", "janitor_schedule"}
