@@ -1150,7 +1150,8 @@ class ServiceStatus:
 
     def line(self) -> str:
         state = f"running  pid {self.pid}" if self.running else "stopped"
-        return f"{self.name:<9}{state:<18}{self.address:<26}data {self.data_dir}"
+        # Pids go up to 7 digits (pid_max 4194304): keep a space after the widest one.
+        return f"{self.name:<9}{state:<21}{self.address:<26}data {self.data_dir}"
 
 
 def status() -> list[ServiceStatus]:
