@@ -172,6 +172,17 @@ def cmd_relink(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_failed_partitions(args: argparse.Namespace) -> int:
+    """Comma-separated keys for `dagster job backfill --partitions` (see README)."""
+    import dagster as dg
+
+    from export_pipelines.backfills import failed_partitions
+
+    with dg.DagsterInstance.get() as instance:
+        print(",".join(failed_partitions(instance, args.job, args.month)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="export-pipelines", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -221,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--hours", type=int, default=24)
     p.set_defaults(func=cmd_relink)
+
+    p = sub.add_parser("failed-partitions", help="partitions whose latest run failed (for a backfill)")
+    p.add_argument("--job", default="monthly_tenant_export_job")
+    p.add_argument("--month", help="only this month, e.g. 2026-11-01")
+    p.set_defaults(func=cmd_failed_partitions)
     return parser
 
 

@@ -37,8 +37,8 @@ tenant_export_job = export_graph.to_job(
 def monthly_run_config(partition_key: str) -> dict:
     """Tenant and month come from the partition (count_rows enforces them); resource and format
     can be changed in the launchpad."""
-    keys = dg.MultiPartitionKey.from_str(partition_key) if "|" in partition_key else None
-    tenant = keys.keys_by_dimension["tenant"] if keys else ""
+    # Multi-partition keys read "month|tenant" (dimensions sorted by name).
+    tenant = partition_key.split("|", 1)[1] if "|" in partition_key else ""
     return {
         "ops": {
             "count_rows": {

@@ -18,6 +18,7 @@ from export_pipelines.core.exporter import ExportOutcome, ExportPlan, ExportProg
 from export_pipelines.core.manifest import FinalizedExport, clear_success_marker, finalize_export
 from export_pipelines.core.notify import InvalidWebhook, check_webhook_url, post_webhook, send_email
 from export_pipelines.core.request import build_request
+from export_pipelines.core.s3 import S3ConfigurationError
 from export_pipelines.resources import ExportS3, ExportSettings, Notifier, SourceDatabase
 
 # Network ops ride over transient failures; invalid input is raised with allow_retries=False.
@@ -135,7 +136,6 @@ def export_files(
     """Stream the rows into S3 files; progress is logged (and put on the request row) per part."""
     plan = run_plan.plan
     client = s3.get_client()
-    clear_success_marker(client, export_settings.bucket, plan.location)
     store = source.requests() if run_plan.request_id else None
 
     def on_progress(p: ExportProgress) -> None:
@@ -147,16 +147,21 @@ def export_files(
         if store and run_plan.request_id:
             store.update_progress(run_plan.request_id, p.rows_exported, p.bytes_written)
 
-    outcome = run_export(
-        plan,
-        conninfo=source.conninfo,
-        catalog=export_settings.catalog(),
-        s3_client=client,
-        bucket=export_settings.bucket,
-        part_size=export_settings.part_size_mib * 1024 * 1024,
-        max_parts_in_flight=export_settings.max_parts_in_flight,
-        on_progress=on_progress,
-    )
+    try:
+        clear_success_marker(client, export_settings.bucket, plan.location)
+        outcome = run_export(
+            plan,
+            conninfo=source.conninfo,
+            catalog=export_settings.catalog(),
+            s3_client=client,
+            bucket=export_settings.bucket,
+            part_size=export_settings.part_size_mib * 1024 * 1024,
+            max_parts_in_flight=export_settings.max_parts_in_flight,
+            on_progress=on_progress,
+        )
+    except S3ConfigurationError as exc:
+        # Wrong bucket or credentials: retrying cannot help, say so at once.
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
     context.add_output_metadata(
         {
             "rows": outcome.rows,

@@ -14,7 +14,9 @@ from export_pipelines.sensors import export_request_sensor, record_run_failure
 
 
 def tick(resources, instance=None):
-    context = dg.build_sensor_context(instance=instance or dg.DagsterInstance.ephemeral(), resources=resources)
+    context = dg.build_sensor_context(
+        instance=instance or dg.DagsterInstance.ephemeral(), resources=resources
+    )
     result = export_request_sensor(context)
     return result.run_requests or []
 
@@ -23,10 +25,37 @@ def test_migration_is_idempotent(store, source_url):
     store.migrate()
     store.migrate()
     with psycopg.connect(source_url) as conn:
-        cols = {r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'export_requests'")}
-    assert {"id", "tenant_id", "resource", "format", "compression", "filters", "columns", "webhook_url", "email",
-            "status", "attempt", "rows_total", "rows_exported", "bytes_written", "run_id", "manifest_key",
-            "download_url", "expires_at", "error", "created_at", "started_at", "completed_at", "updated_at"} <= cols
+        cols = {
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'export_requests'"
+            )
+        }
+    assert {
+        "id",
+        "tenant_id",
+        "resource",
+        "format",
+        "compression",
+        "filters",
+        "columns",
+        "webhook_url",
+        "email",
+        "status",
+        "attempt",
+        "rows_total",
+        "rows_exported",
+        "bytes_written",
+        "run_id",
+        "manifest_key",
+        "download_url",
+        "expires_at",
+        "error",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "updated_at",
+    } <= cols
 
 
 def test_pending_row_becomes_one_run_request_once(store, dagster_resources):
@@ -43,7 +72,9 @@ def test_pending_row_becomes_one_run_request_once(store, dagster_resources):
     assert tick(dagster_resources, dg.DagsterInstance.ephemeral()) == []
 
 
-def test_queued_row_whose_run_never_started_is_re_requested_with_the_same_run_key(store, dagster_resources, source_url):
+def test_queued_row_whose_run_never_started_is_re_requested_with_the_same_run_key(
+    store, dagster_resources, source_url
+):
     rid = store.create(tenant_id="t-004", resource="orders")
     (first,) = tick(dagster_resources)
     with psycopg.connect(source_url, autocommit=True) as conn:
@@ -79,7 +110,9 @@ def test_invalid_request_fails_without_a_run_and_others_still_run(store, dagster
 def test_malformed_filters_json_is_rejected(store, dagster_resources, source_url):
     rid = store.create(tenant_id="t-004", resource="orders")
     with psycopg.connect(source_url, autocommit=True) as conn:
-        conn.execute("UPDATE export_requests SET filters = %s::jsonb WHERE id = %s", [json.dumps([1, 2]), rid])
+        conn.execute(
+            "UPDATE export_requests SET filters = %s::jsonb WHERE id = %s", [json.dumps([1, 2]), rid]
+        )
     assert tick(dagster_resources) == []
     assert "filters: must be a JSON object" in store.get(rid).error
 
@@ -90,7 +123,9 @@ def test_failed_row_set_back_to_pending_runs_again_with_next_attempt(store, dags
     store.mark_failed(rid, "boom")
     assert tick(dagster_resources) == []
     with psycopg.connect(source_url, autocommit=True) as conn:
-        conn.execute("UPDATE export_requests SET status = 'pending', attempt = attempt + 1 WHERE id = %s", [rid])
+        conn.execute(
+            "UPDATE export_requests SET status = 'pending', attempt = attempt + 1 WHERE id = %s", [rid]
+        )
     assert [r.run_key for r in tick(dagster_resources)] == [f"{rid}:2"]
 
 
@@ -114,12 +149,24 @@ def test_failed_run_marks_the_row_failed_unless_it_will_be_retried(store, dagste
     rid = store.create(tenant_id="t-007", resource="orders")
     store.mark_queued(rid, 1)
     store.mark_running(rid, "run-1", 10)
-    retrying = dg.DagsterRun(job_name="tenant_export_job", run_id="r1", tags={"export/request_id": rid, "dagster/will_retry": "true"})
-    record_run_failure(retrying, "worker died", dagster_resources["source"], dagster_resources["notifier"], None)
+    retrying = dg.DagsterRun(
+        job_name="tenant_export_job",
+        run_id="r1",
+        tags={"export/request_id": rid, "dagster/will_retry": "true"},
+    )
+    record_run_failure(
+        retrying, "worker died", dagster_resources["source"], dagster_resources["notifier"], None
+    )
     row = store.get(rid)
     assert row.status == "running" and "worker died (retrying)" in row.error
-    final = dg.DagsterRun(job_name="tenant_export_job", run_id="r2", tags={"export/request_id": rid, "dagster/will_retry": "false"})
-    record_run_failure(final, "S3 NoSuchBucket", dagster_resources["source"], dagster_resources["notifier"], None)
+    final = dg.DagsterRun(
+        job_name="tenant_export_job",
+        run_id="r2",
+        tags={"export/request_id": rid, "dagster/will_retry": "false"},
+    )
+    record_run_failure(
+        final, "S3 NoSuchBucket", dagster_resources["source"], dagster_resources["notifier"], None
+    )
     row = store.get(rid)
     assert row.status == "failed" and "S3 NoSuchBucket" in row.error
 
@@ -128,8 +175,18 @@ def test_invalid_request_found_at_run_time_fails_the_row(store, dagster_resource
     # The catalog allows it, but the run finds a problem (here: an unknown filter slipped in).
     rid = store.create(tenant_id="t-007", resource="orders")
     result = tenant_export_job.execute_in_process(
-        run_config={"ops": {"count_rows": {"config": {"tenant_id": "t-007", "resource": "orders",
-                                                      "request_id": rid, "filters": {"secret": 1}}}}},
+        run_config={
+            "ops": {
+                "count_rows": {
+                    "config": {
+                        "tenant_id": "t-007",
+                        "resource": "orders",
+                        "request_id": rid,
+                        "filters": {"secret": 1},
+                    }
+                }
+            }
+        },
         resources=dagster_resources,
         raise_on_error=False,
     )
@@ -139,5 +196,9 @@ def test_invalid_request_found_at_run_time_fails_the_row(store, dagster_resource
 
 
 def test_definitions_have_the_sensors_and_schedules():
-    assert {s.name for s in defs.sensors} >= {"export_request_sensor", "tenant_partitions_sensor", "export_failure_sensor"}
+    assert {s.name for s in defs.sensors} >= {
+        "export_request_sensor",
+        "tenant_partitions_sensor",
+        "export_failure_sensor",
+    }
     assert {s.name for s in defs.schedules} == {"monthly_enterprise_export_schedule", "janitor_schedule"}

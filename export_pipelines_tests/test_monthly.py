@@ -1,0 +1,118 @@
+"""Tenant x month partitions, the monthly enterprise schedule, and re-running failed partitions only."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from export_pipelines.backfills import failed_partitions
+from export_pipelines.jobs import monthly_tenant_export_job
+from export_pipelines.resources import ExportSettings
+from export_pipelines.schedules import monthly_enterprise_export_schedule, previous_month
+from export_pipelines.sensors import tenant_partitions_sensor
+from export_pipelines_tests.readback import csv_rows, read_manifest
+
+ENTERPRISE = ["t-005", "t-010", "t-015", "t-020", "t-big"]  # plan = 'enterprise' in the demo data
+
+
+def test_previous_month():
+    assert previous_month(datetime(2026, 12, 1, 2, tzinfo=UTC)) == "2026-11-01"
+    assert previous_month(datetime(2027, 1, 1, 2, tzinfo=UTC)) == "2026-12-01"
+
+
+def test_schedule_requests_previous_month_for_every_enterprise_tenant(dagster_resources, tmp_path):
+    # build_schedule_context needs a persistent instance (the schedule adds dynamic partitions).
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        context = dg.build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=datetime(2026, 12, 1, 2, 0, tzinfo=UTC),
+            resources=dagster_resources,
+        )
+        requests = monthly_enterprise_export_schedule(context)
+        tenants_partitions = sorted(instance.get_dynamic_partitions("tenants"))
+    keys = sorted(str(r.partition_key) for r in requests)
+    assert keys == [f"2026-11-01|{t}" for t in ENTERPRISE]
+    assert {r.run_key for r in requests} == {f"2026-11-01|{t}" for t in ENTERPRISE}
+    assert {r.tags["tenant"] for r in requests} == set(ENTERPRISE)
+    assert tenants_partitions == ENTERPRISE
+    config = monthly_tenant_export_job.partitioned_config
+    for r in requests:
+        tenant = r.tags["tenant"]
+        run_config = config.get_run_config_for_partition_key(str(r.partition_key))
+        assert run_config == {
+            "ops": {"count_rows": {"config": {"tenant_id": tenant, "resource": "orders", "format": "csv"}}}
+        }
+    assert monthly_enterprise_export_schedule.cron_schedule == "0 2 1 * *"
+    assert monthly_enterprise_export_schedule.execution_timezone == "UTC"
+
+
+def test_partitions_sensor_adds_every_tenant(dagster_resources, pg):
+    instance = dg.DagsterInstance.ephemeral()
+    result = tenant_partitions_sensor(dg.build_sensor_context(instance=instance, resources=dagster_resources))
+    (add,) = result.dynamic_partitions_requests
+    tenants = [r[0] for r in pg.execute("SELECT id FROM tenants ORDER BY id")]
+    assert sorted(add.partition_keys) == tenants
+
+
+def run_partition(instance, resources, key):
+    return monthly_tenant_export_job.execute_in_process(
+        partition_key=key, instance=instance, resources=resources, raise_on_error=False
+    )
+
+
+def test_partition_exports_that_tenant_and_month_only(dagster_resources, s3_client, bucket, prefix, pg):
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("tenants", ["t-005"])
+    result = run_partition(instance, dagster_resources, "2024-05-01|t-005")
+    assert result.success
+    done = result.output_for_node("finalize")
+    assert done.manifest_key == f"{prefix}/tenant=t-005/orders/2024-05/manifest.json"
+    _, rows = csv_rows(s3_client, bucket, read_manifest(s3_client, bucket, done.manifest_key))
+    expected = pg.execute(
+        "SELECT id::text FROM orders WHERE tenant_id = 't-005' AND created_at >= '2024-05-01' "
+        "AND created_at < '2024-06-01' ORDER BY orders.id"
+    ).fetchall()
+    assert [r[0] for r in rows] == [e[0] for e in expected] and expected
+    assert all(r[2].startswith("2024-05-") for r in rows)
+
+
+def test_rerun_of_failed_partitions_only(dagster_resources, s3_client, bucket, prefix):
+    instance = dg.DagsterInstance.ephemeral()
+    tenants = ["t-005", "t-010", "t-015"]
+    instance.add_dynamic_partitions("tenants", tenants)
+    broken = {
+        **dagster_resources,
+        "export_settings": ExportSettings(bucket="no-such-bucket-for-t010", prefix=prefix),
+    }
+    keys = [f"2024-06-01|{t}" for t in tenants]
+    for key in keys:
+        result = run_partition(instance, broken if key.endswith("t-010") else dagster_resources, key)
+        assert result.success == (not key.endswith("t-010"))
+        if not result.success:  # not retried: a missing bucket is a configuration error
+            (error,) = [e.step_failure_data.error for e in result.get_step_failure_events()]
+            assert "NoSuchBucket" in error.message and "check EXPORT_BUCKET" in error.message
+    failure = [
+        e for e in instance.all_logs(result.run_id) if e.dagster_event and e.dagster_event.is_step_failure
+    ]
+    assert failed_partitions(instance) == ["2024-06-01|t-010"]
+    good_before = {
+        t: s3_client.head_object(Bucket=bucket, Key=f"{prefix}/tenant={t}/orders/2024-06/_SUCCESS")[
+            "LastModified"
+        ]
+        for t in ("t-005", "t-015")
+    }
+    for key in failed_partitions(instance):
+        assert run_partition(instance, dagster_resources, key).success
+    assert failed_partitions(instance) == []
+    runs = instance.get_runs(dg.RunsFilter(job_name="monthly_tenant_export_job"))
+    per_partition = {k: sum(r.tags.get("dagster/partition") == k for r in runs) for k in keys}
+    assert per_partition == {"2024-06-01|t-005": 1, "2024-06-01|t-010": 2, "2024-06-01|t-015": 1}
+    for t, modified in good_before.items():  # the good partitions were not exported again
+        assert (
+            s3_client.head_object(Bucket=bucket, Key=f"{prefix}/tenant={t}/orders/2024-06/_SUCCESS")[
+                "LastModified"
+            ]
+            == modified
+        )
+    s3_client.head_object(Bucket=bucket, Key=f"{prefix}/tenant=t-010/orders/2024-06/_SUCCESS")
