@@ -92,9 +92,6 @@ def test_rerun_of_failed_partitions_only(dagster_resources, s3_client, bucket, p
         if not result.success:  # not retried: a missing bucket is a configuration error
             (error,) = [e.step_failure_data.error for e in result.get_step_failure_events()]
             assert "NoSuchBucket" in error.message and "check EXPORT_BUCKET" in error.message
-    failure = [
-        e for e in instance.all_logs(result.run_id) if e.dagster_event and e.dagster_event.is_step_failure
-    ]
     assert failed_partitions(instance) == ["2024-06-01|t-010"]
     good_before = {
         t: s3_client.head_object(Bucket=bucket, Key=f"{prefix}/tenant={t}/orders/2024-06/_SUCCESS")[
