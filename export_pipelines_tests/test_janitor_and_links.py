@@ -1,0 +1,102 @@
+"""Link expiry and hygiene: the janitor expires old exports and aborts abandoned uploads; relink."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import psycopg
+
+from export_pipelines.cli import main
+from export_pipelines.core.s3 import open_uploads
+from export_pipelines.jobs import janitor_job, tenant_export_job
+from export_pipelines.resources import ExportSettings
+
+
+def export_for_request(resources, store, tenant="t-009"):
+    rid = store.create(tenant_id=tenant, resource="orders")
+    config = {"tenant_id": tenant, "resource": "orders", "request_id": rid}
+    result = tenant_export_job.execute_in_process(
+        run_config={"ops": {"count_rows": {"config": config}}}, resources=resources
+    )
+    assert result.success
+    return rid
+
+
+def test_janitor_expires_exports_and_aborts_stale_uploads(
+    dagster_resources, store, s3_client, bucket, prefix, source_url
+):
+    old = export_for_request(dagster_resources, store)
+    fresh = export_for_request(dagster_resources, store, tenant="t-011")
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE export_requests SET expires_at = now() - interval '1 minute' WHERE id = %s", [old]
+        )
+    folder = store.get(old).manifest_key.rsplit("/", 1)[0] + "/"
+    assert s3_client.list_objects_v2(Bucket=bucket, Prefix=folder)["KeyCount"] == 3
+    abandoned = s3_client.create_multipart_upload(
+        Bucket=bucket, Key=f"{prefix}/tenant=x/orders/y/part-00001.csv.gz"
+    )
+    s3_client.upload_part(
+        Bucket=bucket, Key=abandoned["Key"], UploadId=abandoned["UploadId"], PartNumber=1, Body=b"x"
+    )
+    outside = s3_client.create_multipart_upload(Bucket=bucket, Key="elsewhere/not-ours")
+
+    resources = {
+        **dagster_resources,
+        "export_settings": ExportSettings(bucket=bucket, prefix=prefix, abort_uploads_after_hours=0),
+    }
+    result = janitor_job.execute_in_process(resources=resources)
+    assert result.success
+    row = store.get(old)
+    assert row.status == "expired" and row.download_url is None
+    assert s3_client.list_objects_v2(Bucket=bucket, Prefix=folder)["KeyCount"] == 0
+    assert store.get(fresh).status == "succeeded"
+    assert s3_client.list_objects_v2(Bucket=bucket, Prefix=store.get(fresh).manifest_key)["KeyCount"] == 1
+    assert open_uploads(s3_client, bucket, prefix + "/") == []
+    assert [u["UploadId"] for u in open_uploads(s3_client, bucket, "elsewhere/")] == [outside["UploadId"]]
+    s3_client.abort_multipart_upload(Bucket=bucket, Key="elsewhere/not-ours", UploadId=outside["UploadId"])
+
+
+def test_relink_issues_a_fresh_working_link(dagster_resources, store, capsys, monkeypatch, bucket):
+    rid = export_for_request(dagster_resources, store)
+    before = store.get(rid)
+    monkeypatch.setenv("EXPORT_BUCKET", bucket)
+    assert main(["relink", rid, "--hours", "2"]) == 0
+    url = capsys.readouterr().out.strip()
+    after = store.get(rid)
+    assert after.download_url == url != before.download_url
+    assert after.expires_at < before.expires_at  # 2 h instead of the default 24 h
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.read()[:2] == b"\x1f\x8b"  # the gzip file itself
+    assert main(["relink", "00000000-0000-0000-0000-000000000000"]) == 1
+    assert "cannot get a new link" in capsys.readouterr().err
+
+
+def test_cli_request_and_status(store, capsys):
+    assert (
+        main(
+            [
+                "request",
+                "--tenant",
+                "t-001",
+                "--resource",
+                "orders",
+                "--format",
+                "parquet",
+                "--filter",
+                "status=paid",
+                "--filter",
+                "status=shipped",
+                "--date-from",
+                "2024-01-01",
+            ]
+        )
+        == 0
+    )
+    rid = capsys.readouterr().out.strip()
+    row = store.get(rid)
+    assert row.status == "pending" and row.format == "parquet"
+    assert row.filters == {"status": ["paid", "shipped"], "date_from": "2024-01-01"}
+    assert main(["status", rid]) == 0
+    out = capsys.readouterr().out
+    assert "status:    pending" in out and "t-001" in out
