@@ -1,0 +1,265 @@
+"""Benchmark: our export core and job against `psql \\copy | gzip -1` and ADBC → Parquet, all
+uploading to the same local S3 server, in the same run, round-robin.
+
+    .venv/bin/python bench/run.py                      # 1M and 10M rows, 3 repetitions
+    .venv/bin/python bench/run.py --rows 1000000 --reps 5
+    .venv/bin/python bench/run.py --smoke              # 20,000 rows, 1 repetition (CI)
+
+Data: database `exports_bench` on the local stack, one big tenant `t-big` with --rows rows among
+30 small tenants; built once per size and reused. Every method runs in its own process; peak
+RSS is that process tree's (`wait4` ru_maxrss: the largest process, not the sum). Outputs are
+verified: row counts, and for CSV the decompressed bytes of ours must equal the reference's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+
+from export_pipelines import local_stack
+from export_pipelines.core.demo_data import BIG_TENANT, DemoSize, load_demo_data
+from export_pipelines.core.s3 import make_s3_client
+
+HERE = Path(__file__).resolve().parent
+BENCH_DB = "exports_bench"
+COLUMNS = "id, tenant_id, created_at, status, amount, currency, customer_email, note, attrs"
+METHODS = ["ref_csv", "ours_csv", "job_csv", "ref_parquet", "ours_parquet"]
+REFERENCE = {"ours_csv": "ref_csv", "job_csv": "ref_csv", "ours_parquet": "ref_parquet"}
+
+
+@dataclass
+class Sample:
+    seconds: float
+    rss_mb: float
+    rows: int
+    bytes: int
+    keys: list[str]
+
+
+@dataclass
+class Result:
+    method: str
+    rows_target: int
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(s.seconds for s in self.samples)
+
+    @property
+    def rss(self) -> float:
+        return max(s.rss_mb for s in self.samples)
+
+
+def database_url(env: dict[str, str]) -> str:
+    return env["SOURCE_DATABASE_URL"].rsplit("/", 1)[0] + "/" + BENCH_DB
+
+
+def ensure_data(env: dict[str, str], big_rows: int) -> str:
+    """Build (or reuse) the benchmark table for this size; returns its URL."""
+    admin = env["SOURCE_DATABASE_URL"].rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB]).fetchone():
+            conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
+    url = database_url(env)
+    size = DemoSize(big_rows=big_rows, small_rows=max(big_rows // 10, 1000), small_tenants=30)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_meta (big_rows bigint)")
+        have = conn.execute("SELECT big_rows FROM bench_meta").fetchone()
+        if not have or have[0] != big_rows:
+            print(f"building benchmark data: {size.total:,} rows …", flush=True)
+            start = time.perf_counter()
+            load_demo_data(conn, size)
+            conn.execute("DELETE FROM bench_meta")
+            conn.execute("INSERT INTO bench_meta VALUES (%s)", [big_rows])
+            conn.execute("VACUUM ANALYZE orders")
+            print(f"  built in {time.perf_counter() - start:.0f}s", flush=True)
+    return url
+
+
+def run_measured(argv: list[str], env: dict[str, str], shell: bool = False) -> tuple[float, float, str]:
+    """Run a command; return (seconds, peak RSS MB of its process tree, stdout)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        argv if not shell else ["bash", "-o", "pipefail", "-c", argv[0]],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    out = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"benchmark step failed: {argv}")
+    return seconds, usage.ru_maxrss / 1024, out
+
+
+def run_method(method: str, env: dict[str, str], prefix: str) -> Sample:
+    bucket = env["EXPORT_BUCKET"]
+    if method == "ref_csv":
+        key = f"{prefix}/ref.csv.gz"
+        psql = local_stack.pg_bin("psql")
+        copy = (
+            f"\\copy (SELECT {COLUMNS} FROM orders WHERE tenant_id = '{BIG_TENANT}' ORDER BY id) "
+            "TO STDOUT (FORMAT csv, HEADER)"
+        )
+        pipeline = (
+            f"{shlex.quote(str(psql))} -X -q {shlex.quote(env['SOURCE_DATABASE_URL'])} "
+            f"-c {shlex.quote(copy)} | gzip -1 | "
+            f"{shlex.quote(sys.executable)} {HERE / 'upload_stdin.py'} {bucket} {key}"
+        )
+        seconds, rss, _ = run_measured(
+            [pipeline], {**env, "PGTZ": "UTC", "PGDATESTYLE": "ISO, YMD"}, shell=True
+        )
+        size = make_s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"]
+        return Sample(seconds, rss, -1, size, [key])
+    seconds, rss, out = run_measured(
+        [sys.executable, str(HERE / "method.py"), method, BIG_TENANT, prefix], env
+    )
+    data = json.loads(out.strip().splitlines()[-1])
+    # Our own clock inside the process excludes interpreter start-up; the wall clock includes it.
+    return Sample(seconds, rss, data["rows"], data["bytes"], data["keys"])
+
+
+def decompressed_sha256(client, bucket: str, keys: list[str]) -> tuple[str, int]:
+    """sha256 and size of the decompressed bytes of gzip objects made of one or more members."""
+    digest, size = hashlib.sha256(), 0
+    for key in keys:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+        d = zlib.decompressobj(wbits=47)
+        for chunk in iter(lambda b=body: b.read(8 << 20), b""):
+            while chunk:
+                out = d.decompress(chunk)
+                digest.update(out)
+                size += len(out)
+                chunk = b""
+                if d.eof:  # next gzip member
+                    chunk, d = d.unused_data, zlib.decompressobj(wbits=47)
+    return digest.hexdigest(), size
+
+
+def verify(results: dict[str, Result], env: dict[str, str], expected_rows: int) -> list[str]:
+    client, bucket = make_s3_client(), env["EXPORT_BUCKET"]
+    notes = []
+    ref = results["ref_csv"].samples[-1]
+    ref_sha, ref_size = decompressed_sha256(client, bucket, ref.keys)
+    for method in ("ours_csv", "job_csv"):
+        sample = results[method].samples[-1]
+        sha, size = decompressed_sha256(client, bucket, sample.keys)
+        if sha != ref_sha:
+            raise SystemExit(
+                f"VERIFY FAILED: {method} CSV differs from the psql reference ({size} vs {ref_size} bytes)"
+            )
+        notes.append(
+            f"{method}: decompressed CSV identical to psql reference ({size:,} bytes, sha256 {sha[:12]}…)"
+        )
+    for method in ("ours_csv", "job_csv", "ours_parquet", "ref_parquet"):
+        rows = results[method].samples[-1].rows
+        if rows != expected_rows:
+            raise SystemExit(f"VERIFY FAILED: {method} exported {rows} rows, expected {expected_rows}")
+    import io
+
+    import pyarrow.parquet as pq
+
+    for method in ("ours_parquet", "ref_parquet"):
+        key = results[method].samples[-1].keys[0]
+        meta = pq.ParquetFile(io.BytesIO(client.get_object(Bucket=bucket, Key=key)["Body"].read())).metadata
+        if meta.num_rows != expected_rows:
+            raise SystemExit(f"VERIFY FAILED: {method} Parquet has {meta.num_rows} rows")
+    notes.append(f"row counts: every method {expected_rows:,} rows (Parquet files read back with pyarrow)")
+    return notes
+
+
+def bench_size(env: dict[str, str], big_rows: int, reps: int) -> tuple[dict[str, Result], int, list[str]]:
+    url = ensure_data(env, big_rows)
+    run_env = {**env, "SOURCE_DATABASE_URL": url}
+    with psycopg.connect(url) as conn:
+        expected = conn.execute("SELECT count(*) FROM orders WHERE tenant_id = %s", [BIG_TENANT]).fetchone()[
+            0
+        ]
+    results = {m: Result(m, expected) for m in METHODS}
+    prefix = f"bench/{uuid.uuid4().hex[:8]}"
+    for rep in range(reps):
+        for method in METHODS:  # round-robin, so drift hits every method alike
+            sample = run_method(method, run_env, f"{prefix}/{method}")
+            results[method].samples.append(sample)
+            print(
+                f"  {big_rows:>10,} rows  rep {rep + 1}/{reps}  {method:<13} {sample.seconds:6.2f}s  "
+                f"{sample.rss_mb:6.0f} MB",
+                flush=True,
+            )
+    results["ref_csv"].samples[-1].rows = expected
+    return results, expected, verify(results, run_env, expected)
+
+
+def table(all_results: list[tuple[int, dict[str, Result], int]]) -> str:
+    lines = [
+        "| rows | method | median s | rows/s | MB/s (output) | peak RSS MB | ratio to reference |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for _, results, expected in all_results:
+        for method in METHODS:
+            r = results[method]
+            ref = REFERENCE.get(method)
+            ratio = f"{r.median / results[ref].median:.2f}x {ref}" if ref else "1.00 (reference)"
+            out_mb = statistics.median(s.bytes for s in r.samples) / 1e6
+            lines.append(
+                f"| {expected:,} | {method} | {r.median:.2f} | {expected / r.median:,.0f} | "
+                f"{out_mb / r.median:.1f} | {r.rss:.0f} | {ratio} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", default="1000000,10000000", help="big-tenant sizes, comma-separated")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="20,000 rows, 1 repetition")
+    args = parser.parse_args()
+    sizes = [20_000] if args.smoke else [int(x) for x in args.rows.split(",")]
+    reps = 1 if args.smoke else args.reps
+
+    env = {**os.environ, **local_stack.start()}
+    env["EXPORT_PREFIX"] = "bench"
+    client = make_s3_client(endpoint_url=env["AWS_ENDPOINT_URL"])
+    try:
+        client.head_bucket(Bucket=env["EXPORT_BUCKET"])
+    except client.exceptions.ClientError:
+        client.create_bucket(Bucket=env["EXPORT_BUCKET"])
+    all_results, notes = [], []
+    for size in sizes:
+        results, expected, size_notes = bench_size(env, size, reps)
+        all_results.append((size, results, expected))
+        notes += [f"{expected:,} rows: {n}" for n in size_notes]
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    header = (
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {os.cpu_count()} cores, {mem:.0f} GiB · "
+        f"{platform.python_implementation()} {platform.python_version()} · "
+        f"`{' '.join(['bench/run.py', *sys.argv[1:]])}` · {reps} rep(s), median"
+    )
+    report = "\n".join([header, "", table(all_results), "", *[f"- {n}" for n in notes]])
+    print("\n" + report)
+    out_dir = HERE / "results"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%S}.md").write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
