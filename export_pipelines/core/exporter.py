@@ -28,7 +28,8 @@ from export_pipelines.core.request import ExportRequest
 from export_pipelines.core.s3 import MultipartSink, UploadedPart, part_size_for
 
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
-QUEUE_ITEMS = 8  # reader → encoder: at most this many ~1 MiB chunks (or Arrow batches) waiting
+QUEUE_ITEMS = 8  # reader → encoder: at most this many ~1 MiB CSV chunks waiting
+ARROW_QUEUE_ITEMS = 2  # or this many ~4 MiB Arrow batches
 
 
 @dataclass(frozen=True)
@@ -278,7 +279,9 @@ def run_export(
     started = time.monotonic()
     encoder_cls = encoder_class(plan.request.format)
     source = make_source(conninfo, plan, encoder_cls, catalog)
-    events: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_ITEMS if encoder_cls.input_kind == "pg_csv" else 3)
+    events: queue.Queue[Any] = queue.Queue(
+        maxsize=QUEUE_ITEMS if encoder_cls.input_kind == "pg_csv" else ARROW_QUEUE_ITEMS
+    )
     reader = _Reader(source, plan, events)
     files: list[FileResult] = []
     totals = {"rows": 0, "bytes": 0, "parts": 0}

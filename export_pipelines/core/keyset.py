@@ -28,6 +28,7 @@ MIN_BATCH_ROWS = 100
 MAX_BATCH_ROWS = 200_000
 FIRST_BATCH_ROWS = 10_000
 CHUNK_BYTES = 1024 * 1024
+ARROW_BATCH_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -132,19 +133,43 @@ class PgCsvSource:
 
 
 class ArrowSource:
-    """Arrow record batches read by ADBC; bounds use the same psycopg snapshot (exported to ADBC)."""
+    """Arrow record batches read by ADBC; bounds use the same psycopg snapshot (exported to ADBC).
+
+    ADBC's low-level API is used because its DB-API module imports pandas (~55 MB of RSS).
+    """
 
     def __init__(self, conninfo: str, query: ExportQuery, high_water_mark: Any) -> None:
-        import adbc_driver_postgresql.dbapi as adbc
+        import adbc_driver_manager
+        import adbc_driver_postgresql
 
+        self._adm = adbc_driver_manager
         self.query = query
         self.hwm = high_water_mark
         self.bounds = PgCsvSource(conninfo, query, high_water_mark)
-        self.adbc = adbc.connect(conninfo, autocommit=True)
-        self.cursor = self.adbc.cursor()
+        self._db = adbc_driver_postgresql.connect(conninfo)
+        self._conn = adbc_driver_manager.AdbcConnection(self._db)
         for name, value in SESSION_SETTINGS.items():
-            self.cursor.execute(f"SET {name} = '{value}'")
+            self._execute(f"SET {name} = '{value}'")
         self._in_tx = False
+
+    def _execute(self, statement: str) -> None:
+        stmt = self._adm.AdbcStatement(self._conn)
+        try:
+            stmt.set_sql_query(statement)
+            stmt.execute_update()
+        finally:
+            stmt.close()
+
+    def _batches(self, statement: str) -> Iterator[pa.RecordBatch]:
+        stmt = self._adm.AdbcStatement(self._conn)
+        try:
+            # Smaller batches than ADBC's 16 MB default keep the queue's memory small.
+            stmt.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(ARROW_BATCH_BYTES)})
+            stmt.set_sql_query(statement)
+            stream, _ = stmt.execute_query()
+            yield from pa.RecordBatchReader.from_stream(stream)
+        finally:
+            stmt.close()
 
     def _render(self, stmt: sql.Composable, params: list[Any]) -> str:
         # ADBC runs parameterised queries without COPY (2x slower). psycopg binds the values
@@ -155,30 +180,34 @@ class ArrowSource:
         snapshot = self.bounds.begin_file()
         row = self.bounds.conn.execute("SELECT pg_export_snapshot()").fetchone()
         self._end_adbc_tx()
-        self.cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        self._execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         self._in_tx = True
-        self.cursor.execute(self._render(sql.SQL("SET TRANSACTION SNAPSHOT %s"), [row[0] if row else ""]))
+        self._execute(self._render(sql.SQL("SET TRANSACTION SNAPSHOT %s"), [row[0] if row else ""]))
         return snapshot
 
     def next_range(self, after: Any, limit: int) -> KeyRange | None:
         return self.bounds.next_range(after, limit)
 
-    def read(self, key_range: KeyRange) -> Iterator[Any]:
+    def read(self, key_range: KeyRange) -> Iterator[pa.RecordBatch]:
         stmt, params = self.query.select_range(key_range.after, key_range.last)
-        self.cursor.execute(self._render(stmt, params))
-        reader = self.cursor.fetch_record_batch()
-        yield from reader
+        yield from self._batches(self._render(stmt, params))
 
-    def empty_batch(self) -> Any:
+    def empty_batch(self) -> pa.RecordBatch:
         """A zero-row batch with the export's real column types (a file with no rows)."""
         stmt, params = self.query.select_range(None, None)
-        self.cursor.execute(self._render(sql.SQL("{} LIMIT 0").format(stmt), params))
-        schema = self.cursor.fetch_arrow_table().schema
+        query = self._render(sql.SQL("{} LIMIT 0").format(stmt), params)
+        stmt_handle = self._adm.AdbcStatement(self._conn)
+        try:
+            stmt_handle.set_sql_query(query)
+            stream, _ = stmt_handle.execute_query()
+            schema = pa.RecordBatchReader.from_stream(stream).schema
+        finally:
+            stmt_handle.close()
         return pa.RecordBatch.from_pylist([], schema=schema)
 
     def _end_adbc_tx(self) -> None:
         if self._in_tx:
-            self.cursor.execute("COMMIT")
+            self._execute("COMMIT")
             self._in_tx = False
 
     def end_file(self) -> None:
@@ -187,7 +216,7 @@ class ArrowSource:
 
     def close(self) -> None:
         try:
-            self.cursor.close()
-            self.adbc.close()
+            self._conn.close()
+            self._db.close()
         finally:
             self.bounds.close()
