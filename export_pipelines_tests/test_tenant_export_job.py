@@ -58,7 +58,19 @@ def test_invalid_config_fails_with_the_allowed_values(resources, s3_client, buck
     assert open_uploads(s3_client, bucket, prefix) == []
 
 
-def test_definitions_load():
-    from export_pipelines.definitions import defs
+def test_definitions_load_as_dagster_loads_them():
+    # In a fresh process, as `dagster dev` / the daemon load the code location (and free of
+    # the process-wide state other tests leave behind).
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    assert defs.resolve_job_def("tenant_export_job").name == "tenant_export_job"
+    dagster = Path(sys.executable).parent / "dagster"
+    out = subprocess.run(
+        [str(dagster), "definitions", "validate", "-m", "export_pipelines.definitions"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "All code locations passed validation" in out.stderr + out.stdout
