@@ -22,6 +22,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 import zlib
@@ -66,17 +67,13 @@ class Result:
         return max(s.rss_mb for s in self.samples)
 
 
-def database_url(env: dict[str, str]) -> str:
-    return env["SOURCE_DATABASE_URL"].rsplit("/", 1)[0] + "/" + BENCH_DB
-
-
-def ensure_data(env: dict[str, str], big_rows: int) -> str:
+def ensure_data(env: dict[str, str], big_rows: int, database: str) -> str:
     """Build (or reuse) the benchmark table for this size; returns its URL."""
     admin = env["SOURCE_DATABASE_URL"].rsplit("/", 1)[0] + "/postgres"
     with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB]).fetchone():
-            conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
-    url = database_url(env)
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
+            conn.execute(f'CREATE DATABASE "{database}"')
+    url = env["SOURCE_DATABASE_URL"].rsplit("/", 1)[0] + "/" + database
     size = DemoSize(big_rows=big_rows, small_rows=max(big_rows // 10, 1000), small_tenants=30)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS bench_meta (big_rows bigint)")
@@ -94,18 +91,22 @@ def ensure_data(env: dict[str, str], big_rows: int) -> str:
 
 def run_measured(argv: list[str], env: dict[str, str], shell: bool = False) -> tuple[float, float, str]:
     """Run a command; return (seconds, peak RSS MB of its process tree, stdout)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        argv if not shell else ["bash", "-o", "pipefail", "-c", argv[0]],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    out = proc.stdout.read() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"benchmark step failed: {argv}")
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            argv if not shell else ["bash", "-o", "pipefail", "-c", argv[0]],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,  # Dagster's run log: shown only if the step fails
+            text=True,
+        )
+        out = proc.stdout.read() if proc.stdout else ""
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            err.seek(0)
+            sys.stderr.write(err.read()[-4000:].decode(errors="replace"))
+            raise SystemExit(f"benchmark step failed: {argv}")
     return seconds, usage.ru_maxrss / 1024, out
 
 
@@ -185,8 +186,10 @@ def verify(results: dict[str, Result], env: dict[str, str], expected_rows: int) 
     return notes
 
 
-def bench_size(env: dict[str, str], big_rows: int, reps: int) -> tuple[dict[str, Result], int, list[str]]:
-    url = ensure_data(env, big_rows)
+def bench_size(
+    env: dict[str, str], big_rows: int, reps: int, database: str
+) -> tuple[dict[str, Result], int, list[str]]:
+    url = ensure_data(env, big_rows, database)
     run_env = {**env, "SOURCE_DATABASE_URL": url}
     with psycopg.connect(url) as conn:
         expected = conn.execute("SELECT count(*) FROM orders WHERE tenant_id = %s", [BIG_TENANT]).fetchone()[
@@ -245,7 +248,9 @@ def main() -> None:
         client.create_bucket(Bucket=env["EXPORT_BUCKET"])
     all_results, notes = [], []
     for size in sizes:
-        results, expected, size_notes = bench_size(env, size, reps)
+        # The smoke run has its own database, so it never rebuilds a developer's 10M rows.
+        database = f"{BENCH_DB}_smoke" if args.smoke else BENCH_DB
+        results, expected, size_notes = bench_size(env, size, reps, database)
         all_results.append((size, results, expected))
         notes += [f"{expected:,} rows: {n}" for n in size_notes]
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -258,6 +263,7 @@ def main() -> None:
     print("\n" + report)
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
+    print(f"verified: {len(notes)} checks passed")
     (out_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%S}.md").write_text(report + "\n")
 
 
