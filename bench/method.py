@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from export_pipelines.core.catalog import load_catalog
 from export_pipelines.core.exporter import plan_export, run_export
@@ -109,6 +110,10 @@ def main() -> None:
         out = ref_parquet(tenant, prefix)
     else:
         raise SystemExit(f"unknown method {method!r}")
+    # Our own peak, read just before exit (the parent samples too, but may miss the very end).
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            out["peak_rss_mb"] = int(line.split()[1]) / 1024
     print(json.dumps(out))
 
 
