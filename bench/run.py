@@ -276,8 +276,8 @@ def main() -> None:
         client.create_bucket(Bucket=env["EXPORT_BUCKET"])
     all_results, notes = [], []
     for size in sizes:
-        # The smoke run has its own database, so it never rebuilds a developer's 10M rows.
-        database = f"{BENCH_DB}_smoke" if args.smoke else BENCH_DB
+        # One database per size (the smoke run's too): switching sizes never rebuilds 10M rows.
+        database = f"{BENCH_DB}_smoke" if args.smoke else f"{BENCH_DB}_{size}"
         results, expected, size_notes = bench_size(env, size, reps, database)
         all_results.append((size, results, expected))
         notes += [f"{expected:,} rows: {n}" for n in size_notes]
