@@ -117,7 +117,7 @@ def weed_block(s3_port: int) -> dict[str, int]:
     rule: weed's maintenance worker dials "admin http port + 10000" whatever
     -admin.port.grpc says, so the admin HTTP port sits 10000 below its gRPC port.
     """
-    return {"s3.port": s3_port, **{name: s3_port + offset for name, offset in _WEED_OFFSETS.items()}}
+    return {"s3.port": s3_port, **{name: s3_port + delta for name, delta in _WEED_OFFSETS.items()}}
 
 
 def _weed_block_fits(s3_port: int) -> bool:
@@ -524,19 +524,9 @@ def _chown_to_pg_user(path: Path) -> None:
         os.chown(path, account.pw_uid, account.pw_gid)
 
 
-def _write_pg_file(path: Path, text: str, mode: int = 0o600) -> bool:
+def _write_pg_file(path: Path, text: str) -> bool:
     """Write a file PostgreSQL reads; returns whether the content changed."""
-    try:
-        if path.read_text() == text:
-            return False
-    except OSError:
-        pass
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, mode)
-    _chown_to_pg_user(tmp)
-    tmp.replace(path)
-    return True
+    return _write_private(path, text, for_pg=True)
 
 
 def _pg_conf(p: Paths, s: Settings) -> str:
@@ -758,8 +748,9 @@ def _s3_creds_json(s: Settings) -> str:
     return json.dumps({"identities": [identity]}, indent=2) + "\n"
 
 
-def _write_private(path: Path, text: str) -> bool:
-    """Write a 0600 file; returns whether the content changed."""
+def _write_private(path: Path, text: str, for_pg: bool = False) -> bool:
+    """Write a 0600 file atomically (owned by the PostgreSQL user when `for_pg`); returns whether
+    the content changed."""
     try:
         if path.read_text() == text:
             return False
@@ -769,6 +760,8 @@ def _write_private(path: Path, text: str) -> bool:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
+    if for_pg:
+        _chown_to_pg_user(tmp)
     tmp.replace(path)
     return True
 
