@@ -161,6 +161,14 @@ class _Reader(threading.Thread):
             with contextlib.suppress(_Stopped):
                 self._put(_Failed(exc))
 
+    def _empty_file(self, snapshot: str) -> None:
+        """A file with no rows: the header, or for Arrow a zero-row batch carrying the types.
+        Read here, on the reader's own connection: connections are not shared across threads."""
+        self._put(_FileStart(snapshot))
+        if isinstance(self.source, ArrowSource):
+            self._put(self.source.empty_batch())
+        self._put(_FileEnd())
+
     def _produce(self) -> None:
         max_rows = self.plan.request.max_rows_per_file
         after: Any = None
@@ -168,9 +176,7 @@ class _Reader(threading.Thread):
         files = 0
         if self.plan.high_water_mark is None:
             # No matching rows at plan time: one file with just the header / schema.
-            snapshot = self.source.begin_file()
-            self._put(_FileStart(snapshot))
-            self._put(_FileEnd())
+            self._empty_file(self.source.begin_file())
             self.source.end_file()
             return
         while True:
@@ -199,9 +205,8 @@ class _Reader(threading.Thread):
                     break
             if not started and files == 0:
                 # Rows vanished between plan and read (deleted): still one, empty, file.
-                self._put(_FileStart(snapshot))
-                started = True
-            if started:
+                self._empty_file(snapshot)
+            elif started:
                 self._put(_FileEnd())
             self.source.end_file()
             if exhausted:
@@ -367,8 +372,6 @@ def run_export(
                 part_rows, part_last = 0, None
             elif isinstance(event, _FileEnd):
                 assert encoder is not None and sink is not None and uploader is not None
-                if current.rows == 0 and isinstance(source, ArrowSource):
-                    buf += encoder.encode(source.empty_batch())
                 buf += encoder.finish()
                 ship()
                 report(uploader.drain(), current)
