@@ -35,8 +35,6 @@ def request_run_config(row: StoredRequest) -> dict[str, Any]:
 
 def validate_row(row: StoredRequest, settings: ExportSettings, notifier: Notifier) -> None:
     """Everything that can be checked without the database; raises with a reason a person can act on."""
-    if not isinstance(row.filters, dict):
-        raise InvalidRequest("filters", "must be a JSON object of filter name to value(s)")
     build_request(
         settings.catalog(),
         tenant_id=row.tenant_id,

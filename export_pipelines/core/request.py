@@ -113,9 +113,9 @@ def build_request(
         raise InvalidRequest("columns", f"must be a list of column names; allowed: {allowed(spec.columns)}")
     chosen = spec.check_columns(list(columns) if columns else None)
 
-    raw_filters = dict(filters or {})
     if not isinstance(filters or {}, dict):
-        raise InvalidRequest("filters", "must be a mapping of filter name to value(s)")
+        raise InvalidRequest("filters", "must be a JSON object (mapping) of filter name to value(s)")
+    raw_filters = dict(filters or {})
     date_from = date_to = None
     if "date_from" in raw_filters or "date_to" in raw_filters:
         if spec.time_column is None:

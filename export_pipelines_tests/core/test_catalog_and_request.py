@@ -80,6 +80,7 @@ def test_missing_catalog_file_is_a_clear_error(monkeypatch):
         ({"link_expiry_hours": 24 * 8}, "link_expiry_hours", "1 to 168"),
         ({"export_id": "../other-tenant"}, "export_id", "A-Z"),
         ({"filters": {"status": []}}, "filters.status", "at least one"),
+        ({"filters": [1, 2]}, "filters", "must be a JSON object"),
     ],
 )
 def test_invalid_request_names_field_and_allowed_values(catalog, kwargs, field, allowed):
