@@ -385,7 +385,6 @@ def run_export(
             else:  # _Done
                 break
     except BaseException:
-        reader.stop.set()
         if uploader is not None:
             uploader.cancel()
         if sink is not None:
