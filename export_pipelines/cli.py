@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import psycopg
 
+from export_pipelines.core.checkpoints import CheckpointStore
 from export_pipelines.core.demo_data import DemoSize, load_demo_data
 from export_pipelines.core.request_store import RequestStore
 
@@ -78,7 +79,10 @@ def _store() -> RequestStore:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     _store().migrate()
-    print("export_requests is up to date")
+    checkpoints = CheckpointStore(_source_url())
+    checkpoints.migrate()
+    checkpoints.close()
+    print("export_requests and export_checkpoints are up to date")
     return 0
 
 
@@ -202,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="csv")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("migrate", help="create/upgrade the export_requests table (idempotent)")
+    p = sub.add_parser("migrate", help="create/upgrade export_requests and the checkpoint tables")
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("request", help="queue an export (a row in export_requests); prints its id")

@@ -7,6 +7,7 @@ also moves that row along (running, progress, succeeded); failures are recorded 
 `export_failure_sensor`, which knows whether the run will be retried.
 """
 
+import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +15,14 @@ from typing import Any
 import dagster as dg
 
 from export_pipelines.core.catalog import CatalogError, InvalidRequest
-from export_pipelines.core.exporter import ExportOutcome, ExportPlan, ExportProgress, plan_export, run_export
+from export_pipelines.core.exporter import (
+    ExportOutcome,
+    ExportPlan,
+    ExportProgress,
+    abandon_open_uploads,
+    plan_export,
+    run_export,
+)
 from export_pipelines.core.manifest import FinalizedExport, clear_success_marker, finalize_export
 from export_pipelines.core.notify import InvalidWebhook, check_webhook_url, post_webhook, send_email
 from export_pipelines.core.request import build_request
@@ -26,6 +34,7 @@ NETWORK_RETRY = dg.RetryPolicy(
     max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
 REQUEST_ID_TAG = "export/request_id"
+FOLDER_TAG = "export/folder"  # set by count_rows: lets the failure sensor clean up a dead run's uploads
 
 
 class NotifyConfig(dg.Config):
@@ -107,19 +116,25 @@ def count_rows(
             max_rows_per_file=config.max_rows_per_file,
             link_expiry_hours=config.link_expiry_hours,
         )
-        plan = plan_export(source.conninfo, catalog, request, export_settings.prefix)
+        plan = plan_export(
+            source.conninfo, catalog, request, export_settings.prefix, checkpoints=source.checkpoints()
+        )
     except (InvalidRequest, CatalogError, InvalidWebhook) as exc:
         if config.request_id:
             source.requests().mark_failed(config.request_id, str(exc))
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
     if config.request_id:
         source.requests().mark_running(config.request_id, context.run_id, plan.rows_total)
+    context.instance.add_run_tags(context.run_id, {FOLDER_TAG: plan.location.folder})
+    if plan.resumed:
+        context.log.info(f"resuming export {plan.location.folder}: reusing the cut of an earlier attempt")
     context.add_output_metadata(
         {
             "rows_total": plan.rows_total,
             "export_id": request.export_id,
             "folder": plan.location.folder,
             "high_water_mark": str(plan.high_water_mark),
+            "resumed": plan.resumed,
         }
     )
     return RunPlan(plan, config.request_id, config.notify.webhook_url, config.notify.email)
@@ -147,6 +162,9 @@ def export_files(
         if store and run_plan.request_id:
             store.update_progress(run_plan.request_id, p.rows_exported, p.bytes_written)
 
+    checkpoints = source.checkpoints()
+    # The last attempt aborts its upload on error; earlier ones leave it for the retry to continue.
+    last_attempt = context.retry_number >= NETWORK_RETRY.max_retries
     try:
         clear_success_marker(client, export_settings.bucket, plan.location)
         outcome = run_export(
@@ -158,10 +176,16 @@ def export_files(
             part_size=export_settings.part_size_mib * 1024 * 1024,
             max_parts_in_flight=export_settings.max_parts_in_flight,
             on_progress=on_progress,
+            checkpoints=checkpoints,
+            abort_on_error=last_attempt,
         )
     except S3ConfigurationError as exc:
         # Wrong bucket or credentials: retrying cannot help, say so at once.
+        with contextlib.suppress(Exception):  # e.g. there is no bucket to clean up in
+            abandon_open_uploads(client, export_settings.bucket, plan.location.folder, checkpoints)
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    finally:
+        checkpoints.close()
     context.add_output_metadata(
         {
             "rows": outcome.rows,
@@ -180,11 +204,16 @@ def finalize(
     context: dg.OpExecutionContext,
     run_plan: RunPlan,
     outcome: ExportOutcome,
+    source: SourceDatabase,
     s3: ExportS3,
     export_settings: ExportSettings,
 ) -> FinalizedExport:
     """Write manifest.json, drop stale objects, write _SUCCESS, presign the links."""
-    done = finalize_export(s3.get_client(), export_settings.bucket, run_plan.plan, outcome)
+    checkpoints = source.checkpoints()
+    try:
+        done = finalize_export(s3.get_client(), export_settings.bucket, run_plan.plan, outcome, checkpoints)
+    finally:
+        checkpoints.close()
     metadata: dict[str, Any] = {
         "rows": done.rows,
         "bytes": done.bytes,

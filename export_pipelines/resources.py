@@ -13,6 +13,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from export_pipelines.core.catalog import Catalog, load_catalog
+from export_pipelines.core.checkpoints import CheckpointStore
 from export_pipelines.core.request_store import RequestStore
 from export_pipelines.core.s3 import make_s3_client
 
@@ -28,6 +29,9 @@ class SourceDatabase(dg.ConfigurableResource):
 
     def requests(self) -> RequestStore:
         return RequestStore(self.url).migrate_once()
+
+    def checkpoints(self) -> CheckpointStore:
+        return CheckpointStore(self.url).migrate_once()
 
 
 class ExportS3(S3Resource):

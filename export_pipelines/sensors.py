@@ -6,12 +6,13 @@ from typing import Any
 import dagster as dg
 
 from export_pipelines.core.catalog import CatalogError, InvalidRequest
+from export_pipelines.core.exporter import abandon_open_uploads
 from export_pipelines.core.notify import InvalidWebhook, check_webhook_url
 from export_pipelines.core.request import build_request
 from export_pipelines.core.request_store import StoredRequest
 from export_pipelines.jobs import TENANT_PARTITIONS, monthly_tenant_export_job, tenant_export_job
-from export_pipelines.ops import REQUEST_ID_TAG, deliver
-from export_pipelines.resources import ExportSettings, Notifier, SourceDatabase
+from export_pipelines.ops import FOLDER_TAG, REQUEST_ID_TAG, deliver
+from export_pipelines.resources import ExportS3, ExportSettings, Notifier, SourceDatabase
 
 SENSOR_INTERVAL = int(os.environ.get("EXPORT_SENSOR_INTERVAL_SECONDS", "5"))
 ATTEMPT_TAG = "export/attempt"
@@ -129,22 +130,51 @@ def list_tenants(
     description="Marks the request row failed (or notes the error while a run retry is pending).",
 )
 def export_failure_sensor(
-    context: dg.RunFailureSensorContext, source: SourceDatabase, notifier: Notifier
+    context: dg.RunFailureSensorContext,
+    source: SourceDatabase,
+    notifier: Notifier,
+    s3: ExportS3,
+    export_settings: ExportSettings,
 ) -> None:
     record_run_failure(
-        context.dagster_run, context.failure_event.message or "run failed", source, notifier, context.log
+        context.dagster_run,
+        context.failure_event.message or "run failed",
+        source,
+        notifier,
+        context.log,
+        s3,
+        export_settings,
     )
 
 
 def record_run_failure(
-    run: dg.DagsterRun, message: str, source: SourceDatabase, notifier: Notifier, log: Any
+    run: dg.DagsterRun,
+    message: str,
+    source: SourceDatabase,
+    notifier: Notifier,
+    log: Any,
+    s3: ExportS3 | None = None,
+    export_settings: ExportSettings | None = None,
 ) -> None:
+    """Final failure: abort the export's open uploads and fail its request row; a failure that
+    Dagster will retry only notes the error (the retry continues from the checkpoint)."""
+    will_retry = run.tags.get("dagster/will_retry") == "true"
+    # The run's tags as stored now: count_rows adds the folder tag after launch.
+    folder = run.tags.get(FOLDER_TAG)
+    if folder and not will_retry and s3 is not None and export_settings is not None:
+        checkpoints = source.checkpoints()
+        try:
+            aborted = abandon_open_uploads(s3.get_client(), export_settings.bucket, folder, checkpoints)
+        finally:
+            checkpoints.close()
+        if aborted:
+            log.info(f"aborted {aborted} open upload(s) under {folder}")
     request_id = run.tags.get(REQUEST_ID_TAG)
     if not request_id:
         return
     store = source.requests()
     error = f"run {run.run_id} failed: {message}"
-    if run.tags.get("dagster/will_retry") == "true":
+    if will_retry:
         store.note_error(request_id, error + " (retrying)")
         return
     if not store.mark_failed(request_id, error):

@@ -10,26 +10,37 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 from export_pipelines.core.catalog import Catalog
+from export_pipelines.core.checkpoints import CheckpointStore, Cut, FileCheckpoint, PartCheckpoint
 from export_pipelines.core.encoders import Encoder, encoder_class
-from export_pipelines.core.keyset import ArrowSource, KeyRange, PgCsvSource, RowSource, next_batch_rows
+from export_pipelines.core.keyset import (
+    FIRST_BATCH_ROWS,
+    ArrowSource,
+    KeyRange,
+    PgCsvSource,
+    RowSource,
+    next_batch_rows,
+)
 from export_pipelines.core.layout import ExportLocation
 from export_pipelines.core.query import ColumnInfo, ExportQuery, connect, introspect_columns
 from export_pipelines.core.request import ExportRequest
-from export_pipelines.core.s3 import MultipartSink, UploadedPart, part_size_for
+from export_pipelines.core.s3 import MultipartSink, UploadedPart, abort_uploads, object_sha256, part_size_for
 
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 QUEUE_ITEMS = 8  # reader → encoder: at most this many ~1 MiB CSV chunks waiting
 ARROW_QUEUE_ITEMS = 2  # or this many ~4 MiB Arrow batches
+CHECKPOINT_VERSION = 1  # bump when an encoder's bytes change: old checkpoints are then not reused
 
 
 @dataclass(frozen=True)
@@ -43,11 +54,17 @@ class ExportPlan:
     location: ExportLocation
     key_column: str
     planned_at: float
+    fingerprint: str = ""  # what shapes the bytes: a checkpoint is reused only for the same one
+    resumed: bool = False  # the cut (and maybe files) came from an earlier attempt's checkpoint
 
     @property
     def columns(self) -> list[ColumnInfo]:
         """The exported columns, in output order."""
         return [self.types[c] for c in self.request.columns]
+
+    @property
+    def key_type(self) -> str:
+        return self.types[self.key_column].pg_type
 
 
 @dataclass
@@ -60,6 +77,7 @@ class FileResult:
     last_key: Any = None
     parts: int = 0
     snapshot: str = ""
+    resumed_at_part: int | None = None  # continued by a later attempt from this part number
 
 
 @dataclass
@@ -85,25 +103,68 @@ class ExportOutcome:
         self.bytes = sum(f.bytes for f in self.files)
 
 
-def plan_export(conninfo: str, catalog: Catalog, request: ExportRequest, prefix: str) -> ExportPlan:
-    """Count the rows (progress denominator) and fix the high-water mark, in one snapshot."""
+def request_fingerprint(request: ExportRequest, key_column: str, types: dict[str, ColumnInfo]) -> str:
+    """A digest of everything that decides an export's bytes (not its id or link expiry)."""
+    fields = {k: v for k, v in asdict(request).items() if k not in ("export_id", "link_expiry_hours")}
+    shape = {
+        "version": CHECKPOINT_VERSION,
+        "request": fields,
+        "key": key_column,
+        "types": [types[c].pg_type for c in request.columns],
+    }
+    return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def plan_export(
+    conninfo: str,
+    catalog: Catalog,
+    request: ExportRequest,
+    prefix: str,
+    checkpoints: CheckpointStore | None = None,
+) -> ExportPlan:
+    """Count the rows (progress denominator) and fix the high-water mark, in one snapshot.
+
+    With a checkpoint store, a retry of the same export reuses the cut its first attempt fixed,
+    so rows inserted between a crash and the resume stay out, as they would have.
+    """
     spec = catalog.resource(request.resource)
+    location = ExportLocation(prefix, request.tenant_id, request.resource, request.export_id)
     with connect(conninfo) as conn, conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         types = introspect_columns(conn, spec)
-        query = ExportQuery(spec, request, types)
-        stmt, params = query.count_and_high_water_mark()
-        row = conn.execute(stmt, params).fetchone()
-    rows_total, hwm = (int(row[0]), row[1]) if row else (0, None)
+        fingerprint = request_fingerprint(request, spec.key, types)
+        cut = checkpoints.cut(location.folder, types[spec.key].pg_type) if checkpoints else None
+        resumed = cut is not None and cut.fingerprint == fingerprint
+        if not resumed:
+            query = ExportQuery(spec, request, types)
+            stmt, params = query.count_and_high_water_mark()
+            row = conn.execute(stmt, params).fetchone()
+            rows_total, hwm = (int(row[0]), row[1]) if row else (0, None)
+            cut = Cut(fingerprint, rows_total, hwm)
+    assert cut is not None
+    if checkpoints and not resumed:
+        checkpoints.save_cut(location.folder, cut)
     return ExportPlan(
         request=request,
         types=types,
-        rows_total=rows_total,
-        high_water_mark=hwm,
-        location=ExportLocation(prefix, request.tenant_id, request.resource, request.export_id),
+        rows_total=cut.rows_total,
+        high_water_mark=cut.high_water_mark,
+        location=location,
         key_column=spec.key,
         planned_at=time.time(),
+        fingerprint=fingerprint,
+        resumed=resumed,
     )
+
+
+@dataclass(frozen=True)
+class ReaderStart:
+    """Where the reader begins: after the last file or part an earlier attempt checkpointed."""
+
+    files_done: int = 0
+    after: Any = None
+    batch_rows: int = FIRST_BATCH_ROWS
+    continue_rows: int | None = None  # set: the first file is an open upload, with this many rows
 
 
 # Events from the reader thread to the encoder loop; anything else on the queue is row data.
@@ -114,11 +175,15 @@ class _Control:
 @dataclass(frozen=True)
 class _FileStart(_Control):
     snapshot: str
+    after: Any  # where the file's rows start (a restarted file starts here again)
+    batch_rows: int
+    continued: bool = False
 
 
 @dataclass(frozen=True)
 class _RangeDone(_Control):
     key_range: KeyRange
+    next_batch_rows: int
 
 
 class _FileEnd(_Control):
@@ -137,9 +202,11 @@ class _Failed(_Control):
 class _Reader(threading.Thread):
     """Produces the export's events; splits files at range ends by max_rows_per_file."""
 
-    def __init__(self, source: RowSource, plan: ExportPlan, out: queue.Queue[Any]) -> None:
+    def __init__(
+        self, source: RowSource, plan: ExportPlan, out: queue.Queue[Any], start: ReaderStart
+    ) -> None:
         super().__init__(name="export-reader", daemon=True)
-        self.source, self.plan, self.out = source, plan, out
+        self.source, self.plan, self.out, self.start_at = source, plan, out, start
         self.stop = threading.Event()
 
     def _put(self, item: Any) -> None:
@@ -164,45 +231,50 @@ class _Reader(threading.Thread):
     def _empty_file(self, snapshot: str) -> None:
         """A file with no rows: the header, or for Arrow a zero-row batch carrying the types.
         Read here, on the reader's own connection: connections are not shared across threads."""
-        self._put(_FileStart(snapshot))
+        self._put(_FileStart(snapshot, None, self.start_at.batch_rows))
         if isinstance(self.source, ArrowSource):
             self._put(self.source.empty_batch())
         self._put(_FileEnd())
 
     def _produce(self) -> None:
         max_rows = self.plan.request.max_rows_per_file
-        after: Any = None
-        batch_rows = next_batch_rows(0, 0)
-        files = 0
+        start = self.start_at
+        after, batch_rows, files = start.after, start.batch_rows, start.files_done
+        continuing = start.continue_rows is not None
         if self.plan.high_water_mark is None:
             # No matching rows at plan time: one file with just the header / schema.
-            self._empty_file(self.source.begin_file())
+            snapshot = self.source.begin_file()
+            if continuing:
+                self._put(_FileStart(snapshot, after, batch_rows, continued=True))
+                self._put(_FileEnd())
+            elif files == 0:
+                self._empty_file(snapshot)
             self.source.end_file()
             return
         while True:
             snapshot = self.source.begin_file()
             rows_in_file = 0
-            exhausted = False
-            started = False
-            while True:
+            started = exhausted = False
+            if continuing:
+                self._put(_FileStart(snapshot, after, batch_rows, continued=True))
+                rows_in_file, started, files, continuing = start.continue_rows or 0, True, files + 1, False
+            while max_rows is None or rows_in_file < max_rows:
                 limit = batch_rows if max_rows is None else min(batch_rows, max_rows - rows_in_file)
                 key_range = self.source.next_range(after, limit)
                 if key_range is None:
                     exhausted = True
                     break
                 if not started:
-                    self._put(_FileStart(snapshot))
+                    self._put(_FileStart(snapshot, after, batch_rows))
                     started, files = True, files + 1
                 nbytes = 0
                 for chunk in self.source.read(key_range):
                     nbytes += len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
                     self._put(chunk)
-                self._put(_RangeDone(key_range))
                 batch_rows = next_batch_rows(key_range.rows, nbytes)
+                self._put(_RangeDone(key_range, batch_rows))
                 rows_in_file += key_range.rows
                 after = key_range.last
-                if max_rows is not None and rows_in_file >= max_rows:
-                    break
             if not started and files == 0:
                 # Rows vanished between plan and read (deleted): still one, empty, file.
                 self._empty_file(snapshot)
@@ -217,46 +289,61 @@ class _Stopped(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class _PartMeta:
+    """Where the reader stood when a part was cut: what its checkpoint records."""
+
+    rows: int  # rows in this part
+    rows_in_file: int
+    first_key: Any
+    last_key: Any
+    next_batch_rows: int
+
+
 class _PartUploader:
-    """Uploads parts of one file with at most `limit` in flight; keeps them in order."""
+    """Uploads parts of one file with at most `limit` in flight; reports them in order."""
 
-    def __init__(self, pool: ThreadPoolExecutor, sink: MultipartSink, limit: int) -> None:
+    def __init__(
+        self,
+        pool: ThreadPoolExecutor,
+        sink: MultipartSink,
+        limit: int,
+        done: list[UploadedPart] | None = None,
+    ) -> None:
         self.pool, self.sink, self.limit = pool, sink, limit
-        self.pending: list[tuple[Future[UploadedPart], int, Any]] = []
-        self.done: list[UploadedPart] = []
+        self.pending: list[tuple[Future[UploadedPart], _PartMeta]] = []
+        self.done: list[UploadedPart] = list(done or [])
 
-    def submit(
-        self, number: int, data: bytes, rows: int, last_key: Any
-    ) -> list[tuple[UploadedPart, int, Any]]:
-        self.pending.append((self.pool.submit(self.sink.upload_part, number, data), rows, last_key))
+    def submit(self, number: int, data: bytes, meta: _PartMeta) -> list[tuple[UploadedPart, _PartMeta]]:
+        self.pending.append((self.pool.submit(self.sink.upload_part, number, data), meta))
         finished = []
         while len(self.pending) >= self.limit:
             finished.append(self._wait_oldest())
         finished.extend(self._collect_ready())
         return finished
 
-    def _wait_oldest(self) -> tuple[UploadedPart, int, Any]:
-        fut, rows, last_key = self.pending.pop(0)
+    def _wait_oldest(self) -> tuple[UploadedPart, _PartMeta]:
+        fut, meta = self.pending.pop(0)
         part = fut.result()
         self.done.append(part)
-        return part, rows, last_key
+        return part, meta
 
-    def _collect_ready(self) -> list[tuple[UploadedPart, int, Any]]:
+    def _collect_ready(self) -> list[tuple[UploadedPart, _PartMeta]]:
         out = []
         while self.pending and self.pending[0][0].done():
             out.append(self._wait_oldest())
         return out
 
-    def drain(self) -> list[tuple[UploadedPart, int, Any]]:
+    def drain(self) -> list[tuple[UploadedPart, _PartMeta]]:
         out = []
         while self.pending:
             out.append(self._wait_oldest())
         return out
 
     def cancel(self) -> None:
-        for fut, _, _ in self.pending:
+        for fut, _ in self.pending:
             fut.cancel()
-        for fut, _, _ in self.pending:
+        for fut, _ in self.pending:
             with contextlib.suppress(BaseException):
                 fut.result()
         self.pending.clear()
@@ -269,6 +356,361 @@ def make_source(conninfo: str, plan: ExportPlan, encoder_cls: type[Encoder], cat
     return ArrowSource(conninfo, query, plan.high_water_mark)
 
 
+@dataclass
+class _OpenFile:
+    """A file an earlier attempt left half-uploaded, to be continued."""
+
+    checkpoint: FileCheckpoint
+    sink: MultipartSink
+
+
+@dataclass
+class _Resume:
+    files: list[FileResult]
+    start: ReaderStart
+    open_file: _OpenFile | None = None
+    parts_before: int = 0
+
+
+class _Export:
+    """One run of run_export: the encoder loop, S3 sinks and checkpoints."""
+
+    def __init__(
+        self,
+        plan: ExportPlan,
+        encoder_cls: type[Encoder],
+        client: Any,
+        bucket: str,
+        part_size: int,
+        max_parts_in_flight: int,
+        checkpoints: CheckpointStore | None,
+        on_progress: Callable[[ExportProgress], None] | None,
+    ) -> None:
+        self.plan, self.encoder_cls, self.client, self.bucket = plan, encoder_cls, client, bucket
+        self.part_size, self.limit, self.checkpoints, self.on_progress = (
+            part_size,
+            max_parts_in_flight,
+            checkpoints,
+            on_progress,
+        )
+        self.folder = plan.location.folder
+        self.pool = ThreadPoolExecutor(max_workers=max_parts_in_flight, thread_name_prefix="export-upload")
+        self.files: list[FileResult] = []
+        self.totals = {"rows": 0, "bytes": 0, "parts": 0}
+        self.output_types: dict[str, str] = {}
+        self.resume = _Resume(files=[], start=ReaderStart())
+        # The file being written
+        self.encoder: Encoder | None = None
+        self.sink: MultipartSink | None = None
+        self.uploader: _PartUploader | None = None
+        self.current = FileResult(key="")
+        self.buf = bytearray()
+        self.part_rows = 0
+        self.part_last: Any = None
+        self.next_batch = FIRST_BATCH_ROWS
+        self.digest: Any = None  # None for a continued file: its hash is read back after complete
+
+    # -- resuming ----------------------------------------------------------------------
+
+    def _new_sink(self, number: int, key: str, token: str, upload_id: str | None = None) -> MultipartSink:
+        encoder = self.encoder_cls(self.plan.columns, self.plan.request.compression)
+        return MultipartSink(
+            self.client,
+            self.bucket,
+            key,
+            content_type=encoder.content_type,
+            metadata=_object_metadata(self.plan, number),
+            content_disposition=attachment(download_name(self.plan, number, encoder.extension)),
+            upload_token=token,
+            upload_id=upload_id,
+        )
+
+    def prepare(self) -> ReaderStart:
+        """Load the checkpoint: keep complete files, continue or restart the open one."""
+        store = self.checkpoints
+        keep: frozenset[str] = frozenset()
+        if store is not None:
+            saved = store.files(self.folder, self.plan.key_type)
+            if any(f.fingerprint != self.plan.fingerprint for f in saved):
+                # The request changed since those were written: none of them can be reused.
+                store.drop_files_from(self.folder, 1)
+                saved = []
+            self.resume = self._resume_from(saved)
+            if self.resume.open_file is not None:
+                keep = frozenset({self.resume.open_file.sink.upload_id or ""})
+        # Uploads no checkpoint names (a crash between create and record, a superseded attempt).
+        abort_uploads(self.client, self.bucket, self.folder, keep)
+        self.files = list(self.resume.files)
+        self.totals["rows"] = sum(f.rows for f in self.files)
+        self.totals["bytes"] = sum(f.bytes for f in self.files)
+        self.totals["parts"] = sum(f.parts for f in self.files)
+        if self.resume.open_file:
+            parts = self.resume.open_file.checkpoint.parts
+            self.totals["rows"] += parts[-1].rows_in_file
+            self.totals["bytes"] += sum(p.size for p in parts)
+            self.totals["parts"] += len(parts)
+        return self.resume.start
+
+    def _resume_from(self, saved: list[FileCheckpoint]) -> _Resume:
+        store = self.checkpoints
+        assert store is not None
+        done: list[FileResult] = []
+        start = ReaderStart()
+        for f in saved:
+            if f.number != len(done) + 1:
+                break
+            if f.complete:
+                done.append(_file_result(f))
+                batch = f.parts[-1].next_batch_rows if f.parts else start.batch_rows
+                start = ReaderStart(len(done), f.last_key, batch)
+                continue
+            sink = self._new_sink(f.number, f.key, f.upload_token, f.upload_id)
+            etags = sink.uploaded_etags()
+            if etags is None and f.parts and sink.completed_by_us(sum(p.size for p in f.parts)):
+                # The crash came after CompleteMultipartUpload but before we recorded it.
+                result = _file_result(f)
+                result.sha256 = object_sha256(self.client, self.bucket, f.key)
+                store.complete_file(self.folder, _file_checkpoint(self.plan, f.number, result))
+                done.append(result)
+                start = ReaderStart(len(done), f.last_key, f.parts[-1].next_batch_rows)
+                continue
+            if (
+                etags is not None
+                and self.encoder_cls.resumable
+                and f.part_size == self.part_size
+                and f.parts
+                and all(p.etag in etags.get(p.number, ()) for p in f.parts)
+            ):
+                last = f.parts[-1]
+                start = ReaderStart(len(done), last.last_key, last.next_batch_rows, last.rows_in_file)
+                return _Resume(done, start, _OpenFile(f, sink))
+            # Not continuable (format restarts at file boundaries, upload gone, parts missing):
+            # this file starts again from where it started.
+            sink.abort()
+            start = ReaderStart(len(done), f.start_after, f.start_batch_rows)
+            break
+        store.drop_files_from(self.folder, len(done) + 1)
+        return _Resume(done, start)
+
+    # -- the encoder loop ------------------------------------------------------------------
+
+    def _report(self, finished: list[tuple[UploadedPart, _PartMeta]], number: int) -> None:
+        for part, meta in finished:  # one checkpoint and one progress event per uploaded part
+            if self.checkpoints is not None:
+                self.checkpoints.record_part(
+                    self.folder,
+                    number,
+                    PartCheckpoint(
+                        part.number,
+                        part.etag,
+                        part.checksum_sha256,
+                        part.size,
+                        meta.rows_in_file,
+                        meta.first_key,
+                        meta.last_key,
+                        meta.next_batch_rows,
+                    ),
+                )
+            self.totals["rows"] += meta.rows
+            self.totals["bytes"] += part.size
+            self.totals["parts"] += 1
+            if self.on_progress:
+                self.on_progress(
+                    ExportProgress(
+                        rows_exported=self.totals["rows"],
+                        rows_total=self.plan.rows_total,
+                        bytes_written=self.totals["bytes"],
+                        parts_uploaded=self.totals["parts"],
+                        files_completed=len(self.files),
+                        file_key=self.current.key,
+                    )
+                )
+
+    def _ship(self) -> None:
+        assert self.uploader is not None
+        cur = self.current
+        cur.parts += 1
+        data = bytes(self.buf)
+        if self.digest is not None:
+            self.digest.update(data)
+        cur.bytes += len(data)
+        meta = _PartMeta(self.part_rows, cur.rows, cur.first_key, self.part_last, self.next_batch)
+        self._report(self.uploader.submit(cur.parts, data, meta), len(self.files) + 1)
+        self.buf = bytearray()
+        self.part_rows = 0
+
+    def _start_file(self, event: _FileStart) -> None:
+        number = len(self.files) + 1
+        self.encoder = self.encoder_cls(self.plan.columns, self.plan.request.compression)
+        self.part_rows, self.part_last = 0, None
+        if event.continued:
+            open_file = self.resume.open_file
+            assert open_file is not None
+            f, self.sink = open_file.checkpoint, open_file.sink
+            last = f.parts[-1]
+            self.current = FileResult(
+                key=f.key,
+                rows=last.rows_in_file,
+                bytes=sum(p.size for p in f.parts),
+                first_key=last.first_key,
+                last_key=last.last_key,
+                parts=len(f.parts),
+                snapshot=f"{f.snapshot} (parts 1-{len(f.parts)}), "
+                f"{event.snapshot} (from part {len(f.parts) + 1})",
+                resumed_at_part=len(f.parts) + 1,
+            )
+            self.part_last, self.next_batch = last.last_key, last.next_batch_rows
+            self.digest = None
+            done = [UploadedPart(p.number, p.etag, p.checksum_sha256, p.size) for p in f.parts]
+            self.uploader = _PartUploader(self.pool, self.sink, self.limit, done)
+            self.buf = bytearray(self.encoder.resume())
+            return
+        key = self.plan.location.file_key(number, self.encoder.extension)
+        token = uuid.uuid4().hex
+        self.current = FileResult(key=key, snapshot=event.snapshot)
+        self.digest = hashlib.sha256()
+        self.next_batch = event.batch_rows
+        self.sink = self._new_sink(number, key, token)
+        if self.checkpoints is not None:
+            # Recorded before the upload exists, so a crash in between leaves a findable orphan.
+            self.checkpoints.start_file(
+                self.folder,
+                FileCheckpoint(
+                    number=number,
+                    fingerprint=self.plan.fingerprint,
+                    key=key,
+                    upload_id=None,
+                    upload_token=token,
+                    part_size=self.part_size,
+                    start_after=event.after,
+                    start_batch_rows=event.batch_rows,
+                    snapshot=event.snapshot,
+                    status="uploading",
+                ),
+            )
+        upload_id = self.sink.start()
+        if self.checkpoints is not None:
+            self.checkpoints.set_upload(self.folder, number, upload_id)
+        self.uploader = _PartUploader(self.pool, self.sink, self.limit)
+        self.buf = bytearray(self.encoder.begin())
+
+    def _end_file(self) -> None:
+        assert self.encoder is not None and self.sink is not None and self.uploader is not None
+        cur = self.current
+        self.buf += self.encoder.finish()
+        if self.buf or cur.parts == 0:
+            self._ship()
+        self._report(self.uploader.drain(), len(self.files) + 1)
+        self.sink.complete(self.uploader.done)
+        cur.sha256 = (
+            self.digest.hexdigest()
+            if self.digest is not None
+            else object_sha256(self.client, self.bucket, cur.key)
+        )
+        self.output_types = self.encoder.output_types()
+        if self.checkpoints is not None:
+            self.checkpoints.complete_file(self.folder, _file_checkpoint(self.plan, len(self.files) + 1, cur))
+        self.files.append(cur)
+        self.sink = self.uploader = None
+
+    def consume(self, events: queue.Queue[Any]) -> None:
+        resumable = self.encoder_cls.resumable
+        while True:
+            event = events.get()
+            if not isinstance(event, _Control):
+                assert self.encoder is not None
+                self.buf += self.encoder.encode(event)
+                if not resumable and len(self.buf) >= part_size_for(self.current.parts + 1, self.part_size):
+                    self._ship()
+            elif isinstance(event, _RangeDone):
+                kr, cur = event.key_range, self.current
+                cur.rows += kr.rows
+                self.part_rows += kr.rows
+                self.part_last, self.next_batch = kr.last, event.next_batch_rows
+                if cur.first_key is None:
+                    cur.first_key = kr.first
+                cur.last_key = kr.last
+                assert self.encoder is not None
+                if resumable and len(self.buf) >= part_size_for(cur.parts + 1, self.part_size):
+                    self.buf += self.encoder.cut()
+                    self._ship()
+            elif isinstance(event, _FileStart):
+                self._start_file(event)
+            elif isinstance(event, _FileEnd):
+                self._end_file()
+            elif isinstance(event, _Failed):
+                raise event.error
+            else:  # _Done
+                return
+
+    def fail(self, abort: bool) -> None:
+        """After an error: stop uploads; abort the open one unless a retry will continue it."""
+        if self.uploader is not None:
+            self.uploader.cancel()
+        if abort:
+            if self.sink is not None:
+                self.sink.abort()
+            elif self.resume.open_file is not None:
+                self.resume.open_file.sink.abort()
+            if self.checkpoints is not None:
+                with contextlib.suppress(Exception):
+                    self.checkpoints.drop_open_files(self.folder)
+
+
+def _file_result(f: FileCheckpoint) -> FileResult:
+    """A file's totals from its checkpoint (complete, or all parts uploaded)."""
+    if f.complete:
+        return FileResult(
+            key=f.key,
+            rows=f.rows,
+            bytes=f.bytes,
+            sha256=f.sha256,
+            first_key=f.first_key,
+            last_key=f.last_key,
+            parts=f.parts_count,
+            snapshot=f.snapshot,
+        )
+    last = f.parts[-1]
+    return FileResult(
+        key=f.key,
+        rows=last.rows_in_file,
+        bytes=sum(p.size for p in f.parts),
+        first_key=last.first_key,
+        last_key=last.last_key,
+        parts=len(f.parts),
+        snapshot=f.snapshot,
+    )
+
+
+def _file_checkpoint(plan: ExportPlan, number: int, cur: FileResult) -> FileCheckpoint:
+    return FileCheckpoint(
+        number=number,
+        fingerprint=plan.fingerprint,
+        key=cur.key,
+        upload_id=None,
+        upload_token="",
+        part_size=0,
+        start_after=None,
+        start_batch_rows=0,
+        snapshot=cur.snapshot,
+        status="complete",
+        rows=cur.rows,
+        bytes=cur.bytes,
+        parts_count=cur.parts,
+        sha256=cur.sha256,
+        first_key=cur.first_key,
+        last_key=cur.last_key,
+    )
+
+
+def abandon_open_uploads(client: Any, bucket: str, folder: str, checkpoints: CheckpointStore | None) -> int:
+    """A failed export that will not be retried: abort its open uploads. Complete files stay
+    checkpointed, so a re-request of the same export still resumes at the file boundary."""
+    if checkpoints is not None:
+        checkpoints.drop_open_files(folder)
+    return abort_uploads(client, bucket, folder)
+
+
 def run_export(
     plan: ExportPlan,
     *,
@@ -279,123 +721,46 @@ def run_export(
     part_size: int = DEFAULT_PART_SIZE,
     max_parts_in_flight: int = 3,
     on_progress: Callable[[ExportProgress], None] | None = None,
+    checkpoints: CheckpointStore | None = None,
+    abort_on_error: bool = True,
 ) -> ExportOutcome:
-    """Stream the planned export into S3 files. On error, the open upload is aborted."""
+    """Stream the planned export into S3 files.
+
+    With a checkpoint store, every uploaded part is recorded, and a call for the same export
+    (same folder and fingerprint) continues from the last recorded part (formats that can be
+    cut at parts) or the last complete file. On error the open upload is aborted, unless
+    `abort_on_error` is False (a retry is coming and will continue it).
+    """
     started = time.monotonic()
     encoder_cls = encoder_class(plan.request.format)
+    export = _Export(
+        plan, encoder_cls, s3_client, bucket, part_size, max_parts_in_flight, checkpoints, on_progress
+    )
+    try:
+        start = export.prepare()
+    except BaseException:
+        export.pool.shutdown(wait=True, cancel_futures=True)
+        raise
     source = make_source(conninfo, plan, encoder_cls, catalog)
     events: queue.Queue[Any] = queue.Queue(
         maxsize=QUEUE_ITEMS if encoder_cls.input_kind == "pg_csv" else ARROW_QUEUE_ITEMS
     )
-    reader = _Reader(source, plan, events)
-    files: list[FileResult] = []
-    totals = {"rows": 0, "bytes": 0, "parts": 0}
-    output_types: dict[str, str] = {}
-    sink: MultipartSink | None = None
-    uploader: _PartUploader | None = None
-    pool = ThreadPoolExecutor(max_workers=max_parts_in_flight, thread_name_prefix="export-upload")
-
-    def report(finished: list[tuple[UploadedPart, int, Any]], current: FileResult) -> None:
-        for part, rows, _ in finished:  # one progress event per uploaded part
-            totals["rows"] += rows
-            totals["bytes"] += part.size
-            totals["parts"] += 1
-            if on_progress:
-                on_progress(
-                    ExportProgress(
-                        rows_exported=totals["rows"],
-                        rows_total=plan.rows_total,
-                        bytes_written=totals["bytes"],
-                        parts_uploaded=totals["parts"],
-                        files_completed=len(files),
-                        file_key=current.key,
-                    )
-                )
-
+    reader = _Reader(source, plan, events, start)
     reader.start()
     try:
-        encoder: Encoder | None = None
-        current = FileResult(key="")
-        buf = bytearray()
-        part_rows = 0
-        part_last: Any = None
-        digest = hashlib.sha256()
-
-        def ship() -> None:
-            nonlocal buf, part_rows
-            assert uploader is not None
-            current.parts += 1
-            data = bytes(buf)
-            digest.update(data)
-            current.bytes += len(data)
-            report(uploader.submit(current.parts, data, part_rows, part_last), current)
-            buf = bytearray()
-            part_rows = 0
-
-        while True:
-            event = events.get()
-            if not isinstance(event, _Control):
-                assert encoder is not None
-                buf += encoder.encode(event)
-                if not encoder.resumable and len(buf) >= part_size_for(current.parts + 1, part_size):
-                    ship()
-            elif isinstance(event, _RangeDone):
-                kr = event.key_range
-                current.rows += kr.rows
-                part_rows += kr.rows
-                part_last = kr.last
-                if current.first_key is None:
-                    current.first_key = kr.first
-                current.last_key = kr.last
-                assert encoder is not None
-                if encoder.resumable and len(buf) >= part_size_for(current.parts + 1, part_size):
-                    buf += encoder.cut()
-                    ship()
-            elif isinstance(event, _FileStart):
-                encoder = encoder_cls(plan.columns, plan.request.compression)
-                number = len(files) + 1
-                current = FileResult(
-                    key=plan.location.file_key(number, encoder.extension), snapshot=event.snapshot
-                )
-                digest = hashlib.sha256()
-                sink = MultipartSink(
-                    s3_client,
-                    bucket,
-                    current.key,
-                    content_type=encoder.content_type,
-                    metadata=_object_metadata(plan, number),
-                    content_disposition=attachment(download_name(plan, number, encoder.extension)),
-                )
-                sink.start()
-                uploader = _PartUploader(pool, sink, max_parts_in_flight)
-                buf = bytearray(encoder.begin())
-                part_rows, part_last = 0, None
-            elif isinstance(event, _FileEnd):
-                assert encoder is not None and sink is not None and uploader is not None
-                buf += encoder.finish()
-                ship()
-                report(uploader.drain(), current)
-                sink.complete(uploader.done)
-                current.sha256 = digest.hexdigest()
-                output_types = encoder.output_types()
-                files.append(current)
-                sink = uploader = None
-            elif isinstance(event, _Failed):
-                raise event.error
-            else:  # _Done
-                break
+        export.consume(events)
     except BaseException:
-        if uploader is not None:
-            uploader.cancel()
-        if sink is not None:
-            sink.abort()
+        export.fail(abort=abort_on_error or checkpoints is None)
         raise
     finally:
         reader.stop.set()
         reader.join(timeout=30)
-        pool.shutdown(wait=True, cancel_futures=True)
+        export.pool.shutdown(wait=True, cancel_futures=True)
         source.close()
-    return ExportOutcome(files=files, output_types=output_types, seconds=time.monotonic() - started)
+    if not export.output_types:  # every file came from the checkpoint
+        export.output_types = encoder_cls(plan.columns, plan.request.compression).output_types()
+    seconds = time.monotonic() - started
+    return ExportOutcome(files=export.files, output_types=export.output_types, seconds=seconds)
 
 
 def attachment(filename: str) -> str:

@@ -15,9 +15,11 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from export_pipelines.core.checkpoints import CheckpointStore
+from export_pipelines.core.encoders import encoder_class
 from export_pipelines.core.exporter import ExportOutcome, ExportPlan, attachment, download_name
 from export_pipelines.core.layout import ExportLocation
-from export_pipelines.core.s3 import explain
+from export_pipelines.core.s3 import abort_uploads, explain
 
 MANIFEST_VERSION = 1
 
@@ -71,9 +73,11 @@ def build_manifest(plan: ExportPlan, outcome: ExportOutcome) -> dict[str, Any]:
         "key_column": plan.key_column,
         "high_water_mark": _json_value(plan.high_water_mark),
         "consistency": (
-            "each file is read in one REPEATABLE READ snapshot (files[].snapshot); rows with "
-            f"{plan.key_column} above high_water_mark are excluded"
+            "each file is read in one REPEATABLE READ snapshot (files[].snapshot; a file continued "
+            "after a crash names both); rows with "
+            f"{plan.key_column} above high_water_mark, fixed when the export was planned, are excluded"
         ),
+        "resumable_at": "part" if encoder_class(req.format).resumable else "file",
         "rows_total": outcome.rows,
         "bytes_total": outcome.bytes,
         "created_at": datetime.now(UTC).isoformat(),
@@ -87,6 +91,7 @@ def build_manifest(plan: ExportPlan, outcome: ExportOutcome) -> dict[str, Any]:
                 "last_key": _json_value(f.last_key),
                 "parts": f.parts,
                 "snapshot": f.snapshot,
+                **({"resumed_at_part": f.resumed_at_part} if f.resumed_at_part else {}),
             }
             for f in outcome.files
         ],
@@ -113,7 +118,14 @@ def presign(client: Any, bucket: str, key: str, filename: str, expiry: timedelta
     )
 
 
-def finalize_export(client: Any, bucket: str, plan: ExportPlan, outcome: ExportOutcome) -> FinalizedExport:
+def finalize_export(
+    client: Any,
+    bucket: str,
+    plan: ExportPlan,
+    outcome: ExportOutcome,
+    checkpoints: CheckpointStore | None = None,
+) -> FinalizedExport:
+    """Manifest, stale-object cleanup, _SUCCESS; then the checkpoint is done with."""
     loc = plan.location
     manifest = build_manifest(plan, outcome)
     put = {"Bucket": bucket, "ServerSideEncryption": "AES256"}
@@ -136,9 +148,13 @@ def finalize_export(client: Any, bucket: str, plan: ExportPlan, outcome: ExportO
                 Bucket=bucket,
                 Delete={"Objects": [{"Key": k} for k in stale[start : start + 1000]], "Quiet": True},
             )
+        # No upload may stay open beside a complete export (e.g. a superseded attempt's).
+        abort_uploads(client, bucket, loc.folder)
         client.put_object(Key=loc.success_key, Body=b"", **put)
     except ClientError as exc:
         raise explain(exc, bucket, loc.folder) from exc
+    if checkpoints is not None:
+        checkpoints.forget(loc.folder)
 
     expiry = timedelta(hours=plan.request.link_expiry_hours)
     expires_at = datetime.now(UTC) + expiry

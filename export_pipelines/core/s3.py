@@ -30,13 +30,16 @@ _CONFIG_ERRORS = {
 }
 
 
+UPLOAD_TOKEN_META = "upload-token"
+
+
 class S3ConfigurationError(RuntimeError):
     """S3 refused us for a reason retrying cannot fix."""
 
 
 def explain(exc: ClientError, bucket: str, key: str | None = None) -> Exception:
     """Turn a ClientError into S3ConfigurationError when it is a configuration problem."""
-    code = exc.response.get("Error", {}).get("Code", "")
+    code = _code(exc)
     if code in _CONFIG_ERRORS:
         where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
         return S3ConfigurationError(f"S3 {code} for {where}: {_CONFIG_ERRORS[code]}")
@@ -102,14 +105,19 @@ class MultipartSink:
         content_type: str,
         metadata: dict[str, str],
         content_disposition: str | None = None,
+        upload_token: str | None = None,
+        upload_id: str | None = None,
     ) -> None:
         self.client = client
         self.bucket = bucket
         self.key = key
         self.content_type = content_type
-        self.metadata = metadata
+        # The token is stored in the object's metadata: after a crash (or an ambiguous
+        # CompleteMultipartUpload), finding it on the object proves *this* upload completed.
+        self.upload_token = upload_token
+        self.metadata = {**metadata, **({UPLOAD_TOKEN_META: upload_token} if upload_token else {})}
         self.content_disposition = content_disposition
-        self.upload_id: str | None = None
+        self.upload_id: str | None = upload_id  # given: continue an upload a crashed run began
 
     def start(self) -> str:
         extra: dict[str, Any] = {}
@@ -165,8 +173,45 @@ class MultipartSink:
                 },
             )
         except ClientError as exc:
-            raise explain(exc, self.bucket, self.key) from exc
+            # A retried Complete whose first attempt the server applied (the connection dropped
+            # before the answer) finds no upload: the object carrying our token is the proof.
+            if _code(exc) != "NoSuchUpload" or not self.completed_by_us(sum(p.size for p in ordered)):
+                raise explain(exc, self.bucket, self.key) from exc
         self.upload_id = None
+
+    def completed_by_us(self, size: int | None = None) -> bool:
+        """Whether the object exists, carries this upload's token (and has `size` bytes)."""
+        if not self.upload_token:
+            return False
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self.key)
+        except ClientError as exc:
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise explain(exc, self.bucket, self.key) from exc
+        if head.get("Metadata", {}).get(UPLOAD_TOKEN_META) != self.upload_token:
+            return False
+        return size is None or head.get("ContentLength") == size
+
+    def uploaded_etags(self) -> dict[int, set[str]] | None:
+        """ETags S3 holds for each part of the open upload; None if the upload is gone.
+
+        A part uploaded twice may be listed twice (SeaweedFS keeps both entries), so each part
+        number maps to every ETag seen for it.
+        """
+        if self.upload_id is None:
+            return None
+        out: dict[int, set[str]] = {}
+        try:
+            paginator = self.client.get_paginator("list_parts")
+            for page in paginator.paginate(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id):
+                for part in page.get("Parts", []):
+                    out.setdefault(int(part["PartNumber"]), set()).add(part["ETag"])
+        except ClientError as exc:
+            if _code(exc) == "NoSuchUpload":
+                return None
+            raise explain(exc, self.bucket, self.key) from exc
+        return out
 
     def abort(self) -> None:
         """Abort the upload if one is open; never raises (it runs while handling another error)."""
@@ -179,6 +224,25 @@ class MultipartSink:
             pass
 
 
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def abort_uploads(client: Any, bucket: str, prefix: str, keep: frozenset[str] = frozenset()) -> int:
+    """Abort every open upload under `prefix` except the ids in `keep`; returns how many."""
+    aborted = 0
+    for upload in open_uploads(client, bucket, prefix):
+        if upload["UploadId"] in keep:
+            continue
+        try:
+            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            aborted += 1
+        except ClientError as exc:
+            if _code(exc) != "NoSuchUpload":
+                raise explain(exc, bucket, upload["Key"]) from exc
+    return aborted
+
+
 def open_uploads(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
     """Multipart uploads still open under `prefix` (what a failed export must not leave)."""
     out: list[dict[str, Any]] = []
@@ -186,3 +250,15 @@ def open_uploads(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         out.extend(page.get("Uploads", []))
     return out
+
+
+def object_sha256(client: Any, bucket: str, key: str) -> str:
+    """SHA-256 of an object's bytes, streamed (a continued file's hash spans two attempts)."""
+    digest = hashlib.sha256()
+    try:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    except ClientError as exc:
+        raise explain(exc, bucket, key) from exc
+    for chunk in iter(lambda: body.read(8 * 1024 * 1024), b""):
+        digest.update(chunk)
+    return digest.hexdigest()

@@ -50,6 +50,11 @@ class Encoder(ABC):
     def encode(self, batch: Any) -> bytes:
         """Encode one batch of rows; return the bytes ready so far (may be empty)."""
 
+    def resume(self) -> bytes:
+        """Continue a file whose earlier parts are already written (resumable encoders only):
+        the bytes that follow must equal what an uninterrupted run writes after a cut."""
+        return b""
+
     def cut(self) -> bytes:
         """Close the current self-contained unit at a part boundary (resumable encoders)."""
         return b""
