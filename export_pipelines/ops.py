@@ -8,6 +8,7 @@ also moves that row along (running, progress, succeeded); failures are recorded 
 """
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +36,28 @@ NETWORK_RETRY = dg.RetryPolicy(
 )
 REQUEST_ID_TAG = "export/request_id"
 FOLDER_TAG = "export/folder"  # set by count_rows: lets the failure sensor clean up a dead run's uploads
+
+
+def is_last_attempt(context: dg.OpExecutionContext) -> bool:
+    return context.retry_number >= NETWORK_RETRY.max_retries
+
+
+@contextlib.contextmanager
+def explained_on_last_attempt(context: dg.OpExecutionContext) -> Iterator[None]:
+    """On the op's last attempt, fail with what went wrong: Dagster's own message for exhausted
+    retries is only "Exceeded max_retries", and that is what the request row would show."""
+    try:
+        yield
+    except dg.Failure:
+        raise
+    except Exception as exc:
+        if not is_last_attempt(context):
+            raise
+        attempts = context.retry_number + 1
+        raise dg.Failure(
+            description=f"{type(exc).__name__}: {str(exc).strip()} (after {attempts} attempts)",
+            allow_retries=False,
+        ) from exc
 
 
 class NotifyConfig(dg.Config):
@@ -116,9 +139,12 @@ def count_rows(
             max_rows_per_file=config.max_rows_per_file,
             link_expiry_hours=config.link_expiry_hours,
         )
-        plan = plan_export(
-            source.conninfo, catalog, request, export_settings.prefix, checkpoints=source.checkpoints()
-        )
+        checkpoints = source.checkpoints()
+        try:
+            with explained_on_last_attempt(context):
+                plan = plan_export(source.conninfo, catalog, request, export_settings.prefix, checkpoints)
+        finally:
+            checkpoints.close()
     except (InvalidRequest, CatalogError, InvalidWebhook) as exc:
         if config.request_id:
             source.requests().mark_failed(config.request_id, str(exc))
@@ -163,22 +189,22 @@ def export_files(
             store.update_progress(run_plan.request_id, p.rows_exported, p.bytes_written)
 
     checkpoints = source.checkpoints()
-    # The last attempt aborts its upload on error; earlier ones leave it for the retry to continue.
-    last_attempt = context.retry_number >= NETWORK_RETRY.max_retries
     try:
-        clear_success_marker(client, export_settings.bucket, plan.location)
-        outcome = run_export(
-            plan,
-            conninfo=source.conninfo,
-            catalog=export_settings.catalog(),
-            s3_client=client,
-            bucket=export_settings.bucket,
-            part_size=export_settings.part_size_mib * 1024 * 1024,
-            max_parts_in_flight=export_settings.max_parts_in_flight,
-            on_progress=on_progress,
-            checkpoints=checkpoints,
-            abort_on_error=last_attempt,
-        )
+        # The last attempt aborts its upload on error; earlier ones leave it for the retry to continue.
+        with explained_on_last_attempt(context):
+            clear_success_marker(client, export_settings.bucket, plan.location)
+            outcome = run_export(
+                plan,
+                conninfo=source.conninfo,
+                catalog=export_settings.catalog(),
+                s3_client=client,
+                bucket=export_settings.bucket,
+                part_size=export_settings.part_size_mib * 1024 * 1024,
+                max_parts_in_flight=export_settings.max_parts_in_flight,
+                on_progress=on_progress,
+                checkpoints=checkpoints,
+                abort_on_error=is_last_attempt(context),
+            )
     except S3ConfigurationError as exc:
         # Wrong bucket or credentials: retrying cannot help, say so at once.
         with contextlib.suppress(Exception):  # e.g. there is no bucket to clean up in
@@ -211,7 +237,10 @@ def finalize(
     """Write manifest.json, drop stale objects, write _SUCCESS, presign the links."""
     checkpoints = source.checkpoints()
     try:
-        done = finalize_export(s3.get_client(), export_settings.bucket, run_plan.plan, outcome, checkpoints)
+        with explained_on_last_attempt(context):
+            done = finalize_export(
+                s3.get_client(), export_settings.bucket, run_plan.plan, outcome, checkpoints
+            )
     finally:
         checkpoints.close()
     metadata: dict[str, Any] = {

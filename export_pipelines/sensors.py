@@ -136,9 +136,15 @@ def export_failure_sensor(
     s3: ExportS3,
     export_settings: ExportSettings,
 ) -> None:
+    # The steps' errors say what went wrong; the run's own message only names the steps.
+    step_errors = [
+        f"{e.step_key}: {e.step_failure_data.error.message.strip()}"
+        for e in context.get_step_failure_events()
+        if e.step_failure_data and e.step_failure_data.error
+    ]
     record_run_failure(
         context.dagster_run,
-        context.failure_event.message or "run failed",
+        "; ".join(step_errors) or context.failure_event.message or "run failed",
         source,
         notifier,
         context.log,

@@ -19,7 +19,7 @@ import psycopg
 import pyarrow as pa
 from psycopg import pq, sql
 
-from export_pipelines.core.query import SESSION_SETTINGS, ExportQuery, connect
+from export_pipelines.core.query import ExportQuery, connect, session_settings
 
 # Keyset batches aim at this many bytes of raw rows: big enough to amortise the per-batch
 # query, small enough that memory stays flat whatever the row width.
@@ -148,7 +148,7 @@ class ArrowSource:
         self.bounds = PgCsvSource(conninfo, query, high_water_mark)
         self._db = adbc_driver_postgresql.connect(conninfo)
         self._conn = adbc_driver_manager.AdbcConnection(self._db)
-        for name, value in SESSION_SETTINGS.items():
+        for name, value in session_settings().items():
             self._execute(f"SET {name} = '{value}'")
         self._in_tx = False
 

@@ -6,6 +6,7 @@ the column, so the (tenant, key) index serves every statement.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,9 +40,15 @@ class ColumnInfo:
     typmod: int
 
 
+def session_settings() -> dict[str, str]:
+    """SESSION_SETTINGS, with the statement timeout an operator may set in EXPORT_STATEMENT_TIMEOUT."""
+    timeout = os.environ.get("EXPORT_STATEMENT_TIMEOUT", "").strip()
+    return {**SESSION_SETTINGS, **({"statement_timeout": timeout} if timeout else {})}
+
+
 def session_options(settings: dict[str, str] | None = None) -> str:
     """libpq `options` string that applies the session settings at connect time."""
-    merged = {**SESSION_SETTINGS, **(settings or {})}
+    merged = {**session_settings(), **(settings or {})}
     return " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in merged.items())
 
 
