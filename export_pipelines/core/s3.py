@@ -55,13 +55,14 @@ def make_s3_client(
     aws_session_token: str | None = None,
     max_attempts: int = 6,
     max_pool_connections: int = 16,
+    read_timeout: float = 120,
 ) -> Any:
     """A boto3 S3 client that signs SigV4 (presigned URLs included) and retries transient errors."""
     config = Config(
         signature_version="s3v4",
         retries={"mode": "standard", "max_attempts": max_attempts},
         connect_timeout=10,
-        read_timeout=120,
+        read_timeout=read_timeout,
         max_pool_connections=max_pool_connections,
         # Path-style works on every S3-compatible server; AWS accepts it too.
         s3={"addressing_style": "path"},
