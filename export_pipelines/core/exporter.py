@@ -301,44 +301,38 @@ class _PartMeta:
 
 
 class _PartUploader:
-    """Uploads parts of one file with at most `limit` in flight; reports them in order."""
+    """Uploads parts of one file with at most `limit` in flight; reports each finished part, in
+    order, as soon as it and all before it are done (so a later failure loses no checkpoint)."""
 
     def __init__(
         self,
         pool: ThreadPoolExecutor,
         sink: MultipartSink,
         limit: int,
+        on_done: Callable[[UploadedPart, _PartMeta], None],
         done: list[UploadedPart] | None = None,
     ) -> None:
-        self.pool, self.sink, self.limit = pool, sink, limit
+        self.pool, self.sink, self.limit, self.on_done = pool, sink, limit, on_done
         self.pending: list[tuple[Future[UploadedPart], _PartMeta]] = []
         self.done: list[UploadedPart] = list(done or [])
 
-    def submit(self, number: int, data: bytes, meta: _PartMeta) -> list[tuple[UploadedPart, _PartMeta]]:
+    def submit(self, number: int, data: bytes, meta: _PartMeta) -> None:
         self.pending.append((self.pool.submit(self.sink.upload_part, number, data), meta))
-        finished = []
         while len(self.pending) >= self.limit:
-            finished.append(self._wait_oldest())
-        finished.extend(self._collect_ready())
-        return finished
-
-    def _wait_oldest(self) -> tuple[UploadedPart, _PartMeta]:
-        fut, meta = self.pending.pop(0)
-        part = fut.result()
-        self.done.append(part)
-        return part, meta
-
-    def _collect_ready(self) -> list[tuple[UploadedPart, _PartMeta]]:
-        out = []
+            self._wait_oldest()
         while self.pending and self.pending[0][0].done():
-            out.append(self._wait_oldest())
-        return out
+            self._wait_oldest()
 
-    def drain(self) -> list[tuple[UploadedPart, _PartMeta]]:
-        out = []
+    def _wait_oldest(self) -> None:
+        fut, meta = self.pending[0]
+        part = fut.result()
+        self.pending.pop(0)
+        self.done.append(part)
+        self.on_done(part, meta)
+
+    def drain(self) -> None:
         while self.pending:
-            out.append(self._wait_oldest())
-        return out
+            self._wait_oldest()
 
     def cancel(self) -> None:
         for fut, _ in self.pending:
@@ -494,37 +488,37 @@ class _Export:
 
     # -- the encoder loop ------------------------------------------------------------------
 
-    def _report(self, finished: list[tuple[UploadedPart, _PartMeta]], number: int) -> None:
-        for part, meta in finished:  # one checkpoint and one progress event per uploaded part
-            if self.checkpoints is not None:
-                self.checkpoints.record_part(
-                    self.folder,
-                    number,
-                    PartCheckpoint(
-                        part.number,
-                        part.etag,
-                        part.checksum_sha256,
-                        part.size,
-                        meta.rows_in_file,
-                        meta.first_key,
-                        meta.last_key,
-                        meta.next_batch_rows,
-                    ),
+    def _part_done(self, part: UploadedPart, meta: _PartMeta) -> None:
+        """One checkpoint and one progress event per uploaded part."""
+        if self.checkpoints is not None:
+            self.checkpoints.record_part(
+                self.folder,
+                len(self.files) + 1,
+                PartCheckpoint(
+                    part.number,
+                    part.etag,
+                    part.checksum_sha256,
+                    part.size,
+                    meta.rows_in_file,
+                    meta.first_key,
+                    meta.last_key,
+                    meta.next_batch_rows,
+                ),
+            )
+        self.totals["rows"] += meta.rows
+        self.totals["bytes"] += part.size
+        self.totals["parts"] += 1
+        if self.on_progress:
+            self.on_progress(
+                ExportProgress(
+                    rows_exported=self.totals["rows"],
+                    rows_total=self.plan.rows_total,
+                    bytes_written=self.totals["bytes"],
+                    parts_uploaded=self.totals["parts"],
+                    files_completed=len(self.files),
+                    file_key=self.current.key,
                 )
-            self.totals["rows"] += meta.rows
-            self.totals["bytes"] += part.size
-            self.totals["parts"] += 1
-            if self.on_progress:
-                self.on_progress(
-                    ExportProgress(
-                        rows_exported=self.totals["rows"],
-                        rows_total=self.plan.rows_total,
-                        bytes_written=self.totals["bytes"],
-                        parts_uploaded=self.totals["parts"],
-                        files_completed=len(self.files),
-                        file_key=self.current.key,
-                    )
-                )
+            )
 
     def _ship(self) -> None:
         assert self.uploader is not None
@@ -535,7 +529,7 @@ class _Export:
             self.digest.update(data)
         cur.bytes += len(data)
         meta = _PartMeta(self.part_rows, cur.rows, cur.first_key, self.part_last, self.next_batch)
-        self._report(self.uploader.submit(cur.parts, data, meta), len(self.files) + 1)
+        self.uploader.submit(cur.parts, data, meta)
         self.buf = bytearray()
         self.part_rows = 0
 
@@ -562,7 +556,7 @@ class _Export:
             self.part_last, self.next_batch = last.last_key, last.next_batch_rows
             self.digest = None
             done = [UploadedPart(p.number, p.etag, p.checksum_sha256, p.size) for p in f.parts]
-            self.uploader = _PartUploader(self.pool, self.sink, self.limit, done)
+            self.uploader = _PartUploader(self.pool, self.sink, self.limit, self._part_done, done)
             self.buf = bytearray(self.encoder.resume())
             return
         key = self.plan.location.file_key(number, self.encoder.extension)
@@ -591,7 +585,7 @@ class _Export:
         upload_id = self.sink.start()
         if self.checkpoints is not None:
             self.checkpoints.set_upload(self.folder, number, upload_id)
-        self.uploader = _PartUploader(self.pool, self.sink, self.limit)
+        self.uploader = _PartUploader(self.pool, self.sink, self.limit, self._part_done)
         self.buf = bytearray(self.encoder.begin())
 
     def _end_file(self) -> None:
@@ -600,7 +594,7 @@ class _Export:
         self.buf += self.encoder.finish()
         if self.buf or cur.parts == 0:
             self._ship()
-        self._report(self.uploader.drain(), len(self.files) + 1)
+        self.uploader.drain()
         self.sink.complete(self.uploader.done)
         cur.sha256 = (
             self.digest.hexdigest()
