@@ -29,7 +29,7 @@ import struct
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape
@@ -39,6 +39,7 @@ __all__ = [
     "Complete200Error",
     "Delay",
     "Error",
+    "Hang",
     "LogEntry",
     "Matcher",
     "Request",
@@ -51,6 +52,7 @@ __all__ = [
     "complete_200_error",
     "delay",
     "error",
+    "hang",
     "method",
     "op",
     "query_has",
@@ -226,7 +228,25 @@ class Complete200Error:
         return f"complete_200_error applied={self.applied}"
 
 
-Action = Error | ResetBefore | ResetAfter | Delay | SlowBody | Complete200Error
+@dataclass
+class Hang:
+    """Hold the request, never forwarding it, until `release()` (or the proxy closes); then
+    reset the connection. A process killed meanwhile leaves nothing behind on the server."""
+
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def release(self) -> None:
+        self.released.set()
+
+    def describe(self) -> str:
+        return "hang"
+
+
+Action = Error | ResetBefore | ResetAfter | Delay | SlowBody | Complete200Error | Hang
+
+
+def hang() -> Hang:
+    return Hang()
 
 
 def error(status: int = 500, code: str = "InternalError", message: str = "Injected by S3FaultProxy") -> Error:
@@ -662,6 +682,12 @@ class S3FaultProxy:
             entry.status = action.status
             return True
         if isinstance(action, ResetBefore):
+            _reset(sock, reader)
+            return False
+        if isinstance(action, Hang):
+            while not action.released.wait(0.1):
+                if self._stopping.is_set():
+                    raise _Stopping("proxy closed during a hang")
             _reset(sock, reader)
             return False
         if isinstance(action, Complete200Error) and not action.applied:

@@ -7,74 +7,20 @@ PostgreSQL; runs are launched in their own processes exactly as in production.
 from __future__ import annotations
 
 import gzip
-import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
-import psycopg
 import pytest
 
-from export_pipelines_tests.conftest import WEBHOOK_SECRET, _with_db
+from export_pipelines_tests.daemon import running_daemon, wait_for
 from export_pipelines_tests.readback import csv_rows, read_manifest
-
-ROOT = Path(__file__).resolve().parents[1]
-TERMINAL = {"succeeded", "failed"}
-
-
-def wait_for(store, request_id: str, timeout: float = 180) -> tuple[object, float]:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        row = store.get(request_id)
-        if row.status in TERMINAL:
-            return row, time.monotonic() - start
-        time.sleep(0.25)
-    raise AssertionError(f"request {request_id} still {store.get(request_id).status} after {timeout}s")
 
 
 @pytest.fixture(scope="module")
 def daemon(stack_env, source_url, s3_client, bucket, tmp_path_factory) -> Iterator[dict[str, str]]:
-    dagster_db = "dagster_e2e"
-    admin = _with_db(stack_env["SOURCE_DATABASE_URL"], "postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{dagster_db}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{dagster_db}"')
     home = tmp_path_factory.mktemp("dagster_home")
-    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
-    env = {
-        **os.environ,
-        **stack_env,
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_POSTGRES_URL": _with_db(stack_env["SOURCE_DATABASE_URL"], dagster_db),
-        "SOURCE_DATABASE_URL": source_url,
-        "EXPORT_BUCKET": bucket,
-        "EXPORT_PREFIX": f"e2e-{uuid.uuid4().hex[:8]}",
-        "EXPORT_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "EXPORT_SENSOR_INTERVAL_SECONDS": "2",
-    }
-    log = open(home / "daemon.log", "wb")  # noqa: SIM115 - closed in teardown
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # so teardown also stops the run workers it launched
-    )
-    try:
+    with running_daemon(stack_env, source_url, bucket, home, "dagster_e2e") as env:
         yield env
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 def test_request_row_to_download_through_the_daemon(daemon, store, s3_client, bucket, pg):

@@ -16,6 +16,8 @@ Keys are stored as PostgreSQL text and cast back to the key column's type when r
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -31,6 +33,8 @@ CREATE TABLE IF NOT EXISTS public.export_checkpoints (
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now()
 );
+-- Which process works on the export now (host:pid), for operators and the kill tests.
+ALTER TABLE public.export_checkpoints ADD COLUMN IF NOT EXISTS worker text;
 CREATE TABLE IF NOT EXISTS public.export_checkpoint_files (
     folder            text NOT NULL REFERENCES public.export_checkpoints ON DELETE CASCADE,
     file_number       int NOT NULL,
@@ -178,6 +182,13 @@ class CheckpointStore:
                 updated_at = now()
             """,
             [folder, cut.fingerprint, cut.rows_total, _key_text(cut.high_water_mark)],
+        )
+
+    def claim(self, folder: str) -> None:
+        """Record this process as the export's worker."""
+        self.conn.execute(
+            "UPDATE export_checkpoints SET worker = %s, updated_at = now() WHERE folder = %s",
+            [f"{socket.gethostname()}:{os.getpid()}", folder],
         )
 
     def forget(self, folder: str) -> None:

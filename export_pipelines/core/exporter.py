@@ -144,6 +144,8 @@ def plan_export(
     assert cut is not None
     if checkpoints and not resumed:
         checkpoints.save_cut(location.folder, cut)
+    if checkpoints:
+        checkpoints.claim(location.folder)
     return ExportPlan(
         request=request,
         types=types,
@@ -424,6 +426,7 @@ class _Export:
         store = self.checkpoints
         keep: frozenset[str] = frozenset()
         if store is not None:
+            store.claim(self.folder)
             saved = store.files(self.folder, self.plan.key_type)
             if any(f.fingerprint != self.plan.fingerprint for f in saved):
                 # The request changed since those were written: none of them can be reused.
