@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import dagster as dg
 import psycopg
 import pytest
 
+from export_pipelines.core.s3 import open_uploads
 from export_pipelines.definitions import defs
 from export_pipelines.jobs import tenant_export_job
 from export_pipelines.sensors import export_request_sensor, record_run_failure
@@ -202,3 +204,21 @@ def test_definitions_have_the_sensors_and_schedules():
         "export_failure_sensor",
     }
     assert {s.name for s in defs.schedules} == {"monthly_enterprise_export_schedule", "janitor_schedule"}
+
+
+def test_final_failure_aborts_the_dead_runs_uploads(store, dagster_resources, s3_client, bucket, prefix):
+    """A run worker that died for the last time leaves an upload open: the failure sensor aborts
+    it (a retried run is left alone, its next attempt continues the upload)."""
+    folder = f"{prefix}/tenant=t-007/orders/dead/"
+    upload = s3_client.create_multipart_upload(Bucket=bucket, Key=folder + "part-00001.csv.gz")
+    tags = {"export/folder": folder}
+    args = (dagster_resources["source"], dagster_resources["notifier"], logging.getLogger("test"))
+    resources = (dagster_resources["s3"], dagster_resources["export_settings"])
+    retrying = dg.DagsterRun(
+        job_name="tenant_export_job", run_id="r1", tags={**tags, "dagster/will_retry": "true"}
+    )
+    record_run_failure(retrying, "worker died", *args, *resources)
+    assert [u["UploadId"] for u in open_uploads(s3_client, bucket, folder)] == [upload["UploadId"]]
+    final = dg.DagsterRun(job_name="tenant_export_job", run_id="r2", tags=tags)
+    record_run_failure(final, "worker died", *args, *resources)
+    assert open_uploads(s3_client, bucket, folder) == []
