@@ -166,3 +166,28 @@ def test_manifest_put_failing_leaves_no_success_marker(
         s3_client.head_object(Bucket=bucket, Key=location.success_key)
     # The files are complete and checkpointed: the retry only writes manifest and _SUCCESS.
     assert all(f.complete for f in checkpoints.files(location.folder, "bigint"))
+
+
+def test_complete_applied_then_no_such_upload_on_retry_is_recognised(
+    proxy, catalog, source_url, s3_client, bucket, prefix, checkpoints, clean
+):
+    """AWS answers a retried Complete that it already applied with NoSuchUpload (SeaweedFS says
+    200): the exporter finds its upload token on the object and takes the file as complete."""
+    applied = proxy.add_fault(op("CompleteMultipartUpload"), reset_after(), times=1)
+    gone = proxy.add_fault(op("CompleteMultipartUpload"), error(404, "NoSuchUpload", "gone"), times=1)
+    client = client_via(proxy)
+    plan, outcome, _ = export(catalog, source_url, client, bucket, prefix, "ambiguous", checkpoints)
+    assert applied.fired == gone.fired == 1
+    assert digests(s3_client, bucket, [f.key for f in outcome.files]) == clean
+    s3_client.head_object(Bucket=bucket, Key=plan.location.success_key)
+
+
+def test_no_such_upload_without_our_object_is_an_error(
+    proxy, catalog, source_url, s3_client, bucket, prefix, checkpoints
+):
+    """NoSuchUpload when nothing was completed (the upload was aborted under us) is not success."""
+    proxy.add_fault(op("CompleteMultipartUpload"), error(404, "NoSuchUpload", "gone"), times=None)
+    with pytest.raises(ClientError, match="NoSuchUpload"):
+        export(catalog, source_url, client_via(proxy), bucket, prefix, "aborted", checkpoints)
+    listed = s3_client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/").get("Contents", [])
+    assert not [o["Key"] for o in listed if "/aborted/" in o["Key"]]
