@@ -102,6 +102,26 @@ def cmd_request(args: argparse.Namespace) -> int:
         filters["date_from"] = args.date_from
     if args.date_to:
         filters["date_to"] = args.date_to
+    columns = args.columns.split(",") if args.columns else None
+    # Check before inserting: the caller hears what is wrong now (exit 2), instead of finding a
+    # failed row later, or a driver traceback for text PostgreSQL cannot store (NUL, bad UTF-8).
+    from export_pipelines.core.catalog import CatalogError, InvalidRequest, load_catalog
+    from export_pipelines.core.request import build_request, check_notify
+
+    try:
+        build_request(
+            load_catalog(),
+            tenant_id=args.tenant,
+            resource=args.resource,
+            format=args.format,
+            compression=args.compression,
+            columns=columns,
+            filters=filters,
+        )
+        check_notify(args.webhook_url, args.email)
+    except (InvalidRequest, CatalogError) as exc:
+        print(f"export-pipelines request: {exc}", file=sys.stderr)
+        return 2
     store = _store()
     store.migrate()
     request_id = store.create(
@@ -110,7 +130,7 @@ def cmd_request(args: argparse.Namespace) -> int:
         format=args.format,
         compression=args.compression,
         filters=filters,
-        columns=args.columns.split(",") if args.columns else None,
+        columns=columns,
         webhook_url=args.webhook_url,
         email=args.email,
     )

@@ -26,7 +26,7 @@ from export_pipelines.core.exporter import (
 )
 from export_pipelines.core.manifest import FinalizedExport, clear_success_marker, finalize_export
 from export_pipelines.core.notify import InvalidWebhook, check_webhook_url, post_webhook, send_email
-from export_pipelines.core.request import build_request
+from export_pipelines.core.request import build_request, check_notify
 from export_pipelines.core.s3 import S3ConfigurationError
 from export_pipelines.resources import ExportS3, ExportSettings, Notifier, SourceDatabase
 
@@ -74,7 +74,9 @@ class ExportConfig(dg.Config):
     format: str = "csv"
     compression: str | None = None
     columns: list[str] | None = None
-    filters: dict[str, Any] = {}
+    # Values may be null ({"date_from": null} means no lower bound): with plain Any, Dagster
+    # crashes on a null map value ("Null map member not caught") before the run even starts.
+    filters: dict[str, Any | None] = {}
     request_id: str | None = None
     max_rows_per_file: int | None = None
     link_expiry_hours: int = 24
@@ -124,8 +126,7 @@ def count_rows(
         filters["date_from"], filters["date_to"] = _month_range(month)
         export_id = month[:7]
     try:
-        if config.notify.webhook_url:
-            check_webhook_url(config.notify.webhook_url)
+        check_notify(config.notify.webhook_url, config.notify.email)
         catalog = export_settings.catalog()
         request = build_request(
             catalog,

@@ -7,9 +7,9 @@ import dagster as dg
 
 from export_pipelines.core.catalog import CatalogError, InvalidRequest
 from export_pipelines.core.exporter import abandon_open_uploads
-from export_pipelines.core.notify import InvalidWebhook, check_webhook_url
-from export_pipelines.core.request import build_request
-from export_pipelines.core.request_store import StoredRequest
+from export_pipelines.core.notify import InvalidWebhook
+from export_pipelines.core.request import build_request, check_notify
+from export_pipelines.core.request_store import StoredRequest, UnreadableJson
 from export_pipelines.jobs import TENANT_PARTITIONS, monthly_tenant_export_job, tenant_export_job
 from export_pipelines.ops import FOLDER_TAG, REQUEST_ID_TAG, deliver
 from export_pipelines.resources import ExportS3, ExportSettings, Notifier, SourceDatabase
@@ -36,6 +36,8 @@ def request_run_config(row: StoredRequest) -> dict[str, Any]:
 
 def validate_row(row: StoredRequest, settings: ExportSettings, notifier: Notifier) -> None:
     """Everything that can be checked without the database; raises with a reason a person can act on."""
+    if isinstance(row.filters, UnreadableJson):
+        raise InvalidRequest("filters", f"is not JSON this service can read ({row.filters.reason})")
     build_request(
         settings.catalog(),
         tenant_id=row.tenant_id,
@@ -46,8 +48,7 @@ def validate_row(row: StoredRequest, settings: ExportSettings, notifier: Notifie
         filters=row.filters,
         export_id=row.id,
     )
-    if row.webhook_url:
-        check_webhook_url(row.webhook_url, notifier.allowlist())
+    check_notify(row.webhook_url, row.email, notifier.allowlist())
 
 
 @dg.sensor(

@@ -31,6 +31,16 @@ def allowed(values: list[str] | tuple[str, ...]) -> str:
     return ", ".join(sorted(values)) if values else "(none)"
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """repr() of a user's value, cut short: an error must not echo a megabyte back into the
+    request row, the run's logs or the UI."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond str()'s 4300-digit limit
+        return f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 @dataclass(frozen=True)
 class TableName:
     schema: str
@@ -65,10 +75,12 @@ class ResourceSpec:
             return self.columns
         unknown = [c for c in requested if c not in self.columns]
         if unknown:
+            listed = ", ".join(map(shown, unknown[:5])) + (
+                f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            )
             raise InvalidRequest(
                 "columns",
-                f"unknown column(s) {', '.join(map(repr, unknown))} for resource "
-                f"{self.name!r}; allowed: {allowed(self.columns)}",
+                f"unknown column(s) {listed} for resource {self.name!r}; allowed: {allowed(self.columns)}",
             )
         if len(set(requested)) != len(requested):
             raise InvalidRequest("columns", "a column is listed twice")
@@ -78,7 +90,7 @@ class ResourceSpec:
         if column not in self.filters:
             raise InvalidRequest(
                 "filters",
-                f"{column!r} is not a filter of resource {self.name!r}; allowed: "
+                f"{shown(column)} is not a filter of resource {self.name!r}; allowed: "
                 f"{allowed(['date_from', 'date_to', *self.filters])}",
             )
 
@@ -102,7 +114,7 @@ class Catalog:
             return self.resources[name]
         except KeyError:
             raise InvalidRequest(
-                "resource", f"unknown resource {name!r}; allowed: {allowed(list(self.resources))}"
+                "resource", f"unknown resource {shown(name)}; allowed: {allowed(list(self.resources))}"
             ) from None
 
 

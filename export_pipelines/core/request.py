@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
-from export_pipelines.core.catalog import Catalog, InvalidRequest, allowed
+from export_pipelines.core.catalog import Catalog, InvalidRequest, allowed, shown
 from export_pipelines.core.encoders import encoder_class, formats
+from export_pipelines.core.notify import InvalidWebhook, check_webhook_url
 
 # Export ids become one S3 key segment: keep them to a safe alphabet.
 _EXPORT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Limits on what one request may carry: far above real use, far below what hurts a sensor tick,
+# the run config in Dagster's storage, or the query's parameter list.
+MAX_TENANT_ID_CHARS = 256
+MAX_COLUMNS = 1000
 MAX_FILTER_VALUES = 1000
+MAX_FILTER_VALUE_CHARS = 1000
+_MAX_INT = 10**MAX_FILTER_VALUE_CHARS
+MAX_ROWS_PER_FILE = 1_000_000_000
 MAX_LINK_EXPIRY_HOURS = 7 * 24  # SigV4 presigned URLs cannot outlive 7 days
+MAX_WEBHOOK_URL_CHARS = 2048
+MAX_EMAIL_CHARS = 254  # RFC 5321 path limit
+# One plain address: a list ("a@x, b@y") or display names would mail people nobody asked for.
+_EMAIL = re.compile(r"^[^@\s,;<>()\[\]\\\"]+@[^@\s,;<>()\[\]\\\"]+\.[^@\s,;<>()\[\]\\\"]+$")
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,19 @@ class ExportRequest:
         return out
 
 
+def check_text(value: str, field_name: str) -> None:
+    """PostgreSQL text cannot hold NUL, and UTF-8 cannot hold lone surrogates (what Python makes
+    of undecodable bytes): reject both here rather than fail deep inside a query."""
+    if "\x00" in value:
+        raise InvalidRequest(field_name, "must not contain NUL (\\x00) characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(
+            field_name, "must be valid UTF-8 text (found a lone surrogate: undecodable input bytes?)"
+        ) from None
+
+
 def parse_instant(value: Any, field_name: str) -> datetime:
     """ISO 8601 date or datetime; naive values are taken as UTC."""
     if isinstance(value, datetime):
@@ -51,25 +78,37 @@ def parse_instant(value: Any, field_name: str) -> datetime:
             parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
             raise InvalidRequest(
-                field_name, f"{value!r} is not an ISO 8601 date or datetime (e.g. 2024-05-01)"
+                field_name,
+                f"{shown(value)} is not an ISO 8601 date or datetime from year 1 to 9999 (e.g. 2024-05-01)",
             ) from None
     else:
-        raise InvalidRequest(field_name, f"must be an ISO 8601 string, got {type(value).__name__}")
+        raise InvalidRequest(
+            field_name, f"must be an ISO 8601 string (e.g. 2024-05-01), got {type(value).__name__}"
+        )
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed
 
 
 def _filter_values(column: str, value: Any) -> tuple[str, ...]:
+    where = f"filters.{column}"
     values = value if isinstance(value, list | tuple) else [value]
     if not values:
-        raise InvalidRequest(f"filters.{column}", "needs at least one value")
+        raise InvalidRequest(where, "needs at least one value")
     if len(values) > MAX_FILTER_VALUES:
-        raise InvalidRequest(f"filters.{column}", f"at most {MAX_FILTER_VALUES} values, got {len(values)}")
+        raise InvalidRequest(where, f"at most {MAX_FILTER_VALUES} values, got {len(values)}")
     out = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, str | int | float):
-            raise InvalidRequest(f"filters.{column}", f"values must be strings or numbers, got {v!r}")
+            raise InvalidRequest(where, f"values must be strings or numbers, got {shown(v)}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise InvalidRequest(where, f"numbers must be finite, got {v!r}")
+        # Compare ints by size: str() of a 5000-digit int raises ValueError of its own.
+        too_long = abs(v) >= _MAX_INT if isinstance(v, int) else len(str(v)) > MAX_FILTER_VALUE_CHARS
+        if too_long:
+            raise InvalidRequest(where, f"each value at most {MAX_FILTER_VALUE_CHARS} characters")
+        if isinstance(v, str):
+            check_text(v, where)
         out.append(str(v))
     return tuple(out)
 
@@ -88,33 +127,60 @@ def build_request(
     link_expiry_hours: Any = 24,
 ) -> ExportRequest:
     """Validate every field; raise InvalidRequest naming the field and what is allowed."""
-    if not isinstance(tenant_id, str | int) or isinstance(tenant_id, bool) or not str(tenant_id).strip():
-        raise InvalidRequest("tenant_id", "must be a non-empty string")
-    tenant = str(tenant_id)
-    if len(tenant) > 256 or any(ord(ch) < 32 for ch in tenant):
-        raise InvalidRequest("tenant_id", "must be at most 256 printable characters")
+    # A tenant id is text (the request table's column); a number is a caller's type mistake.
+    if not isinstance(tenant_id, str) or not tenant_id.strip():
+        got = type(tenant_id).__name__ if not isinstance(tenant_id, str) else "an empty string"
+        raise InvalidRequest("tenant_id", f"must be a non-empty string, got {got}")
+    tenant = tenant_id
+    if len(tenant) > MAX_TENANT_ID_CHARS:
+        raise InvalidRequest(
+            "tenant_id", f"must be at most {MAX_TENANT_ID_CHARS} characters, got {len(tenant)}"
+        )
+    check_text(tenant, "tenant_id")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in tenant):
+        raise InvalidRequest("tenant_id", "must be printable: no control characters (tab, newline, …)")
     if not isinstance(resource, str):
-        raise InvalidRequest("resource", f"must be a string; allowed: {allowed(list(catalog.resources))}")
+        raise InvalidRequest(
+            "resource",
+            f"must be a string, got {type(resource).__name__}; allowed: {allowed(list(catalog.resources))}",
+        )
     spec = catalog.resource(resource)
 
-    if format not in formats():
-        raise InvalidRequest("format", f"unknown format {format!r}; allowed: {allowed(formats())}")
+    if not isinstance(format, str) or format not in formats():
+        raise InvalidRequest("format", f"unknown format {shown(format)}; allowed: {allowed(formats())}")
     enc = encoder_class(format)
     comp = enc.default_compression if compression in (None, "") else compression
-    if comp not in enc.compressions:
+    if not isinstance(comp, str) or comp not in enc.compressions:
         raise InvalidRequest(
             "compression",
-            f"{compression!r} is not available for {format}; allowed: {allowed(enc.compressions)}",
+            f"{shown(compression)} is not available for {format}; allowed: {allowed(enc.compressions)}",
         )
 
-    if columns is not None and (
-        not isinstance(columns, list | tuple) or not all(isinstance(c, str) for c in columns)
-    ):
-        raise InvalidRequest("columns", f"must be a list of column names; allowed: {allowed(spec.columns)}")
+    if columns is not None:
+        if not isinstance(columns, list | tuple) or not all(isinstance(c, str) for c in columns):
+            raise InvalidRequest(
+                "columns", f"must be a list of column names; allowed: {allowed(spec.columns)}"
+            )
+        # Empty is a caller's bug more often than a wish for everything: all columns is null/omitted.
+        if not columns:
+            raise InvalidRequest(
+                "columns",
+                f"must name at least one column (omit it for all); allowed: {allowed(spec.columns)}",
+            )
+        if len(columns) > MAX_COLUMNS:
+            raise InvalidRequest(
+                "columns",
+                f"at most {MAX_COLUMNS} names, got {len(columns)}; allowed: {allowed(spec.columns)}",
+            )
     chosen = spec.check_columns(list(columns) if columns else None)
 
+    filter_names = allowed(["date_from", "date_to", *spec.filters])
     if not isinstance(filters or {}, dict):
-        raise InvalidRequest("filters", "must be a JSON object (mapping) of filter name to value(s)")
+        raise InvalidRequest(
+            "filters",
+            f"must be a JSON object (mapping) of filter name to value(s), got {type(filters).__name__}; "
+            f"allowed: {filter_names}",
+        )
     raw_filters = dict(filters or {})
     date_from = date_to = None
     if "date_from" in raw_filters or "date_to" in raw_filters:
@@ -125,30 +191,48 @@ def build_request(
         if raw_filters.get("date_to") is not None:
             date_to = parse_instant(raw_filters["date_to"], "filters.date_to")
         if date_from and date_to and date_from >= date_to:
-            raise InvalidRequest("filters.date_to", "must be after date_from (date_to is exclusive)")
+            raise InvalidRequest(
+                "filters.date_to",
+                f"must be after date_from (date_to is exclusive); got date_from {date_from.isoformat()}, "
+                f"date_to {date_to.isoformat()}",
+            )
     column_filters: dict[str, tuple[str, ...]] = {}
     for name, value in raw_filters.items():
         if name in ("date_from", "date_to"):
             continue
         if not isinstance(name, str):
-            raise InvalidRequest("filters", f"filter names are strings, got {name!r}")
+            raise InvalidRequest(
+                "filters", f"filter names are strings, got {shown(name)}; allowed: {filter_names}"
+            )
         spec.check_filter(name)
         column_filters[name] = _filter_values(name, value)
 
     eid = "adhoc" if export_id in (None, "") else export_id
     if not isinstance(eid, str) or not _EXPORT_ID.match(eid) or eid in (".", ".."):
-        raise InvalidRequest("export_id", "1-128 characters of A-Z a-z 0-9 . _ -, starting alphanumeric")
+        raise InvalidRequest(
+            "export_id", "the request id: 1-128 characters of A-Z a-z 0-9 . _ -, starting alphanumeric"
+        )
 
     if max_rows_per_file is not None and (
-        isinstance(max_rows_per_file, bool) or not isinstance(max_rows_per_file, int) or max_rows_per_file < 1
+        isinstance(max_rows_per_file, bool)
+        or not isinstance(max_rows_per_file, int)
+        or not 1 <= max_rows_per_file <= MAX_ROWS_PER_FILE
     ):
-        raise InvalidRequest("max_rows_per_file", "must be a positive integer (or empty for one file)")
+        raise InvalidRequest(
+            "max_rows_per_file",
+            f"must be an integer from 1 to {MAX_ROWS_PER_FILE} (or empty for one file), "
+            f"got {shown(max_rows_per_file)}",
+        )
     if (
         isinstance(link_expiry_hours, bool)
         or not isinstance(link_expiry_hours, int)
         or not 1 <= link_expiry_hours <= MAX_LINK_EXPIRY_HOURS
     ):
-        raise InvalidRequest("link_expiry_hours", f"must be an integer from 1 to {MAX_LINK_EXPIRY_HOURS}")
+        raise InvalidRequest(
+            "link_expiry_hours",
+            f"must be an integer from 1 to {MAX_LINK_EXPIRY_HOURS} (7 days, the SigV4 limit), "
+            f"got {shown(link_expiry_hours)}",
+        )
 
     return ExportRequest(
         tenant_id=tenant,
@@ -163,3 +247,39 @@ def build_request(
         max_rows_per_file=max_rows_per_file,
         link_expiry_hours=link_expiry_hours,
     )
+
+
+def check_notify(webhook_url: Any, email: Any, allowlist: tuple[str, ...] = ()) -> None:
+    """Where to tell the requester: one http(s) URL without credentials, one plain address."""
+    if webhook_url not in (None, ""):
+        if not isinstance(webhook_url, str):
+            raise InvalidRequest("webhook_url", f"must be a string, got {type(webhook_url).__name__}")
+        if len(webhook_url) > MAX_WEBHOOK_URL_CHARS:
+            raise InvalidRequest("webhook_url", f"at most {MAX_WEBHOOK_URL_CHARS} characters")
+        check_text(webhook_url, "webhook_url")
+        # urlsplit silently drops tabs/newlines: a URL that changes when parsed is refused.
+        if any(ch.isspace() or not ch.isprintable() for ch in webhook_url):
+            raise InvalidRequest("webhook_url", "must not contain spaces or control characters")
+        try:
+            check_webhook_url(webhook_url, allowlist)
+        except InvalidWebhook as exc:
+            raise InvalidRequest("webhook_url", str(exc).removeprefix("webhook_url: ")) from None
+        parts = urlsplit(webhook_url)
+        try:
+            parts.port  # noqa: B018 - raises on a port out of range, which urlopen would too, later
+        except ValueError:
+            raise InvalidRequest("webhook_url", f"has an invalid port: {shown(webhook_url)}") from None
+        # Credentials in the URL would sit in the request row and the run config for all to read;
+        # receivers authenticate us by the X-Export-Signature HMAC instead.
+        if parts.username is not None or parts.password is not None:
+            raise InvalidRequest(
+                "webhook_url", "must not contain credentials (user:password@); verify X-Export-Signature"
+            )
+    if email not in (None, ""):
+        if not isinstance(email, str):
+            raise InvalidRequest("email", f"must be a string, got {type(email).__name__}")
+        if len(email) > MAX_EMAIL_CHARS:
+            raise InvalidRequest("email", f"at most {MAX_EMAIL_CHARS} characters")
+        check_text(email, "email")
+        if not _EMAIL.match(email) or not email.isprintable():
+            raise InvalidRequest("email", f"must be one address like name@example.com, got {shown(email)}")

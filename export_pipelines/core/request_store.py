@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
 
 MIGRATION = """
 CREATE TABLE IF NOT EXISTS public.export_requests (
@@ -53,6 +54,23 @@ CREATE INDEX IF NOT EXISTS export_requests_expiry_idx
 """
 
 STATUSES = ("pending", "queued", "running", "succeeded", "failed", "expired")
+MAX_ERROR_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class UnreadableJson:
+    """A jsonb value PostgreSQL accepted but Python's json cannot load (a number of more than
+    4300 digits, nesting deeper than the recursion limit). Loading it must not raise: one such
+    row would otherwise fail every sensor tick and stop all the other rows."""
+
+    reason: str
+
+
+def _load_json(data: bytes | str) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        return UnreadableJson(f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
 @dataclass(frozen=True)
@@ -116,9 +134,11 @@ class RequestStore:
         return self
 
     def _connect(self) -> psycopg.Connection[dict[str, Any]]:
-        return psycopg.connect(
+        conn = psycopg.connect(
             self.conninfo, autocommit=True, row_factory=dict_row, options="-c statement_timeout=30s"
         )
+        set_json_loads(_load_json, conn)
+        return conn
 
     def migrate(self) -> None:
         with self._connect() as conn:
@@ -218,7 +238,7 @@ class RequestStore:
                        updated_at = now()
                 WHERE id = %s AND attempt = %s AND status = 'pending'
                 """,
-                [error, request_id, attempt],
+                [error[:MAX_ERROR_CHARS], request_id, attempt],
             )
             return cur.rowcount == 1
 
@@ -260,13 +280,15 @@ class RequestStore:
         return self._update(
             request_id,
             "status = 'failed', error = %s, completed_at = now()",
-            [error[:4000]],
+            [error[:MAX_ERROR_CHARS]],
             only_if=("pending", "queued", "running"),
         )
 
     def note_error(self, request_id: str, error: str) -> bool:
         """An attempt failed but will be retried: say so without leaving `running`."""
-        return self._update(request_id, "error = %s", [error[:4000]], only_if=("running", "queued"))
+        return self._update(
+            request_id, "error = %s", [error[:MAX_ERROR_CHARS]], only_if=("running", "queued")
+        )
 
     def record_notification(self, request_id: str, error: str | None) -> bool:
         return self._update(request_id, "notified_at = now(), notify_error = %s", [error])
