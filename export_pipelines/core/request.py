@@ -220,7 +220,7 @@ def build_request(
     ):
         raise InvalidRequest(
             "max_rows_per_file",
-            f"must be an integer from 1 to {MAX_ROWS_PER_FILE} (or empty for one file), "
+            f"must be a positive integer up to {MAX_ROWS_PER_FILE} (or empty for one file), "
             f"got {shown(max_rows_per_file)}",
         )
     if (
