@@ -545,17 +545,11 @@ class _Export:
             assert open_file is not None
             f, self.sink = open_file.checkpoint, open_file.sink
             last = f.parts[-1]
-            self.current = FileResult(
-                key=f.key,
-                rows=last.rows_in_file,
-                bytes=sum(p.size for p in f.parts),
-                first_key=last.first_key,
-                last_key=last.last_key,
-                parts=len(f.parts),
-                snapshot=f"{f.snapshot} (parts 1-{len(f.parts)}), "
-                f"{event.snapshot} (from part {len(f.parts) + 1})",
-                resumed_at_part=len(f.parts) + 1,
+            self.current = _file_result(f)
+            self.current.snapshot = (
+                f"{f.snapshot} (parts 1-{len(f.parts)}), {event.snapshot} (from part {len(f.parts) + 1})"
             )
+            self.current.resumed_at_part = len(f.parts) + 1
             self.part_last, self.next_batch = last.last_key, last.next_batch_rows
             self.digest = None
             done = [UploadedPart(p.number, p.etag, p.checksum_sha256, p.size) for p in f.parts]
