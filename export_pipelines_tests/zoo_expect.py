@@ -106,7 +106,10 @@ def excel_csv_value(col: str, text: str | None) -> str | None:
         return text
     if col in NUMBERS:
         return text if excel_number_is_exact(text) else f'="{text}"'
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + text
+    # Text Excel would turn into a number stays text.
+    return f'="{text}"' if re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", text) else text
 
 
 def excel_unescape(text: str) -> str:

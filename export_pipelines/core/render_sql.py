@@ -19,6 +19,8 @@ from export_pipelines.core.type_contract import category
 EXCEL_DIGITS = 15
 EXCEL_MAX_INTEGER = 10**EXCEL_DIGITS - 1
 EXCEL_TINY = "1e-300"
+# Text Excel's CSV import turns into a number (spaces around it are ignored).
+EXCEL_NUMBER_TEXT = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
 # Cells starting with these characters are formulas (or become one) in spreadsheet programs.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # Dates Excel shows as dates: serial 61 onwards (1900-03-01; before it Excel's 1900 leap-year
@@ -91,9 +93,12 @@ def excel_csv(col: ColumnInfo) -> sql.Composable:
         )
     text = as_text(col)
     starts = sql.SQL(", ").join(sql.Literal(s) for s in FORMULA_STARTS)
-    return sql.SQL("CASE WHEN left({t}, 1) IN ({starts}) THEN '''' || {t} ELSE {t} END").format(
-        t=text, starts=starts
-    )
+    # Text that Excel would read as a number (a JSON number, "00123", a 20-digit account
+    # number) stays text: Excel would drop its leading zeros or round it.
+    return sql.SQL(
+        "CASE WHEN left({t}, 1) IN ({starts}) THEN '''' || {t} "
+        "WHEN {t} ~ {number} THEN '=\"' || {t} || '\"' ELSE {t} END"
+    ).format(t=text, starts=starts, number=sql.Literal(EXCEL_NUMBER_TEXT))
 
 
 # XLSX cell tags: the encoder reads the first character of each rendered value.

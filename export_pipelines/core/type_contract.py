@@ -50,6 +50,11 @@ class TypeRule:
 
 _SAME = "as csv"
 _TEXT_CELL = "text cell"
+_EXCEL_PROFILE_TEXT = {
+    "text starting with = + - @ tab or CR": "a leading ' (formula injection neutralised)",
+    "text Excel would read as a number": '="…" (stays text)',
+}
+_EXCEL_AS_TEXT = "as csv, with the text rules of the excel profile"
 _LONG_TEXT = {f"text over {XLSX_MAX_CELL_CHARS:,} characters": _XLSX_TEXT_CUT}
 
 RULES: tuple[TypeRule, ...] = (
@@ -125,11 +130,12 @@ RULES: tuple[TypeRule, ...] = (
         "text",
         "text, varchar, char(n), enum, and any other type",
         "PostgreSQL's text, RFC 4180 quoting; NULL is an empty field, `''` is `\"\"`",
-        "as csv; a value starting with `=` `+` `-` `@` tab or CR gets a leading `'`",
+        "as csv; a value starting with `=` `+` `-` `@` tab or CR gets a leading `'`; "
+        'text Excel would read as a number (`00123`) as `="00123"`',
         "string (NULL is null)",
         "string",
         "text cell",
-        {"xlsx": _LONG_TEXT},
+        {"csv_excel": _EXCEL_PROFILE_TEXT, "xlsx": _LONG_TEXT},
     ),
     TypeRule(
         "date",
@@ -197,21 +203,21 @@ RULES: tuple[TypeRule, ...] = (
         "jsonb",
         "jsonb",
         'JSON text `{"a": 1}`',
-        "as csv; JSON text never starts with a formula character",
+        _EXCEL_AS_TEXT,
         "nested JSON value",
         "string of JSON text (arrow.json)",
         _TEXT_CELL,
-        {"xlsx": _LONG_TEXT},
+        {"csv_excel": _EXCEL_PROFILE_TEXT, "xlsx": _LONG_TEXT},
     ),
     TypeRule(
         "json",
         "json",
         "JSON text as written",
-        _SAME,
+        _EXCEL_AS_TEXT,
         "nested JSON value as written (key order, duplicate keys); line breaks between tokens become spaces",
         "string of JSON text as written (arrow.json)",
         _TEXT_CELL,
-        {"xlsx": _LONG_TEXT},
+        {"csv_excel": _EXCEL_PROFILE_TEXT, "xlsx": _LONG_TEXT},
     ),
     TypeRule(
         "array",
@@ -234,11 +240,11 @@ RULES: tuple[TypeRule, ...] = (
         "bytea",
         "bytea",
         "base64 (one line)",
-        "as csv; base64 starting with `+` gets a leading `'`",
+        _EXCEL_AS_TEXT,
         "string, base64",
         "binary",
         "text cell, base64",
-        {"xlsx": _LONG_TEXT},
+        {"csv_excel": _EXCEL_PROFILE_TEXT, "xlsx": _LONG_TEXT},
     ),
 )
 _BY_FAMILY = {r.family: r for r in RULES}
