@@ -112,6 +112,11 @@ def test_resumed_file_is_byte_identical_and_parts_stand_alone(fmt, compression):
     third = cls(COLS, compression)
     part3 = third.resume() + third.encode(batches[2]) + third.finish()
     assert part1 + part2 + part3 == uninterrupted
+    # Resumed after the last row, only the file's end is left: the same bytes as without a crash.
+    whole = cls(COLS, compression)
+    head = whole.begin() + b"".join(whole.encode(b) for b in batches) + whole.cut()
+    last = cls(COLS, compression)
+    assert head + whole.finish() == head + last.resume() + last.finish()
     if compression != "none":
         _decompress(part2, compression)  # a part is a self-contained gzip member / zstd frames
     text = _decompress(uninterrupted, compression)
@@ -135,6 +140,13 @@ def test_csv_excel_crlf_only_between_records_whatever_the_chunking():
 def test_json_array_of_no_rows_is_an_empty_array():
     enc = JsonArrayEncoder(COLS, "none")
     assert json.loads(enc.begin() + enc.finish()) == []
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_a_file_without_bytes_is_still_a_valid_compressed_file(compression):
+    enc = encoder_class("jsonl")(COLS, compression)
+    data = enc.begin() + enc.finish()
+    assert data and _decompress(data, compression) == b""
 
 
 def test_xlsx_starts_a_new_sheet_after_the_row_limit(monkeypatch):

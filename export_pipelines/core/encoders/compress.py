@@ -35,8 +35,10 @@ class Compressor:
         self._gzip: Any = None
         self._zstd = pa.Codec("zstd", compression_level=ZSTD_LEVEL) if compression == "zstd" else None
         self._pending = bytearray()
+        self._started = False  # any byte written to this file (by this encoder)
 
     def write(self, data: bytes | memoryview) -> bytes:
+        self._started = self._started or len(data) > 0
         if self.compression == "none":
             return bytes(data)
         if self.compression == "gzip":
@@ -55,6 +57,21 @@ class Compressor:
         frame = self._zstd.compress(self._pending, asbytes=True)
         self._pending = bytearray()
         return frame
+
+    def continue_file(self) -> None:
+        """The file already has bytes (earlier parts, a resumed export): finish() adds none."""
+        self._started = True
+
+    def finish(self) -> bytes:
+        """Close the file: the last member, or for a file with no bytes at all an empty member
+        (an empty .gz / .zst object is not a valid file for gunzip / zstd)."""
+        if not self._started and self.compression != "none":
+            self._started = True
+            if self.compression == "gzip":
+                return zlib.compress(b"", GZIP_LEVEL, 31)
+            assert self._zstd is not None
+            return self._zstd.compress(b"", asbytes=True)
+        return self.cut()
 
     def cut(self) -> bytes:
         if self.compression == "gzip":

@@ -54,6 +54,10 @@ class CsvEncoder(Encoder):
         header = ",".join(c.name for c in self.columns) + "\n"
         return self._compressor.write(header.encode())
 
+    def resume(self) -> bytes:
+        self._compressor.continue_file()
+        return b""
+
     def encode(self, batch: bytes | memoryview) -> bytes:
         return self._compressor.write(batch)
 
@@ -61,4 +65,4 @@ class CsvEncoder(Encoder):
         return self._compressor.cut()
 
     def finish(self) -> bytes:
-        return self._compressor.cut()
+        return self._compressor.finish()

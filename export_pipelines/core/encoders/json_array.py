@@ -27,7 +27,7 @@ class JsonArrayEncoder(JsonlEncoder):
     def resume(self) -> bytes:
         # Earlier parts hold "[" and at least one row (a part always ends after a whole range).
         self._wrote_row = True
-        return b""
+        return super().resume()
 
     def encode(self, batch: bytes | memoryview) -> bytes:
         data = self._partial + bytes(batch)
@@ -42,4 +42,4 @@ class JsonArrayEncoder(JsonlEncoder):
 
     def finish(self) -> bytes:
         closing = b"\n]\n" if self._wrote_row else b"]\n"
-        return self._compressor.write(closing) + self._compressor.cut()
+        return self._compressor.write(closing) + self._compressor.finish()
