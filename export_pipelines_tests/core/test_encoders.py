@@ -175,6 +175,8 @@ def test_xlsx_text_escapes():
     assert xlsx.xml_text("a\rb") == "a&#13;b"
     assert xlsx.xml_text("x\x01y _x0041_") == "x_x0001_y _x005F_x0041_"
     assert xlsx.excel_cell_text("🚀" * 20_000) == "🚀" * 16_383  # never half an emoji
+    nasty = "a&b<c>d\re\x01f _x0041_ _x00ab_ &amp; &#13;"
+    assert xlsx.xml_unescape(xlsx.xml_text(nasty)) == nasty
     assert (
         xlsx.column_letters(0) == "A" and xlsx.column_letters(25) == "Z" and xlsx.column_letters(26) == "AA"
     )

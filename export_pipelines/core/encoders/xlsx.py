@@ -20,12 +20,14 @@ from typing import Any
 from export_pipelines.core.encoders.base import Encoder
 from export_pipelines.core.encoders.zipstream import ZipStream
 from export_pipelines.core.query import ColumnInfo, ExportQuery, RenderedQuery
-from export_pipelines.core.render_sql import TAG_BOOL, TAG_DATE, TAG_NUMBER, xlsx_tagged
+from export_pipelines.core.render_sql import TAG_BOOL, TAG_NUMBER, TAG_TEXT, xlsx_tagged
 from export_pipelines.core.type_contract import XLSX_MAX_CELL_CHARS
 
 # PostgreSQL text values reach 1 GB; the csv module's default field limit is 128 KiB.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 SHEET_DATA_ROWS = 1_048_575  # Excel's 1,048,576 rows, less the header
+_T_OPEN = '<t xml:space="preserve">'  # keeps leading/trailing spaces
+_SHORT_CELL = 16_383  # escaped text this short is surely within Excel's 32,767-unit cell limit
 _MAIN_NS = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
 _REL_NS = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
 _XML_DECL = '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
@@ -111,6 +113,15 @@ def xml_text(value: str) -> str:
     value = _NOT_XML.sub(_escape_char, value)
     # A raw CR would be read back as LF (XML end-of-line handling); a reference survives.
     return value.replace("\r", "&#13;")
+
+
+_UNESCAPE = re.compile(r"&amp;|&lt;|&gt;|&#13;|_x([0-9A-F]{4})_")
+_UNESCAPED = {"&amp;": "&", "&lt;": "<", "&gt;": ">", "&#13;": "\r"}
+
+
+def xml_unescape(value: str) -> str:
+    """The inverse of xml_text (for the rare cell that must be cut to Excel's limit)."""
+    return _UNESCAPE.sub(lambda m: _UNESCAPED.get(m.group(0)) or chr(int(m.group(1), 16)), value)
 
 
 def excel_cell_text(value: str) -> str:
@@ -202,6 +213,9 @@ class XlsxEncoder(Encoder):
 
     def encode(self, batch: bytes | memoryview) -> bytes:
         text = self._complete_records(bytes(batch).decode("utf-8"))
+        # XML-escape the whole chunk at once (C-speed replaces): the escapes contain no CSV
+        # syntax, and CR only occurs inside quoted values, so the records parse the same.
+        text = xml_text(text)
         out = bytearray()
         rows: list[str] = []
         letters = self._letters
@@ -217,14 +231,19 @@ class XlsxEncoder(Encoder):
                 if not value:
                     continue  # NULL: every rendered non-NULL value starts with its tag
                 tag = value[0]
-                if tag == TAG_NUMBER:
+                if tag == TAG_TEXT:
+                    body = value[1:]
+                    if len(body) > _SHORT_CELL:
+                        body = xml_text(excel_cell_text(xml_unescape(body)))
+                    cells.append(
+                        f'<c r="{letter}{n}" t="inlineStr"><is><t xml:space="preserve">{body}</t></is></c>'
+                    )
+                elif tag == TAG_NUMBER:
                     cells.append(f'<c r="{letter}{n}"><v>{value[1:]}</v></c>')
                 elif tag == TAG_BOOL:
                     cells.append(f'<c r="{letter}{n}" t="b"><v>{value[1:]}</v></c>')
-                elif tag == TAG_DATE:
+                else:  # TAG_DATE
                     cells.append(f'<c r="{letter}{n}" s="{STYLE_DATE}"><v>{value[1:]}</v></c>')
-                else:
-                    cells.append(_inline(f"{letter}{n}", xml_text(excel_cell_text(value[1:]))))
             rows.append(f'<row r="{n}">{"".join(cells)}</row>')
         out += self._zip.write("".join(rows).encode())
         return bytes(out)
