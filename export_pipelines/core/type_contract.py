@@ -42,7 +42,12 @@ class TypeRule:
     special: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def representation(self, fmt: str) -> str:
-        return str(getattr(self, FORMAT_COLUMN[fmt]))
+        """The table cell, made self-contained ("as csv; …" spelled out) for the manifest."""
+        text = str(getattr(self, FORMAT_COLUMN[fmt]))
+        if text.startswith(_SAME):
+            extra = text[len(_SAME) :].lstrip("; ,")
+            text = self.csv + (f"; excel profile: {extra}" if extra else "")
+        return text
 
     def special_values(self, fmt: str) -> dict[str, str]:
         return dict(self.special.get(FORMAT_COLUMN[fmt], {}))

@@ -336,3 +336,26 @@ def _local(data: bytes, suffix: str) -> str:
     handle.write(data)
     handle.close()
     return handle.name
+
+
+@pytest.mark.parametrize("fmt", ["csv", "csv_excel", "jsonl", "json", "parquet", "xlsx"])
+def test_manifest_lists_postgres_type_and_representation(fmt, zoo, source_url, s3_client, bucket, prefix, pg):
+    manifest = export(zoo, source_url, s3_client, bucket, prefix, tenant_id="z-3", format=fmt)
+    types = dict(
+        pg.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = 'public.type_zoo'::regclass AND attnum > 0 AND NOT attisdropped"
+        ).fetchall()
+    )
+    columns = manifest["columns"]
+    assert [c["name"] for c in columns] == list(type_zoo.COLUMNS)
+    for c in columns:
+        assert c["postgres_type"] == types[c["name"]]
+        assert c["representation"] and c["output_type"] and isinstance(c["special_values"], dict)
+    by_name = {c["name"]: c for c in columns}
+    bytea = by_name["c_bytea"]["representation"]
+    assert bytea == {"parquet": "binary", "xlsx": "text cell, base64"}.get(fmt, bytea)
+    assert "base64" in bytea or fmt == "parquet"
+    if fmt == "parquet":  # the Arrow type really written
+        assert by_name["c_timestamptz"]["output_type"] == "timestamp[us, tz=UTC]"
+        assert "null" in by_name["c_int_array"]["special_values"]["multi-dimensional values"]
