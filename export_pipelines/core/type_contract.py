@@ -158,7 +158,7 @@ RULES: tuple[TypeRule, ...] = (
     TypeRule(
         "time",
         "time, timetz",
-        "`01:02:03.5`, timetz with its offset",
+        "`01:02:03.5`, timetz with its zone",
         _SAME,
         'string `"01:02:03.5"`',
         "time64[us] (timetz: string)",

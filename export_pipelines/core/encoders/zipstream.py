@@ -23,7 +23,7 @@ _FLAG_UTF8 = 0x800
 @dataclass
 class _Entry:
     name: bytes
-    offset: int
+    header_at: int  # where its local header starts
     crc: int = 0
     compressed: int = 0
     size: int = 0
@@ -45,7 +45,7 @@ class ZipStream:
 
     def start(self, name: str) -> bytes:
         assert self._current is None, "end() the previous entry first"
-        entry = _Entry(name.encode(), offset=self._written)
+        entry = _Entry(name.encode(), header_at=self._written)
         self._current = entry
         self._deflate = zlib.compressobj(self.level, zlib.DEFLATED, -15)  # raw deflate
         header = struct.pack(
@@ -91,11 +91,11 @@ class ZipStream:
 
     def close(self) -> bytes:
         assert self._current is None, "end() the open entry first"
-        directory_offset = self._written
+        directory_at = self._written
         records = []
         for e in self._entries:
             # ZIP64 extra field: only the values that do not fit, in this order (APPNOTE 4.5.3).
-            extra_values = [v for v in (e.size, e.compressed, e.offset) if v >= _U32]
+            extra_values = [v for v in (e.size, e.compressed, e.header_at) if v >= _U32]
             extra = struct.pack(f"<HH{len(extra_values)}Q", 0x0001, 8 * len(extra_values), *extra_values)
             if not extra_values:
                 extra = b""
@@ -119,7 +119,7 @@ class ZipStream:
                     0,
                     0,
                     0,
-                    min(e.offset, _U32),
+                    min(e.header_at, _U32),
                 )
                 + e.name
                 + extra
@@ -127,12 +127,12 @@ class ZipStream:
         directory = b"".join(records)
         count = len(self._entries)
         out = bytearray(directory)
-        end_offset = directory_offset + len(directory)
-        if count >= 0xFFFF or directory_offset >= _U32 or len(directory) >= _U32:
+        directory_end = directory_at + len(directory)
+        if count >= 0xFFFF or directory_at >= _U32 or len(directory) >= _U32:
             out += struct.pack(
-                "<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, len(directory), directory_offset
+                "<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, len(directory), directory_at
             )
-            out += struct.pack("<IIQI", 0x07064B50, 0, end_offset, 1)
+            out += struct.pack("<IIQI", 0x07064B50, 0, directory_end, 1)
         out += struct.pack(
             "<IHHHHIIH",
             0x06054B50,
@@ -141,7 +141,7 @@ class ZipStream:
             min(count, 0xFFFF),
             min(count, 0xFFFF),
             min(len(directory), _U32),
-            min(directory_offset, _U32),
+            min(directory_at, _U32),
             0,
         )
         return self._out(bytes(out))
