@@ -54,6 +54,7 @@ class TypeRule:
 
 
 _SAME = "as csv"
+_XLSX_TEXT = f"text cell (cut at Excel's {XLSX_MAX_CELL_CHARS:,}-character limit)"
 _TEXT_CELL = "text cell"
 _EXCEL_PROFILE_TEXT = {
     "text starting with = + - @ tab or CR": "a leading ' (formula injection neutralised)",
@@ -87,7 +88,7 @@ RULES: tuple[TypeRule, ...] = (
         "exact digits (`12.50`), `NaN`",
         f"as csv; 16+ significant digits as {_EXCEL_TEXT}",
         'number with the exact digits; NaN as the string `"NaN"`',
-        "decimal128(p,s)",
+        "decimal128(p,s); NaN as null",
         "number cell up to 15 significant digits, else text cell with the exact digits",
         {
             "json": {"NaN": 'the string "NaN"'},
@@ -139,7 +140,7 @@ RULES: tuple[TypeRule, ...] = (
         'text Excel would read as a number (`00123`) as `="00123"`',
         "string (NULL is null)",
         "string",
-        "text cell",
+        _XLSX_TEXT,
         {"csv_excel": _EXCEL_PROFILE_TEXT, "xlsx": _LONG_TEXT},
     ),
     TypeRule(
@@ -170,7 +171,8 @@ RULES: tuple[TypeRule, ...] = (
         "`2024-01-31 01:02:03.000004` (naive, as stored), `… BC`, 5-digit years, `infinity`",
         _SAME,
         'string `"2024-01-31T01:02:03.000004"` (naive)',
-        "timestamp[us] without zone; ±infinity as ±(2^63-1) µs, which DuckDB reads as ±infinity",
+        "timestamp[us] without zone; ±infinity as ±(2^63-1) µs, which DuckDB reads as ±infinity; "
+        "years after 294246 as null",
         "text cell as in csv (Excel has no microseconds)",
         {
             "parquet": {
@@ -185,7 +187,8 @@ RULES: tuple[TypeRule, ...] = (
         "UTC instant `2024-01-31 01:02:03.000004+00`, `infinity`",
         _SAME,
         'string `"2024-01-31T01:02:03.000004+00:00"` (UTC)',
-        "timestamp[us, UTC]; ±infinity as ±(2^63-1) µs, which DuckDB reads as ±infinity",
+        "timestamp[us, UTC]; ±infinity as ±(2^63-1) µs, which DuckDB reads as ±infinity; "
+        "years after 294246 as null",
         "text cell as in csv (UTC; Excel has no time zones)",
         {
             "parquet": {
@@ -211,7 +214,7 @@ RULES: tuple[TypeRule, ...] = (
         _EXCEL_AS_TEXT,
         "nested JSON value",
         "string of JSON text (arrow.json)",
-        _TEXT_CELL,
+        _XLSX_TEXT,
         {"csv_excel": _EXCEL_PROFILE_TEXT, "xlsx": _LONG_TEXT},
     ),
     TypeRule(
@@ -221,7 +224,7 @@ RULES: tuple[TypeRule, ...] = (
         _EXCEL_AS_TEXT,
         "nested JSON value as written (key order, duplicate keys); line breaks between tokens become spaces",
         "string of JSON text as written (arrow.json)",
-        _TEXT_CELL,
+        _XLSX_TEXT,
         {"csv_excel": _EXCEL_PROFILE_TEXT, "xlsx": _LONG_TEXT},
     ),
     TypeRule(
@@ -229,9 +232,9 @@ RULES: tuple[TypeRule, ...] = (
         "arrays (any element type, NULL elements)",
         "PostgreSQL array text `{1,NULL,3}`",
         _SAME,
-        "JSON array (nested for multi-dimensional values), `null` elements",
-        "list<element type>, null elements; multi-dimensional values null",
-        "text cell as in csv",
+        "JSON array (nested for multi-dimensional values), `null` elements; lower bounds dropped",
+        "list<element type>, null elements; multi-dimensional values as null; lower bounds dropped",
+        f"{_XLSX_TEXT}, as in csv",
         {
             "json": {"lower bound other than 1 ([0:2]={…})": "the elements only"},
             "parquet": {
@@ -248,7 +251,7 @@ RULES: tuple[TypeRule, ...] = (
         _EXCEL_AS_TEXT,
         "string, base64",
         "binary",
-        "text cell, base64",
+        f"{_XLSX_TEXT}, base64",
         {"csv_excel": _EXCEL_PROFILE_TEXT, "xlsx": _LONG_TEXT},
     ),
 )
