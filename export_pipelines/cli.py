@@ -12,7 +12,10 @@ import psycopg
 
 from export_pipelines.core.checkpoints import CheckpointStore
 from export_pipelines.core.demo_data import DemoSize, load_demo_data
+from export_pipelines.core.encoders import formats
 from export_pipelines.core.request_store import RequestStore
+
+FORMAT_HELP = f"one of: {', '.join(formats())} (csv_excel: the CSV excel profile)"
 
 
 def _source_url() -> str:
@@ -223,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run tenant_export_job for one tenant and print keys, rows, link")
     p.add_argument("--tenant", default="t-big")
     p.add_argument("--resource", default="orders")
-    p.add_argument("--format", default="csv")
+    p.add_argument("--format", default="csv", help=FORMAT_HELP)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("migrate", help="create/upgrade export_requests and the checkpoint tables")
@@ -232,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("request", help="queue an export (a row in export_requests); prints its id")
     p.add_argument("--tenant", required=True)
     p.add_argument("--resource", required=True)
-    p.add_argument("--format", default="csv")
-    p.add_argument("--compression")
+    p.add_argument("--format", default="csv", help=FORMAT_HELP)
+    p.add_argument("--compression", help="per format (README: Formats); default: the format's own")
     p.add_argument("--columns", help="comma-separated column names (default: all)")
     p.add_argument(
         "--filter",

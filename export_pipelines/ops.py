@@ -71,7 +71,10 @@ class ExportConfig(dg.Config):
 
     tenant_id: str
     resource: str
+    # csv | csv_excel (the CSV excel profile) | jsonl | json | parquet | xlsx; see README "Formats".
     format: str = "csv"
+    # Per format (default first): csv, jsonl, json: gzip | zstd | none; csv_excel: none | gzip | zstd;
+    # parquet: zstd | snappy | none; xlsx: none.
     compression: str | None = None
     columns: list[str] | None = None
     # Values may be null ({"date_from": null} means no lower bound): with plain Any, Dagster

@@ -27,13 +27,16 @@ def test_request_row_to_download_through_the_daemon(daemon, store, s3_client, bu
     good = store.create(
         tenant_id="t-002", resource="orders", format="csv", filters={"status": ["paid", "shipped"]}
     )
-    bad = store.create(tenant_id="t-002", resource="orders", format="xlsx-but-not-yet")
+    bad = store.create(tenant_id="t-002", resource="orders", format="xlsx-but-in-color")
     row, seconds = wait_for(store, good)
     assert row.status == "succeeded", row.error
     print(f"\nrequest → succeeded through the daemon in {seconds:.1f}s")
     bad_row, _ = wait_for(store, bad, timeout=30)
     assert bad_row.status == "failed" and bad_row.run_id is None
-    assert "format: unknown format 'xlsx-but-not-yet'; allowed: csv, parquet" in bad_row.error
+    assert (
+        "format: unknown format 'xlsx-but-in-color'; allowed: csv, csv_excel, json, jsonl, parquet, xlsx"
+        in bad_row.error
+    )
 
     with urllib.request.urlopen(row.download_url, timeout=30) as resp:
         data = gzip.decompress(resp.read()).decode()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
 
 import dagster as dg
+import openpyxl
 
 from export_pipelines.backfills import failed_partitions
 from export_pipelines.jobs import monthly_tenant_export_job
@@ -113,3 +115,24 @@ def test_rerun_of_failed_partitions_only(dagster_resources, s3_client, bucket, p
             == modified
         )
     s3_client.head_object(Bucket=bucket, Key=f"{prefix}/tenant=t-010/orders/2024-06/_SUCCESS")
+
+
+def test_monthly_format_from_the_environment(dagster_resources, s3_client, bucket, prefix, pg, monkeypatch):
+    monkeypatch.setenv("EXPORT_MONTHLY_FORMAT", "xlsx")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("tenants", ["t-005"])
+    result = run_partition(instance, dagster_resources, "2024-05-01|t-005")
+    assert result.success
+    manifest = read_manifest(s3_client, bucket, result.output_for_node("finalize").manifest_key)
+    (f,) = manifest["files"]
+    assert manifest["format"] == "xlsx" and f["key"].endswith("/tenant=t-005/orders/2024-05/part-00001.xlsx")
+    workbook = openpyxl.load_workbook(
+        io.BytesIO(s3_client.get_object(Bucket=bucket, Key=f["key"])["Body"].read())
+    )
+    ids = [r[0] for r in workbook.active.iter_rows(min_row=2, values_only=True)]
+    expected = pg.execute(
+        "SELECT id FROM orders WHERE tenant_id = 't-005' AND created_at >= '2024-05-01' "
+        "AND created_at < '2024-06-01' ORDER BY id"
+    ).fetchall()
+    assert ids == [e[0] for e in expected] and ids
+    assert f["sheets"] == [{"name": "Sheet1", "rows": len(ids)}]

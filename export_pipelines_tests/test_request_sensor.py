@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 
@@ -13,6 +15,7 @@ from export_pipelines.core.s3 import open_uploads
 from export_pipelines.definitions import defs
 from export_pipelines.jobs import tenant_export_job
 from export_pipelines.sensors import export_request_sensor, record_run_failure
+from export_pipelines_tests.readback import read_manifest
 
 
 def tick(resources, instance=None):
@@ -89,13 +92,23 @@ def test_queued_row_whose_run_never_started_is_re_requested_with_the_same_run_ke
     ("fields", "reason"),
     [
         ({"resource": "invoices"}, "resource: unknown resource 'invoices'; allowed: orders"),
-        ({"format": "xml"}, "format: unknown format 'xml'; allowed: csv, parquet"),
+        (
+            {"format": "xml"},
+            "format: unknown format 'xml'; allowed: csv, csv_excel, json, jsonl, parquet, xlsx",
+        ),
+        (
+            {"format": "xlsx", "compression": "gzip"},
+            "compression: 'gzip' is not available for xlsx; allowed: none",
+        ),
         ({"columns": ["id", "ssn"]}, "columns: unknown column(s) 'ssn'"),
         ({"filters": {"note": "x"}}, "filters: 'note' is not a filter"),
         ({"filters": {"date_from": "31/12/2024"}}, "filters.date_from: '31/12/2024' is not an ISO 8601"),
         ({"filters": {"date_from": "2024-05-01", "date_to": "2024-04-01"}}, "filters.date_to: must be after"),
         ({"webhook_url": "file:///etc/passwd"}, "webhook_url: must be an http(s) URL"),
-        ({"compression": "brotli"}, "compression: 'brotli' is not available for csv; allowed: gzip, none"),
+        (
+            {"compression": "brotli"},
+            "compression: 'brotli' is not available for csv; allowed: gzip, none, zstd",
+        ),
     ],
 )
 def test_invalid_request_fails_without_a_run_and_others_still_run(store, dagster_resources, fields, reason):
@@ -222,3 +235,28 @@ def test_final_failure_aborts_the_dead_runs_uploads(store, dagster_resources, s3
     final = dg.DagsterRun(job_name="tenant_export_job", run_id="r2", tags=tags)
     record_run_failure(final, "worker died", *args, *resources)
     assert open_uploads(s3_client, bucket, folder) == []
+
+
+def test_excel_csv_requested_from_the_table(store, dagster_resources, s3_client, bucket, pg):
+    """The CSV excel profile is a format name, so the request table needs no new column."""
+    rid = store.create(tenant_id="t-003", resource="orders", format="csv_excel", columns=["id", "note"])
+    (req,) = tick(dagster_resources)
+    assert req.run_config["ops"]["count_rows"]["config"]["format"] == "csv_excel"
+    result = tenant_export_job.execute_in_process(
+        run_config=req.run_config, resources=dagster_resources, tags=req.tags, raise_on_error=False
+    )
+    assert result.success
+    row = store.get(rid)
+    manifest = read_manifest(s3_client, bucket, row.manifest_key)
+    assert manifest["format"] == "csv_excel" and manifest["compression"] == "none"
+    (f,) = manifest["files"]
+    data = s3_client.get_object(Bucket=bucket, Key=f["key"])["Body"].read()
+    assert f["key"].endswith(".csv") and data.startswith(b"\xef\xbb\xbfid,note\r\n")
+    notes = [r[0] for r in pg.execute("SELECT note FROM orders WHERE tenant_id = 't-003' ORDER BY id")]
+    text = data.decode("utf-8-sig")
+    got = [r[1] for r in csv.reader(io.StringIO(text, newline=""))][1:]
+    assert len(got) == len(notes)
+    for have, want in zip(got, notes, strict=True):
+        want = want or ""
+        assert have == ("'" + want if want[:1] in ("=", "+", "-", "@", "\t", "\r") else want)
+    assert '\'=HYPERLINK("http://x")' in got  # the demo's formula, defused

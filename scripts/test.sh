@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# README command (b): set everything up, then lint and run the whole test suite.
+# README command (b): set everything up (and LibreOffice Calc for one test), then lint and run the whole
+# test suite.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/scripts/setup.sh"
+"$root/scripts/test_tools.sh"
 # shellcheck source=scripts/env.sh
 source "$root/scripts/env.sh"
 cd "$root"

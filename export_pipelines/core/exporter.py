@@ -347,6 +347,8 @@ class _PartUploader:
 
 def make_source(conninfo: str, plan: ExportPlan, encoder_cls: type[Encoder], catalog: Catalog) -> RowSource:
     query = ExportQuery(catalog.resource(plan.request.resource), plan.request, plan.types)
+    # The format may have PostgreSQL render some columns (bytea as base64, JSON rows, ...).
+    query = encoder_cls.render_query(query)
     if encoder_cls.input_kind == "pg_csv":
         return PgCsvSource(conninfo, query, plan.high_water_mark)
     return ArrowSource(conninfo, query, plan.high_water_mark)

@@ -17,9 +17,11 @@ from botocore.exceptions import ClientError
 
 from export_pipelines.core.checkpoints import CheckpointStore
 from export_pipelines.core.encoders import encoder_class
-from export_pipelines.core.exporter import ExportOutcome, ExportPlan, attachment, download_name
+from export_pipelines.core.encoders.xlsx import sheet_layout
+from export_pipelines.core.exporter import ExportOutcome, ExportPlan, FileResult, attachment, download_name
 from export_pipelines.core.layout import ExportLocation
 from export_pipelines.core.s3 import abort_uploads, explain
+from export_pipelines.core.type_contract import describe
 
 MANIFEST_VERSION = 1
 
@@ -52,6 +54,25 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
+def _file_entry(fmt: str, f: FileResult) -> dict[str, Any]:
+    entry = {
+        "key": f.key,
+        "rows": f.rows,
+        "bytes": f.bytes,
+        "sha256": f.sha256,
+        "first_key": _json_value(f.first_key),
+        "last_key": _json_value(f.last_key),
+        "parts": f.parts,
+        "snapshot": f.snapshot,
+    }
+    if f.resumed_at_part:
+        entry["resumed_at_part"] = f.resumed_at_part
+    if fmt == "xlsx":
+        # Excel holds 1,048,576 rows a sheet: the rows continue on the next sheet.
+        entry["sheets"] = sheet_layout(f.rows)
+    return entry
+
+
 def build_manifest(plan: ExportPlan, outcome: ExportOutcome) -> dict[str, Any]:
     req = plan.request
     return {
@@ -67,6 +88,9 @@ def build_manifest(plan: ExportPlan, outcome: ExportOutcome) -> dict[str, Any]:
                 "name": c.name,
                 "postgres_type": c.pg_type,
                 "output_type": outcome.output_types.get(c.name, "text"),
+                # The README's type contract for this column in this format, including what is
+                # written for values the format cannot hold as they are.
+                **describe(c, req.format),
             }
             for c in plan.columns
         ],
@@ -81,20 +105,7 @@ def build_manifest(plan: ExportPlan, outcome: ExportOutcome) -> dict[str, Any]:
         "rows_total": outcome.rows,
         "bytes_total": outcome.bytes,
         "created_at": datetime.now(UTC).isoformat(),
-        "files": [
-            {
-                "key": f.key,
-                "rows": f.rows,
-                "bytes": f.bytes,
-                "sha256": f.sha256,
-                "first_key": _json_value(f.first_key),
-                "last_key": _json_value(f.last_key),
-                "parts": f.parts,
-                "snapshot": f.snapshot,
-                **({"resumed_at_part": f.resumed_at_part} if f.resumed_at_part else {}),
-            }
-            for f in outcome.files
-        ],
+        "files": [_file_entry(req.format, f) for f in outcome.files],
     }
 
 

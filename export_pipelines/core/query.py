@@ -167,3 +167,47 @@ class ExportQuery:
     def copy_range(self, after: Any, upto: Any) -> tuple[sql.Composable, list[Any]]:
         select, params = self.select_range(after, upto)
         return sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(select), params
+
+
+@dataclass(frozen=True)
+class RenderedQuery(ExportQuery):
+    """The same rows and keyset windows, with each column rendered by an SQL expression.
+
+    Formats use it to let PostgreSQL do per-value work at C speed (bytea as base64, Excel-safe
+    text, JSON objects) instead of Python. `expressions` is one expression per requested column,
+    in order; with `json_rows`, each row is one JSON object (`row_to_json`) and COPY emits the
+    JSON text unchanged, one object per line.
+    """
+
+    expressions: tuple[sql.Composable, ...] = ()
+    json_rows: bool = False
+
+    @property
+    def select_list(self) -> sql.Composable:
+        return sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(expr, sql.Identifier(name))
+            for expr, name in zip(self.expressions, self.request.columns, strict=True)
+        )
+
+    def select_range(self, after: Any, upto: Any) -> tuple[sql.Composable, list[Any]]:
+        where, params = self.where(after, upto)
+        # ORDER BY the table's key column, qualified: a bare name would mean the rendered
+        # output column of the same name (text order instead of key order).
+        select = sql.SQL("SELECT {cols} FROM {table} WHERE {where} ORDER BY {table}.{key}").format(
+            cols=self.select_list, table=self.table, where=where, key=sql.Identifier(self.spec.key)
+        )
+        if not self.json_rows:
+            return select, params
+        # A subquery with ORDER BY is never flattened, so rows keep the key order.
+        return sql.SQL("SELECT row_to_json(r) FROM ({}) AS r").format(select), params
+
+    def copy_range(self, after: Any, upto: Any) -> tuple[sql.Composable, list[Any]]:
+        if not self.json_rows:
+            return super().copy_range(after, upto)
+        select, params = self.select_range(after, upto)
+        # CSV mode with quote and delimiter bytes that JSON text never contains raw (JSON escapes
+        # every control character): COPY writes each object as is, no quoting, no escaping.
+        return (
+            sql.SQL("COPY ({}) TO STDOUT (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')").format(select),
+            params,
+        )

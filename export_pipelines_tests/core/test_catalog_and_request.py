@@ -71,8 +71,11 @@ def test_missing_catalog_file_is_a_clear_error(monkeypatch):
         ({"resource": "invoices"}, "resource", "allowed: orders"),
         ({"columns": ["id", "password"]}, "columns", "allowed: amount, attrs, created_at, currency"),
         ({"filters": {"note": "x"}}, "filters", "allowed: currency, date_from, date_to, status"),
-        ({"format": "xml"}, "format", "allowed: csv, parquet"),
+        ({"format": "xml"}, "format", "allowed: csv, csv_excel, json, jsonl, parquet, xlsx"),
         ({"format": "parquet", "compression": "gzip"}, "compression", "allowed: none, snappy, zstd"),
+        ({"format": "xlsx", "compression": "gzip"}, "compression", "allowed: none"),
+        ({"format": "jsonl", "compression": "brotli"}, "compression", "allowed: gzip, none, zstd"),
+        ({"format": "csv", "compression": "bz2"}, "compression", "allowed: gzip, none, zstd"),
         ({"filters": {"date_from": "yesterday"}}, "filters.date_from", "ISO 8601"),
         ({"filters": {"date_from": "2024-02-01", "date_to": "2024-01-01"}}, "filters.date_to", "after"),
         ({"tenant_id": ""}, "tenant_id", "non-empty"),
@@ -97,6 +100,12 @@ def test_defaults(catalog):
     assert req.columns == catalog.resource("orders").columns
     pq_req = build_request(catalog, tenant_id="t-001", resource="orders", format="parquet")
     assert pq_req.compression == "zstd"
+    defaults = {
+        fmt: build_request(catalog, tenant_id="t-001", resource="orders", format=fmt).compression
+        for fmt in ("jsonl", "json", "csv_excel", "xlsx")
+    }
+    # Excel opens a plain .csv, and an .xlsx is a ZIP archive already.
+    assert defaults == {"jsonl": "gzip", "json": "gzip", "csv_excel": "none", "xlsx": "none"}
     dated = build_request(
         catalog, tenant_id="t", resource="orders", filters={"date_from": "2024-03-01", "status": "paid"}
     )

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import urllib.error
 import urllib.request
 from decimal import Decimal
 from typing import Any
 
+import openpyxl
 import pytest
 
 from export_pipelines.core.exporter import plan_export, run_export
 from export_pipelines.core.manifest import clear_success_marker, finalize_export
 from export_pipelines.core.request import build_request
 from export_pipelines.core.s3 import make_s3_client, open_uploads
-from export_pipelines_tests.readback import csv_rows, parquet_table, read_manifest
+from export_pipelines_tests.readback import csv_rows, get_bytes, parquet_table, read_manifest
 
 BIG = "t-big"
 TEXT_COLUMNS = [
@@ -168,6 +171,23 @@ def test_max_rows_per_file_splits_and_manifest_lists_files(
 
 
 def test_empty_export_still_writes_a_readable_file(catalog, source_url, s3_client, bucket, prefix):
+    for fmt in ("jsonl", "json", "xlsx", "csv_excel"):
+        _, outcome, _, manifest, _ = export(
+            catalog, source_url, s3_client, bucket, prefix, tenant_id="no-such-tenant", format=fmt
+        )
+        assert outcome.rows == 0 and len(manifest["files"]) == 1
+        raw = get_bytes(s3_client, bucket, manifest["files"][0]["key"])
+        raw = gzip.decompress(raw) if manifest["files"][0]["key"].endswith(".gz") else raw
+        if fmt == "jsonl":
+            assert raw == b""
+        elif fmt == "json":
+            assert json.loads(raw) == []
+        elif fmt == "csv_excel":
+            assert raw == b"\xef\xbb\xbf" + ",".join(TEXT_COLUMNS).encode() + b"\r\n"
+        else:
+            sheet = openpyxl.load_workbook(io.BytesIO(raw)).active
+            assert list(sheet.iter_rows(values_only=True)) == [tuple(TEXT_COLUMNS)]
+            assert manifest["files"][0]["sheets"] == [{"name": "Sheet1", "rows": 0}]
     for fmt in ("csv", "parquet"):
         _, outcome, _, manifest, _ = export(
             catalog, source_url, s3_client, bucket, prefix, tenant_id="no-such-tenant", format=fmt
@@ -215,3 +235,34 @@ def test_s3_failure_mid_export_aborts_the_upload(catalog, source_url, bucket, pr
     assert open_uploads(client, bucket, prefix) == []
     listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix)
     assert listed.get("KeyCount", 0) == 0  # no half-written file, no manifest, no _SUCCESS
+
+
+@pytest.mark.parametrize("fmt", ["json", "xlsx", "jsonl"])
+def test_new_formats_split_into_files_with_every_row_once(
+    fmt, catalog, source_url, s3_client, bucket, prefix, pg
+):
+    tenant = "t-001"
+    ids = [r[0] for r in pg.execute("SELECT id FROM orders WHERE tenant_id = %s ORDER BY id", [tenant])]
+    per_file = len(ids) // 3 + 1
+    _, _, _, manifest, _ = export(
+        catalog,
+        source_url,
+        s3_client,
+        bucket,
+        prefix,
+        tenant_id=tenant,
+        format=fmt,
+        max_rows_per_file=per_file,
+    )
+    assert [f["rows"] for f in manifest["files"]] == [per_file, per_file, len(ids) - 2 * per_file]
+    got = []
+    for f in manifest["files"]:
+        raw = get_bytes(s3_client, bucket, f["key"])
+        if fmt == "xlsx":
+            rows = openpyxl.load_workbook(io.BytesIO(raw)).active.iter_rows(min_row=2, values_only=True)
+            got += [r[0] for r in rows]
+        elif fmt == "json":
+            got += [o["id"] for o in json.loads(gzip.decompress(raw))]
+        else:
+            got += [json.loads(line)["id"] for line in gzip.decompress(raw).splitlines()]
+    assert got == ids

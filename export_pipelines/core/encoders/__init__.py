@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from export_pipelines.core.encoders.base import Encoder
 from export_pipelines.core.encoders.csv import CsvEncoder
+from export_pipelines.core.encoders.csv_excel import CsvExcelEncoder
+from export_pipelines.core.encoders.json_array import JsonArrayEncoder
+from export_pipelines.core.encoders.jsonl import JsonlEncoder
 from export_pipelines.core.encoders.parquet import ParquetEncoder
+from export_pipelines.core.encoders.xlsx import XlsxEncoder
 
-_ENCODERS: dict[str, type[Encoder]] = {cls.format: cls for cls in (CsvEncoder, ParquetEncoder)}
+_ENCODERS: dict[str, type[Encoder]] = {
+    cls.format: cls
+    for cls in (CsvEncoder, CsvExcelEncoder, JsonlEncoder, JsonArrayEncoder, ParquetEncoder, XlsxEncoder)
+}
 
 
 def formats() -> tuple[str, ...]:

@@ -4,7 +4,8 @@ An encoder turns the rows of one file into bytes. The exporter feeds it batches 
 reader its `input_kind` asks for, and cuts S3 parts from the bytes it returns:
 - `resumable` encoders (CSV) make every part self-contained (`cut()` closes a gzip member), so a
   part boundary is a clean restart point for a crashed export;
-- the others (Parquet) are cut anywhere; the file is their unit of restart.
+- the others (Parquet, XLSX) are cut anywhere; the file is their unit of restart.
+Text formats let PostgreSQL render values (`render_query`), so Python touches bytes, not values.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal
 
-from export_pipelines.core.query import ColumnInfo
+from export_pipelines.core.query import ColumnInfo, ExportQuery
 
 InputKind = Literal["pg_csv", "arrow"]
 
@@ -37,6 +38,11 @@ class Encoder(ABC):
     @property
     def content_type(self) -> str:
         return self.media_type
+
+    @classmethod
+    def render_query(cls, query: ExportQuery) -> ExportQuery:
+        """The query this format reads: by default the columns as they are stored."""
+        return query
 
     def output_types(self) -> dict[str, str]:
         """Column name -> how the column is represented in this format (for the manifest)."""

@@ -3,6 +3,11 @@
 numeric(p,s) with p <= 38 becomes a Parquet decimal(p,s); numeric without a precision stays a
 string (never a float); json/jsonb are JSON text. A Parquet file cannot be restarted mid-file,
 so the file, not the part, is its unit of restart.
+
+Values Parquet or ADBC cannot carry as they are (README type contract): intervals and
+unconstrained numerics are rendered as text by PostgreSQL; NaN in a decimal column becomes
+null; ±infinity timestamps and dates, which ADBC wraps around to garbage, become DuckDB's
+infinity values (±(2^63-1) µs, ±(2^31-1) days). Those fixes run only on a batch that needs them.
 """
 
 from __future__ import annotations
@@ -12,18 +17,72 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from psycopg import sql
 
 from export_pipelines.core.encoders.base import Encoder
-from export_pipelines.core.query import ColumnInfo
+from export_pipelines.core.query import ColumnInfo, ExportQuery, RenderedQuery
+from export_pipelines.core.render_sql import column_ref
+from export_pipelines.core.type_contract import category, numeric_precision_scale
 
 ROW_GROUP_ROWS = 64 * 1024  # ~15 MB of rows buffered: a row group size readers handle well, RSS stays low
 
 
+# ADBC adds the 1970-2000 epoch shift to PostgreSQL's infinity (INT64_MAX / INT64_MIN µs,
+# INT32_MAX / INT32_MIN days) and wraps around: these exact values mean ±infinity.
+_PG_EPOCH_US = 946_684_800_000_000
+_PG_EPOCH_DAYS = 10_957
+_INT64_MAX, _INT32_MAX = 2**63 - 1, 2**31 - 1
+_ADBC_INFINITY_US = {
+    (_INT64_MAX + _PG_EPOCH_US) - 2**64: _INT64_MAX,
+    -(2**63) + _PG_EPOCH_US: -_INT64_MAX,
+}
+_ADBC_INFINITY_DAYS = {
+    (_INT32_MAX + _PG_EPOCH_DAYS) - 2**32: _INT32_MAX,
+    -(2**31) + _PG_EPOCH_DAYS: -_INT32_MAX,
+}
+# PostgreSQL's earliest timestamp/date (4714-11-24 BC) since 1970: anything below is ADBC's wrap.
+_PG_MIN_US = -210_866_803_200_000_000
+_PG_MIN_DAYS = -2_440_588
+# Rendered as text by PostgreSQL: Parquet has no microsecond interval; ADBC spells numeric NaN
+# "nan" and has no timetz.
+_AS_TEXT = ("numeric", "interval")
+
+
+def _parquet_expression(col: ColumnInfo) -> sql.Composable:
+    if category(col) in _AS_TEXT or col.type_name == "timetz":
+        return sql.SQL("{}::text").format(column_ref(col))
+    if category(col) == "array":
+        # ADBC flattens {{1,2},{3,4}} into [1,2,3,4]: a Parquet list has one dimension, so a
+        # multi-dimensional value becomes null instead (the type contract says so).
+        return sql.SQL("CASE WHEN array_ndims({c}) > 1 THEN NULL ELSE {c} END").format(c=column_ref(col))
+    return column_ref(col)
+
+
 def _numeric_type(col: ColumnInfo) -> pa.DataType | None:
-    if col.type_name != "numeric" or col.typmod < 4:
-        return None
-    precision, scale = ((col.typmod - 4) >> 16) & 0xFFFF, (col.typmod - 4) & 0xFFFF
-    return pa.decimal128(precision, scale) if 0 < precision <= 38 else None
+    return pa.decimal128(*ps) if category(col) == "decimal" and (ps := numeric_precision_scale(col)) else None
+
+
+def _decimal_with_nan(array: pa.Array, decimal: pa.DataType) -> pa.Array:
+    """NaN cannot be a decimal128: it becomes null (the type contract says so)."""
+    text = array.storage if isinstance(array.type, pa.BaseExtensionType) else array
+    is_nan = pc.fill_null(pc.equal(pc.utf8_lower(text), "nan"), False)
+    return pc.if_else(is_nan, pa.scalar(None, pa.string()), text).cast(decimal)
+
+
+def _fix_infinities(array: pa.Array) -> pa.Array:
+    """Map ADBC's wrapped ±infinity to DuckDB's infinity values; other wrapped values (years past
+    Arrow's range) to null. Costs one min() per temporal column when nothing needs fixing."""
+    is_date = pa.types.is_date32(array.type)
+    raw = array.view(pa.int32() if is_date else pa.int64())
+    smallest = pc.min(raw).as_py()
+    limit = _PG_MIN_DAYS if is_date else _PG_MIN_US
+    if smallest is None or smallest >= limit:
+        return array
+    sentinels = _ADBC_INFINITY_DAYS if is_date else _ADBC_INFINITY_US
+    fixed = pc.if_else(pc.less(raw, pa.scalar(limit, raw.type)), pa.scalar(None, raw.type), raw)
+    for wrapped, infinity in sentinels.items():
+        fixed = pc.if_else(pc.equal(raw, wrapped), pa.scalar(infinity, raw.type), fixed)
+    return fixed.view(array.type) if fixed.null_count == 0 else fixed.cast(array.type)
 
 
 def dictionary_columns(sample: pa.Table) -> list[str]:
@@ -94,6 +153,14 @@ class ParquetEncoder(Encoder):
     def extension(self) -> str:
         return "parquet"
 
+    @classmethod
+    def render_query(cls, query: ExportQuery) -> ExportQuery:
+        columns = [query.types[c] for c in query.request.columns]
+        expressions = tuple(_parquet_expression(c) for c in columns)
+        if all(e == column_ref(c) for e, c in zip(expressions, columns, strict=True)):
+            return query  # ADBC reads the columns as they are
+        return RenderedQuery(query.spec, query.request, query.types, expressions=expressions)
+
     def output_types(self) -> dict[str, str]:
         if self._schema is None:
             return {c.name: str(self._decimals.get(c.name, "")) or "arrow" for c in self.columns}
@@ -106,7 +173,12 @@ class ParquetEncoder(Encoder):
                 # ADBC hands numeric and json as extension types over string storage.
                 array = array.storage
             if field.name in self._decimals:
-                array = array.cast(self._decimals[field.name])
+                try:
+                    array = array.cast(self._decimals[field.name])
+                except pa.ArrowInvalid:  # NaN: the only numeric(p,s) value a decimal cannot hold
+                    array = _decimal_with_nan(array, self._decimals[field.name])
+            elif pa.types.is_timestamp(array.type) or pa.types.is_date32(array.type):
+                array = _fix_infinities(array)
             arrays.append(array)
             fields.append(pa.field(field.name, array.type))
         return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))

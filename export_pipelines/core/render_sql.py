@@ -1,0 +1,141 @@
+"""SQL expressions that render one column for a text format, so PostgreSQL does the per-value work.
+
+Each function takes a column and returns an expression over it (NULL stays NULL):
+- `base64_of`: bytea as unwrapped base64 (every text format);
+- `excel_csv`: the CSV `excel` profile (formula injection neutralised, numbers Excel would round as
+  `="…"`);
+- `xlsx_tagged`: a one-letter type tag and the value, which the XLSX encoder turns into a cell;
+- `json_value`: what `row_to_json` should see (base64 for bytea, json without raw line breaks).
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from export_pipelines.core.query import ColumnInfo
+from export_pipelines.core.type_contract import category
+
+# Excel keeps 15 significant digits; its numbers stop near 1e-307 / 1e308.
+EXCEL_DIGITS = 15
+EXCEL_MAX_INTEGER = 10**EXCEL_DIGITS - 1
+EXCEL_TINY = "1e-300"
+# Text Excel's CSV import turns into a number (spaces around it are ignored).
+EXCEL_NUMBER_TEXT = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
+# Cells starting with these characters are formulas (or become one) in spreadsheet programs.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# Dates Excel shows as dates: serial 61 onwards (1900-03-01; before it Excel's 1900 leap-year
+# bug shifts serials), up to its last date.
+EXCEL_FIRST_DATE = "1900-03-01"
+EXCEL_LAST_DATE = "9999-12-31"
+EXCEL_EPOCH = "1899-12-30"
+
+
+def column_ref(col: ColumnInfo) -> sql.Composable:
+    return sql.Identifier(col.name)
+
+
+def base64_of(expr: sql.Composable) -> sql.Composable:
+    # encode() wraps base64 every 76 characters; a cell wants one line.
+    return sql.SQL("translate(encode({}, 'base64'), E'\\n', '')").format(expr)
+
+
+def as_text(col: ColumnInfo) -> sql.Composable:
+    """The column as PostgreSQL's text output (what COPY writes), bytea as base64."""
+    c = column_ref(col)
+    if col.type_name == "bytea":
+        return base64_of(c)
+    if col.type_name == "bool":
+        # bool::text says true/false; COPY (the output function) says t/f.
+        return sql.SQL("CASE WHEN {c} THEN 't' WHEN NOT {c} THEN 'f' END").format(c=c)
+    if col.type_name == "bpchar":
+        # A cast to text drops char(n)'s padding; concat() uses the output function, as COPY does.
+        return sql.SQL("CASE WHEN {c} IS NOT NULL THEN concat({c}) END").format(c=c)
+    return sql.SQL("{}::text").format(c)
+
+
+def _significant_digits(text: sql.Composable) -> sql.Composable:
+    # Digits of the mantissa without sign, point and leading zeros (NaN/Infinity count 3/8).
+    return sql.SQL("length(ltrim(translate(split_part({t}, 'e', 1), '-.', ''), '0'))").format(t=text)
+
+
+def _number_is_exact_in_excel(col: ColumnInfo) -> sql.Composable:
+    """True when Excel shows and keeps the number exactly as PostgreSQL wrote it."""
+    c, kind = column_ref(col), category(col)
+    if kind == "integer":
+        return sql.SQL("TRUE")
+    if kind == "bigint":
+        return sql.SQL("{c} BETWEEN {lo} AND {hi}").format(
+            c=c, lo=sql.Literal(-EXCEL_MAX_INTEGER), hi=sql.Literal(EXCEL_MAX_INTEGER)
+        )
+    text = sql.SQL("{}::text").format(c)
+    return sql.SQL(
+        "({t} ~ '^-?[0-9]' AND {digits} <= {max_digits} AND {t} <> '-0' "
+        "AND NOT ({c} <> 0 AND abs({c}) < {tiny}))"
+    ).format(
+        t=text,
+        digits=_significant_digits(text),
+        max_digits=sql.Literal(EXCEL_DIGITS),
+        c=c,
+        tiny=sql.SQL(EXCEL_TINY),
+    )
+
+
+def excel_csv(col: ColumnInfo) -> sql.Composable:
+    """One column of the CSV `excel` profile."""
+    kind, c = category(col), column_ref(col)
+    if kind == "integer" or kind == "boolean":
+        return c
+    if kind in ("bigint", "numeric", "decimal", "float"):
+        # NaN / Infinity are text to Excel anyway; the rest either stays a number or becomes
+        # the formula ="digits", which Excel shows as that text instead of rounding it.
+        return sql.SQL("CASE WHEN {exact} THEN {t} ELSE '=\"' || {t} || '\"' END").format(
+            exact=_number_is_exact_in_excel(col), t=sql.SQL("{}::text").format(c)
+        )
+    text = as_text(col)
+    starts = sql.SQL(", ").join(sql.Literal(s) for s in FORMULA_STARTS)
+    # Text that Excel would read as a number (a JSON number, "00123", a 20-digit account
+    # number) stays text: Excel would drop its leading zeros or round it.
+    return sql.SQL(
+        "CASE WHEN left({t}, 1) IN ({starts}) THEN '''' || {t} "
+        "WHEN {t} ~ {number} THEN '=\"' || {t} || '\"' ELSE {t} END"
+    ).format(t=text, starts=starts, number=sql.Literal(EXCEL_NUMBER_TEXT))
+
+
+# XLSX cell tags: the encoder reads the first character of each rendered value.
+TAG_NUMBER, TAG_TEXT, TAG_BOOL, TAG_DATE = "n", "s", "b", "d"
+
+
+def xlsx_tagged(col: ColumnInfo) -> sql.Composable:
+    """'n<number>', 's<text>', 'b1'/'b0' or 'd<Excel serial>'; NULL stays NULL (an empty cell)."""
+    kind, c = category(col), column_ref(col)
+    if kind == "integer":
+        return sql.SQL("'n' || {}::text").format(c)
+    if kind in ("bigint", "numeric", "decimal", "float"):
+        return sql.SQL("CASE WHEN {exact} THEN 'n' ELSE 's' END || {c}::text").format(
+            exact=_number_is_exact_in_excel(col), c=c
+        )
+    if kind == "boolean":
+        return sql.SQL("CASE WHEN {c} THEN 'b1' WHEN NOT {c} THEN 'b0' END").format(c=c)
+    if kind == "date":
+        return sql.SQL(
+            "CASE WHEN {c} BETWEEN DATE {first} AND DATE {last} THEN 'd' || ({c} - DATE {epoch})::text "
+            "ELSE 's' || {c}::text END"
+        ).format(
+            c=c,
+            first=sql.Literal(EXCEL_FIRST_DATE),
+            last=sql.Literal(EXCEL_LAST_DATE),
+            epoch=sql.Literal(EXCEL_EPOCH),
+        )
+    return sql.SQL("'s' || {}").format(as_text(col))
+
+
+def json_value(col: ColumnInfo) -> sql.Composable:
+    """What row_to_json gets for the column: PostgreSQL's JSON rendering, except bytea (base64)
+    and json (raw CR/LF can only be whitespace between tokens: they become spaces, so each
+    object stays on one line; key order and duplicate keys are kept)."""
+    c = column_ref(col)
+    if col.type_name == "bytea":
+        return base64_of(c)
+    if col.type_name == "json":
+        return sql.SQL("translate({}::text, E'\\r\\n', '  ')::json").format(c)
+    return c

@@ -1,0 +1,322 @@
+"""The type contract: how each PostgreSQL type is written in each format (README table, manifest).
+
+One row per type family. `special` lists, per format, the values that format cannot hold as
+they are and what is written instead; the manifest repeats the row of every exported column, so
+a reader knows the rule without reading this file. The README table is generated from
+`contract_markdown()` and a test keeps the two identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from export_pipelines.core.query import ColumnInfo
+
+# Formats as the contract groups them: csv_excel differs from csv only where it says so.
+CONTRACT_FORMATS = ("csv", "csv_excel", "json", "parquet", "xlsx")
+# Encoder format name -> contract column (jsonl and json share one rendering).
+FORMAT_COLUMN = {
+    "csv": "csv",
+    "csv_excel": "csv_excel",
+    "jsonl": "json",
+    "json": "json",
+    "parquet": "parquet",
+    "xlsx": "xlsx",
+}
+NUMERIC_MAX_DECIMAL_PRECISION = 38
+XLSX_MAX_CELL_CHARS = 32_767
+_EXCEL_TEXT = '`="…"` (shown as text, not rounded)'
+_XLSX_TEXT_CUT = f"text cut to Excel's {XLSX_MAX_CELL_CHARS:,}-character cell limit"
+
+
+@dataclass(frozen=True)
+class TypeRule:
+    family: str  # category() value
+    postgres: str  # how the README names the types
+    csv: str
+    csv_excel: str
+    json: str
+    parquet: str
+    xlsx: str
+    # format column -> {value that cannot be held: what is written instead}
+    special: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def representation(self, fmt: str) -> str:
+        """The table cell, made self-contained ("as csv; …" spelled out) for the manifest."""
+        text = str(getattr(self, FORMAT_COLUMN[fmt]))
+        if text.startswith(_SAME):
+            extra = text[len(_SAME) :].lstrip("; ,")
+            text = self.csv + (f"; excel profile: {extra}" if extra else "")
+        return text
+
+    def special_values(self, fmt: str) -> dict[str, str]:
+        return dict(self.special.get(FORMAT_COLUMN[fmt], {}))
+
+
+_SAME = "as csv"
+_XLSX_TEXT = f"text cell (cut at Excel's {XLSX_MAX_CELL_CHARS:,}-character limit)"
+_TEXT_CELL = "text cell"
+_EXCEL_PROFILE_TEXT = {
+    "text starting with = + - @ tab or CR": "a leading ' (formula injection neutralised)",
+    "text Excel would read as a number": '="…" (stays text)',
+}
+_EXCEL_AS_TEXT = "as csv, with the text rules of the excel profile"
+_LONG_TEXT = {f"text over {XLSX_MAX_CELL_CHARS:,} characters": _XLSX_TEXT_CUT}
+
+RULES: tuple[TypeRule, ...] = (
+    TypeRule(
+        "integer",
+        "smallint, integer",
+        "digits",
+        _SAME,
+        "number",
+        "int16, int32",
+        "number cell",
+    ),
+    TypeRule(
+        "bigint",
+        "bigint",
+        "digits",
+        f"digits; 16+ digits as {_EXCEL_TEXT}",
+        "number (all digits; JavaScript's JSON.parse rounds beyond 2^53)",
+        "int64",
+        "number cell up to 15 digits, else text cell with the digits",
+    ),
+    TypeRule(
+        "decimal",
+        f"numeric(p,s), p ≤ {NUMERIC_MAX_DECIMAL_PRECISION}",
+        "exact digits (`12.50`), `NaN`",
+        f"as csv; 16+ significant digits as {_EXCEL_TEXT}",
+        'number with the exact digits; NaN as the string `"NaN"`',
+        "decimal128(p,s); NaN as null",
+        "number cell up to 15 significant digits, else text cell with the exact digits",
+        {
+            "json": {"NaN": 'the string "NaN"'},
+            "parquet": {"NaN": "null (decimal128 has no NaN)"},
+            "xlsx": {"NaN": 'text cell "NaN"'},
+        },
+    ),
+    TypeRule(
+        "numeric",
+        f"numeric, numeric(p,s) p > {NUMERIC_MAX_DECIMAL_PRECISION}",
+        "exact digits, any size (`1e-100` as `0.000…1`), `NaN`, `Infinity`, `-Infinity`",
+        f"as csv; 16+ significant digits, NaN and ±Infinity as {_EXCEL_TEXT}",
+        'number with the exact digits; NaN, ±Infinity as strings `"NaN"`, `"Infinity"`, `"-Infinity"`',
+        "string with PostgreSQL's exact text (never a float)",
+        "number cell up to 15 significant digits, else text cell with the exact digits",
+        {
+            "json": {
+                "NaN": 'the string "NaN"',
+                "Infinity": 'the string "Infinity"',
+                "-Infinity": 'the string "-Infinity"',
+            },
+            "xlsx": {"NaN, Infinity, -Infinity": "text cell"},
+        },
+    ),
+    TypeRule(
+        "float",
+        "real, double precision",
+        "shortest text that reads back to the same float (`0.1`, `1e+300`), "
+        "`NaN`, `Infinity`, `-Infinity`, `-0`",
+        f"as csv; 16+ significant digits, -0, NaN and ±Infinity as {_EXCEL_TEXT}",
+        'number (`-0` kept); NaN, ±Infinity as strings `"NaN"`, `"Infinity"`, `"-Infinity"`',
+        "float32, float64 (NaN, ±inf and -0 native)",
+        "number cell up to 15 significant digits, else text cell (-0, NaN, ±Infinity included)",
+        {
+            "json": {
+                "NaN": 'the string "NaN"',
+                "Infinity": 'the string "Infinity"',
+                "-Infinity": 'the string "-Infinity"',
+            },
+            "xlsx": {"NaN, Infinity, -Infinity, -0": "text cell"},
+        },
+    ),
+    TypeRule("boolean", "boolean", "`t` / `f`", _SAME, "true / false", "bool", "boolean cell"),
+    TypeRule(
+        "text",
+        "text, varchar, char(n), enum, and any other type",
+        "PostgreSQL's text, RFC 4180 quoting; NULL is an empty field, `''` is `\"\"`",
+        "as csv; a value starting with `=` `+` `-` `@` tab or CR gets a leading `'`; "
+        'text Excel would read as a number (`00123`) as `="00123"`',
+        "string (NULL is null)",
+        "string",
+        _XLSX_TEXT,
+        {"csv_excel": _EXCEL_PROFILE_TEXT, "xlsx": _LONG_TEXT},
+    ),
+    TypeRule(
+        "date",
+        "date",
+        "`2024-01-31`, `0044-03-15 BC`, `12345-06-07`, `infinity`, `-infinity`",
+        _SAME,
+        'string `"2024-01-31"` (BC, 5-digit years, infinity as in csv)',
+        "date32; ±infinity as ±(2^31-1) days, which DuckDB reads as ±infinity",
+        "date cell from 1900-03-01 to 9999-12-31, else text cell as in csv",
+        {
+            "parquet": {"infinity / -infinity": "±2147483647 days (DuckDB's infinity)"},
+            "xlsx": {"dates before 1900-03-01, after 9999-12-31, ±infinity": "text cell as in csv"},
+        },
+    ),
+    TypeRule(
+        "time",
+        "time, timetz",
+        "`01:02:03.5`, timetz with its zone",
+        _SAME,
+        'string `"01:02:03.5"`',
+        "time64[us] (timetz: string)",
+        _TEXT_CELL,
+    ),
+    TypeRule(
+        "timestamp",
+        "timestamp (without time zone)",
+        "`2024-01-31 01:02:03.000004` (naive, as stored), `… BC`, 5-digit years, `infinity`",
+        _SAME,
+        'string `"2024-01-31T01:02:03.000004"` (naive)',
+        "timestamp[us] without zone; ±infinity as ±(2^63-1) µs, which DuckDB reads as ±infinity; "
+        "years after 294246 as null",
+        "text cell as in csv (Excel has no microseconds)",
+        {
+            "parquet": {
+                "infinity / -infinity": "±9223372036854775807 µs (DuckDB's infinity)",
+                "after 294246-12-31": "null (beyond Arrow's microsecond range)",
+            }
+        },
+    ),
+    TypeRule(
+        "timestamptz",
+        "timestamptz",
+        "UTC instant `2024-01-31 01:02:03.000004+00`, `infinity`",
+        _SAME,
+        'string `"2024-01-31T01:02:03.000004+00:00"` (UTC)',
+        "timestamp[us, UTC]; ±infinity as ±(2^63-1) µs, which DuckDB reads as ±infinity; "
+        "years after 294246 as null",
+        "text cell as in csv (UTC; Excel has no time zones)",
+        {
+            "parquet": {
+                "infinity / -infinity": "±9223372036854775807 µs (DuckDB's infinity)",
+                "after 294246-12-31": "null (beyond Arrow's microsecond range)",
+            }
+        },
+    ),
+    TypeRule(
+        "interval",
+        "interval",
+        "ISO 8601 `P1Y2M3DT4H5M6.7S`",
+        _SAME,
+        "string, ISO 8601",
+        "string, ISO 8601 (Parquet's interval has no microseconds)",
+        _TEXT_CELL,
+    ),
+    TypeRule("uuid", "uuid", "`a0eebc99-9c0b-…`", _SAME, "string", "uuid (16 bytes)", _TEXT_CELL),
+    TypeRule(
+        "jsonb",
+        "jsonb",
+        'JSON text `{"a": 1}`',
+        _EXCEL_AS_TEXT,
+        "nested JSON value",
+        "string of JSON text (arrow.json)",
+        _XLSX_TEXT,
+        {"csv_excel": _EXCEL_PROFILE_TEXT, "xlsx": _LONG_TEXT},
+    ),
+    TypeRule(
+        "json",
+        "json",
+        "JSON text as written",
+        _EXCEL_AS_TEXT,
+        "nested JSON value as written (key order, duplicate keys); line breaks between tokens become spaces",
+        "string of JSON text as written (arrow.json)",
+        _XLSX_TEXT,
+        {"csv_excel": _EXCEL_PROFILE_TEXT, "xlsx": _LONG_TEXT},
+    ),
+    TypeRule(
+        "array",
+        "arrays (any element type, NULL elements)",
+        "PostgreSQL array text `{1,NULL,3}`",
+        _SAME,
+        "JSON array (nested for multi-dimensional values), `null` elements; lower bounds dropped",
+        "list<element type>, null elements; multi-dimensional values as null; lower bounds dropped",
+        f"{_XLSX_TEXT}, as in csv",
+        {
+            "json": {"lower bound other than 1 ([0:2]={…})": "the elements only"},
+            "parquet": {
+                "multi-dimensional values": "null (a Parquet list has one dimension)",
+                "lower bound other than 1 ([0:2]={…})": "the elements only",
+            },
+            "xlsx": _LONG_TEXT,
+        },
+    ),
+    TypeRule(
+        "bytea",
+        "bytea",
+        "base64 (one line)",
+        _EXCEL_AS_TEXT,
+        "string, base64",
+        "binary",
+        f"{_XLSX_TEXT}, base64",
+        {"csv_excel": _EXCEL_PROFILE_TEXT, "xlsx": _LONG_TEXT},
+    ),
+)
+_BY_FAMILY = {r.family: r for r in RULES}
+_FAMILY_OF_TYPE = {
+    "int2": "integer",
+    "int4": "integer",
+    "int8": "bigint",
+    "float4": "float",
+    "float8": "float",
+    "bool": "boolean",
+    "date": "date",
+    "time": "time",
+    "timetz": "time",
+    "timestamp": "timestamp",
+    "timestamptz": "timestamptz",
+    "interval": "interval",
+    "uuid": "uuid",
+    "jsonb": "jsonb",
+    "json": "json",
+    "bytea": "bytea",
+}
+
+
+def numeric_precision_scale(col: ColumnInfo) -> tuple[int, int] | None:
+    """(precision, scale) of a numeric(p,s) column; None without a precision."""
+    if col.type_name != "numeric" or col.typmod < 4:
+        return None
+    return ((col.typmod - 4) >> 16) & 0xFFFF, (col.typmod - 4) & 0xFFFF
+
+
+def category(col: ColumnInfo) -> str:
+    """The type family a column belongs to (a RULES row)."""
+    if col.type_name.startswith("_"):
+        return "array"
+    if col.type_name == "numeric":
+        ps = numeric_precision_scale(col)
+        return "decimal" if ps and 0 < ps[0] <= NUMERIC_MAX_DECIMAL_PRECISION else "numeric"
+    return _FAMILY_OF_TYPE.get(col.type_name, "text")
+
+
+def rule_for(col: ColumnInfo) -> TypeRule:
+    return _BY_FAMILY[category(col)]
+
+
+def describe(col: ColumnInfo, fmt: str) -> dict[str, object]:
+    """The manifest's account of one column in one format."""
+    rule = rule_for(col)
+    return {"representation": rule.representation(fmt), "special_values": rule.special_values(fmt)}
+
+
+def contract_markdown() -> str:
+    """The README's type-contract table."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = [
+        "| PostgreSQL | CSV | CSV `excel` profile | JSONL / JSON | Parquet | XLSX |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in RULES:
+        lines.append(
+            "| "
+            + " | ".join(cell(v) for v in (r.postgres, r.csv, r.csv_excel, r.json, r.parquet, r.xlsx))
+            + " |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,24 @@
+"""Fixtures of the core tests that use the `type_zoo` table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from export_pipelines_tests import type_zoo
+from export_pipelines_tests.zoo_expect import load_pg_rows
+
+
+@pytest.fixture(scope="module")
+def zoo(source_url):
+    import psycopg
+
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        type_zoo.load(conn)
+    return type_zoo.catalog()
+
+
+@pytest.fixture(scope="module")
+def pg_rows(zoo, source_url) -> dict[str, list[dict[str, Any]]]:
+    return load_pg_rows(source_url)
