@@ -87,8 +87,10 @@ def clean_run(catalog, source_url, client, bucket, prefix, **kwargs):
         ({"format": "csv", "compression": "none"}, 2),  # mid-file: continues the same upload
         ({"format": "csv", "compression": "gzip", "max_rows_per_file": 40_000}, 2),  # second file
         ({"format": "parquet", "max_rows_per_file": 40_000}, 2),  # Parquet: at the file boundary
+        ({"format": "json", "compression": "none"}, 2),  # one JSON array continued mid-way
+        ({"format": "jsonl", "compression": "none"}, 1),
     ],
-    ids=["csv-mid-file", "csv-gzip-files", "parquet-files"],
+    ids=["csv-mid-file", "csv-gzip-files", "parquet-files", "json-mid-file", "jsonl-mid-file"],
 )
 def test_interrupted_export_resumes_byte_identical(
     kwargs, crash_after, catalog, source_url, s3_client, bucket, prefix, checkpoints, pg
@@ -130,13 +132,13 @@ def test_interrupted_export_resumes_byte_identical(
     assert progress[0].rows_exported > 0 and progress[-1].rows_exported == clean.rows
     for key, modified in complete_before.items():  # finished files were not uploaded again
         assert s3_client.head_object(Bucket=bucket, Key=key)["LastModified"] == modified
-    if kwargs["format"] == "csv" and "max_rows_per_file" not in kwargs:
+    if kwargs["format"] != "parquet" and "max_rows_per_file" not in kwargs:
         assert outcome.files[0].resumed_at_part == crash_after + 1
 
     done = finalize_export(s3_client, bucket, again, outcome, checkpoints)
     manifest = read_manifest(s3_client, bucket, done.manifest_key)
     assert manifest["high_water_mark"] == clean_plan.high_water_mark
-    assert manifest["resumable_at"] == ("part" if kwargs["format"] == "csv" else "file")
+    assert manifest["resumable_at"] == ("file" if kwargs["format"] == "parquet" else "part")
     assert open_uploads(s3_client, bucket, plan.location.folder) == []
     assert checkpoints.cut(plan.location.folder, plan.key_type) is None  # done: next run starts afresh
 
