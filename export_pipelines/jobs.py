@@ -67,19 +67,26 @@ monthly_tenant_export_job = export_graph.to_job(
 def clean_up_exports(
     context: dg.OpExecutionContext, source: SourceDatabase, s3: ExportS3, export_settings: ExportSettings
 ) -> None:
-    """Expire exports past their link expiry (delete their files) and abort abandoned uploads."""
-    report = run_janitor(
-        source.requests(),
-        s3.get_client(),
-        export_settings.bucket,
-        export_settings.prefix,
-        export_settings.abort_uploads_after(),
-    )
+    """Expire exports past their link expiry (delete their files), abort abandoned uploads and
+    forget checkpoints of exports abandoned for a week."""
+    checkpoints = source.checkpoints()
+    try:
+        report = run_janitor(
+            source.requests(),
+            s3.get_client(),
+            export_settings.bucket,
+            export_settings.prefix,
+            export_settings.abort_uploads_after(),
+            checkpoints,
+        )
+    finally:
+        checkpoints.close()
     context.add_output_metadata(
         {
             "expired_requests": report.expired_requests,
             "deleted_objects": report.deleted_objects,
             "aborted_uploads": report.aborted_uploads,
+            "pruned_checkpoints": report.pruned_checkpoints,
         }
     )
 

@@ -7,6 +7,7 @@ import urllib.request
 import psycopg
 
 from export_pipelines.cli import main
+from export_pipelines.core.checkpoints import CheckpointStore
 from export_pipelines.core.s3 import open_uploads
 from export_pipelines.jobs import janitor_job, tenant_export_job
 from export_pipelines.resources import ExportSettings
@@ -40,6 +41,15 @@ def test_janitor_expires_exports_and_aborts_stale_uploads(
         Bucket=bucket, Key=abandoned["Key"], UploadId=abandoned["UploadId"], PartNumber=1, Body=b"x"
     )
     outside = s3_client.create_multipart_upload(Bucket=bucket, Key="elsewhere/not-ours")
+    # Checkpoints of exports nobody finished: one untouched for 8 days, one from an hour ago.
+    CheckpointStore(source_url).migrate_once().close()
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        for folder_name, age in ((f"{prefix}/abandoned/", "8 days"), (f"{prefix}/recent/", "1 hour")):
+            conn.execute(
+                "INSERT INTO export_checkpoints (folder, fingerprint, rows_total, updated_at) "
+                "VALUES (%s, 'f', 1, now() - %s::interval)",
+                [folder_name, age],
+            )
 
     resources = {
         **dagster_resources,
@@ -54,6 +64,11 @@ def test_janitor_expires_exports_and_aborts_stale_uploads(
     assert s3_client.list_objects_v2(Bucket=bucket, Prefix=store.get(fresh).manifest_key)["KeyCount"] == 1
     assert open_uploads(s3_client, bucket, prefix + "/") == []
     assert [u["UploadId"] for u in open_uploads(s3_client, bucket, "elsewhere/")] == [outside["UploadId"]]
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        left = conn.execute(
+            "SELECT folder FROM export_checkpoints WHERE folder LIKE %s ORDER BY 1", [f"{prefix}/%"]
+        ).fetchall()
+    assert left == [(f"{prefix}/recent/",)]
     s3_client.abort_multipart_upload(Bucket=bucket, Key="elsewhere/not-ours", UploadId=outside["UploadId"])
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, ClassVar
 
 import psycopg
@@ -190,6 +191,20 @@ class CheckpointStore:
             "UPDATE export_checkpoints SET worker = %s, updated_at = now() WHERE folder = %s",
             [f"{socket.gethostname()}:{os.getpid()}", folder],
         )
+
+    def prune(self, older_than: timedelta) -> int:
+        """Forget exports nobody has touched for `older_than` (never retried, never finished):
+        their uploads are long aborted by then, so the checkpoint could only restart files."""
+        cur = self.conn.execute(
+            """
+            DELETE FROM export_checkpoints c
+            WHERE c.updated_at < now() - %s
+              AND NOT EXISTS (SELECT 1 FROM export_checkpoint_files f
+                              WHERE f.folder = c.folder AND f.updated_at >= now() - %s)
+            """,
+            [older_than, older_than],
+        )
+        return cur.rowcount
 
     def forget(self, folder: str) -> None:
         """The export is finished (manifest and _SUCCESS written): a later run starts afresh."""

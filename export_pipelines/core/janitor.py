@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from export_pipelines.core.checkpoints import CheckpointStore
 from export_pipelines.core.request_store import RequestStore
 from export_pipelines.core.s3 import open_uploads
 
@@ -15,6 +16,7 @@ class JanitorReport:
     expired_requests: int
     deleted_objects: int
     aborted_uploads: int
+    pruned_checkpoints: int = 0
 
 
 def delete_folder(client: Any, bucket: str, folder: str) -> int:
@@ -40,8 +42,17 @@ def abort_stale_uploads(client: Any, bucket: str, prefix: str, older_than: timed
     return aborted
 
 
+# An export untouched this long will not be resumed: its uploads were aborted long before.
+FORGET_CHECKPOINTS_AFTER = timedelta(days=7)
+
+
 def run_janitor(
-    store: RequestStore, client: Any, bucket: str, prefix: str, abort_uploads_older_than: timedelta
+    store: RequestStore,
+    client: Any,
+    bucket: str,
+    prefix: str,
+    abort_uploads_older_than: timedelta,
+    checkpoints: CheckpointStore | None = None,
 ) -> JanitorReport:
     expired = deleted = 0
     for req in store.expired():
@@ -50,4 +61,5 @@ def run_janitor(
         if store.mark_expired(req.id):
             expired += 1
     aborted = abort_stale_uploads(client, bucket, prefix.strip("/") + "/", abort_uploads_older_than)
-    return JanitorReport(expired, deleted, aborted)
+    pruned = checkpoints.prune(FORGET_CHECKPOINTS_AFTER) if checkpoints is not None else 0
+    return JanitorReport(expired, deleted, aborted, pruned)
