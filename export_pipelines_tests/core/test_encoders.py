@@ -63,3 +63,23 @@ def test_parquet_numeric_becomes_exact_decimal_and_row_groups_accumulate():
     assert pf.metadata.row_group(0).column(0).compression == "ZSTD"
     table = pf.read()
     assert str(table.column("amount")[123].as_py()) == "123.05"
+
+
+def test_dictionary_columns_same_answer_as_counting_the_whole_sample():
+    from export_pipelines.core.encoders.parquet import DISTINCT_PROBE_ROWS, dictionary_columns
+
+    n = 20 * DISTINCT_PROBE_ROWS
+    sample = pa.table(
+        {
+            "unique": pa.array(range(n), pa.int64()),
+            "few": pa.array([i % 3 for i in range(n)], pa.int64()),
+            # a tenth of the rows distinct overall, but every row of the first probe distinct
+            "late_repeats": pa.array([i % (n // 10) for i in range(n)]),
+            "just_over": pa.array([i % (n // 10 + 1) for i in range(n)]),
+            "text": pa.array(["a", "b"] * (n // 2)),
+            "constant": pa.array(["x"] * n),
+        }
+    )
+    assert dictionary_columns(sample) == ["few", "late_repeats", "text", "constant"]
+    assert dictionary_columns(sample.slice(0, 0)) == []
+    assert dictionary_columns(sample.slice(0, 9)) == ["constant"]  # limit 1: one distinct value
