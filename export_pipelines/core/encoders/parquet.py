@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from pyarrow._parquet import ParquetWriter as _ParquetWriter
 
 from export_pipelines.core.encoders.base import Encoder
+from export_pipelines.core.memory import release_free_memory
 from export_pipelines.core.query import ColumnInfo
 
 ROW_GROUP_ROWS = 64 * 1024  # ~15 MB of rows buffered: a row group size readers handle well, RSS stays low
@@ -171,7 +172,11 @@ class ParquetEncoder(Encoder):
             )
         if self._pending:
             self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        del table
         self._pending, self._pending_rows = [], 0
+        # The row group's batches are gone: give back what the allocators would keep cached
+        # (mimalloc and glibc otherwise hold ~10 MB more by the end of a 10M-row file).
+        release_free_memory()
 
     def finish(self) -> bytes:
         if self._schema is None:
