@@ -19,6 +19,7 @@ import psycopg
 import pyarrow as pa
 from psycopg import pq, sql
 
+from export_pipelines.core.memory import settle_allocators
 from export_pipelines.core.query import ExportQuery, connect, session_settings
 
 # Keyset batches aim at this many bytes of raw rows: big enough to amortise the per-batch
@@ -142,6 +143,7 @@ class ArrowSource:
         import adbc_driver_manager
         import adbc_driver_postgresql
 
+        settle_allocators()  # before the first batch: see memory.py
         self._adm = adbc_driver_manager
         self.query = query
         self.hwm = high_water_mark

@@ -193,3 +193,61 @@ def test_zip_stream_is_a_valid_zip_and_deterministic():
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert archive.testzip() is None
         assert archive.read("b/c.xml") == b"<x/>" * 1000 and archive.read("a.txt") == b"hello"
+
+
+def test_parquet_writer_writes_what_pyarrow_parquet_writes():
+    """The encoder uses pyarrow's writer class without pyarrow.parquet's filesystem layer; the
+    file must be the very same bytes as pyarrow.parquet.ParquetWriter's with the same options."""
+    from export_pipelines.core.encoders.parquet import parquet_writer
+
+    table = pa.table(
+        {
+            "id": pa.array(range(5000), pa.int64()),
+            "status": pa.array(["paid", "shipped"] * 2500),
+            "amount": pa.array([i / 100 for i in range(5000)]).cast(pa.decimal128(12, 2)),
+            "note": pa.array([None if i % 7 else f"note {i}" for i in range(5000)]),
+        }
+    )
+    for compression, dictionary in (("zstd", ["status"]), (None, [])):
+        ours, theirs = io.BytesIO(), io.BytesIO()
+        writer = parquet_writer(ours, table.schema, compression=compression, use_dictionary=dictionary)
+        writer.write_table(table, row_group_size=2000)
+        writer.close()
+        with pq.ParquetWriter(theirs, table.schema, compression=compression, use_dictionary=dictionary) as w:
+            w.write_table(table, row_group_size=2000)
+        assert ours.getvalue() == theirs.getvalue()
+
+
+def test_dictionary_columns_same_answer_as_counting_the_whole_sample():
+    from export_pipelines.core.encoders.parquet import DISTINCT_PROBE_ROWS, dictionary_columns
+
+    n = 20 * DISTINCT_PROBE_ROWS
+    sample = pa.table(
+        {
+            "unique": pa.array(range(n), pa.int64()),
+            "few": pa.array([i % 3 for i in range(n)], pa.int64()),
+            # a tenth of the rows distinct overall, but every row of the first probe distinct
+            "late_repeats": pa.array([i % (n // 10) for i in range(n)]),
+            "just_over": pa.array([i % (n // 10 + 1) for i in range(n)]),
+            "text": pa.array(["a", "b"] * (n // 2)),
+            "constant": pa.array(["x"] * n),
+        }
+    )
+    assert dictionary_columns(sample) == ["few", "late_repeats", "text", "constant"]
+    assert dictionary_columns(sample.slice(0, 0)) == []
+    assert dictionary_columns(sample.slice(0, 9)) == ["constant"]  # limit 1: one distinct value
+
+
+def test_export_core_keeps_unused_libraries_out_of_the_process():
+    """Every imported library costs RSS in the export process: pyarrow.fs (S3/GCS/Azure/HDFS)
+    ~8 MB, pandas ~55 MB. The core's imports must not pull them in."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import export_pipelines.core.exporter, export_pipelines.core.manifest\n"
+        "print(sorted(m for m in ('pyarrow.fs', 'pyarrow.parquet', 'pandas', 'dagster') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
