@@ -14,6 +14,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from export_pipelines.core.encoders.base import Encoder
+
 GZIP_LEVEL = 1  # gzip -1: the speed reference
 ZSTD_LEVEL = 1
 # zstd compresses blocks of this size as one frame each: its level-1 window is smaller, so
@@ -82,3 +84,41 @@ class Compressor:
         if self.compression == "zstd":
             return self._zstd_frame()
         return b""
+
+
+class CompressedTextEncoder(Encoder):
+    """Text that PostgreSQL rendered, compressed as one self-contained gzip member or zstd frames
+    per S3 part: the shared body of the CSV and JSON encoders, which differ only in the bytes
+    around the rows."""
+
+    input_kind = "pg_csv"
+    compressions = ("gzip", "zstd", "none")
+    default_compression = "gzip"
+    resumable = True
+    file_extension = ""  # e.g. "csv": the compression's suffix is added
+
+    def __init__(self, columns: Any, compression: str) -> None:
+        super().__init__(columns, compression)
+        self._compressor = Compressor(compression)
+
+    @property
+    def extension(self) -> str:
+        return self.file_extension + SUFFIX[self.compression]
+
+    @property
+    def content_type(self) -> str:
+        # No Content-Encoding: the customer downloads the .gz file itself, not a decoded stream.
+        return CONTENT_TYPE.get(self.compression, self.media_type)
+
+    def resume(self) -> bytes:
+        self._compressor.continue_file()
+        return b""
+
+    def encode(self, batch: bytes | memoryview) -> bytes:
+        return self._compressor.write(batch)
+
+    def cut(self) -> bytes:
+        return self._compressor.cut()
+
+    def finish(self) -> bytes:
+        return self._compressor.finish()

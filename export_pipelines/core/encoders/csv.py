@@ -10,34 +10,15 @@ independently re-makeable.
 
 from __future__ import annotations
 
-from typing import Any
-
-from export_pipelines.core.encoders.base import Encoder
-from export_pipelines.core.encoders.compress import CONTENT_TYPE, SUFFIX, Compressor
+from export_pipelines.core.encoders.compress import CompressedTextEncoder
 from export_pipelines.core.query import ExportQuery, RenderedQuery
 from export_pipelines.core.render_sql import base64_of, column_ref
 
 
-class CsvEncoder(Encoder):
+class CsvEncoder(CompressedTextEncoder):
     format = "csv"
-    input_kind = "pg_csv"
-    compressions = ("gzip", "zstd", "none")
-    default_compression = "gzip"
-    resumable = True
+    file_extension = "csv"
     media_type = "text/csv; charset=utf-8"
-
-    def __init__(self, columns: Any, compression: str) -> None:
-        super().__init__(columns, compression)
-        self._compressor = Compressor(compression)
-
-    @property
-    def extension(self) -> str:
-        return "csv" + SUFFIX[self.compression]
-
-    @property
-    def content_type(self) -> str:
-        # No Content-Encoding: the customer downloads the .gz file itself, not a decoded stream.
-        return CONTENT_TYPE.get(self.compression, self.media_type)
 
     @classmethod
     def render_query(cls, query: ExportQuery) -> ExportQuery:
@@ -53,16 +34,3 @@ class CsvEncoder(Encoder):
         # Catalog columns are plain identifiers, so the header needs no quoting.
         header = ",".join(c.name for c in self.columns) + "\n"
         return self._compressor.write(header.encode())
-
-    def resume(self) -> bytes:
-        self._compressor.continue_file()
-        return b""
-
-    def encode(self, batch: bytes | memoryview) -> bytes:
-        return self._compressor.write(batch)
-
-    def cut(self) -> bytes:
-        return self._compressor.cut()
-
-    def finish(self) -> bytes:
-        return self._compressor.finish()

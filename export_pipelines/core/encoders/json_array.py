@@ -14,6 +14,7 @@ from export_pipelines.core.encoders.jsonl import JsonlEncoder
 
 class JsonArrayEncoder(JsonlEncoder):
     format = "json"
+    file_extension = "json"
     media_type = "application/json"
 
     def __init__(self, columns: Any, compression: str) -> None:

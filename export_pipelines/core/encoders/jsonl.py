@@ -8,10 +8,7 @@ members or zstd frames per part, as for CSV.
 
 from __future__ import annotations
 
-from typing import Any
-
-from export_pipelines.core.encoders.base import Encoder
-from export_pipelines.core.encoders.compress import CONTENT_TYPE, SUFFIX, Compressor
+from export_pipelines.core.encoders.compress import CompressedTextEncoder
 from export_pipelines.core.query import ExportQuery, RenderedQuery
 from export_pipelines.core.render_sql import json_value
 
@@ -27,25 +24,10 @@ def json_rows_query(query: ExportQuery) -> RenderedQuery:
     )
 
 
-class JsonlEncoder(Encoder):
+class JsonlEncoder(CompressedTextEncoder):
     format = "jsonl"
-    input_kind = "pg_csv"
-    compressions = ("gzip", "zstd", "none")
-    default_compression = "gzip"
-    resumable = True
+    file_extension = "jsonl"
     media_type = "application/x-ndjson"
-
-    def __init__(self, columns: Any, compression: str) -> None:
-        super().__init__(columns, compression)
-        self._compressor = Compressor(compression)
-
-    @property
-    def extension(self) -> str:
-        return self.format + SUFFIX[self.compression]
-
-    @property
-    def content_type(self) -> str:
-        return CONTENT_TYPE.get(self.compression, self.media_type)
 
     @classmethod
     def render_query(cls, query: ExportQuery) -> ExportQuery:
@@ -53,16 +35,3 @@ class JsonlEncoder(Encoder):
 
     def begin(self) -> bytes:
         return b""
-
-    def resume(self) -> bytes:
-        self._compressor.continue_file()
-        return b""
-
-    def encode(self, batch: bytes | memoryview) -> bytes:
-        return self._compressor.write(batch)
-
-    def cut(self) -> bytes:
-        return self._compressor.cut()
-
-    def finish(self) -> bytes:
-        return self._compressor.finish()
