@@ -97,7 +97,8 @@ def main() -> None:
     if done.returncode != 0:
         sys.stderr.write(done.stderr[-4000:])
         raise SystemExit("profiling failed")
-    print(f"{args.method}, {args.rows:,} rows: {done.stdout.strip().splitlines()[-1]}")
+    result = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    print(f"{args.method}, {args.rows:,} rows: {result[-1] if result else '?'}")
     print(summarise(raw))
     print(f"raw profile: {raw}")
 
