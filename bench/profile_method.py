@@ -46,12 +46,15 @@ RULES = [  # first match on the whole stack wins
     ("COPY: libpq get_copy_data loop", r"read \(.*keyset\.py"),
     (
         IDLE,
-        r"PyThread_acquire_lock_timed|take_gil|wait \(threading\.py|_worker \(concurrent|queue\.py|result \(",
+        r"PyThread_acquire_lock_timed|take_gil|pthread_cond_timedwait|wait \(threading\.py"
+        r"|_worker \(concurrent|queue\.py|result \(",
     ),
     ("keyset bounds, plan, snapshot (psycopg)", r"next_range|plan_export|begin_file|end_file|psycopg"),
     ("manifest, finalize", r"finalize_export|manifest"),
     ("Python cyclic GC", r"gc_collect"),
-    ("Dagster (run machinery, events)", r"dagster"),
+    ("Dagster (run machinery, events, logging)", r"logging/__init__|sqlalchemy|sqlite|dagster.*<module>"),
+    ("exporter loop: part buffer appends and copies", r"run_export"),
+    ("Dagster (run machinery, events, logging)", r"dagster"),
 ]
 
 
