@@ -1,6 +1,7 @@
 """Sensors: export_requests rows → runs; tenants table → partitions; failed runs → request rows."""
 
 import os
+import time
 from typing import Any
 
 import dagster as dg
@@ -14,6 +15,7 @@ from export_pipelines.jobs import TENANT_PARTITIONS, monthly_tenant_export_job, 
 from export_pipelines.ops import FOLDER_TAG, REQUEST_ID_TAG, deliver
 from export_pipelines.resources import ExportS3, ExportSettings, Notifier, SourceDatabase
 
+WILL_RETRY_TAG = "dagster/will_retry"
 SENSOR_INTERVAL = int(os.environ.get("EXPORT_SENSOR_INTERVAL_SECONDS", "5"))
 ATTEMPT_TAG = "export/attempt"
 
@@ -144,7 +146,7 @@ def export_failure_sensor(
         if e.step_failure_data and e.step_failure_data.error
     ]
     record_run_failure(
-        context.dagster_run,
+        with_retry_decision(context.instance, context.dagster_run),
         "; ".join(step_errors) or context.failure_event.message or "run failed",
         source,
         notifier,
@@ -152,6 +154,25 @@ def export_failure_sensor(
         s3,
         export_settings,
     )
+
+
+def with_retry_decision(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dg.DagsterRun:
+    """The run with Dagster's `dagster/will_retry` tag. Dagster adds the tag just after it stores
+    the failure, so a sensor can see the failure first: wait briefly for the tag, then make the
+    same decision Dagster makes (a final failure here would abort the upload the retry needs)."""
+    if not instance.run_retries_enabled or WILL_RETRY_TAG in run.tags:
+        return run
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        fresh = instance.get_run_by_id(run.run_id)
+        if fresh is not None and WILL_RETRY_TAG in fresh.tags:
+            return fresh
+        time.sleep(0.2)
+    from dagster._daemon.auto_run_reexecution.auto_run_reexecution import should_retry
+
+    fresh = instance.get_run_by_id(run.run_id) or run
+    decided = should_retry(fresh, instance)  # also records the tag, as the daemon would
+    return fresh.with_tags({**fresh.tags, WILL_RETRY_TAG: str(decided).lower()})
 
 
 def record_run_failure(
@@ -165,7 +186,7 @@ def record_run_failure(
 ) -> None:
     """Final failure: abort the export's open uploads and fail its request row; a failure that
     Dagster will retry only notes the error (the retry continues from the checkpoint)."""
-    will_retry = run.tags.get("dagster/will_retry") == "true"
+    will_retry = run.tags.get(WILL_RETRY_TAG) == "true"
     # The run's tags as stored now: count_rows adds the folder tag after launch.
     folder = run.tags.get(FOLDER_TAG)
     if folder and not will_retry and s3 is not None and export_settings is not None:

@@ -260,3 +260,19 @@ def test_excel_csv_requested_from_the_table(store, dagster_resources, s3_client,
         want = want or ""
         assert have == ("'" + want if want[:1] in ("=", "+", "-", "@", "\t", "\r") else want)
     assert '\'=HYPERLINK("http://x")' in got  # the demo's formula, defused
+
+
+def test_failure_seen_before_dagster_tags_it_gets_dagsters_retry_decision():
+    """The failure sensor can see a run's failure before Dagster adds `dagster/will_retry`; it must
+    not take that for a final failure (it would abort the upload the retry continues)."""
+    from export_pipelines.sensors import with_retry_decision
+
+    overrides = {"run_retries": {"enabled": True, "max_retries": 2}}
+    with dg.instance_for_test(overrides=overrides) as instance:
+        died = instance.add_run(
+            dg.DagsterRun(job_name="tenant_export_job", run_id="died", status=dg.DagsterRunStatus.FAILURE)
+        )
+        assert "dagster/will_retry" not in died.tags
+        decided = with_retry_decision(instance, died)
+        assert decided.tags["dagster/will_retry"] == "true"
+        assert instance.get_run_by_id("died").tags["dagster/will_retry"] == "true"
