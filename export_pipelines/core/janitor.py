@@ -8,7 +8,7 @@ from typing import Any
 
 from export_pipelines.core.checkpoints import CheckpointStore
 from export_pipelines.core.request_store import RequestStore
-from export_pipelines.core.s3 import open_uploads
+from export_pipelines.core.s3 import abort_uploads
 
 
 @dataclass(frozen=True)
@@ -32,16 +32,6 @@ def delete_folder(client: Any, bucket: str, folder: str) -> int:
     return deleted
 
 
-def abort_stale_uploads(client: Any, bucket: str, prefix: str, older_than: timedelta) -> int:
-    cutoff = datetime.now(UTC) - older_than
-    aborted = 0
-    for upload in open_uploads(client, bucket, prefix):
-        if upload["Initiated"] < cutoff:
-            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-            aborted += 1
-    return aborted
-
-
 # An export untouched this long will not be resumed: its uploads were aborted long before.
 FORGET_CHECKPOINTS_AFTER = timedelta(days=7)
 
@@ -60,6 +50,8 @@ def run_janitor(
             deleted += delete_folder(client, bucket, req.manifest_key.rsplit("/", 1)[0] + "/")
         if store.mark_expired(req.id):
             expired += 1
-    aborted = abort_stale_uploads(client, bucket, prefix.strip("/") + "/", abort_uploads_older_than)
+    aborted = abort_uploads(
+        client, bucket, prefix.strip("/") + "/", initiated_before=datetime.now(UTC) - abort_uploads_older_than
+    )
     pruned = checkpoints.prune(FORGET_CHECKPOINTS_AFTER) if checkpoints is not None else 0
     return JanitorReport(expired, deleted, aborted, pruned)

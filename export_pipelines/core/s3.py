@@ -11,6 +11,7 @@ import base64
 import hashlib
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import boto3
@@ -229,11 +230,18 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def abort_uploads(client: Any, bucket: str, prefix: str, keep: frozenset[str] = frozenset()) -> int:
-    """Abort every open upload under `prefix` except the ids in `keep`; returns how many."""
+def abort_uploads(
+    client: Any,
+    bucket: str,
+    prefix: str,
+    keep: frozenset[str] = frozenset(),
+    initiated_before: datetime | None = None,
+) -> int:
+    """Abort the open uploads under `prefix` (except the ids in `keep`, and only those begun
+    before `initiated_before` if given); returns how many. One already gone is not an error."""
     aborted = 0
     for upload in open_uploads(client, bucket, prefix):
-        if upload["UploadId"] in keep:
+        if upload["UploadId"] in keep or (initiated_before and upload["Initiated"] >= initiated_before):
             continue
         try:
             client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
