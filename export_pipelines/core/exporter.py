@@ -471,7 +471,8 @@ class _Export:
                 result.sha256 = object_sha256(self.client, self.bucket, f.key)
                 store.complete_file(self.folder, _file_checkpoint(self.plan, f.number, result))
                 done.append(result)
-                start = ReaderStart(len(done), f.last_key, f.parts[-1].next_batch_rows)
+                # An uploading row has no last key of its own: the file's parts have it.
+                start = ReaderStart(len(done), result.last_key, f.parts[-1].next_batch_rows)
                 continue
             if (
                 etags is not None

@@ -224,3 +224,25 @@ def test_sigkilled_export_process_resumes(
     assert file_hashes(s3_client, bucket, outcome) == expected
     finalize_export(s3_client, bucket, again, outcome, checkpoints)
     assert open_uploads(s3_client, bucket, plan.location.folder) == []
+
+
+def test_completed_but_unrecorded_file_is_kept_and_the_next_continues(
+    catalog, source_url, s3_client, bucket, prefix, checkpoints, pg
+):
+    """The crash came between CompleteMultipartUpload and recording it: the upload is gone but
+    the object carries our token, so file 1 counts as complete and file 2 starts after its last key."""
+    kwargs = {"format": "csv", "compression": "gzip", "max_rows_per_file": 40_000}
+    _, _, expected = clean_run(catalog, source_url, s3_client, bucket, prefix, **kwargs)
+    plan = plan_for(catalog, source_url, prefix, "unrecorded", checkpoints, **kwargs)
+    run(plan, catalog, source_url, s3_client, bucket, checkpoints)
+    folder = plan.location.folder
+    pg.execute("DELETE FROM export_checkpoint_files WHERE folder = %s AND file_number > 1", [folder])
+    pg.execute(
+        "UPDATE export_checkpoint_files SET status = 'uploading', upload_id = 'completed-long-ago', "
+        "rows = NULL, bytes = NULL, parts = NULL, sha256 = NULL, first_key = NULL, last_key = NULL "
+        "WHERE folder = %s AND file_number = 1",
+        [folder],
+    )
+    again = plan_for(catalog, source_url, prefix, "unrecorded", checkpoints, **kwargs)
+    outcome = run(again, catalog, source_url, s3_client, bucket, checkpoints)
+    assert file_hashes(s3_client, bucket, outcome) == expected
