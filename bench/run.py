@@ -32,9 +32,9 @@ from pathlib import Path
 
 import psycopg
 
-from export_pipelines import local_stack
-from export_pipelines.core.demo_data import BIG_TENANT, DemoSize, load_demo_data
 from export_pipelines.core.s3 import make_s3_client
+from export_pipelines_dev import local_stack
+from export_pipelines_dev.demo_data import BIG_TENANT, DemoSize, load_demo_data
 
 HERE = Path(__file__).resolve().parent
 BENCH_DB = "exports_bench"

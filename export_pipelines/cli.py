@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import psycopg
 
 from export_pipelines.core.checkpoints import CheckpointStore
-from export_pipelines.core.demo_data import DemoSize, load_demo_data
 from export_pipelines.core.encoders import formats
 from export_pipelines.core.request_store import RequestStore
+from export_pipelines_dev.demo_data import DemoSize, load_demo_data
 
 FORMAT_HELP = f"one of: {', '.join(formats())} (csv_excel: the CSV excel profile)"
 

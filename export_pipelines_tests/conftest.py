@@ -10,12 +10,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from export_pipelines import local_stack
 from export_pipelines.core.catalog import Catalog, load_catalog
-from export_pipelines.core.demo_data import DemoSize, load_demo_data
 from export_pipelines.core.s3 import make_s3_client
+from export_pipelines_dev import local_stack
+from export_pipelines_dev.demo_data import DemoSize, load_demo_data
 
-TEST_DB = "exports_test"
+# Each concurrent test session (e.g. parallel checkouts) can use its own database.
+TEST_DB = os.environ.get("EXPORT_TEST_DB", "exports_test")
 TEST_BUCKET = "exports-test"
 WEBHOOK_SECRET = "test-webhook-secret"
 # Big enough for the "at least 100,000 nasty rows" requirement, small enough for CI.

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from export_pipelines import local_stack
+from export_pipelines_dev import local_stack
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_taken_ports_move_and_are_saved(
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "export_pipelines.local_stack", *args],
+        [sys.executable, "-m", "export_pipelines_dev.local_stack", *args],
         env=env,
         capture_output=True,
         text=True,

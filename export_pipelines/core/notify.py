@@ -19,12 +19,10 @@ from email.message import EmailMessage
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from export_pipelines.core.errors import InvalidWebhook
+
 SIGNATURE_HEADER = "X-Export-Signature"
 TIMESTAMP_HEADER = "X-Export-Timestamp"
-
-
-class InvalidWebhook(ValueError):
-    pass
 
 
 def check_webhook_url(url: str, allowlist: tuple[str, ...] = ()) -> None:

@@ -18,6 +18,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from export_pipelines.core.errors import S3ConfigurationError
+
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PARTS = 10_000
 PART_GROWTH_EVERY = 1_000  # the part size doubles every 1,000 parts: 10,000 parts reach ~5 TB
@@ -32,10 +34,6 @@ _CONFIG_ERRORS = {
 
 
 UPLOAD_TOKEN_META = "upload-token"
-
-
-class S3ConfigurationError(RuntimeError):
-    """S3 refused us for a reason retrying cannot fix."""
 
 
 def explain(exc: ClientError, bucket: str, key: str | None = None) -> Exception:

