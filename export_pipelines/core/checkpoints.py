@@ -11,7 +11,8 @@ re-request of the same row):
 - `export_checkpoint_parts`: one row per uploaded part: ETag, SHA-256 and size, and where the
   reader stood after it (rows in the file, last key, next batch size): enough to continue the
   file with the bytes an uninterrupted run would have written.
-Keys are stored as PostgreSQL text and cast back to the key column's type when read.
+Keys are stored as PostgreSQL text and cast back to the key column's type when read. The schema is
+in core/migrations.py.
 """
 
 from __future__ import annotations
@@ -20,61 +21,11 @@ import os
 import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import Any
 
-import psycopg
 from psycopg import sql
 
-MIGRATION = """
-CREATE TABLE IF NOT EXISTS public.export_checkpoints (
-    folder           text PRIMARY KEY,
-    fingerprint      text NOT NULL,
-    rows_total       bigint NOT NULL,
-    high_water_mark  text,
-    created_at       timestamptz NOT NULL DEFAULT now(),
-    updated_at       timestamptz NOT NULL DEFAULT now()
-);
--- Which process works on the export now (host:pid), for operators and the kill tests.
-ALTER TABLE public.export_checkpoints ADD COLUMN IF NOT EXISTS worker text;
-CREATE TABLE IF NOT EXISTS public.export_checkpoint_files (
-    folder            text NOT NULL REFERENCES public.export_checkpoints ON DELETE CASCADE,
-    file_number       int NOT NULL,
-    fingerprint       text NOT NULL,
-    object_key        text NOT NULL,
-    upload_id         text,
-    upload_token      text NOT NULL,
-    part_size         bigint NOT NULL,
-    start_after       text,
-    start_batch_rows  int NOT NULL,
-    snapshot          text NOT NULL DEFAULT '',
-    status            text NOT NULL DEFAULT 'uploading'
-                      CHECK (status IN ('uploading', 'complete')),
-    rows              bigint,
-    bytes             bigint,
-    parts             int,
-    sha256            text,
-    first_key         text,
-    last_key          text,
-    updated_at        timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (folder, file_number)
-);
-CREATE TABLE IF NOT EXISTS public.export_checkpoint_parts (
-    folder           text NOT NULL,
-    file_number      int NOT NULL,
-    part_number      int NOT NULL,
-    etag             text NOT NULL,
-    checksum_sha256  text NOT NULL,
-    size             bigint NOT NULL,
-    rows_in_file     bigint NOT NULL,
-    first_key        text,
-    last_key         text,
-    next_batch_rows  int NOT NULL,
-    created_at       timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (folder, file_number, part_number),
-    FOREIGN KEY (folder, file_number)
-        REFERENCES public.export_checkpoint_files ON DELETE CASCADE
-);
-"""
+from export_pipelines.core.pg_store import PgStore
 
 
 @dataclass(frozen=True)
@@ -127,42 +78,14 @@ def _key_text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-class CheckpointStore:
-    """Reads and writes of the checkpoint tables, on one connection (one export, one thread)."""
-
-    _migrated: ClassVar[set[str]] = set()
-
-    def __init__(self, conninfo: str) -> None:
-        self.conninfo = conninfo
-        self._conn: psycopg.Connection[Any] | None = None
-
-    @property
-    def conn(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.conninfo, autocommit=True, options="-c statement_timeout=30s")
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def migrate(self) -> None:
-        with self.conn.transaction():
-            # Concurrent first runs may both migrate; the lock makes that harmless.
-            self.conn.execute("SELECT pg_advisory_xact_lock(hashtext('export_checkpoints'))")
-            self.conn.execute(MIGRATION)
-
-    def migrate_once(self) -> CheckpointStore:
-        if self.conninfo not in CheckpointStore._migrated:
-            self.migrate()
-            CheckpointStore._migrated.add(self.conninfo)
-        return self
+class CheckpointStore(PgStore):
+    """Reads and writes of the checkpoint tables, on the store's one connection (one export, one
+    thread)."""
 
     # -- the cut -------------------------------------------------------------------------
 
     def cut(self, folder: str, key_type: str) -> Cut | None:
-        row = self.conn.execute(
+        row = self.execute(
             sql.SQL(
                 "SELECT fingerprint, rows_total, high_water_mark::{} FROM export_checkpoints "
                 "WHERE folder = %s"
@@ -174,7 +97,7 @@ class CheckpointStore:
     def save_cut(self, folder: str, cut: Cut) -> None:
         """Start (or start over) the export in `folder`: a new cut replaces an old one only when
         the request changed; files checkpointed for another fingerprint are then stale."""
-        self.conn.execute(
+        self.execute(
             """
             INSERT INTO export_checkpoints (folder, fingerprint, rows_total, high_water_mark)
             VALUES (%s, %s, %s, %s)
@@ -187,7 +110,7 @@ class CheckpointStore:
 
     def claim(self, folder: str) -> None:
         """Record this process as the export's worker."""
-        self.conn.execute(
+        self.execute(
             "UPDATE export_checkpoints SET worker = %s, updated_at = now() WHERE folder = %s",
             [f"{socket.gethostname()}:{os.getpid()}", folder],
         )
@@ -195,7 +118,7 @@ class CheckpointStore:
     def prune(self, older_than: timedelta) -> int:
         """Forget exports nobody has touched for `older_than` (never retried, never finished):
         their uploads are long aborted by then, so the checkpoint could only restart files."""
-        cur = self.conn.execute(
+        cur = self.execute(
             """
             DELETE FROM export_checkpoints c
             WHERE c.updated_at < now() - %s
@@ -208,7 +131,7 @@ class CheckpointStore:
 
     def forget(self, folder: str) -> None:
         """The export is finished (manifest and _SUCCESS written): a later run starts afresh."""
-        self.conn.execute("DELETE FROM export_checkpoints WHERE folder = %s", [folder])
+        self.execute("DELETE FROM export_checkpoints WHERE folder = %s", [folder])
 
     # -- files and parts ----------------------------------------------------------------
 
@@ -233,7 +156,7 @@ class CheckpointStore:
                 first_key=r[14],
                 last_key=r[15],
             )
-            for r in self.conn.execute(
+            for r in self.execute(
                 sql.SQL(
                     "SELECT file_number, fingerprint, object_key, upload_id, upload_token, part_size, "
                     "start_after::{kt}, start_batch_rows, snapshot, status, rows, bytes, parts, sha256, "
@@ -243,7 +166,7 @@ class CheckpointStore:
                 [folder],
             )
         }
-        for r in self.conn.execute(
+        for r in self.execute(
             sql.SQL(
                 "SELECT file_number, part_number, etag, checksum_sha256, size, rows_in_file, "
                 "first_key::{kt}, last_key::{kt}, next_batch_rows FROM export_checkpoint_parts "
@@ -257,12 +180,13 @@ class CheckpointStore:
         return list(files.values())
 
     def start_file(self, folder: str, f: FileCheckpoint) -> None:
-        with self.conn.transaction():
-            self.conn.execute(
+        conn = self.conn  # both statements on one connection, in one transaction
+        with conn.transaction():
+            conn.execute(
                 "DELETE FROM export_checkpoint_files WHERE folder = %s AND file_number >= %s",
                 [folder, f.number],
             )
-            self.conn.execute(
+            conn.execute(
                 """
                 INSERT INTO export_checkpoint_files (folder, file_number, fingerprint, object_key,
                     upload_id, upload_token, part_size, start_after, start_batch_rows, snapshot)
@@ -283,14 +207,14 @@ class CheckpointStore:
             )
 
     def set_upload(self, folder: str, number: int, upload_id: str) -> None:
-        self.conn.execute(
+        self.execute(
             "UPDATE export_checkpoint_files SET upload_id = %s, updated_at = now() "
             "WHERE folder = %s AND file_number = %s",
             [upload_id, folder, number],
         )
 
     def record_part(self, folder: str, file_number: int, part: PartCheckpoint) -> None:
-        self.conn.execute(
+        self.execute(
             """
             INSERT INTO export_checkpoint_parts (folder, file_number, part_number, etag,
                 checksum_sha256, size, rows_in_file, first_key, last_key, next_batch_rows)
@@ -315,7 +239,7 @@ class CheckpointStore:
         )
 
     def complete_file(self, folder: str, f: FileCheckpoint) -> None:
-        self.conn.execute(
+        self.execute(
             """
             UPDATE export_checkpoint_files SET status = 'complete', upload_id = NULL, rows = %s,
                 bytes = %s, parts = %s, sha256 = %s, first_key = %s, last_key = %s,
@@ -337,20 +261,11 @@ class CheckpointStore:
 
     def drop_files_from(self, folder: str, number: int) -> None:
         """Forget file `number` and later ones (their uploads are gone or being restarted)."""
-        self.conn.execute(
+        self.execute(
             "DELETE FROM export_checkpoint_files WHERE folder = %s AND file_number >= %s", [folder, number]
         )
 
-    def open_uploads(self, folder: str) -> list[tuple[str, str]]:
-        """(key, upload id) of the uploads the checkpoint holds open."""
-        rows = self.conn.execute(
-            "SELECT object_key, upload_id FROM export_checkpoint_files "
-            "WHERE folder = %s AND status = 'uploading' AND upload_id IS NOT NULL",
-            [folder],
-        ).fetchall()
-        return [(r[0], r[1]) for r in rows]
-
     def drop_open_files(self, folder: str) -> None:
-        self.conn.execute(
+        self.execute(
             "DELETE FROM export_checkpoint_files WHERE folder = %s AND status = 'uploading'", [folder]
         )

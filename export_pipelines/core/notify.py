@@ -1,4 +1,4 @@
-"""Telling the requester: HMAC-signed webhook (DESIGN 3.6) and email over SMTP.
+"""Telling the requester: HMAC-signed webhook (README "Notifications") and email over SMTP.
 
 A notification failure never fails the export: callers record the returned error instead.
 """

@@ -1,4 +1,5 @@
-"""The `export_requests` table (DESIGN 3.3): the queue apps write to and the status they read.
+"""The `export_requests` table (README "Requesting exports"; schema in core/migrations.py): the
+queue apps write to and the status they read.
 
 Status: pending → queued → running → succeeded | failed; succeeded → expired when the janitor
 removes the files; a failed row set back to pending with attempt + 1 runs again.
@@ -10,50 +11,14 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
 
-MIGRATION = """
-CREATE TABLE IF NOT EXISTS public.export_requests (
-    id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    tenant_id      text NOT NULL,
-    resource       text NOT NULL,
-    format         text NOT NULL DEFAULT 'csv',
-    compression    text,
-    filters        jsonb NOT NULL DEFAULT '{}'::jsonb,
-    columns        text[],
-    webhook_url    text,
-    email          text,
-    status         text NOT NULL DEFAULT 'pending',
-    attempt        int NOT NULL DEFAULT 1,
-    rows_total     bigint,
-    rows_exported  bigint NOT NULL DEFAULT 0,
-    bytes_written  bigint NOT NULL DEFAULT 0,
-    run_id         text,
-    manifest_key   text,
-    download_url   text,
-    expires_at     timestamptz,
-    error          text,
-    notified_at    timestamptz,
-    notify_error   text,
-    created_at     timestamptz NOT NULL DEFAULT now(),
-    queued_at      timestamptz,
-    started_at     timestamptz,
-    completed_at   timestamptz,
-    updated_at     timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT export_requests_status_check
-        CHECK (status IN ('pending', 'queued', 'running', 'succeeded', 'failed', 'expired'))
-);
-CREATE INDEX IF NOT EXISTS export_requests_pending_idx
-    ON public.export_requests (created_at) WHERE status IN ('pending', 'queued');
-CREATE INDEX IF NOT EXISTS export_requests_expiry_idx
-    ON public.export_requests (expires_at) WHERE status = 'succeeded';
-"""
+from export_pipelines.core.pg_store import STORE_STATEMENT_TIMEOUT, PgStore
 
-STATUSES = ("pending", "queued", "running", "succeeded", "failed", "expired")
 MAX_ERROR_CHARS = 4000
 
 
@@ -118,36 +83,16 @@ def is_request_id(value: str) -> bool:
     return True
 
 
-class RequestStore:
-    """Every read and write of export_requests. Each method is one short transaction."""
+class RequestStore(PgStore):
+    """Every read and write of export_requests, on the store's one connection; each method is one
+    short transaction."""
 
-    _migrated: ClassVar[set[str]] = set()
-
-    def __init__(self, conninfo: str) -> None:
-        self.conninfo = conninfo
-
-    def migrate_once(self) -> RequestStore:
-        """Migrate on first use in this process (a sensor may tick before anyone migrated)."""
-        if self.conninfo not in RequestStore._migrated:
-            self.migrate()
-            RequestStore._migrated.add(self.conninfo)
-        return self
-
-    def _connect(self) -> psycopg.Connection[dict[str, Any]]:
+    def _open(self) -> psycopg.Connection[Any]:
         conn = psycopg.connect(
-            self.conninfo, autocommit=True, row_factory=dict_row, options="-c statement_timeout=30s"
+            self.conninfo, autocommit=True, row_factory=dict_row, options=STORE_STATEMENT_TIMEOUT
         )
         set_json_loads(_load_json, conn)
         return conn
-
-    def migrate(self) -> None:
-        with self._connect() as conn:
-            # Concurrent first runs (setup and tests) must not race on CREATE.
-            conn.execute("SELECT pg_advisory_lock(hashtext('export_requests_migration'))")
-            try:
-                conn.execute(MIGRATION)
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(hashtext('export_requests_migration'))")
 
     def create(
         self,
@@ -161,41 +106,38 @@ class RequestStore:
         webhook_url: str | None = None,
         email: str | None = None,
     ) -> str:
-        with self._connect() as conn:
-            row = conn.execute(
-                """
+        row = self.execute(
+            """
                 INSERT INTO export_requests
                     (id, tenant_id, resource, format, compression, filters, columns, webhook_url, email)
                 VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s) RETURNING id
                 """,
-                [
-                    uuid.uuid4(),
-                    tenant_id,
-                    resource,
-                    format,
-                    compression,
-                    json.dumps(filters or {}),
-                    columns,
-                    webhook_url,
-                    email,
-                ],
-            ).fetchone()
+            [
+                uuid.uuid4(),
+                tenant_id,
+                resource,
+                format,
+                compression,
+                json.dumps(filters or {}),
+                columns,
+                webhook_url,
+                email,
+            ],
+        ).fetchone()
         assert row is not None
         return str(row["id"])
 
     def get(self, request_id: str) -> StoredRequest | None:
         if not is_request_id(request_id):
             return None
-        with self._connect() as conn:
-            row = conn.execute("SELECT * FROM export_requests WHERE id = %s", [request_id]).fetchone()
+        row = self.execute("SELECT * FROM export_requests WHERE id = %s", [request_id]).fetchone()
         return StoredRequest.from_row(_stringify_id(row)) if row else None
 
     def to_launch(self, limit: int = 50, requeue_after_seconds: int = 120) -> list[StoredRequest]:
         """Pending rows, plus queued rows whose run never started (a tick that died after
         marking them); re-requesting those is safe because run keys are deduplicated."""
-        with self._connect() as conn:
-            rows = conn.execute(
-                """
+        rows = self.execute(
+            """
                 SELECT * FROM export_requests
                 WHERE status = 'pending'
                    OR (status = 'queued' AND run_id IS NULL
@@ -203,44 +145,41 @@ class RequestStore:
                 ORDER BY created_at, id
                 LIMIT %s
                 """,
-                [requeue_after_seconds, limit],
-            ).fetchall()
+            [requeue_after_seconds, limit],
+        ).fetchall()
         return [StoredRequest.from_row(_stringify_id(r)) for r in rows]
 
     def _update(self, request_id: str, sql: str, params: list[Any], only_if: tuple[str, ...] = ()) -> bool:
         if not is_request_id(request_id):
             return False  # an ad-hoc run's request_id that names no row: nothing to update
         guard = " AND status = ANY(%s)" if only_if else ""
-        with self._connect() as conn:
-            cur = conn.execute(
-                f"UPDATE export_requests SET {sql}, updated_at = now() WHERE id = %s{guard}",
-                [*params, request_id, *([list(only_if)] if only_if else [])],
-            )
-            return cur.rowcount == 1
+        cur = self.execute(
+            f"UPDATE export_requests SET {sql}, updated_at = now() WHERE id = %s{guard}",
+            [*params, request_id, *([list(only_if)] if only_if else [])],
+        )
+        return cur.rowcount == 1
 
     def mark_queued(self, request_id: str, attempt: int) -> bool:
-        with self._connect() as conn:
-            cur = conn.execute(
-                """
+        cur = self.execute(
+            """
                 UPDATE export_requests SET status = 'queued', queued_at = now(), error = NULL,
                        updated_at = now()
                 WHERE id = %s AND attempt = %s AND status IN ('pending', 'queued')
                 """,
-                [request_id, attempt],
-            )
-            return cur.rowcount == 1
+            [request_id, attempt],
+        )
+        return cur.rowcount == 1
 
     def mark_invalid(self, request_id: str, attempt: int, error: str) -> bool:
-        with self._connect() as conn:
-            cur = conn.execute(
-                """
+        cur = self.execute(
+            """
                 UPDATE export_requests SET status = 'failed', error = %s, completed_at = now(),
                        updated_at = now()
                 WHERE id = %s AND attempt = %s AND status = 'pending'
                 """,
-                [error[:MAX_ERROR_CHARS], request_id, attempt],
-            )
-            return cur.rowcount == 1
+            [error[:MAX_ERROR_CHARS], request_id, attempt],
+        )
+        return cur.rowcount == 1
 
     def mark_running(self, request_id: str, run_id: str, rows_total: int) -> bool:
         return self._update(
@@ -302,12 +241,11 @@ class RequestStore:
         )
 
     def expired(self, limit: int = 500) -> list[StoredRequest]:
-        with self._connect() as conn:
-            rows = conn.execute(
-                "SELECT * FROM export_requests WHERE status = 'succeeded' AND expires_at < now() "
-                "ORDER BY expires_at LIMIT %s",
-                [limit],
-            ).fetchall()
+        rows = self.execute(
+            "SELECT * FROM export_requests WHERE status = 'succeeded' AND expires_at < now() "
+            "ORDER BY expires_at LIMIT %s",
+            [limit],
+        ).fetchall()
         return [StoredRequest.from_row(_stringify_id(r)) for r in rows]
 
     def mark_expired(self, request_id: str) -> bool:
