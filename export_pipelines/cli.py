@@ -4,25 +4,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
 
 import psycopg
 
-from export_pipelines.core.checkpoints import CheckpointStore
-from export_pipelines.core.encoders import formats
+from export_pipelines.core.errors import ConfigurationError, ExportError
+from export_pipelines.core.formats import format_names
 from export_pipelines.core.request_store import RequestStore
+from export_pipelines.settings import Settings
 from export_pipelines_dev.demo_data import DemoSize, load_demo_data
 
-FORMAT_HELP = f"one of: {', '.join(formats())} (csv_excel: the CSV excel profile)"
+FORMAT_HELP = f"one of: {', '.join(format_names())} (csv_excel: the CSV excel profile)"
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigurationError as exc:
+        sys.exit(str(exc))
 
 
 def _source_url() -> str:
-    url = os.environ.get("SOURCE_DATABASE_URL")
-    if not url:
-        sys.exit("SOURCE_DATABASE_URL is not set (run `source scripts/env.sh` first)")
-    return url
+    try:
+        return _settings().require_source_database_url()
+    except ConfigurationError as exc:
+        sys.exit(str(exc))
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
@@ -44,22 +53,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Run tenant_export_job on the configured Dagster instance and print what it made."""
     import dagster as dg
 
+    from export_pipelines.core.layout import file_extension
     from export_pipelines.definitions import tenant_export_job_with_resources
+    from export_pipelines.orchestration import tags
+    from export_pipelines.orchestration.run_config import export_run_config
 
-    run_config = {
-        "ops": {
-            "count_rows": {
-                "config": {"tenant_id": args.tenant, "resource": args.resource, "format": args.format}
-            }
-        }
-    }
+    run_config = export_run_config(tenant_id=args.tenant, resource=args.resource, format=args.format)
     with (
         dg.DagsterInstance.get() as instance,
         dg.execute_job(
             dg.reconstructable(tenant_export_job_with_resources),
             instance=instance,
             run_config=run_config,
-            tags={"tenant": args.tenant},
+            tags={tags.TENANT: args.tenant},
         ) as result,
     ):
         if not result.success:
@@ -72,19 +78,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"  manifest:  {done.manifest_key}")
     print(f"  link (expires {done.expires_at:%Y-%m-%d %H:%M} UTC):")
     print(f"  {done.files[0].url}")
-    print(f"download it: curl -fSs -o export.{done.files[0].key.split('.', 1)[1]} '{done.files[0].url}'")
+    print(f"download it: curl -fSs -o export.{file_extension(done.files[0].key)} '{done.files[0].url}'")
     return 0
 
 
 def _store() -> RequestStore:
-    return RequestStore(_source_url())
+    return RequestStore(_source_url()).migrate_once()
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    _store().migrate()
-    checkpoints = CheckpointStore(_source_url())
-    checkpoints.migrate()
-    checkpoints.close()
+    from export_pipelines.core.migrations import migrate
+
+    migrate(_source_url())
     print("export_requests and export_checkpoints are up to date")
     return 0
 
@@ -108,41 +113,45 @@ def cmd_request(args: argparse.Namespace) -> int:
     columns = args.columns.split(",") if args.columns else None
     # Check before inserting: the caller hears what is wrong now (exit 2), instead of finding a
     # failed row later, or a driver traceback for text PostgreSQL cannot store (NUL, bad UTF-8).
-    from export_pipelines.core.catalog import CatalogError, InvalidRequest, load_catalog
-    from export_pipelines.core.request import build_request, check_notify
+    # The same check the request sensor makes before it launches a row (webhook allowlist included).
+    from export_pipelines.core.catalog import load_catalog
+    from export_pipelines.core.request_store import check_request_fields
 
+    settings = _settings()
     try:
-        build_request(
-            load_catalog(),
+        check_request_fields(
+            load_catalog(settings.catalog_path),
+            settings.webhook_allowlist,
             tenant_id=args.tenant,
             resource=args.resource,
             format=args.format,
             compression=args.compression,
             columns=columns,
             filters=filters,
+            webhook_url=args.webhook_url,
+            email=args.email,
         )
-        check_notify(args.webhook_url, args.email)
-    except (InvalidRequest, CatalogError) as exc:
+    except ExportError as exc:
         print(f"export-pipelines request: {exc}", file=sys.stderr)
         return 2
-    store = _store()
-    store.migrate()
-    request_id = store.create(
-        tenant_id=args.tenant,
-        resource=args.resource,
-        format=args.format,
-        compression=args.compression,
-        filters=filters,
-        columns=columns,
-        webhook_url=args.webhook_url,
-        email=args.email,
-    )
+    with _store() as store:
+        request_id = store.create(
+            tenant_id=args.tenant,
+            resource=args.resource,
+            format=args.format,
+            compression=args.compression,
+            filters=filters,
+            columns=columns,
+            webhook_url=args.webhook_url,
+            email=args.email,
+        )
     print(request_id)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    row = _store().get(args.id)
+    with _store() as store:
+        row = store.get(args.id)
     if row is None:
         print(f"no export request {args.id!r}", file=sys.stderr)
         return 1
@@ -166,44 +175,66 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_relink(args: argparse.Namespace) -> int:
     """A fresh presigned link for an export that has not expired."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, datetime
 
-    from export_pipelines.core.manifest import presign
     from export_pipelines.core.request import MAX_LINK_EXPIRY_HOURS
-    from export_pipelines.core.s3 import make_s3_client
 
-    store = _store()
-    row = store.get(args.id)
-    if row is None or row.status != "succeeded" or not row.manifest_key:
-        state = "unknown" if row is None else row.status
-        print(
-            f"export {args.id} cannot get a new link (status: {state}); only succeeded exports can",
-            file=sys.stderr,
-        )
-        return 1
-    if not 1 <= args.hours <= MAX_LINK_EXPIRY_HOURS:
-        print(f"--hours: must be from 1 to {MAX_LINK_EXPIRY_HOURS}", file=sys.stderr)
-        return 2
-    client, bucket = make_s3_client(), os.environ["EXPORT_BUCKET"]
-    manifest = json.loads(client.get_object(Bucket=bucket, Key=row.manifest_key)["Body"].read())
-    expiry = timedelta(hours=args.hours)
-    files = manifest["files"]
-    key, name = (
-        (files[0]["key"], files[0]["key"].rsplit("/", 1)[1])
-        if len(files) == 1
-        else (row.manifest_key, "manifest.json")
-    )
-    url = presign(client, bucket, key, name, expiry)
-    store.refresh_link(row.id, url, datetime.now(UTC) + expiry)
+    settings = _settings()
+    with _store() as store:
+        row = store.get(args.id)
+        if row is None or row.status != "succeeded" or not row.manifest_key:
+            state = "unknown" if row is None else row.status
+            print(
+                f"export {args.id} cannot get a new link (status: {state}); only succeeded exports can",
+                file=sys.stderr,
+            )
+            return 1
+        if not 1 <= args.hours <= MAX_LINK_EXPIRY_HOURS:
+            print(f"--hours: must be from 1 to {MAX_LINK_EXPIRY_HOURS}", file=sys.stderr)
+            return 2
+        try:
+            client, bucket = s3_client(settings), settings.require_bucket()
+        except ConfigurationError as exc:
+            print(f"export-pipelines relink: {exc}", file=sys.stderr)
+            return 2
+        expiry = timedelta(hours=args.hours)
+        url = relinked_url(client, bucket, settings.prefix, row.manifest_key, expiry)
+        store.refresh_link(row.id, url, datetime.now(UTC) + expiry)
     print(url)
     return 0
+
+
+def s3_client(settings: Settings) -> Any:
+    from export_pipelines.core.s3 import make_s3_client
+
+    return make_s3_client(
+        endpoint_url=settings.aws_endpoint_url,
+        region_name=settings.aws_region,
+        aws_access_key_id=settings.aws_access_key_id,
+        aws_secret_access_key=settings.aws_secret_access_key,
+        aws_session_token=settings.aws_session_token,
+    )
+
+
+def relinked_url(client: Any, bucket: str, prefix: str, manifest_key: str, expiry: timedelta) -> str:
+    """The link `finalize` would give: the one file under its download name, else the manifest."""
+    from export_pipelines.core.layout import ExportLocation, download_name, file_extension
+    from export_pipelines.core.manifest import presign
+
+    manifest = json.loads(client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    files = manifest["files"]
+    if len(files) != 1:
+        return presign(client, bucket, manifest_key, "manifest.json", expiry)
+    location = ExportLocation(prefix, manifest["tenant_id"], manifest["resource"], manifest["export_id"])
+    key = files[0]["key"]
+    return presign(client, bucket, key, download_name(location, 1, file_extension(key)), expiry)
 
 
 def cmd_failed_partitions(args: argparse.Namespace) -> int:
     """Comma-separated keys for `dagster job backfill --partitions` (see README)."""
     import dagster as dg
 
-    from export_pipelines.backfills import failed_partitions
+    from export_pipelines.orchestration.backfills import failed_partitions
 
     with dg.DagsterInstance.get() as instance:
         print(",".join(failed_partitions(instance, args.job, args.month)))

@@ -25,6 +25,11 @@ SIGNATURE_HEADER = "X-Export-Signature"
 TIMESTAMP_HEADER = "X-Export-Timestamp"
 
 
+def parse_allowlist(text: str) -> tuple[str, ...]:
+    """EXPORT_WEBHOOK_ALLOWLIST: comma-separated hosts; ".example.com" allows its subdomains."""
+    return tuple(h.strip().lower() for h in text.split(",") if h.strip())
+
+
 def check_webhook_url(url: str, allowlist: tuple[str, ...] = ()) -> None:
     """http(s) only; with an allowlist, the host must be on it (exact or `.suffix`)."""
     parts = urlsplit(url)

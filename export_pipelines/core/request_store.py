@@ -17,7 +17,10 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
 
+from export_pipelines.core.catalog import Catalog
+from export_pipelines.core.errors import InvalidRequest
 from export_pipelines.core.pg_store import STORE_STATEMENT_TIMEOUT, PgStore
+from export_pipelines.core.request import build_request, check_notify
 
 MAX_ERROR_CHARS = 4000
 
@@ -73,6 +76,38 @@ class StoredRequest:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> StoredRequest:
         return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+
+def check_request_fields(
+    catalog: Catalog,
+    webhook_allowlist: tuple[str, ...],
+    *,
+    tenant_id: Any,
+    resource: Any,
+    format: Any,
+    compression: Any,
+    columns: Any,
+    filters: Any,
+    webhook_url: Any,
+    email: Any,
+    export_id: str | None = None,
+) -> None:
+    """What a request must satisfy before it is queued (`export-pipelines request`) and again before
+    it is launched (the request sensor: apps may write rows directly). Checks nothing that needs
+    the source database; raises Rejected naming the field."""
+    if isinstance(filters, UnreadableJson):
+        raise InvalidRequest("filters", f"is not JSON this service can read ({filters.reason})")
+    build_request(
+        catalog,
+        tenant_id=tenant_id,
+        resource=resource,
+        format=format,
+        compression=compression,
+        columns=columns,
+        filters=filters,
+        export_id=export_id,
+    )
+    check_notify(webhook_url, email, webhook_allowlist)
 
 
 def is_request_id(value: str) -> bool:

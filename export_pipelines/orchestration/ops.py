@@ -10,32 +10,27 @@ also moves that row along (running, progress, succeeded); failures are recorded 
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 
-from export_pipelines.core.catalog import CatalogError, InvalidRequest
-from export_pipelines.core.exporter import (
-    ExportOutcome,
-    ExportPlan,
-    ExportProgress,
-    abandon_open_uploads,
-    plan_export,
-    run_export,
-)
+from export_pipelines.core.delivery import SUCCEEDED, deliver, download_url, ready_email_body, webhook_payload
+from export_pipelines.core.errors import ExportError, S3ConfigurationError, TransientError
+from export_pipelines.core.exporter import run_export
+from export_pipelines.core.janitor import run_janitor
 from export_pipelines.core.manifest import FinalizedExport, clear_success_marker, finalize_export
-from export_pipelines.core.notify import InvalidWebhook, check_webhook_url, post_webhook, send_email
+from export_pipelines.core.plan import ExportPlan, plan_export
 from export_pipelines.core.request import build_request, check_notify
-from export_pipelines.core.s3 import S3ConfigurationError
-from export_pipelines.resources import ExportS3, ExportSettings, Notifier, SourceDatabase
+from export_pipelines.core.results import ExportOutcome, ExportProgress
+from export_pipelines.core.resume import abandon_open_uploads
+from export_pipelines.orchestration import tags
+from export_pipelines.orchestration.partitions import month_range, tenant_and_month
+from export_pipelines.orchestration.resources import ExportS3, ExportSettings, Notifier, SourceDatabase
 
 # Network ops ride over transient failures; invalid input is raised with allow_retries=False.
 NETWORK_RETRY = dg.RetryPolicy(
     max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
-REQUEST_ID_TAG = "export/request_id"
-FOLDER_TAG = "export/folder"  # set by count_rows: lets the failure sensor clean up a dead run's uploads
 
 
 def is_last_attempt(context: dg.OpExecutionContext) -> bool:
@@ -96,22 +91,6 @@ class RunPlan:
     email: str | None
 
 
-def monthly_partition(context: dg.OpExecutionContext) -> tuple[str, str] | None:
-    """(tenant, month start 'YYYY-MM-DD') of a tenant x month partition, else None."""
-    if not context.has_partition_key:
-        return None
-    keys = getattr(context.partition_key, "keys_by_dimension", None)
-    if not keys or "month" not in keys or "tenant" not in keys:
-        return None
-    return keys["tenant"], keys["month"]
-
-
-def _month_range(month: str) -> tuple[str, str]:
-    start = datetime.fromisoformat(month).replace(tzinfo=UTC)
-    end = start.replace(year=start.year + (start.month == 12), month=start.month % 12 + 1)
-    return start.isoformat(), end.isoformat()
-
-
 @dg.op(retry_policy=NETWORK_RETRY, tags={"kind": "postgres"})
 def count_rows(
     context: dg.OpExecutionContext,
@@ -122,11 +101,11 @@ def count_rows(
     """Validate the request against the catalog, count its rows and fix the high-water mark."""
     tenant_id, filters = config.tenant_id, dict(config.filters)
     export_id = config.request_id or context.run.root_run_id or context.run_id
-    partition = monthly_partition(context)
+    partition = tenant_and_month(context)
     if partition:
         # The partition decides tenant and month; the keys are idempotent per partition.
         tenant_id, month = partition
-        filters["date_from"], filters["date_to"] = _month_range(month)
+        filters["date_from"], filters["date_to"] = month_range(month)
         export_id = month[:7]
     try:
         check_notify(config.notify.webhook_url, config.notify.email)
@@ -143,19 +122,24 @@ def count_rows(
             max_rows_per_file=config.max_rows_per_file,
             link_expiry_hours=config.link_expiry_hours,
         )
-        checkpoints = source.checkpoints()
-        try:
-            with explained_on_last_attempt(context):
-                plan = plan_export(source.conninfo, catalog, request, export_settings.prefix, checkpoints)
-        finally:
-            checkpoints.close()
-    except (InvalidRequest, CatalogError, InvalidWebhook) as exc:
+        with explained_on_last_attempt(context):
+            plan = plan_export(
+                source.conninfo,
+                catalog,
+                request,
+                export_settings.prefix,
+                source.checkpoints(),
+                statement_timeout_seconds=export_settings.statement_timeout_seconds,
+            )
+    except TransientError:
+        raise  # NETWORK_RETRY tries again
+    except ExportError as exc:  # the request or the deployment is wrong: no attempt can succeed
         if config.request_id:
             source.requests().mark_failed(config.request_id, str(exc))
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
     if config.request_id:
         source.requests().mark_running(config.request_id, context.run_id, plan.rows_total)
-    context.instance.add_run_tags(context.run_id, {FOLDER_TAG: plan.location.folder})
+    context.instance.add_run_tags(context.run_id, {tags.FOLDER: plan.location.folder})
     if plan.resumed:
         context.log.info(f"resuming export {plan.location.folder}: reusing the cut of an earlier attempt")
     context.add_output_metadata(
@@ -181,7 +165,7 @@ def export_files(
     """Stream the rows into S3 files; progress is logged (and put on the request row) per part."""
     plan = run_plan.plan
     client = s3.get_client()
-    store = source.requests() if run_plan.request_id else None
+    checkpoints = source.checkpoints()
 
     def on_progress(p: ExportProgress) -> None:
         pct = f" ({100 * p.rows_exported / p.rows_total:.1f}%)" if p.rows_total else ""
@@ -189,10 +173,9 @@ def export_files(
             f"progress: {p.rows_exported}/{p.rows_total} rows{pct}, {p.bytes_written} bytes, "
             f"{p.parts_uploaded} parts, {p.files_completed} files done; writing {p.file_key}"
         )
-        if store and run_plan.request_id:
-            store.update_progress(run_plan.request_id, p.rows_exported, p.bytes_written)
+        if run_plan.request_id:
+            source.requests().update_progress(run_plan.request_id, p.rows_exported, p.bytes_written)
 
-    checkpoints = source.checkpoints()
     try:
         # The last attempt aborts its upload on error; earlier ones leave it for the retry to continue.
         with explained_on_last_attempt(context):
@@ -208,14 +191,13 @@ def export_files(
                 on_progress=on_progress,
                 checkpoints=checkpoints,
                 abort_on_error=is_last_attempt(context),
+                statement_timeout_seconds=export_settings.statement_timeout_seconds,
             )
     except S3ConfigurationError as exc:
         # Wrong bucket or credentials: retrying cannot help, say so at once.
         with contextlib.suppress(Exception):  # e.g. there is no bucket to clean up in
             abandon_open_uploads(client, export_settings.bucket, plan.location.folder, checkpoints)
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
-    finally:
-        checkpoints.close()
     context.add_output_metadata(
         {
             "rows": outcome.rows,
@@ -239,14 +221,10 @@ def finalize(
     export_settings: ExportSettings,
 ) -> FinalizedExport:
     """Write manifest.json, drop stale objects, write _SUCCESS, presign the links."""
-    checkpoints = source.checkpoints()
-    try:
-        with explained_on_last_attempt(context):
-            done = finalize_export(
-                s3.get_client(), export_settings.bucket, run_plan.plan, outcome, checkpoints
-            )
-    finally:
-        checkpoints.close()
+    with explained_on_last_attempt(context):
+        done = finalize_export(
+            s3.get_client(), export_settings.bucket, run_plan.plan, outcome, source.checkpoints()
+        )
     metadata: dict[str, Any] = {
         "rows": done.rows,
         "bytes": done.bytes,
@@ -263,59 +241,6 @@ def finalize(
     return done
 
 
-def download_url(done: FinalizedExport) -> str:
-    """One link for the request row: the file, or the manifest when there are several files."""
-    return done.files[0].url if len(done.files) == 1 else done.manifest_url
-
-
-def success_payload(run_plan: RunPlan, done: FinalizedExport) -> dict[str, Any]:
-    req = run_plan.plan.request
-    return {
-        "event": "export.succeeded",
-        "export_id": req.export_id,
-        "tenant_id": req.tenant_id,
-        "resource": req.resource,
-        "rows": done.rows,
-        "bytes": done.bytes,
-        "files": [{"url": f.url, "rows": f.rows, "bytes": f.bytes} for f in done.files],
-        "manifest_url": done.manifest_url,
-        "expires_at": done.expires_at.isoformat(),
-        "error": None,
-    }
-
-
-def deliver(
-    log: Any,
-    notifier: Notifier,
-    payload: dict[str, Any],
-    webhook_url: str | None,
-    email: str | None,
-    email_subject: str,
-    email_body: str,
-) -> str | None:
-    """Send webhook and email; return what went wrong (None if all went well). Never raises."""
-    problems = []
-    if webhook_url:
-        try:
-            check_webhook_url(webhook_url, notifier.allowlist())
-            result = post_webhook(webhook_url, payload, notifier.webhook_secret)
-            if not result.ok:
-                problems.append(f"webhook failed after {result.attempts} attempt(s): {result.error}")
-        except InvalidWebhook as exc:
-            problems.append(str(exc))
-    if email:
-        if not notifier.smtp_url:
-            log.info("email skipped: SMTP_URL is not set")
-        else:
-            try:
-                send_email(notifier.smtp_url, email, email_subject, email_body, sender=notifier.sender)
-            except Exception as exc:  # noqa: BLE001 - a notification never fails the export
-                problems.append(f"email failed: {type(exc).__name__}: {exc}")
-    for p in problems:
-        log.warning(p)
-    return "; ".join(problems) or None
-
-
 @dg.op(tags={"kind": "notify"})
 def notify(
     context: dg.OpExecutionContext,
@@ -326,9 +251,8 @@ def notify(
 ) -> FinalizedExport:
     """Mark the request row succeeded, then webhook and email. Failures here are recorded only."""
     req = run_plan.plan.request
-    store = source.requests() if run_plan.request_id else None
-    if store and run_plan.request_id:
-        store.mark_succeeded(
+    if run_plan.request_id:
+        source.requests().mark_succeeded(
             run_plan.request_id,
             rows=done.rows,
             bytes_written=done.bytes,
@@ -336,23 +260,51 @@ def notify(
             download_url=download_url(done),
             expires_at=done.expires_at,
         )
-    body = (
-        f"Your export of {req.resource} is ready: {done.rows} rows in {len(done.files)} file(s).\n\n"
-        + "\n".join(f.url for f in done.files)
-        + f"\n\nThe link(s) expire at {done.expires_at:%Y-%m-%d %H:%M} UTC.\n"
+    payload = webhook_payload(
+        SUCCEEDED,
+        export_id=req.export_id,
+        tenant_id=req.tenant_id,
+        resource=req.resource,
+        rows=done.rows,
+        bytes_written=done.bytes,
+        done=done,
     )
     problem = deliver(
         context.log,
-        notifier,
-        success_payload(run_plan, done),
+        notifier.channels(),
+        payload,
         run_plan.webhook_url,
         run_plan.email,
         f"Your {req.resource} export is ready",
-        body,
+        ready_email_body(req.resource, done),
     )
-    if store and run_plan.request_id and (run_plan.webhook_url or run_plan.email):
-        store.record_notification(run_plan.request_id, problem)
+    if run_plan.request_id and (run_plan.webhook_url or run_plan.email):
+        source.requests().record_notification(run_plan.request_id, problem)
     context.log.info(
         f"export ready: {done.rows} rows in {len(done.files)} file(s); manifest {done.manifest_key}"
     )
     return done
+
+
+@dg.op(tags={"kind": "s3"})
+def clean_up_exports(
+    context: dg.OpExecutionContext, source: SourceDatabase, s3: ExportS3, export_settings: ExportSettings
+) -> None:
+    """Expire exports past their link expiry (delete their files), abort abandoned uploads and
+    forget checkpoints of exports abandoned for a week."""
+    report = run_janitor(
+        source.requests(),
+        s3.get_client(),
+        export_settings.bucket,
+        export_settings.prefix,
+        export_settings.abort_uploads_after(),
+        source.checkpoints(),
+    )
+    context.add_output_metadata(
+        {
+            "expired_requests": report.expired_requests,
+            "deleted_objects": report.deleted_objects,
+            "aborted_uploads": report.aborted_uploads,
+            "pruned_checkpoints": report.pruned_checkpoints,
+        }
+    )

@@ -1,11 +1,11 @@
-"""Dagster resources: thin wrappers that hand the core its connections and settings.
+"""Dagster resources: thin wrappers that hand the core its connections, stores and settings.
 
-Secrets come from the environment through `EnvVar`; they never appear in run config or logs.
+`resources_from_settings` fills them from `Settings`; secrets go through `dg.EnvVar`, so Dagster
+reads them at run time and they never appear in run config or logs.
 """
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Any
 
@@ -15,24 +15,44 @@ from pydantic import PrivateAttr
 
 from export_pipelines.core.catalog import Catalog, load_catalog
 from export_pipelines.core.checkpoints import CheckpointStore
+from export_pipelines.core.delivery import Channels
+from export_pipelines.core.notify import parse_allowlist
 from export_pipelines.core.request_store import RequestStore
 from export_pipelines.core.s3 import make_s3_client
+from export_pipelines.settings import Settings
 
 
 class SourceDatabase(dg.ConfigurableResource):
-    """The tenant database (and the `export_requests` queue)."""
+    """The tenant database, and the stores kept in it (export_requests, checkpoints).
+
+    Each store is opened once per run (or sensor tick), on first use, and closed when Dagster
+    tears the resource down: a run used to open a connection per progress update."""
 
     url: str
+    _requests: RequestStore | None = PrivateAttr(default=None)
+    _checkpoints: CheckpointStore | None = PrivateAttr(default=None)
 
     @property
     def conninfo(self) -> str:
         return self.url
 
     def requests(self) -> RequestStore:
-        return RequestStore(self.url).migrate_once()
+        if self._requests is None:
+            self._requests = RequestStore(self.url).migrate_once()
+        return self._requests
 
     def checkpoints(self) -> CheckpointStore:
-        return CheckpointStore(self.url).migrate_once()
+        if self._checkpoints is None:
+            self._checkpoints = CheckpointStore(self.url).migrate_once()
+        return self._checkpoints
+
+    def close_stores(self) -> None:
+        for store in (self._requests, self._checkpoints):
+            if store is not None:
+                store.close()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close_stores()
 
 
 class ExportS3(S3Resource):
@@ -71,6 +91,7 @@ class ExportSettings(dg.ConfigurableResource):
     part_size_mib: int = 8
     max_parts_in_flight: int = 3
     abort_uploads_after_hours: int = 24  # janitor: multipart uploads older than this are aborted
+    statement_timeout_seconds: float | None = None  # of export queries; None: the core's default
 
     def catalog(self) -> Catalog:
         return load_catalog(self.catalog_path or None)
@@ -88,34 +109,38 @@ class Notifier(dg.ConfigurableResource):
     sender: str = "exports@localhost"
 
     def allowlist(self) -> tuple[str, ...]:
-        return tuple(h.strip().lower() for h in self.webhook_allowlist.split(",") if h.strip())
+        return parse_allowlist(self.webhook_allowlist)
+
+    def channels(self) -> Channels:
+        return Channels(self.webhook_secret, self.allowlist(), self.smtp_url, self.sender)
 
 
-def _optional_env(name: str) -> Any:
-    # EnvVar keeps the value out of the run config; optional variables may be unset (e.g. no
-    # AWS_ENDPOINT_URL on AWS, no static keys with an instance role).
-    return dg.EnvVar(name) if os.environ.get(name) else None
+def _secret(name: str, value: str | None) -> Any:
+    # EnvVar keeps the value out of the run config; optional secrets may be unset (no static
+    # keys with an instance role, no SMTP server).
+    return dg.EnvVar(name) if value else None
 
 
-def default_resources() -> dict[str, Any]:
+def resources_from_settings(settings: Settings) -> dict[str, Any]:
     return {
         "source": SourceDatabase(url=dg.EnvVar("SOURCE_DATABASE_URL")),
         "s3": ExportS3(
-            endpoint_url=_optional_env("AWS_ENDPOINT_URL"),
-            region_name=os.environ.get("AWS_REGION", "us-east-1"),
-            aws_access_key_id=_optional_env("AWS_ACCESS_KEY_ID"),
-            aws_secret_access_key=_optional_env("AWS_SECRET_ACCESS_KEY"),
-            aws_session_token=_optional_env("AWS_SESSION_TOKEN"),
+            endpoint_url=settings.aws_endpoint_url,
+            region_name=settings.aws_region,
+            aws_access_key_id=_secret("AWS_ACCESS_KEY_ID", settings.aws_access_key_id),
+            aws_secret_access_key=_secret("AWS_SECRET_ACCESS_KEY", settings.aws_secret_access_key),
+            aws_session_token=_secret("AWS_SESSION_TOKEN", settings.aws_session_token),
             max_attempts=6,
         ),
         "export_settings": ExportSettings(
             bucket=dg.EnvVar("EXPORT_BUCKET"),
-            prefix=os.environ.get("EXPORT_PREFIX", "exports"),
-            catalog_path=_optional_env("EXPORT_CATALOG"),
+            prefix=settings.prefix,
+            catalog_path=settings.catalog_path,
+            statement_timeout_seconds=settings.statement_timeout_seconds,
         ),
         "notifier": Notifier(
             webhook_secret=dg.EnvVar("EXPORT_WEBHOOK_SECRET"),
-            smtp_url=_optional_env("SMTP_URL"),
-            webhook_allowlist=os.environ.get("EXPORT_WEBHOOK_ALLOWLIST", ""),
+            smtp_url=_secret("SMTP_URL", settings.smtp_url),
+            webhook_allowlist=",".join(settings.webhook_allowlist),
         ),
     }

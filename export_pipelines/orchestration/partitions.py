@@ -1,0 +1,53 @@
+"""Tenant x month partitions: their definitions, keys, and the month a key stands for."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from export_pipelines.orchestration import tags
+
+TENANT_PARTITIONS = dg.DynamicPartitionsDefinition(name="tenants")
+TENANT_PARTITIONS_NAME = TENANT_PARTITIONS.name or "tenants"
+MONTH = "month"
+
+
+def monthly_partitions(months_from: str) -> dg.MultiPartitionsDefinition:
+    """Tenant x month, months from `months_from` (EXPORT_MONTHS_FROM)."""
+    return dg.MultiPartitionsDefinition(
+        {tags.TENANT: TENANT_PARTITIONS, MONTH: dg.MonthlyPartitionsDefinition(start_date=months_from)}
+    )
+
+
+def monthly_key(tenant: str, month: str) -> dg.MultiPartitionKey:
+    return dg.MultiPartitionKey({tags.TENANT: tenant, MONTH: month})
+
+
+def tenant_of_key(partition_key: str) -> str:
+    """The tenant of a "month|tenant" key (multi-partition dimensions are sorted by name)."""
+    return partition_key.split("|", 1)[1] if "|" in partition_key else ""
+
+
+def tenant_and_month(context: dg.OpExecutionContext) -> tuple[str, str] | None:
+    """(tenant, month start 'YYYY-MM-DD') of a tenant x month partition, else None."""
+    if not context.has_partition_key:
+        return None
+    keys = getattr(context.partition_key, "keys_by_dimension", None)
+    if not keys or MONTH not in keys or tags.TENANT not in keys:
+        return None
+    return keys[tags.TENANT], keys[MONTH]
+
+
+def month_range(month: str) -> tuple[str, str]:
+    """[start, end) of the month starting at `month`, as ISO 8601 UTC timestamps."""
+    start = datetime.fromisoformat(month).replace(tzinfo=UTC)
+    end = start.replace(year=start.year + (start.month == 12), month=start.month % 12 + 1)
+    return start.isoformat(), end.isoformat()
+
+
+def previous_month(moment: datetime) -> str:
+    """'YYYY-MM-01' of the month before `moment`'s (in UTC)."""
+    first = moment.astimezone(UTC).replace(day=1)
+    prev = first.replace(year=first.year - (first.month == 1), month=(first.month - 2) % 12 + 1)
+    return prev.strftime("%Y-%m-01")

@@ -1,0 +1,54 @@
+# No `from __future__ import annotations` here: Dagster reads the schedule's annotations at runtime.
+"""Schedules: the monthly enterprise dump and the daily janitor."""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from export_pipelines.core.tenants import list_tenants
+from export_pipelines.orchestration import tags
+from export_pipelines.orchestration.jobs import janitor_job
+from export_pipelines.orchestration.partitions import TENANT_PARTITIONS_NAME, monthly_key, previous_month
+from export_pipelines.orchestration.resources import ExportSettings, SourceDatabase
+
+
+def build_monthly_schedule(monthly_job: dg.JobDefinition) -> dg.ScheduleDefinition:
+    """The schedule of the monthly job (built from settings, so the schedule is too)."""
+
+    @dg.schedule(
+        name="monthly_enterprise_export_schedule",
+        job=monthly_job,
+        cron_schedule="0 2 1 * *",
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="On the 1st at 02:00 UTC: the previous month for every enterprise tenant.",
+    )
+    def monthly_enterprise_export_schedule(
+        context: dg.ScheduleEvaluationContext, source: SourceDatabase, export_settings: ExportSettings
+    ) -> list[dg.RunRequest]:
+        month = previous_month(context.scheduled_execution_time or datetime.now(UTC))
+        tenants = list_tenants(source.conninfo, export_settings.catalog(), enterprise_only=True)
+        have = set(context.instance.get_dynamic_partitions(TENANT_PARTITIONS_NAME))
+        if missing := [t for t in tenants if t not in have]:
+            context.instance.add_dynamic_partitions(TENANT_PARTITIONS_NAME, missing)
+        # Run config comes from the job's partitioned config (run_config.export_run_config).
+        return [
+            dg.RunRequest(
+                run_key=f"{month}|{tenant}",
+                partition_key=monthly_key(tenant, month),
+                tags={tags.TENANT: tenant},
+            )
+            for tenant in tenants
+        ]
+
+    return monthly_enterprise_export_schedule
+
+
+janitor_schedule = dg.ScheduleDefinition(
+    name="janitor_schedule",
+    job=janitor_job,
+    cron_schedule="0 3 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Daily at 03:00 UTC: expire old exports and abort abandoned multipart uploads.",
+)

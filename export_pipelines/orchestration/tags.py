@@ -1,0 +1,11 @@
+"""Every run tag the project sets or reads, in one place."""
+
+# The tenant a run exports for; dagster.yaml limits runs per unique value of this tag.
+TENANT = "tenant"
+# The export_requests row a run serves, and which attempt of it (the run key is id:attempt).
+REQUEST_ID = "export/request_id"
+ATTEMPT = "export/attempt"
+# The export's S3 folder, set by count_rows: lets the failure sensor clean up a dead run's uploads.
+FOLDER = "export/folder"
+# Dagster's own: set on a failed run once the daemon decided whether it will be retried.
+WILL_RETRY = "dagster/will_retry"

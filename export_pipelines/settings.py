@@ -1,0 +1,101 @@
+"""Every environment variable the project reads, read in one place (README "Configuration").
+
+`Settings.from_env()` is called when the definitions are built and by the CLI, never at import
+time. The Dagster resources take secrets (database URL, AWS keys, webhook secret, SMTP URL) through
+`dg.EnvVar`, so those values are read by Dagster at run time and never land in run config; the
+fields here say whether they are set.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from export_pipelines.core.errors import ConfigurationError
+from export_pipelines.core.notify import parse_allowlist
+
+# PostgreSQL's units for statement_timeout; a bare number is milliseconds, as in PostgreSQL.
+_TIMEOUT_UNITS = {"us": 1e-6, "ms": 1e-3, "": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_TIMEOUT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d|)\s*$")
+
+
+def parse_statement_timeout(text: str) -> float | None:
+    """EXPORT_STATEMENT_TIMEOUT ("300s", "200ms", "5min") in seconds; empty means the default."""
+    if not text.strip():
+        return None
+    match = _TIMEOUT.match(text)
+    if not match:
+        raise ConfigurationError(
+            f"EXPORT_STATEMENT_TIMEOUT: {text!r} is not a duration like 300s, 200ms or 5min"
+        )
+    return float(match.group(1)) * _TIMEOUT_UNITS[match.group(2)]
+
+
+def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+    text = environ.get(name, "").strip()
+    try:
+        return int(text) if text else default
+    except ValueError:
+        raise ConfigurationError(f"{name}: {text!r} is not a whole number") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The deployment's settings. Optional values are None when the variable is unset or empty."""
+
+    source_database_url: str | None = None  # SOURCE_DATABASE_URL (secret: it holds the password)
+    aws_endpoint_url: str | None = None  # AWS_ENDPOINT_URL: an S3-compatible server; None on AWS
+    aws_region: str = "us-east-1"  # AWS_REGION
+    aws_access_key_id: str | None = None  # AWS_ACCESS_KEY_ID (None: boto3's chain, e.g. a role)
+    aws_secret_access_key: str | None = None  # AWS_SECRET_ACCESS_KEY (secret)
+    aws_session_token: str | None = None  # AWS_SESSION_TOKEN (secret)
+    bucket: str | None = None  # EXPORT_BUCKET
+    prefix: str = "exports"  # EXPORT_PREFIX
+    catalog_path: str | None = None  # EXPORT_CATALOG (None: the packaged demo catalog)
+    webhook_secret: str | None = None  # EXPORT_WEBHOOK_SECRET (secret)
+    webhook_allowlist: tuple[str, ...] = ()  # EXPORT_WEBHOOK_ALLOWLIST, comma-separated hosts
+    smtp_url: str | None = None  # SMTP_URL (secret: it may hold a password)
+    statement_timeout_seconds: float | None = None  # EXPORT_STATEMENT_TIMEOUT (None: the core's 300 s)
+    sensor_interval_seconds: int = 5  # EXPORT_SENSOR_INTERVAL_SECONDS
+    months_from: str = "2024-01-01"  # EXPORT_MONTHS_FROM: first month of the monthly partitions
+    monthly_resource: str = "orders"  # EXPORT_MONTHLY_RESOURCE
+    monthly_format: str = "csv"  # EXPORT_MONTHLY_FORMAT
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        def text(name: str) -> str | None:
+            return environ.get(name, "").strip() or None
+
+        return cls(
+            source_database_url=text("SOURCE_DATABASE_URL"),
+            aws_endpoint_url=text("AWS_ENDPOINT_URL"),
+            aws_region=text("AWS_REGION") or cls.aws_region,
+            aws_access_key_id=text("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=text("AWS_SECRET_ACCESS_KEY"),
+            aws_session_token=text("AWS_SESSION_TOKEN"),
+            bucket=text("EXPORT_BUCKET"),
+            prefix=text("EXPORT_PREFIX") or cls.prefix,
+            catalog_path=text("EXPORT_CATALOG"),
+            webhook_secret=text("EXPORT_WEBHOOK_SECRET"),
+            webhook_allowlist=parse_allowlist(environ.get("EXPORT_WEBHOOK_ALLOWLIST", "")),
+            smtp_url=text("SMTP_URL"),
+            statement_timeout_seconds=parse_statement_timeout(environ.get("EXPORT_STATEMENT_TIMEOUT", "")),
+            sensor_interval_seconds=_int(
+                environ, "EXPORT_SENSOR_INTERVAL_SECONDS", cls.sensor_interval_seconds
+            ),
+            months_from=text("EXPORT_MONTHS_FROM") or cls.months_from,
+            monthly_resource=text("EXPORT_MONTHLY_RESOURCE") or cls.monthly_resource,
+            monthly_format=text("EXPORT_MONTHLY_FORMAT") or cls.monthly_format,
+        )
+
+    def require_source_database_url(self) -> str:
+        if not self.source_database_url:
+            raise ConfigurationError("SOURCE_DATABASE_URL is not set (run `source scripts/env.sh` first)")
+        return self.source_database_url
+
+    def require_bucket(self) -> str:
+        if not self.bucket:
+            raise ConfigurationError("EXPORT_BUCKET is not set (run `source scripts/env.sh` first)")
+        return self.bucket
