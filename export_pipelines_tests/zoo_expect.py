@@ -13,8 +13,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from export_pipelines.core.exporter import plan_export, run_export
+from export_pipelines.core.exporter import run_export
 from export_pipelines.core.manifest import clear_success_marker, finalize_export
+from export_pipelines.core.plan import plan_export
 from export_pipelines.core.request import build_request
 from export_pipelines_tests import type_zoo
 from export_pipelines_tests.readback import get_bytes, read_manifest

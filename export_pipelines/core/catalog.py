@@ -1,4 +1,4 @@
-"""The catalog: the only tables, columns and filters an export may touch (DESIGN 3.2)."""
+"""The catalog: the only tables, columns and filters an export may touch (README "The catalog")."""
 
 from __future__ import annotations
 
@@ -178,10 +178,9 @@ def parse_catalog(data: Any, source: str = "<memory>") -> Catalog:
 
 
 def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
-    """Load and validate the catalog from `path`, else EXPORT_CATALOG, else the packaged demo."""
-    chosen = path or os.environ.get("EXPORT_CATALOG")
-    if chosen:
-        p = Path(chosen)
+    """Load and validate the catalog from `path` (the EXPORT_CATALOG setting), else the packaged demo."""
+    if path:
+        p = Path(path)
         if not p.is_file():
             raise CatalogError(f"EXPORT_CATALOG: no such file {str(p)!r}")
         text, source = p.read_text(encoding="utf-8"), str(p)

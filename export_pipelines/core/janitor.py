@@ -8,7 +8,7 @@ from typing import Any
 
 from export_pipelines.core.checkpoints import CheckpointStore
 from export_pipelines.core.request_store import RequestStore
-from export_pipelines.core.s3 import abort_uploads
+from export_pipelines.core.s3 import abort_uploads, delete_prefix
 
 
 @dataclass(frozen=True)
@@ -17,19 +17,6 @@ class JanitorReport:
     deleted_objects: int
     aborted_uploads: int
     pruned_checkpoints: int = 0
-
-
-def delete_folder(client: Any, bucket: str, folder: str) -> int:
-    """Delete every object under `folder` (which ends with '/'); returns how many."""
-    if not folder.endswith("/"):
-        raise ValueError("folder must end with '/' so it cannot match a sibling prefix")
-    deleted = 0
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if keys:
-            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
-            deleted += len(keys)
-    return deleted
 
 
 # An export untouched this long will not be resumed: its uploads were aborted long before.
@@ -47,7 +34,7 @@ def run_janitor(
     expired = deleted = 0
     for req in store.expired():
         if req.manifest_key:
-            deleted += delete_folder(client, bucket, req.manifest_key.rsplit("/", 1)[0] + "/")
+            deleted += delete_prefix(client, bucket, req.manifest_key.rsplit("/", 1)[0] + "/")
         if store.mark_expired(req.id):
             expired += 1
     aborted = abort_uploads(

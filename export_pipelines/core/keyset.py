@@ -75,10 +75,16 @@ def _wait_result(pgconn: pq.abc.PGconn, expected: pq.ExecStatus) -> None:
 class PgCsvSource:
     """CSV bytes straight from PostgreSQL's COPY, in chunks of about CHUNK_BYTES."""
 
-    def __init__(self, conninfo: str, query: ExportQuery, high_water_mark: Any) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        query: ExportQuery,
+        high_water_mark: Any,
+        statement_timeout_seconds: float | None = None,
+    ) -> None:
         self.query = query
         self.hwm = high_water_mark
-        self.conn = connect(conninfo, autocommit=False)
+        self.conn = connect(conninfo, autocommit=False, statement_timeout_seconds=statement_timeout_seconds)
         self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
 
     def begin_file(self) -> str:
@@ -139,7 +145,13 @@ class ArrowSource:
     ADBC's low-level API is used because its DB-API module imports pandas (~55 MB of RSS).
     """
 
-    def __init__(self, conninfo: str, query: ExportQuery, high_water_mark: Any) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        query: ExportQuery,
+        high_water_mark: Any,
+        statement_timeout_seconds: float | None = None,
+    ) -> None:
         import adbc_driver_manager
         import adbc_driver_postgresql
 
@@ -147,10 +159,10 @@ class ArrowSource:
         self._adm = adbc_driver_manager
         self.query = query
         self.hwm = high_water_mark
-        self.bounds = PgCsvSource(conninfo, query, high_water_mark)
+        self.bounds = PgCsvSource(conninfo, query, high_water_mark, statement_timeout_seconds)
         self._db = adbc_driver_postgresql.connect(conninfo)
         self._conn = adbc_driver_manager.AdbcConnection(self._db)
-        for name, value in session_settings().items():
+        for name, value in session_settings(statement_timeout_seconds).items():
             self._execute(f"SET {name} = '{value}'")
         self._in_tx = False
 

@@ -16,11 +16,12 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from export_pipelines.core.checkpoints import CheckpointStore
-from export_pipelines.core.encoders import encoder_class
 from export_pipelines.core.encoders.xlsx import sheet_layout
-from export_pipelines.core.exporter import ExportOutcome, ExportPlan, FileResult, attachment, download_name
-from export_pipelines.core.layout import ExportLocation
-from export_pipelines.core.s3 import abort_uploads, explain
+from export_pipelines.core.formats import format_spec
+from export_pipelines.core.layout import ExportLocation, attachment, download_name, file_extension
+from export_pipelines.core.plan import ExportPlan
+from export_pipelines.core.results import ExportOutcome, FileResult
+from export_pipelines.core.s3 import abort_uploads, delete_prefix, explain
 from export_pipelines.core.type_contract import describe
 
 MANIFEST_VERSION = 1
@@ -101,7 +102,7 @@ def build_manifest(plan: ExportPlan, outcome: ExportOutcome) -> dict[str, Any]:
             "after a crash names both); rows with "
             f"{plan.key_column} above high_water_mark, fixed when the export was planned, are excluded"
         ),
-        "resumable_at": "part" if encoder_class(req.format).resumable else "file",
+        "resumable_at": format_spec(req.format).resumable_at,
         "rows_total": outcome.rows,
         "bytes_total": outcome.bytes,
         "created_at": datetime.now(UTC).isoformat(),
@@ -147,18 +148,9 @@ def finalize_export(
             ContentType="application/json",
             **put,
         )
-        keep = {f.key for f in outcome.files} | {loc.manifest_key, loc.success_key}
-        stale = [
-            obj["Key"]
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=loc.folder)
-            for obj in page.get("Contents", [])
-            if obj["Key"] not in keep
-        ]
-        for start in range(0, len(stale), 1000):
-            client.delete_objects(
-                Bucket=bucket,
-                Delete={"Objects": [{"Key": k} for k in stale[start : start + 1000]], "Quiet": True},
-            )
+        # Stale objects: files of an earlier attempt that made more of them.
+        keep = frozenset({f.key for f in outcome.files} | {loc.manifest_key, loc.success_key})
+        delete_prefix(client, bucket, loc.folder, keep)
         # No upload may stay open beside a complete export (e.g. a superseded attempt's).
         abort_uploads(client, bucket, loc.folder)
         client.put_object(Key=loc.success_key, Body=b"", **put)
@@ -171,11 +163,11 @@ def finalize_export(
     expires_at = datetime.now(UTC) + expiry
     links = []
     for number, f in enumerate(outcome.files, start=1):
-        ext = f.key.rsplit("/", 1)[-1].split(".", 1)[1]
+        filename = download_name(loc, number, file_extension(f.key))
         links.append(
             FileLink(
                 f.key,
-                presign(client, bucket, f.key, download_name(plan, number, ext), expiry),
+                presign(client, bucket, f.key, filename, expiry),
                 f.rows,
                 f.bytes,
             )

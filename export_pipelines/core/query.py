@@ -6,7 +6,6 @@ the column, so the (tenant, key) index serves every statement.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +13,12 @@ import psycopg
 from psycopg import sql
 
 from export_pipelines.core.catalog import InvalidRequest, ResourceSpec
+from export_pipelines.core.columns import ColumnInfo
 
 if TYPE_CHECKING:  # request imports the encoders, which import ColumnInfo from here
     from export_pipelines.core.request import ExportRequest
+
+DEFAULT_STATEMENT_TIMEOUT_SECONDS = 300
 
 # Session settings every export connection uses: UTC instants, ISO dates, and bounds that
 # protect the database from a runaway export.
@@ -26,34 +28,29 @@ SESSION_SETTINGS: dict[str, str] = {
     "IntervalStyle": "iso_8601",
     "extra_float_digits": "1",
     "bytea_output": "hex",
-    "statement_timeout": "300s",
+    "statement_timeout": f"{DEFAULT_STATEMENT_TIMEOUT_SECONDS}s",
     "idle_in_transaction_session_timeout": "600s",
     "application_name": "export_pipelines",
 }
 
 
-@dataclass(frozen=True)
-class ColumnInfo:
-    name: str
-    pg_type: str  # format_type(), e.g. 'numeric(12,2)', 'timestamp with time zone'
-    type_name: str  # pg_type.typname of the base type, e.g. 'numeric', 'timestamptz', '_int4'
-    typmod: int
+def session_settings(statement_timeout_seconds: float | None = None) -> dict[str, str]:
+    """SESSION_SETTINGS, with the statement timeout an operator chose (None: the default)."""
+    if statement_timeout_seconds is None:
+        return dict(SESSION_SETTINGS)
+    return {**SESSION_SETTINGS, "statement_timeout": f"{round(statement_timeout_seconds * 1000)}ms"}
 
 
-def session_settings() -> dict[str, str]:
-    """SESSION_SETTINGS, with the statement timeout an operator may set in EXPORT_STATEMENT_TIMEOUT."""
-    timeout = os.environ.get("EXPORT_STATEMENT_TIMEOUT", "").strip()
-    return {**SESSION_SETTINGS, **({"statement_timeout": timeout} if timeout else {})}
-
-
-def session_options(settings: dict[str, str] | None = None) -> str:
+def session_options(settings: dict[str, str]) -> str:
     """libpq `options` string that applies the session settings at connect time."""
-    merged = {**session_settings(), **(settings or {})}
-    return " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in merged.items())
+    return " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in settings.items())
 
 
-def connect(conninfo: str, *, autocommit: bool = True, **settings: str) -> psycopg.Connection:
-    return psycopg.connect(conninfo, autocommit=autocommit, options=session_options(settings))
+def connect(
+    conninfo: str, *, autocommit: bool = True, statement_timeout_seconds: float | None = None
+) -> psycopg.Connection:
+    options = session_options(session_settings(statement_timeout_seconds))
+    return psycopg.connect(conninfo, autocommit=autocommit, options=options)
 
 
 def introspect_columns(conn: psycopg.Connection, spec: ResourceSpec) -> dict[str, ColumnInfo]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from export_pipelines.core.query import ColumnInfo
+from export_pipelines.core.columns import ColumnInfo
 from export_pipelines.core.type_contract import category
 
 # Excel keeps 15 significant digits; its numbers stop near 1e-307 / 1e308.

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from export_pipelines.core.catalog import Catalog, InvalidRequest, allowed, shown
-from export_pipelines.core.encoders import encoder_class, formats
+from export_pipelines.core.formats import format_names, format_spec
 from export_pipelines.core.notify import InvalidWebhook, check_webhook_url
 
 # Export ids become one S3 key segment: keep them to a safe alphabet.
@@ -146,14 +146,14 @@ def build_request(
         )
     spec = catalog.resource(resource)
 
-    if not isinstance(format, str) or format not in formats():
-        raise InvalidRequest("format", f"unknown format {shown(format)}; allowed: {allowed(formats())}")
-    enc = encoder_class(format)
-    comp = enc.default_compression if compression in (None, "") else compression
-    if not isinstance(comp, str) or comp not in enc.compressions:
+    if not isinstance(format, str) or format not in format_names():
+        raise InvalidRequest("format", f"unknown format {shown(format)}; allowed: {allowed(format_names())}")
+    fmt = format_spec(format)
+    comp = fmt.default_compression if compression in (None, "") else compression
+    if not isinstance(comp, str) or comp not in fmt.compressions:
         raise InvalidRequest(
             "compression",
-            f"{shown(compression)} is not available for {format}; allowed: {allowed(enc.compressions)}",
+            f"{shown(compression)} is not available for {format}; allowed: {allowed(fmt.compressions)}",
         )
 
     if columns is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,10 +18,6 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from export_pipelines.core.errors import S3ConfigurationError
-
-MIN_PART_SIZE = 5 * 1024 * 1024
-MAX_PARTS = 10_000
-PART_GROWTH_EVERY = 1_000  # the part size doubles every 1,000 parts: 10,000 parts reach ~5 TB
 
 _CONFIG_ERRORS = {
     "NoSuchBucket": "the bucket does not exist (check EXPORT_BUCKET)",
@@ -56,7 +51,10 @@ def make_s3_client(
     max_pool_connections: int = 16,
     read_timeout: float = 120,
 ) -> Any:
-    """A boto3 S3 client that signs SigV4 (presigned URLs included) and retries transient errors."""
+    """A boto3 S3 client that signs SigV4 (presigned URLs included) and retries transient errors.
+
+    Reads no environment variable itself (the caller's settings pass them); with no keys given,
+    boto3's own credential chain applies."""
     config = Config(
         signature_version="s3v4",
         retries={"mode": "standard", "max_attempts": max_attempts},
@@ -71,18 +69,13 @@ def make_s3_client(
     )
     return boto3.session.Session().client(
         "s3",
-        endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
-        region_name=region_name or os.environ.get("AWS_REGION") or "us-east-1",
+        endpoint_url=endpoint_url or None,
+        region_name=region_name or "us-east-1",
         aws_access_key_id=aws_access_key_id,
         aws_secret_access_key=aws_secret_access_key,
         aws_session_token=aws_session_token,
         config=config,
     )
-
-
-def part_size_for(part_number: int, base: int) -> int:
-    """Target size of part `part_number` (1-based): grows so a file never needs 10,000+ parts."""
-    return max(base, MIN_PART_SIZE) * (2 ** ((part_number - 1) // PART_GROWTH_EVERY))
 
 
 @dataclass(frozen=True)
@@ -257,6 +250,26 @@ def open_uploads(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         out.extend(page.get("Uploads", []))
     return out
+
+
+DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
+
+
+def delete_prefix(client: Any, bucket: str, prefix: str, keep: frozenset[str] = frozenset()) -> int:
+    """Delete every object under `prefix` (which must end with '/') except the keys in `keep`;
+    returns how many. The keys are listed first, then deleted in batches of 1,000."""
+    if not prefix.endswith("/"):
+        raise ValueError("prefix must end with '/' so it cannot match a sibling prefix")
+    keys = [
+        obj["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for obj in page.get("Contents", [])
+        if obj["Key"] not in keep
+    ]
+    for start in range(0, len(keys), DELETE_BATCH):
+        batch = keys[start : start + DELETE_BATCH]
+        client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+    return len(keys)
 
 
 def object_sha256(client: Any, bucket: str, key: str) -> str:

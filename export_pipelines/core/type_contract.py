@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from export_pipelines.core.query import ColumnInfo
+from export_pipelines.core.columns import ColumnInfo
 
-# Formats as the contract groups them: csv_excel differs from csv only where it says so.
-CONTRACT_FORMATS = ("csv", "csv_excel", "json", "parquet", "xlsx")
-# Encoder format name -> contract column (jsonl and json share one rendering).
+# Format name -> the contract column it follows (jsonl and json share one rendering; csv_excel
+# differs from csv only where it says so).
 FORMAT_COLUMN = {
     "csv": "csv",
     "csv_excel": "csv_excel",

@@ -22,3 +22,14 @@ def zoo(source_url):
 @pytest.fixture(scope="module")
 def pg_rows(zoo, source_url) -> dict[str, list[dict[str, Any]]]:
     return load_pg_rows(source_url)
+
+
+@pytest.fixture(scope="session")
+def s3_client_settings(stack_env: dict[str, str]) -> dict[str, Any]:
+    """make_s3_client's keyword arguments for the local stack (the core reads no environment)."""
+    return {
+        "endpoint_url": stack_env["AWS_ENDPOINT_URL"],
+        "region_name": stack_env.get("AWS_REGION"),
+        "aws_access_key_id": stack_env["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": stack_env["AWS_SECRET_ACCESS_KEY"],
+    }

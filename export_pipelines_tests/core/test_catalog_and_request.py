@@ -17,13 +17,12 @@ def test_packaged_catalog_loads(catalog):
     assert catalog.tenants is not None and catalog.tenants.enterprise_value == "enterprise"
 
 
-def test_catalog_from_env_file(tmp_path: Path, monkeypatch):
+def test_catalog_from_file(tmp_path: Path):
     path = tmp_path / "catalog.yaml"
     path.write_text(
         "resources:\n  things:\n    table: things\n    tenant_column: t\n    key: id\n    columns: [id, t]\n"
     )
-    monkeypatch.setenv("EXPORT_CATALOG", str(path))
-    cat = load_catalog()
+    cat = load_catalog(path)
     assert list(cat.resources) == ["things"]
     assert str(cat.resource("things").table) == "public.things"
 
@@ -59,10 +58,9 @@ def test_invalid_catalog_is_rejected_at_load(tmp_path: Path, yaml_text: str, mes
         parse_catalog(yaml.safe_load(yaml_text), "test.yaml")
 
 
-def test_missing_catalog_file_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("EXPORT_CATALOG", "/nonexistent/catalog.yaml")
+def test_missing_catalog_file_is_a_clear_error():
     with pytest.raises(CatalogError, match="EXPORT_CATALOG"):
-        load_catalog()
+        load_catalog("/nonexistent/catalog.yaml")
 
 
 @pytest.mark.parametrize(

@@ -13,13 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from export_pipelines.core.columns import ColumnInfo
 from export_pipelines.core.encoders import encoder_class, formats, xlsx, zipstream
 from export_pipelines.core.encoders.csv import CsvEncoder
 from export_pipelines.core.encoders.csv_excel import CsvExcelEncoder
 from export_pipelines.core.encoders.json_array import JsonArrayEncoder
 from export_pipelines.core.encoders.parquet import ParquetEncoder
 from export_pipelines.core.encoders.xlsx import XlsxEncoder
-from export_pipelines.core.query import ColumnInfo
 
 COLS = [
     ColumnInfo("id", "bigint", "int8", -1),

@@ -13,8 +13,9 @@ from typing import Any
 import openpyxl
 import pytest
 
-from export_pipelines.core.exporter import plan_export, run_export
+from export_pipelines.core.exporter import run_export
 from export_pipelines.core.manifest import clear_success_marker, finalize_export
+from export_pipelines.core.plan import plan_export
 from export_pipelines.core.request import build_request
 from export_pipelines.core.s3 import make_s3_client, open_uploads
 from export_pipelines_tests.readback import csv_rows, get_bytes, parquet_table, read_manifest
@@ -225,8 +226,8 @@ class _FailOnPart:
             raise ConnectionResetError("injected: connection reset during UploadPart")
 
 
-def test_s3_failure_mid_export_aborts_the_upload(catalog, source_url, bucket, prefix):
-    client = make_s3_client(max_attempts=1)
+def test_s3_failure_mid_export_aborts_the_upload(catalog, source_url, bucket, prefix, s3_client_settings):
+    client = make_s3_client(max_attempts=1, **s3_client_settings)
     client.meta.events.register("before-send.s3.UploadPart", _FailOnPart(2))
     with pytest.raises(Exception, match="injected"):
         export(

@@ -16,9 +16,11 @@ import psycopg
 import pytest
 
 from export_pipelines.core.checkpoints import CheckpointStore
-from export_pipelines.core.exporter import ExportOutcome, plan_export, run_export
+from export_pipelines.core.exporter import run_export
 from export_pipelines.core.manifest import clear_success_marker, finalize_export
+from export_pipelines.core.plan import plan_export
 from export_pipelines.core.request import build_request
+from export_pipelines.core.results import ExportOutcome
 from export_pipelines.core.s3 import open_uploads
 from export_pipelines_tests.readback import read_manifest
 
@@ -175,7 +177,7 @@ def test_upload_gone_restarts_the_file(catalog, source_url, s3_client, bucket, p
 
 
 def test_sigkilled_export_process_resumes(
-    catalog, source_url, s3_client, bucket, prefix, checkpoints, stack_env
+    catalog, source_url, s3_client, bucket, prefix, checkpoints, stack_env, s3_client_settings
 ):
     """A real process, killed with SIGKILL mid-file; the next attempt continues its upload."""
     kwargs = {"format": "csv", "compression": "none"}
@@ -186,7 +188,8 @@ def test_sigkilled_export_process_resumes(
         import time
         from export_pipelines.core.catalog import load_catalog
         from export_pipelines.core.checkpoints import CheckpointStore
-        from export_pipelines.core.exporter import plan_export, run_export
+        from export_pipelines.core.exporter import run_export
+        from export_pipelines.core.plan import plan_export
         from export_pipelines.core.request import build_request
         from export_pipelines.core.s3 import make_s3_client
         catalog = load_catalog()
@@ -195,7 +198,7 @@ def test_sigkilled_export_process_resumes(
         store = CheckpointStore({source_url!r})
         plan = plan_export({source_url!r}, catalog, request, {prefix!r}, checkpoints=store)
         # Slow each part down so the test can kill the process between two of them.
-        run_export(plan, conninfo={source_url!r}, catalog=catalog, s3_client=make_s3_client(),
+        run_export(plan, conninfo={source_url!r}, catalog=catalog, s3_client=make_s3_client(**{s3_client_settings!r}),
                    bucket={bucket!r}, part_size={PART}, checkpoints=store, abort_on_error=False,
                    on_progress=lambda p: time.sleep(1.0))
         """

@@ -13,31 +13,42 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal
 
-from export_pipelines.core.query import ColumnInfo, ExportQuery
+from export_pipelines.core.columns import ColumnInfo
+from export_pipelines.core.formats import FormatSpec
+from export_pipelines.core.query import ExportQuery
 
 InputKind = Literal["pg_csv", "arrow"]
 
 
 class Encoder(ABC):
-    format: ClassVar[str]
+    spec: ClassVar[FormatSpec]  # the format's metadata (core/formats.py); set by each format
     input_kind: ClassVar[InputKind]
+    # Copied from `spec` for each format class, so callers can ask the class directly.
+    format: ClassVar[str]
     compressions: ClassVar[tuple[str, ...]]
     default_compression: ClassVar[str]
     resumable: ClassVar[bool]
-    media_type: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "spec" in cls.__dict__:
+            cls.format = cls.spec.name
+            cls.compressions = cls.spec.compressions
+            cls.default_compression = cls.spec.default_compression
+            cls.resumable = cls.spec.resumable
 
     def __init__(self, columns: list[ColumnInfo], compression: str) -> None:
         self.columns = columns
         self.compression = compression
 
     @property
-    @abstractmethod
     def extension(self) -> str:
         """File name extension, e.g. 'csv.gz'."""
+        return self.spec.extensions[self.compression]
 
     @property
     def content_type(self) -> str:
-        return self.media_type
+        return self.spec.content_types[self.compression]
 
     @classmethod
     def render_query(cls, query: ExportQuery) -> ExportQuery:

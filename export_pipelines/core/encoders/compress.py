@@ -23,8 +23,6 @@ ZSTD_LEVEL = 1
 ZSTD_FRAME_BYTES = 1024 * 1024
 
 COMPRESSIONS = ("gzip", "zstd", "none")
-SUFFIX = {"gzip": ".gz", "zstd": ".zst", "none": ""}
-CONTENT_TYPE = {"gzip": "application/gzip", "zstd": "application/zstd"}
 
 
 class Compressor:
@@ -92,23 +90,10 @@ class CompressedTextEncoder(Encoder):
     around the rows."""
 
     input_kind = "pg_csv"
-    compressions = ("gzip", "zstd", "none")
-    default_compression = "gzip"
-    resumable = True
-    file_extension = ""  # e.g. "csv": the compression's suffix is added
 
     def __init__(self, columns: Any, compression: str) -> None:
         super().__init__(columns, compression)
         self._compressor = Compressor(compression)
-
-    @property
-    def extension(self) -> str:
-        return self.file_extension + SUFFIX[self.compression]
-
-    @property
-    def content_type(self) -> str:
-        # No Content-Encoding: the customer downloads the .gz file itself, not a decoded stream.
-        return CONTENT_TYPE.get(self.compression, self.media_type)
 
     def resume(self) -> bytes:
         self._compressor.continue_file()

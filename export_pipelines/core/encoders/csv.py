@@ -11,14 +11,13 @@ independently re-makeable.
 from __future__ import annotations
 
 from export_pipelines.core.encoders.compress import CompressedTextEncoder
+from export_pipelines.core.formats import format_spec
 from export_pipelines.core.query import ExportQuery, RenderedQuery
 from export_pipelines.core.render_sql import base64_of, column_ref
 
 
 class CsvEncoder(CompressedTextEncoder):
-    format = "csv"
-    file_extension = "csv"
-    media_type = "text/csv; charset=utf-8"
+    spec = format_spec("csv")
 
     @classmethod
     def render_query(cls, query: ExportQuery) -> ExportQuery:

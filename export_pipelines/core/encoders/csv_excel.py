@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from export_pipelines.core.encoders.csv import CsvEncoder
+from export_pipelines.core.formats import format_spec
 from export_pipelines.core.query import ExportQuery, RenderedQuery
 from export_pipelines.core.render_sql import excel_csv
 
@@ -23,9 +24,7 @@ BOM = "\ufeff"
 
 
 class CsvExcelEncoder(CsvEncoder):
-    format = "csv_excel"
-    compressions = ("none", "gzip", "zstd")
-    default_compression = "none"  # Excel opens a .csv, not a .csv.gz
+    spec = format_spec("csv_excel")
 
     def __init__(self, columns: Any, compression: str) -> None:
         super().__init__(columns, compression)

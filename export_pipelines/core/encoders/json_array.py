@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from export_pipelines.core.encoders.jsonl import JsonlEncoder
+from export_pipelines.core.formats import format_spec
 
 
 class JsonArrayEncoder(JsonlEncoder):
-    format = "json"
-    file_extension = "json"
-    media_type = "application/json"
+    spec = format_spec("json")
 
     def __init__(self, columns: Any, compression: str) -> None:
         super().__init__(columns, compression)

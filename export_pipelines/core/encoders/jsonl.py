@@ -9,6 +9,7 @@ members or zstd frames per part, as for CSV.
 from __future__ import annotations
 
 from export_pipelines.core.encoders.compress import CompressedTextEncoder
+from export_pipelines.core.formats import format_spec
 from export_pipelines.core.query import ExportQuery, RenderedQuery
 from export_pipelines.core.render_sql import json_value
 
@@ -25,9 +26,7 @@ def json_rows_query(query: ExportQuery) -> RenderedQuery:
 
 
 class JsonlEncoder(CompressedTextEncoder):
-    format = "jsonl"
-    file_extension = "jsonl"
-    media_type = "application/x-ndjson"
+    spec = format_spec("jsonl")
 
     @classmethod
     def render_query(cls, query: ExportQuery) -> ExportQuery:

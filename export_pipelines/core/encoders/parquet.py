@@ -24,9 +24,11 @@ from psycopg import sql
 # files are byte-identical).
 from pyarrow._parquet import ParquetWriter as _ParquetWriter
 
+from export_pipelines.core.columns import ColumnInfo
 from export_pipelines.core.encoders.base import Encoder
+from export_pipelines.core.formats import format_spec
 from export_pipelines.core.memory import release_free_memory
-from export_pipelines.core.query import ColumnInfo, ExportQuery, RenderedQuery
+from export_pipelines.core.query import ExportQuery, RenderedQuery
 from export_pipelines.core.render_sql import column_ref
 from export_pipelines.core.type_contract import category, numeric_precision_scale
 
@@ -166,12 +168,8 @@ class _Buffer:
 
 
 class ParquetEncoder(Encoder):
-    format = "parquet"
+    spec = format_spec("parquet")
     input_kind = "arrow"
-    compressions = ("zstd", "snappy", "none")
-    default_compression = "zstd"
-    resumable = False
-    media_type = "application/vnd.apache.parquet"
 
     def __init__(self, columns: list[ColumnInfo], compression: str) -> None:
         super().__init__(columns, compression)
@@ -181,10 +179,6 @@ class ParquetEncoder(Encoder):
         self._pending_rows = 0
         self._decimals = {c.name: t for c in columns if (t := _numeric_type(c)) is not None}
         self._schema: pa.Schema | None = None
-
-    @property
-    def extension(self) -> str:
-        return "parquet"
 
     @classmethod
     def render_query(cls, query: ExportQuery) -> ExportQuery:

@@ -17,9 +17,11 @@ import re
 import sys
 from typing import Any
 
+from export_pipelines.core.columns import ColumnInfo
 from export_pipelines.core.encoders.base import Encoder
 from export_pipelines.core.encoders.zipstream import ZipStream
-from export_pipelines.core.query import ColumnInfo, ExportQuery, RenderedQuery
+from export_pipelines.core.formats import format_spec
+from export_pipelines.core.query import ExportQuery, RenderedQuery
 from export_pipelines.core.render_sql import TAG_BOOL, TAG_NUMBER, TAG_TEXT, xlsx_tagged
 from export_pipelines.core.type_contract import XLSX_MAX_CELL_CHARS
 
@@ -139,12 +141,8 @@ def _inline(ref: str, text: str, style: str = "") -> str:
 
 
 class XlsxEncoder(Encoder):
-    format = "xlsx"
+    spec = format_spec("xlsx")
     input_kind = "pg_csv"
-    compressions = ("none",)  # an XLSX file is a ZIP archive already
-    default_compression = "none"
-    resumable = False
-    media_type = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
     def __init__(self, columns: list[ColumnInfo], compression: str) -> None:
         super().__init__(columns, compression)
@@ -153,10 +151,6 @@ class XlsxEncoder(Encoder):
         self._sheets = 0
         self._sheet_rows = 0  # data rows in the open sheet
         self._partial = ""  # text after the last complete record (sources send whole rows)
-
-    @property
-    def extension(self) -> str:
-        return "xlsx"
 
     @classmethod
     def render_query(cls, query: ExportQuery) -> ExportQuery:

@@ -1,0 +1,42 @@
+"""What an export run reports: per-file results, progress events and the run's outcome."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class FileResult:
+    key: str
+    rows: int = 0
+    bytes: int = 0
+    sha256: str = ""
+    first_key: Any = None
+    last_key: Any = None
+    parts: int = 0
+    snapshot: str = ""
+    resumed_at_part: int | None = None  # continued by a later attempt from this part number
+
+
+@dataclass
+class ExportProgress:
+    rows_exported: int
+    rows_total: int
+    bytes_written: int
+    parts_uploaded: int
+    files_completed: int
+    file_key: str
+
+
+@dataclass
+class ExportOutcome:
+    files: list[FileResult]
+    output_types: dict[str, str]
+    seconds: float
+    rows: int = field(init=False)
+    bytes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rows = sum(f.rows for f in self.files)
+        self.bytes = sum(f.bytes for f in self.files)
