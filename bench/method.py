@@ -8,6 +8,7 @@ functions tenant_export_job's ops call; `job_csv` runs the job itself (execute_i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -15,23 +16,34 @@ import time
 from pathlib import Path
 
 from export_pipelines.core.catalog import load_catalog
-from export_pipelines.core.exporter import plan_export, run_export
+from export_pipelines.core.exporter import run_export
 from export_pipelines.core.manifest import clear_success_marker, finalize_export
+from export_pipelines.core.plan import plan_export
 from export_pipelines.core.request import build_request
 from export_pipelines.core.s3 import make_s3_client
+from export_pipelines.settings import Settings
 
 COLUMNS = ["id", "tenant_id", "created_at", "status", "amount", "currency", "customer_email", "note", "attrs"]
 
 
 def ours(fmt: str, tenant: str, prefix: str) -> dict:
-    url, bucket = os.environ["SOURCE_DATABASE_URL"], os.environ["EXPORT_BUCKET"]
-    catalog = load_catalog()
-    client = make_s3_client()
+    settings = Settings.from_env()
+    url, bucket = settings.require_source_database_url(), settings.require_bucket()
+    catalog = load_catalog(settings.catalog_path)
+    client = make_s3_client(**settings.s3_client_options())
+    timeout = settings.statement_timeout_seconds
     start = time.perf_counter()
     request = build_request(catalog, tenant_id=tenant, resource="orders", format=fmt, export_id="bench")
-    plan = plan_export(url, catalog, request, prefix)
+    plan = plan_export(url, catalog, request, prefix, statement_timeout_seconds=timeout)
     clear_success_marker(client, bucket, plan.location)
-    outcome = run_export(plan, conninfo=url, catalog=catalog, s3_client=client, bucket=bucket)
+    outcome = run_export(
+        plan,
+        conninfo=url,
+        catalog=catalog,
+        s3_client=client,
+        bucket=bucket,
+        statement_timeout_seconds=timeout,
+    )
     finalize_export(client, bucket, plan, outcome)
     seconds = time.perf_counter() - start
     return {
@@ -45,15 +57,14 @@ def ours(fmt: str, tenant: str, prefix: str) -> dict:
 def job(tenant: str, prefix: str) -> dict:
     import dagster as dg
 
-    from export_pipelines.definitions import defs
+    from export_pipelines.orchestration.definitions import build_definitions
+    from export_pipelines.orchestration.run_config import export_run_config
 
-    os.environ["EXPORT_PREFIX"] = prefix
+    defs = build_definitions(dataclasses.replace(Settings.from_env(), prefix=prefix))
     job_def = defs.resolve_job_def("tenant_export_job")
-    config = {"tenant_id": tenant, "resource": "orders", "format": "csv", "request_id": "bench-job"}
+    config = export_run_config(tenant_id=tenant, resource="orders", format="csv", request_id="bench-job")
     start = time.perf_counter()
-    result = job_def.execute_in_process(
-        run_config={"ops": {"count_rows": {"config": config}}}, instance=dg.DagsterInstance.ephemeral()
-    )
+    result = job_def.execute_in_process(run_config=config, instance=dg.DagsterInstance.ephemeral())
     seconds = time.perf_counter() - start
     done = result.output_for_node("finalize")
     return {"seconds": seconds, "rows": done.rows, "bytes": done.bytes, "keys": [f.key for f in done.files]}
@@ -67,14 +78,15 @@ def ref_parquet(tenant: str, prefix: str) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    bucket, key = os.environ["EXPORT_BUCKET"], f"{prefix}/ref.parquet"
+    settings = Settings.from_env()
+    bucket, key = settings.require_bucket(), f"{prefix}/ref.parquet"
     start = time.perf_counter()
     uploader = subprocess.Popen(
         [sys.executable, os.path.join(os.path.dirname(__file__), "upload_stdin.py"), bucket, key],
         stdin=subprocess.PIPE,
     )
     rows = 0
-    with adbc.connect(os.environ["SOURCE_DATABASE_URL"]) as conn, conn.cursor() as cur:
+    with adbc.connect(settings.require_source_database_url()) as conn, conn.cursor() as cur:
         cur.execute("SET TimeZone = 'UTC'")
         tenant_literal = tenant.replace("'", "''")
         cur.execute(
@@ -94,7 +106,7 @@ def ref_parquet(tenant: str, prefix: str) -> dict:
     if uploader.wait() != 0:
         raise SystemExit("reference upload failed")
     seconds = time.perf_counter() - start
-    size = make_s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"]
+    size = make_s3_client(**settings.s3_client_options()).head_object(Bucket=bucket, Key=key)["ContentLength"]
     return {"seconds": seconds, "rows": rows, "bytes": size, "keys": [key]}
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import psycopg
 
 from export_pipelines.core.s3 import make_s3_client
+from export_pipelines.settings import Settings
 from export_pipelines_dev import local_stack
 from export_pipelines_dev.demo_data import BIG_TENANT, DemoSize, load_demo_data
 
@@ -170,7 +171,9 @@ def run_method(method: str, env: dict[str, str], prefix: str) -> Sample:
         seconds, rss, _, cpu = run_measured(
             [pipeline], {**env, "PGTZ": "UTC", "PGDATESTYLE": "ISO, YMD"}, shell=True
         )
-        size = make_s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"]
+        size = make_s3_client(**Settings.from_env(env).s3_client_options()).head_object(
+            Bucket=bucket, Key=key
+        )["ContentLength"]
         return Sample(seconds, rss, -1, size, [key], cpu)
     seconds, rss, out, cpu = run_measured(
         [sys.executable, str(HERE / "method.py"), method, BIG_TENANT, prefix], env
@@ -198,7 +201,7 @@ def decompressed_sha256(client, bucket: str, keys: list[str]) -> tuple[str, int]
 
 
 def verify(results: dict[str, Result], env: dict[str, str], expected_rows: int) -> list[str]:
-    client, bucket = make_s3_client(), env["EXPORT_BUCKET"]
+    client, bucket = make_s3_client(**Settings.from_env(env).s3_client_options()), env["EXPORT_BUCKET"]
     notes = []
     csv_methods = [m for m in ("ours_csv", "job_csv") if m in results]
     if "ref_csv" in results and csv_methods:
@@ -301,7 +304,7 @@ def main() -> None:
 
     env = {**os.environ, **local_stack.start()}
     env["EXPORT_PREFIX"] = "bench"
-    client = make_s3_client(endpoint_url=env["AWS_ENDPOINT_URL"])
+    client = make_s3_client(**Settings.from_env(env).s3_client_options())
     try:
         client.head_bucket(Bucket=env["EXPORT_BUCKET"])
     except client.exceptions.ClientError:

@@ -207,13 +207,7 @@ def cmd_relink(args: argparse.Namespace) -> int:
 def s3_client(settings: Settings) -> Any:
     from export_pipelines.core.s3 import make_s3_client
 
-    return make_s3_client(
-        endpoint_url=settings.aws_endpoint_url,
-        region_name=settings.aws_region,
-        aws_access_key_id=settings.aws_access_key_id,
-        aws_secret_access_key=settings.aws_secret_access_key,
-        aws_session_token=settings.aws_session_token,
-    )
+    return make_s3_client(**settings.s3_client_options())
 
 
 def relinked_url(client: Any, bucket: str, prefix: str, manifest_key: str, expiry: timedelta) -> str:

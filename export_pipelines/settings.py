@@ -90,6 +90,16 @@ class Settings:
             monthly_format=text("EXPORT_MONTHLY_FORMAT") or cls.monthly_format,
         )
 
+    def s3_client_options(self) -> dict[str, str | None]:
+        """Keyword arguments of core.s3.make_s3_client for these settings."""
+        return {
+            "endpoint_url": self.aws_endpoint_url,
+            "region_name": self.aws_region,
+            "aws_access_key_id": self.aws_access_key_id,
+            "aws_secret_access_key": self.aws_secret_access_key,
+            "aws_session_token": self.aws_session_token,
+        }
+
     def require_source_database_url(self) -> str:
         if not self.source_database_url:
             raise ConfigurationError("SOURCE_DATABASE_URL is not set (run `source scripts/env.sh` first)")

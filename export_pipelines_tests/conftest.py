@@ -12,8 +12,29 @@ import pytest
 
 from export_pipelines.core.catalog import Catalog, load_catalog
 from export_pipelines.core.s3 import make_s3_client
+from export_pipelines.settings import Settings
 from export_pipelines_dev import local_stack
 from export_pipelines_dev.demo_data import DemoSize, load_demo_data
+
+
+def code_location(settings: Settings | None = None) -> dict[str, Any]:
+    """The code location's jobs, sensors and schedules by name, built from `settings` (default:
+    nothing set), without the resources: tests pass their own."""
+    from export_pipelines.orchestration.jobs import build_monthly_job, janitor_job, tenant_export_job
+    from export_pipelines.orchestration.schedules import build_monthly_schedule, janitor_schedule
+    from export_pipelines.orchestration.sensors import build_sensors
+
+    settings = settings or Settings()
+    monthly_job = build_monthly_job(settings)
+    defs = [
+        tenant_export_job,
+        monthly_job,
+        janitor_job,
+        build_monthly_schedule(monthly_job),
+        janitor_schedule,
+    ]
+    return {d.name: d for d in [*defs, *build_sensors(settings, monthly_job)]}
+
 
 # Each concurrent test session (e.g. parallel checkouts) can use its own database.
 TEST_DB = os.environ.get("EXPORT_TEST_DB", "exports_test")
@@ -53,7 +74,7 @@ def source_url(stack_env: dict[str, str]) -> str:
 
 @pytest.fixture(scope="session")
 def s3_client(stack_env: dict[str, str]) -> Any:
-    client = make_s3_client()
+    client = make_s3_client(**Settings.from_env(stack_env).s3_client_options())
     try:
         client.head_bucket(Bucket=TEST_BUCKET)
     except client.exceptions.ClientError:
@@ -88,7 +109,7 @@ def pg(source_url: str) -> Iterator[psycopg.Connection]:
 @pytest.fixture
 def dagster_resources(source_url, s3_client, bucket, prefix, stack_env) -> dict[str, Any]:
     """The definitions' resources, pointed at the test database, bucket and a fresh prefix."""
-    from export_pipelines.resources import ExportS3, ExportSettings, Notifier, SourceDatabase
+    from export_pipelines.orchestration.resources import ExportS3, ExportSettings, Notifier, SourceDatabase
 
     return {
         "source": SourceDatabase(url=source_url),
@@ -107,8 +128,6 @@ def dagster_resources(source_url, s3_client, bucket, prefix, stack_env) -> dict[
 def store(source_url):
     from export_pipelines.core.request_store import RequestStore
 
-    s = RequestStore(source_url)
-    s.migrate()
-    with psycopg.connect(source_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE export_requests")
-    return s
+    with RequestStore(source_url).migrate_once() as s:
+        s.execute("TRUNCATE export_requests")
+        yield s

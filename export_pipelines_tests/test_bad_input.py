@@ -25,9 +25,11 @@ import pytest
 from export_pipelines.core.catalog import InvalidRequest
 from export_pipelines.core.request import build_request, check_notify
 from export_pipelines.core.s3 import open_uploads
-from export_pipelines.jobs import tenant_export_job
-from export_pipelines.sensors import export_request_sensor
+from export_pipelines.orchestration.jobs import tenant_export_job
+from export_pipelines_tests.conftest import code_location
 from export_pipelines_tests.readback import csv_rows, read_manifest
+
+export_request_sensor = code_location()["export_request_sensor"]
 
 GOOD = {"tenant_id": "t-004", "resource": "orders"}
 ALL_COLUMNS = "allowed: amount, attrs, created_at, currency, customer_email, id, note, status, tenant_id"

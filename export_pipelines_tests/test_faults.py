@@ -14,8 +14,10 @@ import psycopg
 import pytest
 
 from export_pipelines.core.s3 import open_uploads
-from export_pipelines.jobs import tenant_export_job
-from export_pipelines.resources import ExportSettings
+from export_pipelines.orchestration.jobs import tenant_export_job
+from export_pipelines.orchestration.resources import ExportSettings
+from export_pipelines.orchestration.run_config import export_run_config
+from export_pipelines.settings import Settings
 from export_pipelines_tests.readback import read_manifest
 
 BIG = "t-big"
@@ -30,9 +32,16 @@ def resources(dagster_resources, bucket, prefix):
     }
 
 
+def with_statement_timeout(resources, timeout: str):
+    """The resources as the code location builds them with EXPORT_STATEMENT_TIMEOUT=`timeout`."""
+    seconds = Settings.from_env({"EXPORT_STATEMENT_TIMEOUT": timeout}).statement_timeout_seconds
+    fields = {**resources["export_settings"].model_dump(), "statement_timeout_seconds": seconds}
+    return {**resources, "export_settings": ExportSettings(**fields)}
+
+
 def launch(resources, instance, **config):
     return tenant_export_job.execute_in_process(
-        run_config={"ops": {"count_rows": {"config": config}}},
+        run_config=export_run_config(**config),
         resources=resources,
         raise_on_error=False,
         instance=instance,
@@ -153,11 +162,11 @@ def test_backend_terminated_mid_export_is_retried_from_the_checkpoint(
 
 
 def test_statement_timeout_is_retried_then_succeeds(
-    resources, source_url, s3_client, bucket, prefix, monkeypatch, clean_digests
+    resources, source_url, s3_client, bucket, prefix, clean_digests
 ):
     """A query that hits statement_timeout (here: waiting on a lock) fails that attempt with
     PostgreSQL's message; the op retry runs once the lock is gone."""
-    monkeypatch.setenv("EXPORT_STATEMENT_TIMEOUT", "1s")
+    resources = with_statement_timeout(resources, "1s")
     instance = dg.DagsterInstance.ephemeral()
     locker = psycopg.connect(source_url)
     locker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
@@ -184,9 +193,9 @@ def test_statement_timeout_is_retried_then_succeeds(
 
 
 def test_statement_timeout_every_attempt_fails_clearly_and_leaves_nothing_open(
-    resources, store, source_url, s3_client, bucket, prefix, monkeypatch
+    resources, store, source_url, s3_client, bucket, prefix
 ):
-    monkeypatch.setenv("EXPORT_STATEMENT_TIMEOUT", "200ms")
+    resources = with_statement_timeout(resources, "200ms")
     rid = store.create(tenant_id=BIG, resource="orders", format="csv", compression="none")
     instance = dg.DagsterInstance.ephemeral()
     locker = psycopg.connect(source_url)

@@ -9,15 +9,15 @@ import psycopg
 from export_pipelines.cli import main
 from export_pipelines.core.checkpoints import CheckpointStore
 from export_pipelines.core.s3 import open_uploads
-from export_pipelines.jobs import janitor_job, tenant_export_job
-from export_pipelines.resources import ExportSettings
+from export_pipelines.orchestration.jobs import janitor_job, tenant_export_job
+from export_pipelines.orchestration.resources import ExportSettings
+from export_pipelines.orchestration.run_config import export_run_config
 
 
 def export_for_request(resources, store, tenant="t-009"):
     rid = store.create(tenant_id=tenant, resource="orders")
-    config = {"tenant_id": tenant, "resource": "orders", "request_id": rid}
     result = tenant_export_job.execute_in_process(
-        run_config={"ops": {"count_rows": {"config": config}}}, resources=resources
+        run_config=export_run_config(tenant_id=tenant, resource="orders", request_id=rid), resources=resources
     )
     assert result.success
     return rid
@@ -83,8 +83,23 @@ def test_relink_issues_a_fresh_working_link(dagster_resources, store, capsys, mo
     assert after.expires_at < before.expires_at  # 2 h instead of the default 24 h
     with urllib.request.urlopen(url, timeout=10) as resp:
         assert resp.read()[:2] == b"\x1f\x8b"  # the gzip file itself
+        relinked_name = resp.headers["Content-Disposition"]
+    # The browser saves the file under the name finalize gave it (orders-t-009-<id>-00001.csv.gz).
+    with urllib.request.urlopen(before.download_url, timeout=10) as resp:
+        assert relinked_name == resp.headers["Content-Disposition"]
+    assert relinked_name == f'attachment; filename="orders-t-009-{rid}-00001.csv.gz"'
     assert main(["relink", "00000000-0000-0000-0000-000000000000"]) == 1
     assert "cannot get a new link" in capsys.readouterr().err
+
+
+def test_cli_request_checks_the_webhook_allowlist_like_the_sensor(store, capsys, monkeypatch):
+    monkeypatch.setenv("EXPORT_WEBHOOK_ALLOWLIST", ".example.com")
+    args = ["request", "--tenant", "t-001", "--resource", "orders", "--webhook-url"]
+    assert main([*args, "https://evil.test/hook"]) == 2
+    assert "webhook_url: host 'evil.test' is not allowed; allowed: .example.com" in capsys.readouterr().err
+    assert store.to_launch() == []
+    assert main([*args, "https://hooks.example.com/x"]) == 0
+    assert store.get(capsys.readouterr().out.strip()).webhook_url == "https://hooks.example.com/x"
 
 
 def test_cli_request_and_status(store, capsys):

@@ -24,10 +24,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from export_pipelines.core.exporter import plan_export, run_export
+from export_pipelines.core.exporter import run_export
 from export_pipelines.core.manifest import finalize_export
+from export_pipelines.core.plan import plan_export
 from export_pipelines.core.request import build_request
 from export_pipelines.core.s3 import open_uploads
+from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines_tests.daemon import ROOT, running_daemon, wait_for
 from export_pipelines_tests.readback import read_manifest
 from export_pipelines_tests.s3_fault_proxy import S3FaultProxy, hang
@@ -79,7 +81,7 @@ def clean_digests(catalog, source_url, client, bucket, prefix, extra: dict[str, 
 
 def launch(env: dict[str, str], request_id: str, extra: dict[str, Any]) -> None:
     """Launch through the instance's run queue, as the UI or the sensor would."""
-    config = {"ops": {"count_rows": {"config": {**CONFIG, **extra, "request_id": request_id}}}}
+    config = export_run_config(**{**CONFIG, **extra, "request_id": request_id})
     tags = {"export/request_id": request_id, "tenant": BIG}
     subprocess.run(
         [

@@ -8,12 +8,18 @@ from datetime import UTC, datetime
 import dagster as dg
 import openpyxl
 
-from export_pipelines.backfills import failed_partitions
-from export_pipelines.jobs import monthly_tenant_export_job
-from export_pipelines.resources import ExportSettings
-from export_pipelines.schedules import monthly_enterprise_export_schedule, previous_month
-from export_pipelines.sensors import tenant_partitions_sensor
+from export_pipelines.orchestration.backfills import failed_partitions
+from export_pipelines.orchestration.jobs import build_monthly_job
+from export_pipelines.orchestration.partitions import previous_month
+from export_pipelines.orchestration.resources import ExportSettings
+from export_pipelines.orchestration.sensors import tenant_partitions_sensor
+from export_pipelines.settings import Settings
+from export_pipelines_tests.conftest import code_location
 from export_pipelines_tests.readback import csv_rows, read_manifest
+
+CODE_LOCATION = code_location()
+monthly_tenant_export_job = CODE_LOCATION["monthly_tenant_export_job"]
+monthly_enterprise_export_schedule = CODE_LOCATION["monthly_enterprise_export_schedule"]
 
 ENTERPRISE = ["t-005", "t-010", "t-015", "t-020", "t-big"]  # plan = 'enterprise' in the demo data
 
@@ -57,8 +63,8 @@ def test_partitions_sensor_adds_every_tenant(dagster_resources, pg):
     assert sorted(add.partition_keys) == tenants
 
 
-def run_partition(instance, resources, key):
-    return monthly_tenant_export_job.execute_in_process(
+def run_partition(instance, resources, key, job=monthly_tenant_export_job):
+    return job.execute_in_process(
         partition_key=key, instance=instance, resources=resources, raise_on_error=False
     )
 
@@ -119,9 +125,10 @@ def test_rerun_of_failed_partitions_only(dagster_resources, s3_client, bucket, p
 
 def test_monthly_format_from_the_environment(dagster_resources, s3_client, bucket, prefix, pg, monkeypatch):
     monkeypatch.setenv("EXPORT_MONTHLY_FORMAT", "xlsx")
+    job = build_monthly_job(Settings.from_env())  # as the code location builds it at load time
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("tenants", ["t-005"])
-    result = run_partition(instance, dagster_resources, "2024-05-01|t-005")
+    result = run_partition(instance, dagster_resources, "2024-05-01|t-005", job)
     assert result.success
     manifest = read_manifest(s3_client, bucket, result.output_for_node("finalize").manifest_key)
     (f,) = manifest["files"]

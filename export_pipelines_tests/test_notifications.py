@@ -13,8 +13,9 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from export_pipelines.core.notify import check_webhook_url, post_webhook, verify
-from export_pipelines.jobs import tenant_export_job
-from export_pipelines.resources import Notifier
+from export_pipelines.orchestration.jobs import tenant_export_job
+from export_pipelines.orchestration.resources import Notifier
+from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines_tests.conftest import WEBHOOK_SECRET
 
 
@@ -94,9 +95,9 @@ def test_webhook_url_rules():
 
 def run_job(resources, store, **notify):
     rid = store.create(tenant_id="t-008", resource="orders", **notify)
-    config = {"tenant_id": "t-008", "resource": "orders", "request_id": rid, "notify": notify}
+    config = export_run_config(tenant_id="t-008", resource="orders", request_id=rid, **notify)
     result = tenant_export_job.execute_in_process(
-        run_config={"ops": {"count_rows": {"config": config}}}, resources=resources, raise_on_error=False
+        run_config=config, resources=resources, raise_on_error=False
     )
     return rid, result
 

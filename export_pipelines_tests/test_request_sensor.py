@@ -11,11 +11,17 @@ import dagster as dg
 import psycopg
 import pytest
 
+from export_pipelines.core.migrations import migrate
 from export_pipelines.core.s3 import open_uploads
-from export_pipelines.definitions import defs
-from export_pipelines.jobs import tenant_export_job
-from export_pipelines.sensors import export_request_sensor, record_run_failure
+from export_pipelines.orchestration.definitions import build_definitions
+from export_pipelines.orchestration.jobs import tenant_export_job
+from export_pipelines.orchestration.run_config import export_run_config
+from export_pipelines.orchestration.sensors import record_run_failure
+from export_pipelines.settings import Settings
+from export_pipelines_tests.conftest import code_location
 from export_pipelines_tests.readback import read_manifest
+
+export_request_sensor = code_location()["export_request_sensor"]
 
 
 def tick(resources, instance=None):
@@ -27,8 +33,8 @@ def tick(resources, instance=None):
 
 
 def test_migration_is_idempotent(store, source_url):
-    store.migrate()
-    store.migrate()
+    migrate(source_url)
+    migrate(source_url)
     with psycopg.connect(source_url) as conn:
         cols = {
             r[0]
@@ -190,18 +196,9 @@ def test_invalid_request_found_at_run_time_fails_the_row(store, dagster_resource
     # The catalog allows it, but the run finds a problem (here: an unknown filter slipped in).
     rid = store.create(tenant_id="t-007", resource="orders")
     result = tenant_export_job.execute_in_process(
-        run_config={
-            "ops": {
-                "count_rows": {
-                    "config": {
-                        "tenant_id": "t-007",
-                        "resource": "orders",
-                        "request_id": rid,
-                        "filters": {"secret": 1},
-                    }
-                }
-            }
-        },
+        run_config=export_run_config(
+            tenant_id="t-007", resource="orders", request_id=rid, filters={"secret": 1}
+        ),
         resources=dagster_resources,
         raise_on_error=False,
     )
@@ -211,6 +208,7 @@ def test_invalid_request_found_at_run_time_fails_the_row(store, dagster_resource
 
 
 def test_definitions_have_the_sensors_and_schedules():
+    defs = build_definitions(Settings())
     assert {s.name for s in defs.sensors} >= {
         "export_request_sensor",
         "tenant_partitions_sensor",
@@ -265,7 +263,7 @@ def test_excel_csv_requested_from_the_table(store, dagster_resources, s3_client,
 def test_failure_seen_before_dagster_tags_it_gets_dagsters_retry_decision():
     """The failure sensor can see a run's failure before Dagster adds `dagster/will_retry`; it must
     not take that for a final failure (it would abort the upload the retry continues)."""
-    from export_pipelines.sensors import with_retry_decision
+    from export_pipelines.orchestration.sensors import with_retry_decision
 
     overrides = {"run_retries": {"enabled": True, "max_retries": 2}}
     with dg.instance_for_test(overrides=overrides) as instance:

@@ -13,7 +13,8 @@ import pyarrow as pa
 import pytest
 
 from export_pipelines.core.s3 import open_uploads
-from export_pipelines.jobs import tenant_export_job
+from export_pipelines.orchestration.jobs import tenant_export_job
+from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines_tests.readback import csv_rows, read_manifest
 
 
@@ -25,7 +26,7 @@ def resources(dagster_resources):
 def run(resources, **config):
     instance = dg.DagsterInstance.ephemeral()
     result = tenant_export_job.execute_in_process(
-        run_config={"ops": {"count_rows": {"config": config}}},
+        run_config=export_run_config(**config),
         resources=resources,
         raise_on_error=False,
         instance=instance,
