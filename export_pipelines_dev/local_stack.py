@@ -1119,7 +1119,7 @@ def _ports_locked() -> Iterator[None]:
 
 
 def stack_env() -> dict[str, str]:
-    """The variables (DESIGN 3.1) that point the code at the local stack; starts nothing."""
+    """The variables (README: Configuration) that point the code at the local stack; starts nothing."""
     s = Settings.from_env()
     return {
         "SOURCE_DATABASE_URL": f"postgresql://{PG_USER}@127.0.0.1:{s.pg_port}/exports",

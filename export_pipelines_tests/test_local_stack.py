@@ -1,4 +1,4 @@
-"""The local stack really serves PostgreSQL and an S3 that checks signatures (DESIGN 7)."""
+"""The local stack really serves PostgreSQL and an S3 that checks signatures (README: The local servers)."""
 
 from __future__ import annotations
 
