@@ -43,8 +43,9 @@ def file_extension(key: str) -> str:
 
 def download_name(location: ExportLocation, number: int, extension: str) -> str:
     """A friendly file name for the browser: resource-tenant-export-nnnnn.ext, ASCII only."""
+    # str.isalnum() is true for "ä" too: an HTTP header value must stay ASCII.
     safe = "".join(
-        ch if ch.isalnum() or ch in "-_." else "_"
+        ch if (ch.isascii() and ch.isalnum()) or ch in "-_." else "_"
         for ch in f"{location.resource}-{location.tenant_id}-{location.export_id}"
     )
     return f"{safe}-{number:05d}.{extension}"

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
-from export_pipelines.core.catalog import InvalidRequest, ResourceSpec
+from export_pipelines.core.catalog import ResourceSpec
 from export_pipelines.core.columns import ColumnInfo
+from export_pipelines.core.errors import InvalidRequest
 
 if TYPE_CHECKING:  # request imports the encoders, which import ColumnInfo from here
     from export_pipelines.core.request import ExportRequest

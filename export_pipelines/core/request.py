@@ -9,9 +9,10 @@ from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from export_pipelines.core.catalog import Catalog, InvalidRequest, allowed, shown
+from export_pipelines.core.catalog import Catalog, allowed, shown
+from export_pipelines.core.errors import InvalidRequest, InvalidWebhook
 from export_pipelines.core.formats import format_names, format_spec
-from export_pipelines.core.notify import InvalidWebhook, check_webhook_url
+from export_pipelines.core.notify import check_webhook_url
 
 # Export ids become one S3 key segment: keep them to a safe alphabet.
 _EXPORT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from export_pipelines.settings import Settings
 from export_pipelines_tests import type_zoo
 from export_pipelines_tests.zoo_expect import load_pg_rows
 
@@ -27,9 +28,4 @@ def pg_rows(zoo, source_url) -> dict[str, list[dict[str, Any]]]:
 @pytest.fixture(scope="session")
 def s3_client_settings(stack_env: dict[str, str]) -> dict[str, Any]:
     """make_s3_client's keyword arguments for the local stack (the core reads no environment)."""
-    return {
-        "endpoint_url": stack_env["AWS_ENDPOINT_URL"],
-        "region_name": stack_env.get("AWS_REGION"),
-        "aws_access_key_id": stack_env["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": stack_env["AWS_SECRET_ACCESS_KEY"],
-    }
+    return Settings.from_env(stack_env).s3_client_options()

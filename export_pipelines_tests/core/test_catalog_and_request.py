@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from export_pipelines.core.catalog import CatalogError, InvalidRequest, load_catalog, parse_catalog
+from export_pipelines.core.catalog import load_catalog, parse_catalog
+from export_pipelines.core.errors import CatalogError, InvalidRequest
 from export_pipelines.core.request import build_request
 
 

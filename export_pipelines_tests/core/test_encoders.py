@@ -14,12 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from export_pipelines.core.columns import ColumnInfo
-from export_pipelines.core.encoders import encoder_class, formats, xlsx, zipstream
+from export_pipelines.core.encoders import encoder_class, xlsx, zipstream
 from export_pipelines.core.encoders.csv import CsvEncoder
 from export_pipelines.core.encoders.csv_excel import CsvExcelEncoder
 from export_pipelines.core.encoders.json_array import JsonArrayEncoder
 from export_pipelines.core.encoders.parquet import ParquetEncoder
 from export_pipelines.core.encoders.xlsx import XlsxEncoder
+from export_pipelines.core.formats import format_names
 
 COLS = [
     ColumnInfo("id", "bigint", "int8", -1),
@@ -28,8 +29,8 @@ COLS = [
 
 
 def test_registry_lists_every_format():
-    assert set(formats()) == {"csv", "csv_excel", "jsonl", "json", "parquet", "xlsx"}
-    for fmt in formats():
+    assert set(format_names()) == {"csv", "csv_excel", "jsonl", "json", "parquet", "xlsx"}
+    for fmt in format_names():
         cls = encoder_class(fmt)
         assert cls.default_compression in cls.compressions
 

@@ -1,4 +1,5 @@
-"""Output formats. Adding a format is one new module here plus one line in `_ENCODERS`."""
+"""How each output format makes its bytes. Adding a format is one entry in core/formats.py (its
+metadata), one new module here, and one line in `_ENCODERS`."""
 
 from __future__ import annotations
 
@@ -16,12 +17,8 @@ _ENCODERS: dict[str, type[Encoder]] = {
 }
 
 
-def formats() -> tuple[str, ...]:
-    return tuple(_ENCODERS)
-
-
 def encoder_class(fmt: str) -> type[Encoder]:
     return _ENCODERS[fmt]
 
 
-__all__ = ["Encoder", "encoder_class", "formats"]
+__all__ = ["Encoder", "encoder_class"]
