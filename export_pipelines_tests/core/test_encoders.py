@@ -239,16 +239,34 @@ def test_dictionary_columns_same_answer_as_counting_the_whole_sample():
     assert dictionary_columns(sample.slice(0, 9)) == ["constant"]  # limit 1: one distinct value
 
 
-def test_export_core_keeps_unused_libraries_out_of_the_process():
-    """Every imported library costs RSS in the export process: pyarrow.fs (S3/GCS/Azure/HDFS)
-    ~8 MB, pandas ~55 MB. The core's imports must not pull them in."""
+def modules_loaded_by(imports: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The modules named by `prefixes` (or inside them) that a fresh interpreter has loaded
+    after `imports`."""
     import subprocess
     import sys
 
     code = (
         "import sys\n"
-        "import export_pipelines.core.exporter, export_pipelines.core.manifest\n"
-        "print(sorted(m for m in ('pyarrow.fs', 'pyarrow.parquet', 'pandas', 'dagster') if m in sys.modules))\n"
+        f"import {imports}\n"
+        f"print(sorted(m for m in sys.modules if m in {prefixes!r} or m.startswith({tuple(p + '.' for p in prefixes)!r})))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    return eval(out)
+
+
+def test_export_core_keeps_unused_libraries_out_of_the_process():
+    """Every imported library costs RSS in the export process: pyarrow.fs (S3/GCS/Azure/HDFS)
+    ~8 MB, pandas ~55 MB. The core's imports must not pull them in."""
+    loaded = modules_loaded_by(
+        "export_pipelines.core.exporter, export_pipelines.core.manifest",
+        ("pyarrow.fs", "pyarrow.parquet", "pandas", "dagster"),
+    )
+    assert sorted(m for m in loaded if m in ("pyarrow.fs", "pyarrow.parquet", "pandas", "dagster")) == []
+
+
+def test_importing_request_validation_does_not_load_pyarrow():
+    """The request sensor and the CLI check fields without paying for Parquet (or any encoder)."""
+    assert (
+        modules_loaded_by("export_pipelines.core.request", ("pyarrow", "export_pipelines.core.encoders"))
+        == []
+    )

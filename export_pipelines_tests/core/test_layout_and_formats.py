@@ -1,10 +1,7 @@
-"""What the split made one: the formats table, file naming in layout, S3 prefix deletion, and
-request validation that stays free of pyarrow."""
+"""What the split made one: the formats table, file naming in layout, S3 prefix deletion."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,16 +14,6 @@ from export_pipelines.core.layout import ExportLocation, attachment, download_na
 from export_pipelines.core.s3 import delete_prefix
 
 COLUMNS = [ColumnInfo("id", "bigint", "int8", -1)]
-
-
-def test_importing_request_validation_does_not_load_pyarrow():
-    code = (
-        "import sys\n"
-        "import export_pipelines.core.request\n"
-        "print(sorted(m for m in sys.modules if m == 'pyarrow' or m.startswith(('pyarrow.', 'export_pipelines.core.encoders'))))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
 
 
 def test_every_format_has_an_encoder_that_follows_the_table():
