@@ -379,8 +379,9 @@ def instance() -> dg.DagsterInstance:
 
 
 def tick(resources: dict[str, Any], instance: dg.DagsterInstance) -> list[dg.RunRequest]:
-    context = dg.build_sensor_context(instance=instance, resources=resources)
-    return export_request_sensor(context).run_requests or []
+    # The `with` block tears the resources down after the tick, as the daemon does.
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        return export_request_sensor(context).run_requests or []
 
 
 def test_most_cases_reach_the_row_door():

@@ -32,12 +32,12 @@ def test_previous_month():
 def test_schedule_requests_previous_month_for_every_enterprise_tenant(dagster_resources, tmp_path):
     # build_schedule_context needs a persistent instance (the schedule adds dynamic partitions).
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        context = dg.build_schedule_context(
+        with dg.build_schedule_context(
             instance=instance,
             scheduled_execution_time=datetime(2026, 12, 1, 2, 0, tzinfo=UTC),
             resources=dagster_resources,
-        )
-        requests = monthly_enterprise_export_schedule(context)
+        ) as context:
+            requests = monthly_enterprise_export_schedule(context)
         tenants_partitions = sorted(instance.get_dynamic_partitions("tenants"))
     keys = sorted(str(r.partition_key) for r in requests)
     assert keys == [f"2026-11-01|{t}" for t in ENTERPRISE]
@@ -57,7 +57,8 @@ def test_schedule_requests_previous_month_for_every_enterprise_tenant(dagster_re
 
 def test_partitions_sensor_adds_every_tenant(dagster_resources, pg):
     instance = dg.DagsterInstance.ephemeral()
-    result = tenant_partitions_sensor(dg.build_sensor_context(instance=instance, resources=dagster_resources))
+    with dg.build_sensor_context(instance=instance, resources=dagster_resources) as context:
+        result = tenant_partitions_sensor(context)
     (add,) = result.dynamic_partitions_requests
     tenants = [r[0] for r in pg.execute("SELECT id FROM tenants ORDER BY id")]
     assert sorted(add.partition_keys) == tenants

@@ -25,11 +25,11 @@ export_request_sensor = code_location()["export_request_sensor"]
 
 
 def tick(resources, instance=None):
-    context = dg.build_sensor_context(
+    # The `with` block tears the resources down after the tick, as the daemon does.
+    with dg.build_sensor_context(
         instance=instance or dg.DagsterInstance.ephemeral(), resources=resources
-    )
-    result = export_request_sensor(context)
-    return result.run_requests or []
+    ) as context:
+        return export_request_sensor(context).run_requests or []
 
 
 def test_migration_is_idempotent(store, source_url):
