@@ -118,33 +118,23 @@ def cmd_request(args: argparse.Namespace) -> int:
     from export_pipelines.core.request_store import check_request_fields
 
     settings = _settings()
+    fields = {
+        "tenant_id": args.tenant,
+        "resource": args.resource,
+        "format": args.format,
+        "compression": args.compression,
+        "columns": columns,
+        "filters": filters,
+        "webhook_url": args.webhook_url,
+        "email": args.email,
+    }
     try:
-        check_request_fields(
-            load_catalog(settings.catalog_path),
-            settings.webhook_allowlist,
-            tenant_id=args.tenant,
-            resource=args.resource,
-            format=args.format,
-            compression=args.compression,
-            columns=columns,
-            filters=filters,
-            webhook_url=args.webhook_url,
-            email=args.email,
-        )
+        check_request_fields(load_catalog(settings.catalog_path), settings.webhook_allowlist, **fields)
     except ExportError as exc:
         print(f"export-pipelines request: {exc}", file=sys.stderr)
         return 2
     with _store() as store:
-        request_id = store.create(
-            tenant_id=args.tenant,
-            resource=args.resource,
-            format=args.format,
-            compression=args.compression,
-            filters=filters,
-            columns=columns,
-            webhook_url=args.webhook_url,
-            email=args.email,
-        )
+        request_id = store.create(**fields)
     print(request_id)
     return 0
 
