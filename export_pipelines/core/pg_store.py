@@ -10,6 +10,8 @@ from typing import Any, Self
 
 import psycopg
 
+from export_pipelines.core.migrations import migrate_once
+
 # Store statements are short; a stuck one must not hold a run or a sensor tick for long.
 STORE_STATEMENT_TIMEOUT = "-c statement_timeout=30s"
 
@@ -50,8 +52,6 @@ class PgStore:
 
     def migrate_once(self) -> Self:
         """This store, with the project's tables created or upgraded once per process."""
-        from export_pipelines.core.migrations import migrate_once
-
         migrate_once(self.conninfo)
         return self
 
