@@ -504,6 +504,10 @@ def post_json(
     past `total_budget` s from the call (a backoff that would end past it ends the delivery instead).
     `connect((address, port), timeout) -> socket` and `ssl_context` are for tests.
     """
+    if not target.addresses or not all(
+        address_allowed(a, allow_private=target.allow_private) for a in target.addresses
+    ):
+        return DeliveryResult(False, 0, ERR_REFUSED)  # a Target not made by check_target
     deadline = time.monotonic() + total_budget
     connect = connect or _default_connect
     error = ERR_TIMEOUT
