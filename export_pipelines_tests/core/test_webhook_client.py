@@ -603,3 +603,14 @@ def test_https_connects_to_the_checked_address_with_sni_and_verification(tls_cer
         False, 1, ERR_CERTIFICATE
     )
     assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "url", ["http://2130706433/", "http://0x7f000001/", "http://0177.0.0.1/", "http://127.1/", "http://0/"]
+)
+def test_numeric_hosts_are_read_locally_not_left_to_dns(url):
+    # A resolver that would call everything public: the numeric form is decoded (as inet_aton does) first.
+    calls: list[str] = []
+    with pytest.raises(InvalidWebhook):
+        check_target(url, resolver=lambda h, p: calls.append(h) or [PUBLIC])
+    assert calls == []
