@@ -40,7 +40,9 @@ from export_pipelines.core.s3 import MultipartSink, UploadedPart, abort_uploads,
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 QUEUE_ITEMS = 8  # reader → encoder: at most this many ~1 MiB CSV chunks waiting
 ARROW_QUEUE_ITEMS = 2  # or this many ~4 MiB Arrow batches
-CHECKPOINT_VERSION = 1  # bump when an encoder's bytes change: old checkpoints are then not reused
+# Bump when an encoder's bytes change: old checkpoints are then not reused
+# (2: JSON bigint, numeric and floats as strings).
+CHECKPOINT_VERSION = 2
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,8 @@ _EXCEL_PROFILE_TEXT = {
     "text Excel would read as a number": '="…" (stays text)',
 }
 _EXCEL_AS_TEXT = "as csv, with the text rules of the excel profile"
+# JSON has one null: the json/jsonb value `null` and SQL NULL look the same in JSON and JSONL.
+_JSON_NULL = {"the JSON value null": "null, the same as SQL NULL (csv, parquet, xlsx tell them apart)"}
 _LONG_TEXT = {f"text over {XLSX_MAX_CELL_CHARS:,} characters": _XLSX_TEXT_CUT}
 
 RULES: tuple[TypeRule, ...] = (
@@ -78,7 +80,7 @@ RULES: tuple[TypeRule, ...] = (
         "bigint",
         "digits",
         f"digits; 16+ digits as {_EXCEL_TEXT}",
-        "number (all digits; JavaScript's JSON.parse rounds beyond 2^53)",
+        'string of the digits `"9223372036854775807"` (doubles round beyond 2^53)',
         "int64",
         "number cell up to 15 digits, else text cell with the digits",
     ),
@@ -87,11 +89,10 @@ RULES: tuple[TypeRule, ...] = (
         f"numeric(p,s), p ≤ {NUMERIC_MAX_DECIMAL_PRECISION}",
         "exact digits (`12.50`), `NaN`",
         f"as csv; 16+ significant digits as {_EXCEL_TEXT}",
-        'number with the exact digits; NaN as the string `"NaN"`',
+        'string of the exact digits `"12.50"`, `"NaN"` (doubles keep 17 digits)',
         "decimal128(p,s); NaN as null",
         "number cell up to 15 significant digits, else text cell with the exact digits",
         {
-            "json": {"NaN": 'the string "NaN"'},
             "parquet": {"NaN": "null (decimal128 has no NaN)"},
             "xlsx": {"NaN": 'text cell "NaN"'},
         },
@@ -101,15 +102,10 @@ RULES: tuple[TypeRule, ...] = (
         f"numeric, numeric(p,s) p > {NUMERIC_MAX_DECIMAL_PRECISION}",
         "exact digits, any size (`1e-100` as `0.000…1`), `NaN`, `Infinity`, `-Infinity`",
         f"as csv; 16+ significant digits, NaN and ±Infinity as {_EXCEL_TEXT}",
-        'number with the exact digits; NaN, ±Infinity as strings `"NaN"`, `"Infinity"`, `"-Infinity"`',
+        'string of the exact digits, as in csv (`"NaN"`, `"Infinity"`, `"-Infinity"`)',
         "string with PostgreSQL's exact text (never a float)",
         "number cell up to 15 significant digits, else text cell with the exact digits",
         {
-            "json": {
-                "NaN": 'the string "NaN"',
-                "Infinity": 'the string "Infinity"',
-                "-Infinity": 'the string "-Infinity"',
-            },
             "xlsx": {"NaN, Infinity, -Infinity": "text cell"},
         },
     ),
@@ -119,15 +115,12 @@ RULES: tuple[TypeRule, ...] = (
         "shortest text that reads back to the same float (`0.1`, `1e+300`), "
         "`NaN`, `Infinity`, `-Infinity`, `-0`",
         f"as csv; 16+ significant digits, -0, NaN and ±Infinity as {_EXCEL_TEXT}",
-        'number (`-0` kept); NaN, ±Infinity as strings `"NaN"`, `"Infinity"`, `"-Infinity"`',
+        'string of the text in csv (`"0.1"`, `"-0"`, `"NaN"`, `"-Infinity"`): float() and '
+        "Number() read it exactly, JSON numbers would not (no NaN, ±Infinity; -0 and "
+        "subnormals lost by some parsers)",
         "float32, float64 (NaN, ±inf and -0 native)",
         "number cell up to 15 significant digits, else text cell (-0, NaN, ±Infinity included)",
         {
-            "json": {
-                "NaN": 'the string "NaN"',
-                "Infinity": 'the string "Infinity"',
-                "-Infinity": 'the string "-Infinity"',
-            },
             "xlsx": {"NaN, Infinity, -Infinity, -0": "text cell"},
         },
     ),
@@ -212,27 +205,30 @@ RULES: tuple[TypeRule, ...] = (
         "jsonb",
         'JSON text `{"a": 1}`',
         _EXCEL_AS_TEXT,
-        "nested JSON value",
+        "nested JSON value as stored (its numbers as in the source); a JSON `null` value is "
+        "written `null`, like SQL NULL",
         "string of JSON text (arrow.json)",
         _XLSX_TEXT,
-        {"csv_excel": _EXCEL_PROFILE_TEXT, "xlsx": _LONG_TEXT},
+        {"csv_excel": _EXCEL_PROFILE_TEXT, "json": _JSON_NULL, "xlsx": _LONG_TEXT},
     ),
     TypeRule(
         "json",
         "json",
         "JSON text as written",
         _EXCEL_AS_TEXT,
-        "nested JSON value as written (key order, duplicate keys); line breaks between tokens become spaces",
+        "nested JSON value as written (key order, duplicate keys); line breaks between tokens "
+        "become spaces; a JSON `null` value is written `null`, like SQL NULL",
         "string of JSON text as written (arrow.json)",
         _XLSX_TEXT,
-        {"csv_excel": _EXCEL_PROFILE_TEXT, "xlsx": _LONG_TEXT},
+        {"csv_excel": _EXCEL_PROFILE_TEXT, "json": _JSON_NULL, "xlsx": _LONG_TEXT},
     ),
     TypeRule(
         "array",
         "arrays (any element type, NULL elements)",
         "PostgreSQL array text `{1,NULL,3}`",
         _SAME,
-        "JSON array (nested for multi-dimensional values), `null` elements; lower bounds dropped",
+        "JSON array (nested for multi-dimensional values), `null` elements, elements as their "
+        "type's JSON (bigint, numeric, real, double as strings); lower bounds dropped",
         "list<element type>, null elements; multi-dimensional values as null; lower bounds dropped",
         f"{_XLSX_TEXT}, as in csv",
         {
