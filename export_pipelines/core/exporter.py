@@ -24,6 +24,7 @@ from urllib.parse import quote
 from export_pipelines.core.catalog import Catalog
 from export_pipelines.core.checkpoints import CheckpointStore, Cut, FileCheckpoint, PartCheckpoint
 from export_pipelines.core.encoders import Encoder, encoder_class
+from export_pipelines.core.encoders.pdf import check_pdf_rows
 from export_pipelines.core.keyset import (
     FIRST_BATCH_ROWS,
     ArrowSource,
@@ -144,6 +145,8 @@ def plan_export(
             rows_total, hwm = (int(row[0]), row[1]) if row else (0, None)
             cut = Cut(fingerprint, rows_total, hwm)
     assert cut is not None
+    if request.format == "pdf":
+        check_pdf_rows(cut.rows_total)  # a report is for people: refused before anything is written
     if checkpoints and not resumed:
         checkpoints.save_cut(location.folder, cut)
     if checkpoints:
@@ -561,6 +564,7 @@ class _Export:
             self.uploader = _PartUploader(self.pool, self.sink, self.limit, self._part_done, done)
             self.buf = bytearray(self.encoder.resume())
             return
+        self.encoder.describe(_report_context(self.plan))
         key = self.plan.location.file_key(number, self.encoder.extension)
         token = uuid.uuid4().hex
         self.current = FileResult(key=key, snapshot=event.snapshot)
@@ -781,4 +785,21 @@ def _object_metadata(plan: ExportPlan, number: int) -> dict[str, str]:
         "export-id": req.export_id,
         "format": req.format,
         "file-number": str(number),
+    }
+
+
+def _report_context(plan: ExportPlan) -> dict[str, str]:
+    """What a report's title shows (PDF): tenant, resource, filters, when the export was planned."""
+    req = plan.request
+    filters = [f"{k} = {', '.join(v)}" for k, v in sorted(req.filters.items())]
+    if req.date_from:
+        filters.append(f"from {req.date_from.isoformat()}")
+    if req.date_to:
+        filters.append(f"before {req.date_to.isoformat()}")
+    generated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(plan.planned_at))
+    return {
+        "tenant": req.tenant_id,
+        "resource": req.resource,
+        "filters": "; ".join(filters),
+        "generated_at": generated,
     }

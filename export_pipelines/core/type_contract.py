@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from export_pipelines.core.query import ColumnInfo
 
 # Formats as the contract groups them: csv_excel differs from csv only where it says so.
-CONTRACT_FORMATS = ("csv", "csv_excel", "json", "parquet", "xlsx")
+CONTRACT_FORMATS = ("csv", "csv_excel", "json", "parquet", "xlsx", "pdf")
 # Encoder format name -> contract column (jsonl and json share one rendering).
 FORMAT_COLUMN = {
     "csv": "csv",
@@ -22,7 +22,10 @@ FORMAT_COLUMN = {
     "json": "json",
     "parquet": "parquet",
     "xlsx": "xlsx",
+    "pdf": "pdf",
 }
+PDF_MAX_CELL_CHARS = 1_000
+PDF_MAX_CELL_LINES = 40
 NUMERIC_MAX_DECIMAL_PRECISION = 38
 XLSX_MAX_CELL_CHARS = 32_767
 _EXCEL_TEXT = '`="…"` (shown as text, not rounded)'
@@ -40,16 +43,21 @@ class TypeRule:
     xlsx: str
     # format column -> {value that cannot be held: what is written instead}
     special: dict[str, dict[str, str]] = field(default_factory=dict)
+    # PDF prints the csv text of every type (a report for people), wrapped in its cell.
+    pdf: str = "as csv, wrapped; NULL is an empty cell"
 
     def representation(self, fmt: str) -> str:
         """The table cell, made self-contained ("as csv; …" spelled out) for the manifest."""
         text = str(getattr(self, FORMAT_COLUMN[fmt]))
         if text.startswith(_SAME):
             extra = text[len(_SAME) :].lstrip("; ,")
-            text = self.csv + (f"; excel profile: {extra}" if extra else "")
+            label = "excel profile: " if FORMAT_COLUMN[fmt] == "csv_excel" else ""
+            text = self.csv + (f"; {label}{extra}" if extra else "")
         return text
 
     def special_values(self, fmt: str) -> dict[str, str]:
+        if FORMAT_COLUMN[fmt] == "pdf":
+            return dict(_PDF_LONG)
         return dict(self.special.get(FORMAT_COLUMN[fmt], {}))
 
 
@@ -63,6 +71,11 @@ _EXCEL_PROFILE_TEXT = {
 _EXCEL_AS_TEXT = "as csv, with the text rules of the excel profile"
 # JSON has one null: the json/jsonb value `null` and SQL NULL look the same in JSON and JSONL.
 _JSON_NULL = {"the JSON value null": "null, the same as SQL NULL (csv, parquet, xlsx tell them apart)"}
+_PDF_LONG = {
+    f"text over {PDF_MAX_CELL_CHARS:,} characters or {PDF_MAX_CELL_LINES} wrapped lines": (
+        "cut there, ending in … (a row must fit on a page)"
+    )
+}
 _LONG_TEXT = {f"text over {XLSX_MAX_CELL_CHARS:,} characters": _XLSX_TEXT_CUT}
 
 RULES: tuple[TypeRule, ...] = (
@@ -306,13 +319,13 @@ def contract_markdown() -> str:
         return text.replace("|", "\\|")
 
     lines = [
-        "| PostgreSQL | CSV | CSV `excel` profile | JSONL / JSON | Parquet | XLSX |",
-        "|---|---|---|---|---|---|",
+        "| PostgreSQL | CSV | CSV `excel` profile | JSONL / JSON | Parquet | XLSX | PDF |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in RULES:
         lines.append(
             "| "
-            + " | ".join(cell(v) for v in (r.postgres, r.csv, r.csv_excel, r.json, r.parquet, r.xlsx))
+            + " | ".join(cell(v) for v in (r.postgres, r.csv, r.csv_excel, r.json, r.parquet, r.xlsx, r.pdf))
             + " |"
         )
     return "\n".join(lines) + "\n"

@@ -28,7 +28,7 @@ COLS = [
 
 
 def test_registry_lists_every_format():
-    assert set(formats()) == {"csv", "csv_excel", "jsonl", "json", "parquet", "xlsx"}
+    assert set(formats()) == {"csv", "csv_excel", "jsonl", "json", "parquet", "xlsx", "pdf"}
     for fmt in formats():
         cls = encoder_class(fmt)
         assert cls.default_compression in cls.compressions
