@@ -64,6 +64,17 @@ class TypeRule:
 _SAME = "as csv"
 _XLSX_TEXT = f"text cell (cut at Excel's {XLSX_MAX_CELL_CHARS:,}-character limit)"
 _TEXT_CELL = "text cell"
+
+
+def _pandas_range(python_type: str, int_type: str) -> str:
+    """What pandas' pyarrow-backed column does with values Python's date types cannot hold."""
+    return (
+        f'; pandas (`dtype_backend="pyarrow"`) holds every value, but those outside years 1..9999 '
+        f"(BC, 5-digit years, ±infinity) are no Python {python_type} (OverflowError): read them as "
+        f'integers, `.astype("{int_type}[pyarrow]")`'
+    )
+
+
 _EXCEL_PROFILE_TEXT = {
     "text starting with = + - @ tab or CR": "a leading ' (formula injection neutralised)",
     "text Excel would read as a number": '="…" (stays text)',
@@ -155,7 +166,8 @@ RULES: tuple[TypeRule, ...] = (
         "`2024-01-31`, `0044-03-15 BC`, `12345-06-07`, `infinity`, `-infinity`",
         _SAME,
         'string `"2024-01-31"` (BC, 5-digit years, infinity as in csv)',
-        "date32; ±infinity as ±(2^31-1) days, which DuckDB reads as ±infinity",
+        "date32; ±infinity as ±(2^31-1) days, which DuckDB reads as ±infinity"
+        + _pandas_range("date", "int32"),
         "date cell from 1900-03-01 to 9999-12-31, else text cell as in csv",
         {
             "parquet": {"infinity / -infinity": "±2147483647 days (DuckDB's infinity)"},
@@ -168,7 +180,7 @@ RULES: tuple[TypeRule, ...] = (
         "`01:02:03.5`, timetz with its zone",
         _SAME,
         'string `"01:02:03.5"`',
-        "time64[us] (timetz: string)",
+        "time64[us] (timetz: string); as a Python time (pandas) `24:00:00` is `00:00:00`",
         _TEXT_CELL,
     ),
     TypeRule(
@@ -178,7 +190,7 @@ RULES: tuple[TypeRule, ...] = (
         _SAME,
         'string `"2024-01-31T01:02:03.000004"` (naive)',
         "timestamp[us] without zone; ±infinity as ±(2^63-1) µs, which DuckDB reads as ±infinity; "
-        "years after 294246 as null",
+        "years after 294246 as null" + _pandas_range("datetime", "int64"),
         "text cell as in csv (Excel has no microseconds)",
         {
             "parquet": {
@@ -194,7 +206,7 @@ RULES: tuple[TypeRule, ...] = (
         _SAME,
         'string `"2024-01-31T01:02:03.000004+00:00"` (UTC)',
         "timestamp[us, UTC]; ±infinity as ±(2^63-1) µs, which DuckDB reads as ±infinity; "
-        "years after 294246 as null",
+        "years after 294246 as null" + _pandas_range("datetime", "int64"),
         "text cell as in csv (UTC; Excel has no time zones)",
         {
             "parquet": {
