@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS public.export_checkpoints (
 );
 -- Which process works on the export now (host:pid), for operators and the kill tests.
 ALTER TABLE public.export_checkpoints ADD COLUMN IF NOT EXISTS worker text;
+-- When the first attempt planned the export (epoch seconds): a resumed report keeps its title.
+ALTER TABLE public.export_checkpoints ADD COLUMN IF NOT EXISTS planned_at double precision;
 CREATE TABLE IF NOT EXISTS public.export_checkpoint_files (
     folder            text NOT NULL REFERENCES public.export_checkpoints ON DELETE CASCADE,
     file_number       int NOT NULL,
@@ -84,6 +86,7 @@ class Cut:
     fingerprint: str
     rows_total: int
     high_water_mark: Any
+    planned_at: float | None = None  # the first attempt's plan time (a PDF's "generated at")
 
 
 @dataclass(frozen=True)
@@ -164,25 +167,25 @@ class CheckpointStore:
     def cut(self, folder: str, key_type: str) -> Cut | None:
         row = self.conn.execute(
             sql.SQL(
-                "SELECT fingerprint, rows_total, high_water_mark::{} FROM export_checkpoints "
+                "SELECT fingerprint, rows_total, high_water_mark::{}, planned_at FROM export_checkpoints "
                 "WHERE folder = %s"
             ).format(sql.SQL(key_type)),  # type: ignore[arg-type]  # format_type() output
             [folder],
         ).fetchone()
-        return Cut(row[0], int(row[1]), row[2]) if row else None
+        return Cut(row[0], int(row[1]), row[2], row[3]) if row else None
 
     def save_cut(self, folder: str, cut: Cut) -> None:
         """Start (or start over) the export in `folder`: a new cut replaces an old one only when
         the request changed; files checkpointed for another fingerprint are then stale."""
         self.conn.execute(
             """
-            INSERT INTO export_checkpoints (folder, fingerprint, rows_total, high_water_mark)
-            VALUES (%s, %s, %s, %s)
+            INSERT INTO export_checkpoints (folder, fingerprint, rows_total, high_water_mark, planned_at)
+            VALUES (%s, %s, %s, %s, %s)
             ON CONFLICT (folder) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,
                 rows_total = EXCLUDED.rows_total, high_water_mark = EXCLUDED.high_water_mark,
-                updated_at = now()
+                planned_at = EXCLUDED.planned_at, updated_at = now()
             """,
-            [folder, cut.fingerprint, cut.rows_total, _key_text(cut.high_water_mark)],
+            [folder, cut.fingerprint, cut.rows_total, _key_text(cut.high_water_mark), cut.planned_at],
         )
 
     def claim(self, folder: str) -> None:

@@ -143,7 +143,7 @@ def plan_export(
             stmt, params = query.count_and_high_water_mark()
             row = conn.execute(stmt, params).fetchone()
             rows_total, hwm = (int(row[0]), row[1]) if row else (0, None)
-            cut = Cut(fingerprint, rows_total, hwm)
+            cut = Cut(fingerprint, rows_total, hwm, time.time())
     assert cut is not None
     if request.format == "pdf":
         check_pdf_rows(cut.rows_total)  # a report is for people: refused before anything is written
@@ -158,7 +158,8 @@ def plan_export(
         high_water_mark=cut.high_water_mark,
         location=location,
         key_column=spec.key,
-        planned_at=time.time(),
+        # A resumed export keeps its first attempt's time: a PDF title shows it, byte for byte.
+        planned_at=cut.planned_at if cut.planned_at is not None else time.time(),
         fingerprint=fingerprint,
         resumed=resumed,
     )

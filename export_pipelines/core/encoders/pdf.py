@@ -31,6 +31,7 @@ DEFAULT_PDF_MAX_ROWS = 10_000
 PDF_MAX_ROWS_SETTING = "EXPORT_PDF_MAX_ROWS"
 FONT, FONT_BOLD, FONT_SIZE = "ExportVera", "ExportVeraBd", 7
 LANDSCAPE_FROM_COLUMNS = 7
+MIN_CHARS, WIDTH_CHARS = 8, 60  # column widths: at least 8 digits wide (or less if all fit)
 
 
 def pdf_max_rows() -> int:
@@ -119,19 +120,27 @@ def _records_end(data: str) -> int:
     return end
 
 
-def _widths(header: list[str], rows: list[list[Any]], total: float, font: str) -> list[float]:
-    """Column widths in proportion to their typical text (header to 40 characters), summing to total."""
+def _widths(header: list[str], rows: list[list[Any]], total: float, font: str, bold: str) -> list[float]:
+    """Column widths summing to total: each column's natural width (its longest header word or
+    value, values counted to WIDTH_CHARS characters, from the first rows) when they all fit; else
+    every column gets at least the width of MIN_CHARS digits (or its natural width, if smaller: an
+    id is not one character per line) and the room left goes to the columns with long values."""
     from reportlab.pdfbase.pdfmetrics import stringWidth
 
+    pad = 6  # left and right padding
     sample = rows[:500]
-    weights = []
+    natural = []
     for i, name in enumerate(header):
-        longest = max([min(len(name), 12), *(min(len(r[i] or ""), 40) for r in sample)])
-        weights.append(max(6, longest))
-    unit = total / sum(weights)
-    # Never narrower than one wide character plus padding.
-    floor = stringWidth("W", font, FONT_SIZE) + 6
-    return [max(floor, w * unit) for w in weights]
+        words = max((stringWidth(w, bold, FONT_SIZE) for w in name.split() or [""]), default=0.0)
+        values = max((stringWidth((r[i] or "")[:WIDTH_CHARS], font, FONT_SIZE) for r in sample), default=0.0)
+        natural.append(max(words, values) + pad)
+    floor = [min(n, stringWidth("0" * MIN_CHARS, font, FONT_SIZE) + pad) for n in natural]
+    if sum(natural) <= total:
+        return [n * total / sum(natural) for n in natural]
+    if sum(floor) >= total:
+        return [f * total / sum(floor) for f in floor]
+    room, wants = total - sum(floor), [n - f for n, f in zip(natural, floor, strict=True)]
+    return [f + room * w / sum(wants) for f, w in zip(floor, wants, strict=True)]
 
 
 def _break_word(line: str, face: str, width: float) -> list[str]:
@@ -174,8 +183,9 @@ def render_pdf(header: list[str], rows: list[list[str]], title: dict[str, str]) 
         bottomMargin=margin + 4 * mm,
         title=f"{title.get('resource', '')} export for {title.get('tenant', '')}",
         author="export_pipelines",
+        invariant=True,  # no creation time or random id: a resumed file is byte-identical
     )
-    widths = _widths(header, rows, doc.width, font)
+    widths = _widths(header, rows, doc.width, font, bold)
 
     def wrap(value: str | None, width: float, face: str) -> str:
         if not value:
