@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from export_pipelines.core.errors import ConfigurationError
+from export_pipelines.core.formats import DEFAULT_PDF_MAX_ROWS
 from export_pipelines.core.notify import parse_allowlist
 
 # PostgreSQL's units for statement_timeout; a bare number is milliseconds, as in PostgreSQL.
@@ -62,6 +63,7 @@ class Settings:
     months_from: str = "2024-01-01"  # EXPORT_MONTHS_FROM: first month of the monthly partitions
     monthly_resource: str = "orders"  # EXPORT_MONTHLY_RESOURCE
     monthly_format: str = "csv"  # EXPORT_MONTHLY_FORMAT
+    pdf_max_rows: int = DEFAULT_PDF_MAX_ROWS  # EXPORT_PDF_MAX_ROWS: a larger pdf request is refused
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -88,6 +90,7 @@ class Settings:
             months_from=text("EXPORT_MONTHS_FROM") or cls.months_from,
             monthly_resource=text("EXPORT_MONTHLY_RESOURCE") or cls.monthly_resource,
             monthly_format=text("EXPORT_MONTHLY_FORMAT") or cls.monthly_format,
+            pdf_max_rows=_int(environ, "EXPORT_PDF_MAX_ROWS", cls.pdf_max_rows),
         )
 
     def s3_client_options(self) -> dict[str, str | None]:

@@ -60,8 +60,13 @@ CASES: list[Bad] = [
     bad("tenant-list", {"tenant_id": ["t-004"]}, "tenant_id", "got list"),
     bad("resource-number", {"resource": 1}, "resource", "must be a string, got int", "allowed: orders"),
     bad("resource-list", {"resource": ["orders"]}, "resource", "allowed: orders"),
-    bad("format-list", {"format": ["csv"]}, "format", "allowed: csv, csv_excel, json, jsonl, parquet, xlsx"),
-    bad("format-number", {"format": 1}, "format", "allowed: csv, csv_excel, json, jsonl, parquet, xlsx"),
+    bad(
+        "format-list",
+        {"format": ["csv"]},
+        "format",
+        "allowed: csv, csv_excel, json, jsonl, parquet, pdf, xlsx",
+    ),
+    bad("format-number", {"format": 1}, "format", "allowed: csv, csv_excel, json, jsonl, parquet, pdf, xlsx"),
     bad("compression-number", {"compression": 9}, "compression", "allowed: gzip, none, zstd"),
     bad("compression-list", {"compression": ["gzip"]}, "compression", "allowed: gzip, none, zstd"),
     bad("columns-string", {"columns": "id,status"}, "columns", "must be a list of column names", ALL_COLUMNS),
@@ -99,9 +104,11 @@ CASES: list[Bad] = [
         "format-unknown",
         {"format": "xml"},
         "format",
-        "unknown format 'xml'; allowed: csv, csv_excel, json, jsonl, parquet, xlsx",
+        "unknown format 'xml'; allowed: csv, csv_excel, json, jsonl, parquet, pdf, xlsx",
     ),
-    bad("format-case", {"format": "CSV"}, "format", "allowed: csv, csv_excel, json, jsonl, parquet, xlsx"),
+    bad(
+        "format-case", {"format": "CSV"}, "format", "allowed: csv, csv_excel, json, jsonl, parquet, pdf, xlsx"
+    ),
     bad("compression-unknown", {"compression": "brotli"}, "compression", "allowed: gzip, none, zstd"),
     bad(
         "compression-wrong-format",
@@ -129,7 +136,7 @@ CASES: list[Bad] = [
         "format-sql",
         {"format": "csv'; DROP TABLE export_requests; --"},
         "format",
-        "allowed: csv, csv_excel, json, jsonl, parquet, xlsx",
+        "allowed: csv, csv_excel, json, jsonl, parquet, pdf, xlsx",
     ),
     # --- huge lists and strings: sane limits, said plainly, nothing echoed back in full
     bad(
@@ -159,7 +166,7 @@ CASES: list[Bad] = [
     bad("tenant-empty", {"tenant_id": ""}, "tenant_id", "non-empty"),
     bad("tenant-blank", {"tenant_id": "   "}, "tenant_id", "non-empty"),
     bad("resource-empty", {"resource": ""}, "resource", "allowed: orders"),
-    bad("format-empty", {"format": ""}, "format", "allowed: csv, csv_excel, json, jsonl, parquet, xlsx"),
+    bad("format-empty", {"format": ""}, "format", "allowed: csv, csv_excel, json, jsonl, parquet, pdf, xlsx"),
     bad("columns-empty", {"columns": []}, "columns", "at least one column", ALL_COLUMNS),
     bad("filter-values-empty", {"filters": {"status": []}}, "filters.status", "at least one value"),
     # --- dates: beyond year 9999, reversed, empty ranges, not dates
@@ -211,7 +218,12 @@ CASES: list[Bad] = [
     bad("filter-key-nul", {"filters": {"sta\x00tus": "paid"}}, "filters", "is not a filter", FILTER_NAMES),
     bad("column-surrogate", {"columns": ["id\ud800"]}, "columns", "unknown column(s)", ALL_COLUMNS),
     bad("resource-surrogate", {"resource": "\udcff"}, "resource", "allowed: orders"),
-    bad("format-nul", {"format": "csv\x00"}, "format", "allowed: csv, csv_excel, json, jsonl, parquet, xlsx"),
+    bad(
+        "format-nul",
+        {"format": "csv\x00"},
+        "format",
+        "allowed: csv, csv_excel, json, jsonl, parquet, pdf, xlsx",
+    ),
     bad("date-nul", {"filters": {"date_from": "2024-05-01\x00"}}, "filters.date_from", "ISO 8601"),
     bad("webhook-surrogate", {"webhook_url": "https://example.com/\ud800"}, "webhook_url", "valid UTF-8"),
     bad("email-nul", {"email": "a\x00@example.com"}, "email", "NUL"),
@@ -661,7 +673,7 @@ def cli(*args: str | bytes) -> subprocess.CompletedProcess[bytes]:
         ),
         (
             ("--tenant", "t-004", "--resource", "orders", "--format", "xml"),
-            "format: unknown format 'xml'; allowed: csv, csv_excel, json, jsonl, parquet, xlsx",
+            "format: unknown format 'xml'; allowed: csv, csv_excel, json, jsonl, parquet, pdf, xlsx",
         ),
         (("--tenant", "t-004", "--resource", "orders", "--date-from", "10000-01-01"), "filters.date_from:"),
         (

@@ -34,7 +34,7 @@ def test_request_row_to_download_through_the_daemon(daemon, store, s3_client, bu
     bad_row, _ = wait_for(store, bad, timeout=30)
     assert bad_row.status == "failed" and bad_row.run_id is None
     assert (
-        "format: unknown format 'xlsx-but-in-color'; allowed: csv, csv_excel, json, jsonl, parquet, xlsx"
+        "format: unknown format 'xlsx-but-in-color'; allowed: csv, csv_excel, json, jsonl, parquet, pdf, xlsx"
         in bad_row.error
     )
 

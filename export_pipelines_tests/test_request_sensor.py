@@ -100,7 +100,7 @@ def test_queued_row_whose_run_never_started_is_re_requested_with_the_same_run_ke
         ({"resource": "invoices"}, "resource: unknown resource 'invoices'; allowed: orders"),
         (
             {"format": "xml"},
-            "format: unknown format 'xml'; allowed: csv, csv_excel, json, jsonl, parquet, xlsx",
+            "format: unknown format 'xml'; allowed: csv, csv_excel, json, jsonl, parquet, pdf, xlsx",
         ),
         (
             {"format": "xlsx", "compression": "gzip"},

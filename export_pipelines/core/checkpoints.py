@@ -35,6 +35,7 @@ class Cut:
     fingerprint: str
     rows_total: int
     high_water_mark: Any
+    planned_at: float | None = None  # the first attempt's plan time (a PDF's "generated at")
 
 
 @dataclass(frozen=True)
@@ -87,25 +88,25 @@ class CheckpointStore(PgStore):
     def cut(self, folder: str, key_type: str) -> Cut | None:
         row = self.execute(
             sql.SQL(
-                "SELECT fingerprint, rows_total, high_water_mark::{} FROM export_checkpoints "
+                "SELECT fingerprint, rows_total, high_water_mark::{}, planned_at FROM export_checkpoints "
                 "WHERE folder = %s"
             ).format(sql.SQL(key_type)),  # type: ignore[arg-type]  # format_type() output
             [folder],
         ).fetchone()
-        return Cut(row[0], int(row[1]), row[2]) if row else None
+        return Cut(row[0], int(row[1]), row[2], row[3]) if row else None
 
     def save_cut(self, folder: str, cut: Cut) -> None:
         """Start (or start over) the export in `folder`: a new cut replaces an old one only when
         the request changed; files checkpointed for another fingerprint are then stale."""
         self.execute(
             """
-            INSERT INTO export_checkpoints (folder, fingerprint, rows_total, high_water_mark)
-            VALUES (%s, %s, %s, %s)
+            INSERT INTO export_checkpoints (folder, fingerprint, rows_total, high_water_mark, planned_at)
+            VALUES (%s, %s, %s, %s, %s)
             ON CONFLICT (folder) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,
                 rows_total = EXCLUDED.rows_total, high_water_mark = EXCLUDED.high_water_mark,
-                updated_at = now()
+                planned_at = EXCLUDED.planned_at, updated_at = now()
             """,
-            [folder, cut.fingerprint, cut.rows_total, _key_text(cut.high_water_mark)],
+            [folder, cut.fingerprint, cut.rows_total, _key_text(cut.high_water_mark), cut.planned_at],
         )
 
     def claim(self, folder: str) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from export_pipelines.core.catalog import Catalog
 from export_pipelines.core.checkpoints import CheckpointStore, FileCheckpoint, PartCheckpoint
 from export_pipelines.core.encoders import Encoder, encoder_class
-from export_pipelines.core.plan import ExportPlan
+from export_pipelines.core.plan import ExportPlan, report_context
 from export_pipelines.core.reader import (
     Control,
     Failed,
@@ -111,6 +111,7 @@ class _Export:
     def _write_file(self, start: FileStart, events: queue.Queue[Any]) -> None:
         """One file, from its FileStart to its FileEnd: encode, cut parts, complete."""
         encoder = self.encoder_cls(self.plan.columns, self.plan.request.compression)
+        encoder.describe(report_context(self.plan))
         resumable = self.encoder_cls.resumable
         with self._file_writer(start) as writer:
             if start.continued:

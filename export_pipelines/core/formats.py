@@ -74,8 +74,15 @@ FORMATS: dict[str, FormatSpec] = {
         _container_format(
             "xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", ("none",)
         ),
+        # A report for people; PDF compresses its streams inside the file.
+        _container_format("pdf", "application/pdf", ("none",)),
     )
 }
+
+
+# A PDF is laid out whole, so its rows are held in memory: a cap keeps that bounded (and a report
+# of more rows is for a machine format). Setting EXPORT_PDF_MAX_ROWS.
+DEFAULT_PDF_MAX_ROWS = 10_000
 
 
 def format_names() -> tuple[str, ...]:

@@ -61,6 +61,8 @@ CREATE TABLE IF NOT EXISTS public.export_checkpoints (
 );
 -- Which process works on the export now (host:pid), for operators and the kill tests.
 ALTER TABLE public.export_checkpoints ADD COLUMN IF NOT EXISTS worker text;
+-- When the first attempt planned the export (epoch seconds): a resumed report keeps its title.
+ALTER TABLE public.export_checkpoints ADD COLUMN IF NOT EXISTS planned_at double precision;
 CREATE TABLE IF NOT EXISTS public.export_checkpoint_files (
     folder            text NOT NULL REFERENCES public.export_checkpoints ON DELETE CASCADE,
     file_number       int NOT NULL,

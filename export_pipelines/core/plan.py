@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from export_pipelines.core.catalog import Catalog
 from export_pipelines.core.checkpoints import CheckpointStore, Cut
 from export_pipelines.core.columns import ColumnInfo
+from export_pipelines.core.errors import InvalidRequest
+from export_pipelines.core.formats import DEFAULT_PDF_MAX_ROWS
 from export_pipelines.core.layout import ExportLocation
 from export_pipelines.core.query import ExportQuery, connect, introspect_columns
 from export_pipelines.core.request import ExportRequest
 
-CHECKPOINT_VERSION = 1  # bump when an encoder's bytes change: old checkpoints are then not reused
+# Bump when an encoder's bytes change: old checkpoints are then not reused
+# (2: JSON bigint, numeric and floats as strings).
+CHECKPOINT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,8 @@ class ExportPlan:
     high_water_mark: Any  # max key at plan time: rows with a larger key are out
     location: ExportLocation
     key_column: str
+    # When the first attempt planned the export (epoch seconds): a resumed PDF keeps its title.
+    planned_at: float = 0.0
     fingerprint: str = ""  # what shapes the bytes: a checkpoint is reused only for the same one
     resumed: bool = False  # the cut (and maybe files) came from an earlier attempt's checkpoint
 
@@ -61,6 +68,7 @@ def plan_export(
     checkpoints: CheckpointStore | None = None,
     *,
     statement_timeout_seconds: float | None = None,
+    pdf_max_rows: int = DEFAULT_PDF_MAX_ROWS,
 ) -> ExportPlan:
     """Count the rows (progress denominator) and fix the high-water mark, in one snapshot.
 
@@ -83,8 +91,10 @@ def plan_export(
             stmt, params = query.count_and_high_water_mark()
             row = conn.execute(stmt, params).fetchone()
             rows_total, hwm = (int(row[0]), row[1]) if row else (0, None)
-            cut = Cut(fingerprint, rows_total, hwm)
+            cut = Cut(fingerprint, rows_total, hwm, time.time())
     assert cut is not None
+    if request.format == "pdf":
+        check_pdf_rows(cut.rows_total, pdf_max_rows)  # refused before anything is written
     if checkpoints and not resumed:
         checkpoints.save_cut(location.folder, cut)
     if checkpoints:
@@ -96,6 +106,33 @@ def plan_export(
         high_water_mark=cut.high_water_mark,
         location=location,
         key_column=spec.key,
+        planned_at=cut.planned_at if cut.planned_at is not None else time.time(),
         fingerprint=fingerprint,
         resumed=resumed,
     )
+
+
+def check_pdf_rows(rows_total: int, cap: int) -> None:
+    """A PDF is a report for people: more rows than the cap belong in a machine format."""
+    if rows_total > cap:
+        raise InvalidRequest(
+            "format",
+            f"a pdf export holds at most {cap:,} rows (EXPORT_PDF_MAX_ROWS); this request matches "
+            f"{rows_total:,}: use csv or xlsx, or narrow the filters",
+        )
+
+
+def report_context(plan: ExportPlan) -> dict[str, str]:
+    """What a report's title shows (PDF): tenant, resource, filters, when the export was planned."""
+    req = plan.request
+    filters = [f"{k} = {', '.join(v)}" for k, v in sorted(req.filters.items())]
+    if req.date_from:
+        filters.append(f"from {req.date_from.isoformat()}")
+    if req.date_to:
+        filters.append(f"before {req.date_to.isoformat()}")
+    return {
+        "tenant": req.tenant_id,
+        "resource": req.resource,
+        "filters": "; ".join(filters),
+        "generated_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(plan.planned_at)),
+    }

@@ -129,13 +129,29 @@ def xlsx_tagged(col: ColumnInfo) -> sql.Composable:
     return sql.SQL("'s' || {}").format(as_text(col))
 
 
+# The JSON rule (type contract): a value is a JSON number only where every default reader
+# (Python's json.loads, JavaScript's JSON.parse, pandas' read_json) reads every value of the type
+# exactly, and a column never mixes numbers and strings. smallint and integer qualify. bigint and
+# numeric do not (doubles stop at 2^53 and 17 digits), nor do real and double precision: pandas'
+# JSON number parser reads 5e-324 as 0 (and with precise_float=True refuses the file) and
+# 1.7976931348623157e308 a few units off, json.loads reads -0 as the integer 0, and JSON has no
+# NaN or Infinity. So those four are strings of PostgreSQL's exact text for the whole column (as
+# BigQuery's JSON export and Twitter's id_str do for 64-bit integers): float() / Number() /
+# pandas' own string-to-float conversion read float text exactly, NaN, ±Infinity and -0 included.
+JSON_STRING_TYPES = frozenset({"int8", "numeric", "float4", "float8"})
+
+
 def json_value(col: ColumnInfo) -> sql.Composable:
-    """What row_to_json gets for the column: PostgreSQL's JSON rendering, except bytea (base64)
-    and json (raw CR/LF can only be whitespace between tokens: they become spaces, so each
-    object stays on one line; key order and duplicate keys are kept)."""
+    """What row_to_json gets for the column: PostgreSQL's JSON rendering, except bytea (base64),
+    json (raw CR/LF can only be whitespace between tokens: they become spaces, so each object stays
+    on one line; key order and duplicate keys are kept), and numbers (the JSON rule above)."""
     c = column_ref(col)
     if col.type_name == "bytea":
         return base64_of(c)
     if col.type_name == "json":
         return sql.SQL("translate({}::text, E'\\r\\n', '  ')::json").format(c)
+    if col.type_name in JSON_STRING_TYPES:
+        return sql.SQL("{}::text").format(c)
+    if col.type_name.startswith("_") and col.type_name[1:] in JSON_STRING_TYPES:
+        return sql.SQL("{}::text[]").format(c)  # the elements as strings, same rule
     return c

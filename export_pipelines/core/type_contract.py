@@ -21,7 +21,10 @@ FORMAT_COLUMN = {
     "json": "json",
     "parquet": "parquet",
     "xlsx": "xlsx",
+    "pdf": "pdf",
 }
+PDF_MAX_CELL_CHARS = 1_000
+PDF_MAX_CELL_LINES = 40
 NUMERIC_MAX_DECIMAL_PRECISION = 38
 XLSX_MAX_CELL_CHARS = 32_767
 _EXCEL_TEXT = '`="…"` (shown as text, not rounded)'
@@ -39,27 +42,50 @@ class TypeRule:
     xlsx: str
     # format column -> {value that cannot be held: what is written instead}
     special: dict[str, dict[str, str]] = field(default_factory=dict)
+    # PDF prints the csv text of every type (a report for people), wrapped in its cell.
+    pdf: str = "as csv, wrapped; NULL is an empty cell"
 
     def representation(self, fmt: str) -> str:
         """The table cell, made self-contained ("as csv; …" spelled out) for the manifest."""
         text = str(getattr(self, FORMAT_COLUMN[fmt]))
         if text.startswith(_SAME):
             extra = text[len(_SAME) :].lstrip("; ,")
-            text = self.csv + (f"; excel profile: {extra}" if extra else "")
+            label = "excel profile: " if FORMAT_COLUMN[fmt] == "csv_excel" else ""
+            text = self.csv + (f"; {label}{extra}" if extra else "")
         return text
 
     def special_values(self, fmt: str) -> dict[str, str]:
+        if FORMAT_COLUMN[fmt] == "pdf":
+            return dict(_PDF_LONG)
         return dict(self.special.get(FORMAT_COLUMN[fmt], {}))
 
 
 _SAME = "as csv"
 _XLSX_TEXT = f"text cell (cut at Excel's {XLSX_MAX_CELL_CHARS:,}-character limit)"
 _TEXT_CELL = "text cell"
+
+
+def _pandas_range(python_type: str, int_type: str) -> str:
+    """What pandas' pyarrow-backed column does with values Python's date types cannot hold."""
+    return (
+        f'; pandas (`dtype_backend="pyarrow"`) holds every value, but those outside years 1..9999 '
+        f"(BC, 5-digit years, ±infinity) are no Python {python_type} (OverflowError): read them as "
+        f'integers, `.astype("{int_type}[pyarrow]")`'
+    )
+
+
 _EXCEL_PROFILE_TEXT = {
     "text starting with = + - @ tab or CR": "a leading ' (formula injection neutralised)",
     "text Excel would read as a number": '="…" (stays text)',
 }
 _EXCEL_AS_TEXT = "as csv, with the text rules of the excel profile"
+# JSON has one null: the json/jsonb value `null` and SQL NULL look the same in JSON and JSONL.
+_JSON_NULL = {"the JSON value null": "null, the same as SQL NULL (csv, parquet, xlsx tell them apart)"}
+_PDF_LONG = {
+    f"text over {PDF_MAX_CELL_CHARS:,} characters or {PDF_MAX_CELL_LINES} wrapped lines": (
+        "cut there, ending in … (a row must fit on a page)"
+    )
+}
 _LONG_TEXT = {f"text over {XLSX_MAX_CELL_CHARS:,} characters": _XLSX_TEXT_CUT}
 
 RULES: tuple[TypeRule, ...] = (
@@ -77,7 +103,7 @@ RULES: tuple[TypeRule, ...] = (
         "bigint",
         "digits",
         f"digits; 16+ digits as {_EXCEL_TEXT}",
-        "number (all digits; JavaScript's JSON.parse rounds beyond 2^53)",
+        'string of the digits `"9223372036854775807"` (doubles round beyond 2^53)',
         "int64",
         "number cell up to 15 digits, else text cell with the digits",
     ),
@@ -86,11 +112,10 @@ RULES: tuple[TypeRule, ...] = (
         f"numeric(p,s), p ≤ {NUMERIC_MAX_DECIMAL_PRECISION}",
         "exact digits (`12.50`), `NaN`",
         f"as csv; 16+ significant digits as {_EXCEL_TEXT}",
-        'number with the exact digits; NaN as the string `"NaN"`',
+        'string of the exact digits `"12.50"`, `"NaN"` (doubles keep 17 digits)',
         "decimal128(p,s); NaN as null",
         "number cell up to 15 significant digits, else text cell with the exact digits",
         {
-            "json": {"NaN": 'the string "NaN"'},
             "parquet": {"NaN": "null (decimal128 has no NaN)"},
             "xlsx": {"NaN": 'text cell "NaN"'},
         },
@@ -100,15 +125,10 @@ RULES: tuple[TypeRule, ...] = (
         f"numeric, numeric(p,s) p > {NUMERIC_MAX_DECIMAL_PRECISION}",
         "exact digits, any size (`1e-100` as `0.000…1`), `NaN`, `Infinity`, `-Infinity`",
         f"as csv; 16+ significant digits, NaN and ±Infinity as {_EXCEL_TEXT}",
-        'number with the exact digits; NaN, ±Infinity as strings `"NaN"`, `"Infinity"`, `"-Infinity"`',
+        'string of the exact digits, as in csv (`"NaN"`, `"Infinity"`, `"-Infinity"`)',
         "string with PostgreSQL's exact text (never a float)",
         "number cell up to 15 significant digits, else text cell with the exact digits",
         {
-            "json": {
-                "NaN": 'the string "NaN"',
-                "Infinity": 'the string "Infinity"',
-                "-Infinity": 'the string "-Infinity"',
-            },
             "xlsx": {"NaN, Infinity, -Infinity": "text cell"},
         },
     ),
@@ -118,15 +138,12 @@ RULES: tuple[TypeRule, ...] = (
         "shortest text that reads back to the same float (`0.1`, `1e+300`), "
         "`NaN`, `Infinity`, `-Infinity`, `-0`",
         f"as csv; 16+ significant digits, -0, NaN and ±Infinity as {_EXCEL_TEXT}",
-        'number (`-0` kept); NaN, ±Infinity as strings `"NaN"`, `"Infinity"`, `"-Infinity"`',
+        'string of the text in csv (`"0.1"`, `"-0"`, `"NaN"`, `"-Infinity"`): float() and '
+        "Number() read it exactly, JSON numbers would not (no NaN, ±Infinity; -0 and "
+        "subnormals lost by some parsers)",
         "float32, float64 (NaN, ±inf and -0 native)",
         "number cell up to 15 significant digits, else text cell (-0, NaN, ±Infinity included)",
         {
-            "json": {
-                "NaN": 'the string "NaN"',
-                "Infinity": 'the string "Infinity"',
-                "-Infinity": 'the string "-Infinity"',
-            },
             "xlsx": {"NaN, Infinity, -Infinity, -0": "text cell"},
         },
     ),
@@ -148,7 +165,8 @@ RULES: tuple[TypeRule, ...] = (
         "`2024-01-31`, `0044-03-15 BC`, `12345-06-07`, `infinity`, `-infinity`",
         _SAME,
         'string `"2024-01-31"` (BC, 5-digit years, infinity as in csv)',
-        "date32; ±infinity as ±(2^31-1) days, which DuckDB reads as ±infinity",
+        "date32; ±infinity as ±(2^31-1) days, which DuckDB reads as ±infinity"
+        + _pandas_range("date", "int32"),
         "date cell from 1900-03-01 to 9999-12-31, else text cell as in csv",
         {
             "parquet": {"infinity / -infinity": "±2147483647 days (DuckDB's infinity)"},
@@ -161,7 +179,7 @@ RULES: tuple[TypeRule, ...] = (
         "`01:02:03.5`, timetz with its zone",
         _SAME,
         'string `"01:02:03.5"`',
-        "time64[us] (timetz: string)",
+        "time64[us] (timetz: string); as a Python time (pandas) `24:00:00` is `00:00:00`",
         _TEXT_CELL,
     ),
     TypeRule(
@@ -171,7 +189,7 @@ RULES: tuple[TypeRule, ...] = (
         _SAME,
         'string `"2024-01-31T01:02:03.000004"` (naive)',
         "timestamp[us] without zone; ±infinity as ±(2^63-1) µs, which DuckDB reads as ±infinity; "
-        "years after 294246 as null",
+        "years after 294246 as null" + _pandas_range("datetime", "int64"),
         "text cell as in csv (Excel has no microseconds)",
         {
             "parquet": {
@@ -187,7 +205,7 @@ RULES: tuple[TypeRule, ...] = (
         _SAME,
         'string `"2024-01-31T01:02:03.000004+00:00"` (UTC)',
         "timestamp[us, UTC]; ±infinity as ±(2^63-1) µs, which DuckDB reads as ±infinity; "
-        "years after 294246 as null",
+        "years after 294246 as null" + _pandas_range("datetime", "int64"),
         "text cell as in csv (UTC; Excel has no time zones)",
         {
             "parquet": {
@@ -211,27 +229,30 @@ RULES: tuple[TypeRule, ...] = (
         "jsonb",
         'JSON text `{"a": 1}`',
         _EXCEL_AS_TEXT,
-        "nested JSON value",
+        "nested JSON value as stored (its numbers as in the source); a JSON `null` value is "
+        "written `null`, like SQL NULL",
         "string of JSON text (arrow.json)",
         _XLSX_TEXT,
-        {"csv_excel": _EXCEL_PROFILE_TEXT, "xlsx": _LONG_TEXT},
+        {"csv_excel": _EXCEL_PROFILE_TEXT, "json": _JSON_NULL, "xlsx": _LONG_TEXT},
     ),
     TypeRule(
         "json",
         "json",
         "JSON text as written",
         _EXCEL_AS_TEXT,
-        "nested JSON value as written (key order, duplicate keys); line breaks between tokens become spaces",
+        "nested JSON value as written (key order, duplicate keys); line breaks between tokens "
+        "become spaces; a JSON `null` value is written `null`, like SQL NULL",
         "string of JSON text as written (arrow.json)",
         _XLSX_TEXT,
-        {"csv_excel": _EXCEL_PROFILE_TEXT, "xlsx": _LONG_TEXT},
+        {"csv_excel": _EXCEL_PROFILE_TEXT, "json": _JSON_NULL, "xlsx": _LONG_TEXT},
     ),
     TypeRule(
         "array",
         "arrays (any element type, NULL elements)",
         "PostgreSQL array text `{1,NULL,3}`",
         _SAME,
-        "JSON array (nested for multi-dimensional values), `null` elements; lower bounds dropped",
+        "JSON array (nested for multi-dimensional values), `null` elements, elements as their "
+        "type's JSON (bigint, numeric, real, double as strings); lower bounds dropped",
         "list<element type>, null elements; multi-dimensional values as null; lower bounds dropped",
         f"{_XLSX_TEXT}, as in csv",
         {
@@ -309,13 +330,13 @@ def contract_markdown() -> str:
         return text.replace("|", "\\|")
 
     lines = [
-        "| PostgreSQL | CSV | CSV `excel` profile | JSONL / JSON | Parquet | XLSX |",
-        "|---|---|---|---|---|---|",
+        "| PostgreSQL | CSV | CSV `excel` profile | JSONL / JSON | Parquet | XLSX | PDF |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in RULES:
         lines.append(
             "| "
-            + " | ".join(cell(v) for v in (r.postgres, r.csv, r.csv_excel, r.json, r.parquet, r.xlsx))
+            + " | ".join(cell(v) for v in (r.postgres, r.csv, r.csv_excel, r.json, r.parquet, r.xlsx, r.pdf))
             + " |"
         )
     return "\n".join(lines) + "\n"

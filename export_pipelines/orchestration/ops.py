@@ -130,6 +130,7 @@ def count_rows(
                 export_settings.prefix,
                 source.checkpoints(),
                 statement_timeout_seconds=export_settings.statement_timeout_seconds,
+                pdf_max_rows=export_settings.pdf_max_rows,
             )
     except TransientError:
         raise  # NETWORK_RETRY tries again

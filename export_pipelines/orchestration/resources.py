@@ -16,6 +16,7 @@ from pydantic import PrivateAttr
 from export_pipelines.core.catalog import Catalog, load_catalog
 from export_pipelines.core.checkpoints import CheckpointStore
 from export_pipelines.core.delivery import Channels
+from export_pipelines.core.formats import DEFAULT_PDF_MAX_ROWS
 from export_pipelines.core.notify import parse_allowlist
 from export_pipelines.core.request_store import RequestStore
 from export_pipelines.core.s3 import make_s3_client
@@ -92,6 +93,7 @@ class ExportSettings(dg.ConfigurableResource):
     max_parts_in_flight: int = 3
     abort_uploads_after_hours: int = 24  # janitor: multipart uploads older than this are aborted
     statement_timeout_seconds: float | None = None  # of export queries; None: the core's default
+    pdf_max_rows: int = DEFAULT_PDF_MAX_ROWS  # a pdf request over this many rows is refused
 
     def catalog(self) -> Catalog:
         return load_catalog(self.catalog_path or None)
@@ -137,6 +139,7 @@ def resources_from_settings(settings: Settings) -> dict[str, Any]:
             prefix=settings.prefix,
             catalog_path=settings.catalog_path,
             statement_timeout_seconds=settings.statement_timeout_seconds,
+            pdf_max_rows=settings.pdf_max_rows,
         ),
         "notifier": Notifier(
             webhook_secret=dg.EnvVar("EXPORT_WEBHOOK_SECRET"),

@@ -70,7 +70,7 @@ def test_missing_catalog_file_is_a_clear_error():
         ({"resource": "invoices"}, "resource", "allowed: orders"),
         ({"columns": ["id", "password"]}, "columns", "allowed: amount, attrs, created_at, currency"),
         ({"filters": {"note": "x"}}, "filters", "allowed: currency, date_from, date_to, status"),
-        ({"format": "xml"}, "format", "allowed: csv, csv_excel, json, jsonl, parquet, xlsx"),
+        ({"format": "xml"}, "format", "allowed: csv, csv_excel, json, jsonl, parquet, pdf, xlsx"),
         ({"format": "parquet", "compression": "gzip"}, "compression", "allowed: none, snappy, zstd"),
         ({"format": "xlsx", "compression": "gzip"}, "compression", "allowed: none"),
         ({"format": "jsonl", "compression": "brotli"}, "compression", "allowed: gzip, none, zstd"),

@@ -29,7 +29,7 @@ COLS = [
 
 
 def test_registry_lists_every_format():
-    assert set(format_names()) == {"csv", "csv_excel", "jsonl", "json", "parquet", "xlsx"}
+    assert set(format_names()) == {"csv", "csv_excel", "jsonl", "json", "parquet", "xlsx", "pdf"}
     for fmt in format_names():
         cls = encoder_class(fmt)
         assert cls.default_compression in cls.compressions

@@ -9,11 +9,20 @@ from export_pipelines.core.encoders.csv_excel import CsvExcelEncoder
 from export_pipelines.core.encoders.json_array import JsonArrayEncoder
 from export_pipelines.core.encoders.jsonl import JsonlEncoder
 from export_pipelines.core.encoders.parquet import ParquetEncoder
+from export_pipelines.core.encoders.pdf import PdfEncoder
 from export_pipelines.core.encoders.xlsx import XlsxEncoder
 
 _ENCODERS: dict[str, type[Encoder]] = {
     cls.format: cls
-    for cls in (CsvEncoder, CsvExcelEncoder, JsonlEncoder, JsonArrayEncoder, ParquetEncoder, XlsxEncoder)
+    for cls in (
+        CsvEncoder,
+        CsvExcelEncoder,
+        JsonlEncoder,
+        JsonArrayEncoder,
+        ParquetEncoder,
+        XlsxEncoder,
+        PdfEncoder,
+    )
 }
 
 

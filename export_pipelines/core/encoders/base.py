@@ -59,6 +59,10 @@ class Encoder(ABC):
         """Column name -> how the column is represented in this format (for the manifest)."""
         return {c.name: "text" for c in self.columns}
 
+    def describe(self, context: dict[str, str]) -> None:  # noqa: B027 - optional hook
+        """Facts about the export (tenant, resource, filters, generated_at) for formats that print
+        them (PDF's title); others ignore them."""
+
     @abstractmethod
     def begin(self) -> bytes:
         """Bytes that open a file (e.g. the CSV header)."""

@@ -1,7 +1,8 @@
 """JSON Lines: one JSON object per row, keys in column order, rendered by PostgreSQL.
 
-`row_to_json` writes every value (numbers with their exact digits, timestamps in ISO 8601,
-arrays, nested jsonb) and escapes every control character, so each object is one line; COPY
+`row_to_json` writes every value (bigint, numeric and floats as strings of their exact text,
+timestamps in ISO 8601, arrays, nested jsonb; `render_sql.json_value`)
+and escapes every control character, so each object is one line; COPY
 hands the lines over as they are (`RenderedQuery.json_rows`). Python only compresses: gzip
 members or zstd frames per part, as for CSV.
 """
