@@ -57,6 +57,7 @@ class Settings:
     catalog_path: str | None = None  # EXPORT_CATALOG (None: the packaged demo catalog)
     webhook_secret: str | None = None  # EXPORT_WEBHOOK_SECRET (secret)
     webhook_allowlist: tuple[str, ...] = ()  # EXPORT_WEBHOOK_ALLOWLIST, comma-separated hosts
+    webhook_allow_private: bool = False  # EXPORT_WEBHOOK_ALLOW_PRIVATE=1: loopback receivers (dev only)
     smtp_url: str | None = None  # SMTP_URL (secret: it may hold a password)
     statement_timeout_seconds: float | None = None  # EXPORT_STATEMENT_TIMEOUT (None: the core's 300 s)
     sensor_interval_seconds: int = 5  # EXPORT_SENSOR_INTERVAL_SECONDS
@@ -82,6 +83,7 @@ class Settings:
             catalog_path=text("EXPORT_CATALOG"),
             webhook_secret=text("EXPORT_WEBHOOK_SECRET"),
             webhook_allowlist=parse_allowlist(environ.get("EXPORT_WEBHOOK_ALLOWLIST", "")),
+            webhook_allow_private=environ.get("EXPORT_WEBHOOK_ALLOW_PRIVATE", "").strip() == "1",
             smtp_url=text("SMTP_URL"),
             statement_timeout_seconds=parse_statement_timeout(environ.get("EXPORT_STATEMENT_TIMEOUT", "")),
             sensor_interval_seconds=_int(

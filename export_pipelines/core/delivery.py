@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from export_pipelines.core.delivery_store import DeliveryStore
 from export_pipelines.core.errors import InvalidWebhook
 from export_pipelines.core.manifest import FinalizedExport
 from export_pipelines.core.notify import check_webhook_url, post_webhook, send_email
@@ -68,6 +69,42 @@ def ready_email_body(resource: str, done: FinalizedExport) -> str:
         + "\n".join(f.url for f in done.files)
         + f"\n\nThe link(s) expire at {done.expires_at:%Y-%m-%d %H:%M} UTC.\n"
     )
+
+
+def enqueue_notification(
+    deliveries: DeliveryStore,
+    *,
+    request_id: str | None,
+    tenant_id: str,
+    event: str,
+    payload: dict[str, Any],
+    webhook_url: str | None,
+    email: str | None,
+    email_subject: str,
+    email_body: str,
+) -> None:
+    """Record one delivery per target; the delivery sensor sends them. Never sends, never raises
+    for a bad target (the sensor records why it was not delivered)."""
+    if webhook_url:
+        deliveries.enqueue(
+            request_id=request_id,
+            tenant_id=tenant_id,
+            event=event,
+            channel="webhook",
+            target=webhook_url,
+            payload=payload,
+        )
+    if email:
+        deliveries.enqueue(
+            request_id=request_id,
+            tenant_id=tenant_id,
+            event=event,
+            channel="email",
+            target=email,
+            payload=payload,
+            email_subject=email_subject,
+            email_body=email_body,
+        )
 
 
 def deliver(

@@ -3,6 +3,7 @@
 - `export_requests`: the queue apps write to and the status they read (core/request_store.py).
 - `export_checkpoints`, `export_checkpoint_files`, `export_checkpoint_parts`: what an export has
   durably uploaded, so a retry resumes (core/checkpoints.py).
+- `export_deliveries`: notifications waiting to be sent, sent, or given up (core/delivery_store.py).
 
 Each statement may run again (IF NOT EXISTS), so migrating an up-to-date database changes nothing.
 """
@@ -103,7 +104,30 @@ CREATE TABLE IF NOT EXISTS public.export_checkpoint_parts (
 );
 """
 
-MIGRATIONS = (REQUESTS_TABLE, CHECKPOINT_TABLES)
+DELIVERIES_TABLE = """
+CREATE TABLE IF NOT EXISTS public.export_deliveries (
+    id               bigserial PRIMARY KEY,
+    request_id       uuid,                      -- NULL for exports that no request row serves
+    tenant_id        text NOT NULL,
+    event            text NOT NULL,             -- export.succeeded | export.failed | export.canceled
+    channel          text NOT NULL CHECK (channel IN ('webhook', 'email')),
+    target           text NOT NULL,             -- the webhook URL or the email address
+    payload          jsonb NOT NULL,            -- the webhook body (README "Notifications")
+    email_subject    text,
+    email_body       text,
+    status           text NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts         int NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    last_error       text,                      -- short and stable: tenants may read it
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    delivered_at     timestamptz
+);
+CREATE INDEX IF NOT EXISTS export_deliveries_due_idx
+    ON public.export_deliveries (next_attempt_at) WHERE status = 'pending';
+"""
+
+MIGRATIONS = (REQUESTS_TABLE, CHECKPOINT_TABLES, DELIVERIES_TABLE)
 
 _migrated: set[str] = set()
 _migrated_lock = threading.Lock()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from export_pipelines.orchestration.ops import clean_up_exports, count_rows, export_files, finalize, notify
+from export_pipelines.orchestration.notify_op import notify
+from export_pipelines.orchestration.ops import clean_up_exports, count_rows, export_files, finalize
 from export_pipelines.orchestration.partitions import monthly_partitions, tenant_of_key
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines.settings import Settings

@@ -14,7 +14,6 @@ from typing import Any
 
 import dagster as dg
 
-from export_pipelines.core.delivery import SUCCEEDED, deliver, download_url, ready_email_body, webhook_payload
 from export_pipelines.core.errors import ExportError, S3ConfigurationError, TransientError
 from export_pipelines.core.exporter import run_export
 from export_pipelines.core.janitor import run_janitor
@@ -25,7 +24,7 @@ from export_pipelines.core.results import ExportOutcome, ExportProgress
 from export_pipelines.core.resume import abandon_open_uploads
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.partitions import month_range, tenant_and_month
-from export_pipelines.orchestration.resources import ExportS3, ExportSettings, Notifier, SourceDatabase
+from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
 
 # Network ops ride over transient failures; invalid input is raised with allow_retries=False.
 NETWORK_RETRY = dg.RetryPolicy(
@@ -239,51 +238,6 @@ def finalize(
     for number, link in enumerate(done.files, start=1):
         metadata[f"file_{number:05d}_url"] = dg.MetadataValue.url(link.url)
     context.add_output_metadata(metadata)
-    return done
-
-
-@dg.op(tags={"kind": "notify"})
-def notify(
-    context: dg.OpExecutionContext,
-    run_plan: RunPlan,
-    done: FinalizedExport,
-    source: SourceDatabase,
-    notifier: Notifier,
-) -> FinalizedExport:
-    """Mark the request row succeeded, then webhook and email. Failures here are recorded only."""
-    req = run_plan.plan.request
-    if run_plan.request_id:
-        source.requests().mark_succeeded(
-            run_plan.request_id,
-            rows=done.rows,
-            bytes_written=done.bytes,
-            manifest_key=done.manifest_key,
-            download_url=download_url(done),
-            expires_at=done.expires_at,
-        )
-    payload = webhook_payload(
-        SUCCEEDED,
-        export_id=req.export_id,
-        tenant_id=req.tenant_id,
-        resource=req.resource,
-        rows=done.rows,
-        bytes_written=done.bytes,
-        done=done,
-    )
-    problem = deliver(
-        context.log,
-        notifier.channels(),
-        payload,
-        run_plan.webhook_url,
-        run_plan.email,
-        f"Your {req.resource} export is ready",
-        ready_email_body(req.resource, done),
-    )
-    if run_plan.request_id and (run_plan.webhook_url or run_plan.email):
-        source.requests().record_notification(run_plan.request_id, problem)
-    context.log.info(
-        f"export ready: {done.rows} rows in {len(done.files)} file(s); manifest {done.manifest_key}"
-    )
     return done
 
 

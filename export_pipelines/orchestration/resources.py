@@ -16,6 +16,7 @@ from pydantic import PrivateAttr
 from export_pipelines.core.catalog import Catalog, load_catalog
 from export_pipelines.core.checkpoints import CheckpointStore
 from export_pipelines.core.delivery import Channels
+from export_pipelines.core.delivery_store import DeliveryStore
 from export_pipelines.core.formats import DEFAULT_PDF_MAX_ROWS
 from export_pipelines.core.notify import parse_allowlist
 from export_pipelines.core.request_store import RequestStore
@@ -32,6 +33,7 @@ class SourceDatabase(dg.ConfigurableResource):
     url: str
     _requests: RequestStore | None = PrivateAttr(default=None)
     _checkpoints: CheckpointStore | None = PrivateAttr(default=None)
+    _deliveries: DeliveryStore | None = PrivateAttr(default=None)
 
     @property
     def conninfo(self) -> str:
@@ -47,8 +49,13 @@ class SourceDatabase(dg.ConfigurableResource):
             self._checkpoints = CheckpointStore(self.url).migrate_once()
         return self._checkpoints
 
+    def deliveries(self) -> DeliveryStore:
+        if self._deliveries is None:
+            self._deliveries = DeliveryStore(self.url).migrate_once()
+        return self._deliveries
+
     def close_stores(self) -> None:
-        for store in (self._requests, self._checkpoints):
+        for store in (self._requests, self._checkpoints, self._deliveries):
             if store is not None:
                 store.close()
 
@@ -109,6 +116,7 @@ class Notifier(dg.ConfigurableResource):
     smtp_url: str | None = None
     webhook_allowlist: str = ""  # comma-separated hosts; ".example.com" allows subdomains
     sender: str = "exports@localhost"
+    allow_private: bool = False  # EXPORT_WEBHOOK_ALLOW_PRIVATE: loopback/private receivers (dev only)
 
     def allowlist(self) -> tuple[str, ...]:
         return parse_allowlist(self.webhook_allowlist)
@@ -145,5 +153,6 @@ def resources_from_settings(settings: Settings) -> dict[str, Any]:
             webhook_secret=dg.EnvVar("EXPORT_WEBHOOK_SECRET"),
             smtp_url=_secret("SMTP_URL", settings.smtp_url),
             webhook_allowlist=",".join(settings.webhook_allowlist),
+            allow_private=settings.webhook_allow_private,
         ),
     }

@@ -17,7 +17,7 @@ COLUMNS = [ColumnInfo("id", "bigint", "int8", -1)]
 
 
 def test_every_format_has_an_encoder_that_follows_the_table():
-    assert format_names() == ("csv", "csv_excel", "jsonl", "json", "parquet", "xlsx")
+    assert format_names() == ("csv", "csv_excel", "jsonl", "json", "parquet", "xlsx", "pdf")
     for name, spec in FORMATS.items():
         cls = encoder_class(name)
         assert cls.spec is spec and cls.format == name
