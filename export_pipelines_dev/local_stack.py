@@ -824,7 +824,12 @@ def _weed_launch(p: Paths, s: Settings) -> int:
     # weed mini turns AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY into an extra identity: only
     # creds.json may define who gets in (a shell that eval'd `env` has them set).
     env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
-    env["GOMEMLIMIT"] = "256MiB"  # idle RSS is ~170 MB; this keeps the GC from letting it balloon
+    # After some traffic weed's live heap is ~250 MB (the filer's leveldb write buffers and metadata
+    # log buffers). A memory limit at that size made the GC run ~6 times a second for ever, each
+    # time marking the whole heap: 7-11 % of a core with no traffic at all. GOGC=50 keeps the heap
+    # near 1.5x live; the limit, twice the live heap, only caps a runaway (bench/RESULTS.md).
+    env["GOGC"] = "50"
+    env["GOMEMLIMIT"] = "512MiB"
     env["WEED_S3_SSE_KEK"] = _sse_kek(p)
     # `sh` backgrounds weed and exits at once, so weed is re-parented to init: it outlives this
     # Python process and never lingers as our zombie (which would look alive to os.kill).
