@@ -5,6 +5,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/scripts/setup.sh"
 "$root/scripts/test_tools.sh"
+"$root/scripts/test_readers.sh"
 # shellcheck source=scripts/env.sh
 source "$root/scripts/env.sh"
 cd "$root"

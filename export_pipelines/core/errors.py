@@ -19,7 +19,7 @@ from __future__ import annotations
 class ExportError(Exception):
     """Root of every error the project raises on purpose."""
 
-    code = "internal"  # the stable, tenant-facing code (README "Failures")
+    code = "internal"  # the stable code tenants read (DESIGN §3.3)
 
 
 class Rejected(ExportError, ValueError):

@@ -1,6 +1,6 @@
 """Process-wide allocator settings that keep a long Arrow export's RSS flat (Linux; no-op elsewhere).
 
-Measured on the 1M-row Parquet bench (peak RSS, see README "Speed and memory"):
+Measured on the 1M-row Parquet bench (peak RSS, see bench/RESULTS.md "Memory of a Parquet export"):
 
 - glibc's mmap threshold is dynamic: freeing an 8 MiB part raises it to 8 MiB, after which
   ADBC's batch buffers and the parts are carved out of the malloc arenas, which end up holding
