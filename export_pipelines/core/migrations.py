@@ -4,13 +4,17 @@
 - `export_checkpoints`, `export_checkpoint_files`, `export_checkpoint_parts`: what an export has
   durably uploaded, so a retry resumes (core/checkpoints.py).
 - `export_deliveries`: notifications waiting to be sent, sent, or given up (core/delivery_store.py).
+- `export_limits`: the per-tenant caps the insert trigger enforces (written by `migrate`).
+- the role `export_app`: what apps may do with export_requests (README "Trust boundary").
 
-Each statement may run again (IF NOT EXISTS), so migrating an up-to-date database changes nothing.
+Each statement may run again (IF NOT EXISTS, DROP CONSTRAINT IF EXISTS + ADD, CREATE OR REPLACE,
+guarded role creation), so migrating an up-to-date database changes nothing.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import psycopg
 
@@ -127,20 +131,153 @@ CREATE INDEX IF NOT EXISTS export_deliveries_due_idx
     ON public.export_deliveries (next_attempt_at) WHERE status = 'pending';
 """
 
-MIGRATIONS = (REQUESTS_TABLE, CHECKPOINT_TABLES, DELIVERIES_TABLE)
+# Sizes one request may carry, enforced by the database for every door (apps insert directly).
+# Far above real use (the validators in core/request.py say the same, with friendlier messages),
+# far below what hurts the sensor that reads the rows.
+MAX_FILTERS_BYTES = 64 * 1024
+MAX_COLUMNS = 1000
+MAX_WEBHOOK_URL_CHARS = 2048
+MAX_EMAIL_CHARS = 254
+MAX_TENANT_ID_CHARS = 256
+DEFAULT_TENANT_MAX_ACTIVE = 5
+# The SQLSTATE the insert trigger raises when a tenant has too many active requests: a class of
+# its own ("EX"), so apps can tell it from every PostgreSQL error and answer HTTP 429.
+TENANT_CAP_SQLSTATE = "EX429"
+APP_ROLE = "export_app"
+# The columns an app may write; everything else is the service's (DESIGN §3.3).
+APP_INSERT_COLUMNS = (
+    "tenant_id",
+    "resource",
+    "format",
+    "compression",
+    "filters",
+    "columns",
+    "webhook_url",
+    "email",
+    "idempotency_key",
+)
+
+# The CHECKs are added NOT VALID: they bind every new or updated row at once, while a database
+# that already holds an oversized row still migrates (the sensor fails such rows, core/request_store).
+TRUST_BOUNDARY = f"""
+ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS error_code text;
+ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS idempotency_key text;
+CREATE UNIQUE INDEX IF NOT EXISTS export_requests_idempotency_idx
+    ON public.export_requests (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+-- The fair queue and the cap count active rows per tenant.
+CREATE INDEX IF NOT EXISTS export_requests_tenant_active_idx
+    ON public.export_requests (tenant_id, created_at) WHERE status IN ('pending', 'queued', 'running');
+CREATE INDEX IF NOT EXISTS export_requests_tenant_started_idx
+    ON public.export_requests (tenant_id, queued_at) WHERE queued_at IS NOT NULL;
+ALTER TABLE public.export_requests DROP CONSTRAINT IF EXISTS export_requests_status_check;
+ALTER TABLE public.export_requests ADD CONSTRAINT export_requests_status_check
+    CHECK (status IN ('pending', 'queued', 'running', 'succeeded', 'failed', 'canceled', 'expired'))
+    NOT VALID;
+ALTER TABLE public.export_requests DROP CONSTRAINT IF EXISTS export_requests_error_code_check;
+ALTER TABLE public.export_requests ADD CONSTRAINT export_requests_error_code_check
+    CHECK (error_code IN ('invalid_request', 'source_timeout', 'storage_unavailable', 'canceled',
+                          'internal'))
+    NOT VALID;
+ALTER TABLE public.export_requests DROP CONSTRAINT IF EXISTS export_requests_size_check;
+ALTER TABLE public.export_requests ADD CONSTRAINT export_requests_size_check
+    CHECK (octet_length(filters::text) <= {MAX_FILTERS_BYTES}
+           AND (columns IS NULL OR cardinality(columns) <= {MAX_COLUMNS})
+           AND (webhook_url IS NULL OR char_length(webhook_url) <= {MAX_WEBHOOK_URL_CHARS})
+           AND (email IS NULL OR char_length(email) <= {MAX_EMAIL_CHARS})
+           AND char_length(tenant_id) <= {MAX_TENANT_ID_CHARS}
+           AND (idempotency_key IS NULL OR char_length(idempotency_key) <= 256))
+    NOT VALID;
+
+CREATE TABLE IF NOT EXISTS public.export_limits (
+    name        text PRIMARY KEY,
+    value       bigint NOT NULL CHECK (value >= 0),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO public.export_limits (name, value) VALUES ('tenant_max_active', {DEFAULT_TENANT_MAX_ACTIVE})
+    ON CONFLICT (name) DO NOTHING;
+
+-- At most tenant_max_active active (pending, queued, running) rows per tenant, answered at insert
+-- for every door. The advisory lock (per tenant, until the inserting transaction ends) makes two
+-- concurrent inserts count one after the other. SECURITY DEFINER: the app role cannot read
+-- export_limits, nor other tenants' rows once row-level security is added.
+CREATE OR REPLACE FUNCTION public.export_requests_tenant_cap() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $fn$
+DECLARE
+    cap bigint;
+    active bigint;
+BEGIN
+    IF NEW.status NOT IN ('pending', 'queued', 'running') THEN
+        RETURN NEW;
+    END IF;
+    SELECT value INTO cap FROM public.export_limits WHERE name = 'tenant_max_active';
+    cap := coalesce(cap, {DEFAULT_TENANT_MAX_ACTIVE});
+    PERFORM pg_advisory_xact_lock(hashtext('export_requests_tenant_cap'), hashtext(NEW.tenant_id));
+    SELECT count(*) INTO active FROM public.export_requests
+        WHERE tenant_id = NEW.tenant_id AND status IN ('pending', 'queued', 'running');
+    IF active >= cap THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '{TENANT_CAP_SQLSTATE}',
+            MESSAGE = format('tenant_id %s already has %s active export requests (pending, queued or '
+                             'running); at most %s are allowed (EXPORT_TENANT_MAX_ACTIVE)',
+                             quote_literal(left(NEW.tenant_id, 100)), active, cap),
+            HINT = 'retry when one of them has finished';
+    END IF;
+    RETURN NEW;
+END
+$fn$;
+DROP TRIGGER IF EXISTS export_requests_tenant_cap ON public.export_requests;
+CREATE TRIGGER export_requests_tenant_cap BEFORE INSERT ON public.export_requests
+    FOR EACH ROW EXECUTE FUNCTION public.export_requests_tenant_cap();
+
+-- The app role: NOLOGIN, granted to each app's own login role (GRANT {APP_ROLE} TO app_login).
+DO $role$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
+        CREATE ROLE {APP_ROLE} NOLOGIN;
+    END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;  -- roles are cluster-wide: another database's migration made it a moment ago
+END
+$role$;
+REVOKE ALL ON public.export_requests FROM {APP_ROLE};
+GRANT SELECT ON public.export_requests TO {APP_ROLE};
+GRANT INSERT ({", ".join(APP_INSERT_COLUMNS)}) ON public.export_requests TO {APP_ROLE};
+REVOKE ALL ON public.export_limits FROM {APP_ROLE};
+"""
+
+MIGRATIONS = (REQUESTS_TABLE, CHECKPOINT_TABLES, DELIVERIES_TABLE, TRUST_BOUNDARY)
 
 _migrated: set[str] = set()
 _migrated_lock = threading.Lock()
 
 
-def migrate(conninfo: str) -> None:
+def migrate(conninfo: str, *, tenant_max_active: int | None = None) -> None:
     """Bring every table up to date, in one transaction. Concurrent first runs (setup, tests, a
     sensor's first tick) wait on the same transaction-scoped advisory lock instead of racing on
-    CREATE; the lock ends with the transaction, even if the connection dies."""
+    CREATE; the lock ends with the transaction, even if the connection dies.
+
+    `tenant_max_active` (Settings.tenant_max_active, EXPORT_TENANT_MAX_ACTIVE) is written to
+    export_limits, where the insert trigger reads it; None leaves the stored value."""
     with psycopg.connect(conninfo, options="-c statement_timeout=60s") as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('export_pipelines_migrations'))")
         for statement in MIGRATIONS:
             conn.execute(statement)
+        if tenant_max_active is not None:
+            set_tenant_max_active(conn, tenant_max_active)
+
+
+def set_tenant_max_active(conn: psycopg.Connection[Any], value: int) -> None:
+    """Store the per-tenant cap of active requests the insert trigger enforces."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"EXPORT_TENANT_MAX_ACTIVE: must be a whole number of at least 1, got {value!r}")
+    conn.execute(
+        """
+        INSERT INTO public.export_limits (name, value) VALUES ('tenant_max_active', %s)
+        ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = now()
+        WHERE export_limits.value IS DISTINCT FROM excluded.value
+        """,
+        [value],
+    )
 
 
 def migrate_once(conninfo: str) -> None:
