@@ -15,6 +15,11 @@ taken by another program (say, another checkout's stack), `start` moves to the n
 EXPORT_PG_PORT / EXPORT_S3_PORT set ports explicitly; those are never moved (a conflict is an
 error).
 
+EXPORT_STACK_HOST (default 127.0.0.1) makes a stack listen on another address of this machine
+instead, e.g. the host side of a bridge that network namespaces reach (the several-machines test,
+export_pipelines_tests/test_multi_host.py). Such a stack needs its own EXPORT_STACK_DIR, and
+PostgreSQL then also trusts that address's /24. Never an address outside this machine's test network.
+
 DEV ONLY: PostgreSQL trusts every connection from 127.0.0.1 (no password) and the S3 key pair
 defaults to a fixed, public dev value. That is fine for a loopback-only throwaway server and
 wrong anywhere else.
@@ -43,6 +48,7 @@ import functools
 import hashlib
 import importlib.metadata
 import importlib.util
+import ipaddress
 import json
 import os
 import pwd
@@ -142,6 +148,7 @@ class Settings:
     prefix: str
     pg_explicit: bool = False
     s3_explicit: bool = False
+    host: str = "127.0.0.1"  # EXPORT_STACK_HOST: the one address both servers listen on
 
     @classmethod
     def from_env(cls, p: Paths | None = None) -> Settings:
@@ -157,11 +164,12 @@ class Settings:
             prefix=os.environ.get("EXPORT_PREFIX") or "exports",
             pg_explicit=pg_port is not None,
             s3_explicit=s3_port is not None,
+            host=_env_host(),
         )
 
     @property
     def s3_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.s3_port}"
+        return f"http://{self.host}:{self.s3_port}"
 
     def weed_ports(self) -> dict[str, int]:
         """weed's ports besides the S3 one (see `weed_block`)."""
@@ -173,6 +181,15 @@ class Settings:
         ports = weed_block(self.s3_port)
         del ports["s3.port"]
         return ports
+
+
+def _env_host() -> str:
+    raw = os.environ.get("EXPORT_STACK_HOST") or "127.0.0.1"
+    try:
+        address = ipaddress.IPv4Address(raw)
+    except ValueError:
+        raise StackError(f"EXPORT_STACK_HOST={raw!r} is not an IPv4 address of this machine") from None
+    return str(address)
 
 
 def _env_port(name: str) -> int | None:
@@ -392,21 +409,21 @@ def _cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
-def _port_in_use(port: int) -> bool:
+def _port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((host, port)) == 0
 
 
-def _port_free(port: int) -> bool:
-    """Could a server listen on 127.0.0.1:port now? (Nobody answers there and we can bind it.)"""
-    if _port_in_use(port):
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Could a server listen on host:port now? (Nobody answers there and we can bind it.)"""
+    if _port_in_use(port, host):
         return False
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # As the servers do: a TIME_WAIT leftover does not make a port taken.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             return False
     return True
@@ -536,7 +553,7 @@ def _pg_conf(p: Paths, s: Settings) -> str:
     return "\n".join(
         [
             "# Written by export_pipelines_dev.local_stack on every start; edits here are overwritten.",
-            "listen_addresses = '127.0.0.1'",
+            f"listen_addresses = '{s.host}'",
             f"port = {s.pg_port}",
             f"unix_socket_directories = '{socket_dir}'",
             # Sized for the 2-core / 24 GiB dev and CI machines; dagster + tests + benchmarks
@@ -569,7 +586,15 @@ host    all all 127.0.0.1/32 trust
 """
 
 
-def _pg_initdb(p: Paths) -> None:
+def _pg_hba(s: Settings) -> str:
+    if s.host == "127.0.0.1":
+        return _PG_HBA
+    # DEV ONLY: the namespaces of the several-machines test sit on this /24 (a bridge of this machine).
+    network = ipaddress.IPv4Network(f"{s.host}/24", strict=False)
+    return _PG_HBA + f"host    all all {network} trust\n"
+
+
+def _pg_initdb(p: Paths, s: Settings) -> None:
     """Create the cluster in a scratch directory, then rename: a half-done initdb never counts."""
     scratch = p.pg_dir / "data.initdb"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -591,7 +616,7 @@ def _pg_initdb(p: Paths) -> None:
     )
     with open(scratch / "postgresql.conf", "a") as conf:
         conf.write("\ninclude_if_exists = 'export_stack.conf'\n")
-    _write_pg_file(scratch / "pg_hba.conf", _PG_HBA)
+    _write_pg_file(scratch / "pg_hba.conf", _pg_hba(s))
     shutil.rmtree(p.pg_data, ignore_errors=True)
     scratch.rename(p.pg_data)
 
@@ -612,7 +637,7 @@ def _pg_pid(p: Paths) -> int | None:
 
 def _pg_connect(s: Settings, dbname: str = "postgres", timeout: int = 3) -> psycopg.Connection[Any]:
     return psycopg.connect(
-        host="127.0.0.1",
+        host=s.host,
         port=s.pg_port,
         user=PG_USER,
         dbname=dbname,
@@ -631,9 +656,9 @@ def _pg_ready(s: Settings) -> bool:
 
 
 def _pg_start(p: Paths, s: Settings) -> None:
-    if _port_in_use(s.pg_port):
+    if _port_in_use(s.pg_port, s.host):
         raise StackError(
-            f"127.0.0.1:{s.pg_port} is already taken by another program; set EXPORT_PG_PORT to a free port"
+            f"{s.host}:{s.pg_port} is already taken by another program; set EXPORT_PG_PORT to a free port"
         )
     _rotate(p.pg_log)
     argv = [str(pg_bin("pg_ctl")), "-D", str(p.pg_data), "-l", str(p.pg_log), "-w", "-t", "60", "start"]
@@ -673,7 +698,7 @@ def _ensure_pg(p: Paths, s: Settings) -> str:
     _mkdirs(p.pg_run, 0o700)
     _chown_to_pg_user(p.pg_run)
     if not (p.pg_data / "PG_VERSION").exists():
-        _pg_initdb(p)
+        _pg_initdb(p, s)
     conf_changed = _write_pg_file(p.pg_data / "export_stack.conf", _pg_conf(p, s))
     running = _pg_running(p)
     if running and not conf_changed and _pg_ready(s):
@@ -718,8 +743,8 @@ def _weed_args(p: Paths, s: Settings) -> list[str]:
         str(_weed_binary()),
         "mini",
         # Without -ip weed advertises 192.0.2.2 to itself; without -ip.bind it binds 0.0.0.0.
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
+        f"-ip={s.host}",
+        f"-ip.bind={s.host}",
         f"-dir={p.s3_dir}",
         f"-s3.port={s.s3_port}",
         f"-s3.config={p.s3_creds}",
@@ -731,7 +756,7 @@ def _weed_args(p: Paths, s: Settings) -> list[str]:
         "-webdav=false",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
-        "-metricsIp=127.0.0.1",
+        f"-metricsIp={s.host}",
         f"-filer.localSocket={_socket_path(p, 'filer')}",
         f"-s3.localSocket={_socket_path(p, 's3')}",
     ]
@@ -815,9 +840,9 @@ def _weed_pid(p: Paths) -> int | None:
 
 def _weed_launch(p: Paths, s: Settings) -> int:
     for name, port in {"s3.port": s.s3_port, **s.weed_ports()}.items():
-        if _port_in_use(port):
+        if _port_in_use(port, s.host):
             raise StackError(
-                f"127.0.0.1:{port} (weed -{name}) is taken by another program; "
+                f"{s.host}:{port} (weed -{name}) is taken by another program; "
                 "set EXPORT_S3_PORT to a free base (weed uses it, the next 12 ports and base-9992)"
             )
     _rotate(p.s3_log)
@@ -1006,21 +1031,21 @@ def _weed_own_ports(p: Paths) -> set[int]:
     return set()
 
 
-def _free_pg_port(start: int, own: int | None, avoid: set[int]) -> int | None:
+def _free_pg_port(start: int, own: int | None, avoid: set[int], host: str = "127.0.0.1") -> int | None:
     """The first port from `start` on that is free (or already ours) and not in `avoid`."""
     for port in range(start, min(start + _PG_PORT_TRIES, 65536)):
-        if port not in avoid and (port == own or _port_free(port)):
+        if port not in avoid and (port == own or _port_free(port, host)):
             return port
     return None
 
 
-def _free_s3_base(start: int, own: set[int], avoid: set[int]) -> int | None:
+def _free_s3_base(start: int, own: set[int], avoid: set[int], host: str = "127.0.0.1") -> int | None:
     """The first S3 port from `start` on (in whole-block steps) whose weed block is all free."""
     for base in range(start, 65536, _S3_BLOCK_STEP)[:_S3_BLOCK_TRIES]:
         if not _weed_block_fits(base):
             continue
         block = set(weed_block(base).values())
-        if not block & avoid and all(port in own or _port_free(port) for port in block):
+        if not block & avoid and all(port in own or _port_free(port, host) for port in block):
             return base
     return None
 
@@ -1038,22 +1063,22 @@ def _choose_ports(p: Paths, s: Settings) -> Settings:
     s3_block = set(weed_block(s.s3_port).values())
     if s.s3_explicit:
         s.weed_ports()  # raises when the block does not fit
-        taken = sorted(port for port in s3_block if port not in weed_own and not _port_free(port))
+        taken = sorted(port for port in s3_block if port not in weed_own and not _port_free(port, s.host))
         if taken:
             raise StackError(
-                f"127.0.0.1:{taken[0]} (weed, EXPORT_S3_PORT={s.s3_port}) is taken by another program; "
+                f"{s.host}:{taken[0]} (weed, EXPORT_S3_PORT={s.s3_port}) is taken by another program; "
                 "set EXPORT_S3_PORT to a free base (weed uses it, the next 12 ports and base-9992)"
             )
     pg_port = s.pg_port
     if s.pg_explicit:
-        if pg_port != pg_own and not _port_free(pg_port):
+        if pg_port != pg_own and not _port_free(pg_port, s.host):
             raise StackError(
-                f"127.0.0.1:{pg_port} is already taken by another program; set EXPORT_PG_PORT to a free port"
+                f"{s.host}:{pg_port} is already taken by another program; set EXPORT_PG_PORT to a free port"
             )
         if s.s3_explicit and pg_port in s3_block:
             raise StackError(f"EXPORT_PG_PORT={pg_port} is one of weed's ports for EXPORT_S3_PORT")
     else:
-        found = _free_pg_port(pg_port, pg_own, s3_block if s.s3_explicit else set())
+        found = _free_pg_port(pg_port, pg_own, s3_block if s.s3_explicit else set(), s.host)
         if found is None:
             raise StackError(
                 f"no free port for PostgreSQL in {pg_port}..{pg_port + _PG_PORT_TRIES - 1}; "
@@ -1063,7 +1088,7 @@ def _choose_ports(p: Paths, s: Settings) -> Settings:
     s3_port = s.s3_port
     if not s.s3_explicit:
         fits = _weed_block_fits(s3_port)
-        found = _free_s3_base(s3_port if fits else DEFAULT_S3_PORT, weed_own, {pg_port})
+        found = _free_s3_base(s3_port if fits else DEFAULT_S3_PORT, weed_own, {pg_port}, s.host)
         if found is None:
             raise StackError(f"no free block of ports for weed from {s3_port} on; set EXPORT_S3_PORT")
         s3_port = found
@@ -1128,8 +1153,8 @@ def stack_env() -> dict[str, str]:
     """The variables (README: Configuration) that point the code at the local stack; starts nothing."""
     s = Settings.from_env()
     return {
-        "SOURCE_DATABASE_URL": f"postgresql://{PG_USER}@127.0.0.1:{s.pg_port}/exports",
-        "DAGSTER_POSTGRES_URL": f"postgresql://{PG_USER}@127.0.0.1:{s.pg_port}/dagster",
+        "SOURCE_DATABASE_URL": f"postgresql://{PG_USER}@{s.host}:{s.pg_port}/exports",
+        "DAGSTER_POSTGRES_URL": f"postgresql://{PG_USER}@{s.host}:{s.pg_port}/dagster",
         "AWS_ENDPOINT_URL": s.s3_endpoint,
         "AWS_ACCESS_KEY_ID": s.access_key,
         "AWS_SECRET_ACCESS_KEY": s.secret_key,
@@ -1160,7 +1185,7 @@ def status() -> list[ServiceStatus]:
     pg_pid = _pg_pid(p)
     weed_pid = _weed_pid(p) if p.s3_dir.exists() else None
     return [
-        ServiceStatus("postgres", pg_pid is not None, pg_pid, f"127.0.0.1:{s.pg_port}", p.pg_data),
+        ServiceStatus("postgres", pg_pid is not None, pg_pid, f"{s.host}:{s.pg_port}", p.pg_data),
         ServiceStatus("s3", weed_pid is not None, weed_pid, s.s3_endpoint, p.s3_dir),
     ]
 
