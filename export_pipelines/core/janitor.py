@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from export_pipelines.core.checkpoints import CheckpointStore
-from export_pipelines.core.request_store import RequestStore
-from export_pipelines.core.s3 import abort_uploads, delete_prefix
+from export_pipelines.core.errors import Rejected
+from export_pipelines.core.layout import ExportLocation
+from export_pipelines.core.request_store import RequestStore, StoredRequest
+from export_pipelines.core.s3 import abort_uploads, delete_export
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,15 @@ class JanitorReport:
 FORGET_CHECKPOINTS_AFTER = timedelta(days=7)
 
 
+def request_location(prefix: str, req: StoredRequest) -> ExportLocation:
+    """The folder a request's export was written to: (prefix, tenant, resource, request id).
+
+    Never a column such as `manifest_key`: apps can write rows, and a row naming another folder
+    must not make the service delete or sign it. Rejected when the row cannot name a folder
+    (a resource no export could have been written under)."""
+    return ExportLocation(prefix, req.tenant_id, req.resource, req.id)
+
+
 def run_janitor(
     store: RequestStore,
     client: Any,
@@ -33,8 +47,14 @@ def run_janitor(
 ) -> JanitorReport:
     expired = deleted = 0
     for req in store.expired():
-        if req.manifest_key:
-            deleted += delete_prefix(client, bucket, req.manifest_key.rsplit("/", 1)[0] + "/")
+        try:
+            location = request_location(prefix, req)
+        except Rejected as exc:
+            # No export was ever written for such a row (the request checks refuse the resource):
+            # there is nothing of its own to delete, and nothing else may be.
+            log.warning("expired request %s names no export folder (%s); nothing deleted", req.id, exc)
+        else:
+            deleted += delete_export(client, bucket, location)
         if store.mark_expired(req.id):
             expired += 1
     aborted = abort_uploads(

@@ -17,7 +17,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from export_pipelines.core.errors import S3ConfigurationError
+from export_pipelines.core.errors import Rejected, S3ConfigurationError
+from export_pipelines.core.layout import ExportLocation, is_export_folder
 
 _CONFIG_ERRORS = {
     "NoSuchBucket": "the bucket does not exist (check EXPORT_BUCKET)",
@@ -256,10 +257,20 @@ DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
 
 
 def delete_prefix(client: Any, bucket: str, prefix: str, keep: frozenset[str] = frozenset()) -> int:
-    """Delete every object under `prefix` (which must end with '/') except the keys in `keep`;
-    returns how many. The keys are listed first, then deleted in batches of 1,000."""
+    """Delete every object under `prefix` except the keys in `keep`; returns how many. The keys are
+    listed first, then deleted in batches of 1,000.
+
+    `prefix` must be one export's folder (…/tenant=<t>/<resource>/<export id>/, as
+    `ExportLocation.folder` makes it): a shorter one (a tenant, the exports prefix, the bucket)
+    is refused, whoever computed it."""
     if not prefix.endswith("/"):
         raise ValueError("prefix must end with '/' so it cannot match a sibling prefix")
+    if not is_export_folder(prefix):
+        raise Rejected(
+            f"prefix: {prefix[:200]!r} is not an export folder; allowed: "
+            "<EXPORT_PREFIX>/tenant=<tenant>/<resource>/<export id>/ (ExportLocation.folder)",
+            "prefix",
+        )
     keys = [
         obj["Key"]
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
@@ -270,6 +281,13 @@ def delete_prefix(client: Any, bucket: str, prefix: str, keep: frozenset[str] = 
         batch = keys[start : start + DELETE_BATCH]
         client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
     return len(keys)
+
+
+def delete_export(
+    client: Any, bucket: str, location: ExportLocation, keep: frozenset[str] = frozenset()
+) -> int:
+    """Delete one export's objects (all but `keep`), the folder derived from its location."""
+    return delete_prefix(client, bucket, location.folder, keep)
 
 
 def object_sha256(client: Any, bucket: str, key: str) -> str:
