@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any
-
-import psycopg
 
 from export_pipelines.core.errors import ConfigurationError, ExportError
 from export_pipelines.core.formats import format_names
@@ -36,7 +32,14 @@ def _source_url() -> str:
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
     size = DemoSize(big_rows=args.big_rows, small_rows=args.small_rows, small_tenants=args.small_tenants)
-    with psycopg.connect(_source_url(), autocommit=True) as conn:
+    from export_pipelines.core.pg_store import open_connection
+
+    try:
+        conn = open_connection(_source_url(), autocommit=True)
+    except ConfigurationError as exc:
+        print(f"export-pipelines demo-data: {exc}", file=sys.stderr)
+        return 2
+    with conn:
         if not args.force:
             row = conn.execute("SELECT to_regclass('public.orders') IS NOT NULL").fetchone()
             if row and row[0]:
@@ -164,33 +167,49 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_relink(args: argparse.Namespace) -> int:
-    """A fresh presigned link for an export that has not expired."""
+    """Fresh presigned links for a succeeded export that has not expired.
+
+    The keys come from the export's own folder (prefix, tenant, resource, request id) and the
+    manifest read there, never from the row's `manifest_key` (apps can write rows)."""
     from datetime import UTC, datetime
 
+    from export_pipelines.core.janitor import request_location
+    from export_pipelines.core.links import download_link, fresh_links
     from export_pipelines.core.request import MAX_LINK_EXPIRY_HOURS
 
     settings = _settings()
+    if not 1 <= args.hours <= MAX_LINK_EXPIRY_HOURS:
+        print(f"--hours: must be from 1 to {MAX_LINK_EXPIRY_HOURS}", file=sys.stderr)
+        return 2
     with _store() as store:
         row = store.get(args.id)
-        if row is None or row.status != "succeeded" or not row.manifest_key:
+        if row is None or row.status != "succeeded":
             state = "unknown" if row is None else row.status
             print(
                 f"export {args.id} cannot get a new link (status: {state}); only succeeded exports can",
                 file=sys.stderr,
             )
             return 1
-        if not 1 <= args.hours <= MAX_LINK_EXPIRY_HOURS:
-            print(f"--hours: must be from 1 to {MAX_LINK_EXPIRY_HOURS}", file=sys.stderr)
-            return 2
+        if row.expires_at is None or row.expires_at <= datetime.now(UTC):
+            print(
+                f"export {args.id} cannot get a new link: it expired"
+                f"{f' at {row.expires_at:%Y-%m-%d %H:%M} UTC' if row.expires_at else ''} and its files"
+                " are deleted; request the export again",
+                file=sys.stderr,
+            )
+            return 1
         try:
             client, bucket = s3_client(settings), settings.require_bucket()
+            links = fresh_links(client, bucket, request_location(settings.prefix, row), args.hours)
         except ConfigurationError as exc:
             print(f"export-pipelines relink: {exc}", file=sys.stderr)
             return 2
-        expiry = timedelta(hours=args.hours)
-        url = relinked_url(client, bucket, settings.prefix, row.manifest_key, expiry)
-        store.refresh_link(row.id, url, datetime.now(UTC) + expiry)
-    print(url)
+        except ExportError as exc:  # Rejected: no complete export of its own in its folder
+            print(f"export {args.id} cannot get a new link: {exc}", file=sys.stderr)
+            return 1
+        link = download_link(links)
+        store.refresh_link(row.id, link.url, link.expires_at)
+    print(link.url)
     return 0
 
 
@@ -198,20 +217,6 @@ def s3_client(settings: Settings) -> Any:
     from export_pipelines.core.s3 import make_s3_client
 
     return make_s3_client(**settings.s3_client_options())
-
-
-def relinked_url(client: Any, bucket: str, prefix: str, manifest_key: str, expiry: timedelta) -> str:
-    """The link `finalize` would give: the one file under its download name, else the manifest."""
-    from export_pipelines.core.layout import ExportLocation, download_name, file_extension
-    from export_pipelines.core.manifest import presign
-
-    manifest = json.loads(client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
-    files = manifest["files"]
-    if len(files) != 1:
-        return presign(client, bucket, manifest_key, "manifest.json", expiry)
-    location = ExportLocation(prefix, manifest["tenant_id"], manifest["resource"], manifest["export_id"])
-    key = files[0]["key"]
-    return presign(client, bucket, key, download_name(location, 1, file_extension(key)), expiry)
 
 
 def cmd_failed_partitions(args: argparse.Namespace) -> int:
