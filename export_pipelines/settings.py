@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 from export_pipelines.core.errors import ConfigurationError
 from export_pipelines.core.formats import DEFAULT_PDF_MAX_ROWS
+from export_pipelines.core.migrations import DEFAULT_TENANT_MAX_ACTIVE
 from export_pipelines.core.notify import parse_allowlist
+from export_pipelines.core.request_store import DEFAULT_STARTS_PER_MINUTE
 
 # PostgreSQL's units for statement_timeout; a bare number is milliseconds, as in PostgreSQL.
 _TIMEOUT_UNITS = {"us": 1e-6, "ms": 1e-3, "": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
@@ -42,6 +44,13 @@ def _int(environ: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigurationError(f"{name}: {text!r} is not a whole number") from None
 
 
+def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(environ, name, default)
+    if value < 1:
+        raise ConfigurationError(f"{name}: must be a whole number of at least 1, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """The deployment's settings. Optional values are None when the variable is unset or empty."""
@@ -65,6 +74,11 @@ class Settings:
     monthly_resource: str = "orders"  # EXPORT_MONTHLY_RESOURCE
     monthly_format: str = "csv"  # EXPORT_MONTHLY_FORMAT
     pdf_max_rows: int = DEFAULT_PDF_MAX_ROWS  # EXPORT_PDF_MAX_ROWS: a larger pdf request is refused
+    # EXPORT_TENANT_MAX_ACTIVE: active (pending, queued, running) requests per tenant; more are
+    # refused at insert (the trigger reads it from export_limits, where `migrate` writes it).
+    tenant_max_active: int = DEFAULT_TENANT_MAX_ACTIVE
+    # EXPORT_TENANT_STARTS_PER_MINUTE: runs the request sensor starts per tenant per minute.
+    tenant_starts_per_minute: int = DEFAULT_STARTS_PER_MINUTE
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -93,6 +107,10 @@ class Settings:
             monthly_resource=text("EXPORT_MONTHLY_RESOURCE") or cls.monthly_resource,
             monthly_format=text("EXPORT_MONTHLY_FORMAT") or cls.monthly_format,
             pdf_max_rows=_int(environ, "EXPORT_PDF_MAX_ROWS", cls.pdf_max_rows),
+            tenant_max_active=_positive(environ, "EXPORT_TENANT_MAX_ACTIVE", cls.tenant_max_active),
+            tenant_starts_per_minute=_positive(
+                environ, "EXPORT_TENANT_STARTS_PER_MINUTE", cls.tenant_starts_per_minute
+            ),
         )
 
     def s3_client_options(self) -> dict[str, str | None]:

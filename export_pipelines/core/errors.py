@@ -66,3 +66,87 @@ class TransientError(ExportError):
     """Worth another attempt: a dependency was briefly unavailable."""
 
     code = "storage_unavailable"
+
+
+class SourceTimeout(TransientError):
+    """The source database cancelled a statement (statement_timeout)."""
+
+    code = "source_timeout"
+
+
+# What tenants read (the request row's `error_code` and `error`, the webhook's `error`): a short,
+# stable message per code. The full error stays in the Dagster run (logs, step failure metadata).
+ERROR_CODES = ("invalid_request", "source_timeout", "storage_unavailable", "canceled", "internal")
+TENANT_MESSAGES = {
+    "invalid_request": "the request is invalid",
+    "source_timeout": "the export query took longer than allowed: narrow the filters or try again later",
+    "storage_unavailable": "the file storage was unavailable: try again later",
+    "canceled": "the export was canceled",
+    "internal": "the export failed because of an internal error; the operators have the details",
+}
+# Class names (of an exception or of one it was raised from) that say which code applies, for
+# errors that only survive as names (a Dagster step failure's SerializableErrorInfo).
+_CODE_BY_CLASS_NAME = {
+    "QueryCanceled": "source_timeout",
+    "ClientError": "storage_unavailable",
+    "EndpointConnectionError": "storage_unavailable",
+    "ConnectTimeoutError": "storage_unavailable",
+    "ReadTimeoutError": "storage_unavailable",
+    "ConnectionClosedError": "storage_unavailable",
+    "NoCredentialsError": "storage_unavailable",
+    "KeyTooLongError": "invalid_request",
+}
+_BOTOCORE_MODULE = "botocore."
+# A Rejected message names the field and what is allowed, written for tenants; still, no more
+# than this much of it.
+MAX_TENANT_MESSAGE_CHARS = 500
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 20:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def error_code(exc: BaseException) -> str:
+    """The one place exceptions become the codes tenants read: an ExportError carries `.code`;
+    psycopg's QueryCanceled is source_timeout; botocore's errors are storage_unavailable; anything
+    else is internal. Causes count: a dg.Failure raised from a QueryCanceled is source_timeout."""
+    for link in _chain(exc):
+        if isinstance(link, ExportError):
+            return link.code
+        name = type(link).__name__
+        if name in _CODE_BY_CLASS_NAME:
+            return _CODE_BY_CLASS_NAME[name]
+        if type(link).__module__.startswith(_BOTOCORE_MODULE):
+            return "storage_unavailable"
+    return "internal"
+
+
+def error_code_of_class_names(names: list[str]) -> str:
+    """error_code for an error known only by its class names (outermost first)."""
+    for name in names:
+        if name in _CODE_BY_CLASS_NAME:
+            return _CODE_BY_CLASS_NAME[name]
+        if name in ("InvalidRequest", "InvalidWebhook", "Rejected"):
+            return "invalid_request"
+        if name in ("TransientError", "S3ConfigurationError"):
+            return "storage_unavailable"
+        if name == "SourceTimeout":
+            return "source_timeout"
+    return "internal"
+
+
+def tenant_message(code: str, exc: BaseException | None = None) -> str:
+    """The short message for `code`. A Rejected's own message is kept (it names the field and what
+    is allowed, and holds nothing but the tenant's own input); every other error is replaced."""
+    if code not in TENANT_MESSAGES:
+        code = "internal"
+    if code == "invalid_request" and exc is not None:
+        for link in _chain(exc):
+            if isinstance(link, Rejected):
+                return str(link)[:MAX_TENANT_MESSAGE_CHARS]
+    return TENANT_MESSAGES[code]

@@ -158,7 +158,8 @@ APP_INSERT_COLUMNS = (
 )
 
 # The CHECKs are added NOT VALID: they bind every new or updated row at once, while a database
-# that already holds an oversized row still migrates (the sensor fails such rows, core/request_store).
+# that already holds an oversized row still migrates. Sizes bind rows that may still run; a row
+# that ended (failed, canceled, expired) is exempt, so the sensor can fail an oversized old row.
 TRUST_BOUNDARY = f"""
 ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS error_code text;
 ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS idempotency_key text;
@@ -180,12 +181,13 @@ ALTER TABLE public.export_requests ADD CONSTRAINT export_requests_error_code_che
     NOT VALID;
 ALTER TABLE public.export_requests DROP CONSTRAINT IF EXISTS export_requests_size_check;
 ALTER TABLE public.export_requests ADD CONSTRAINT export_requests_size_check
-    CHECK (octet_length(filters::text) <= {MAX_FILTERS_BYTES}
+    CHECK (status IN ('failed', 'canceled', 'expired')
+           OR (octet_length(filters::text) <= {MAX_FILTERS_BYTES}
            AND (columns IS NULL OR cardinality(columns) <= {MAX_COLUMNS})
            AND (webhook_url IS NULL OR char_length(webhook_url) <= {MAX_WEBHOOK_URL_CHARS})
            AND (email IS NULL OR char_length(email) <= {MAX_EMAIL_CHARS})
            AND char_length(tenant_id) <= {MAX_TENANT_ID_CHARS}
-           AND (idempotency_key IS NULL OR char_length(idempotency_key) <= 256))
+           AND (idempotency_key IS NULL OR char_length(idempotency_key) <= 256)))
     NOT VALID;
 
 CREATE TABLE IF NOT EXISTS public.export_limits (

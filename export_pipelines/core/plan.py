@@ -16,7 +16,13 @@ from export_pipelines.core.errors import InvalidRequest
 from export_pipelines.core.formats import DEFAULT_PDF_MAX_ROWS
 from export_pipelines.core.layout import ExportLocation
 from export_pipelines.core.query import ExportQuery, connect, introspect_columns
-from export_pipelines.core.request import ExportRequest
+from export_pipelines.core.request import S3_MAX_KEY_BYTES, ExportRequest
+
+# How many files one export may make: each is a multipart upload, a manifest entry and a presigned
+# link in the webhook. 10,000 is far above any real split, far below 10M objects for a big tenant.
+MAX_FILES_PER_EXPORT = 10_000
+# The longest name a file of the folder gets ("part-00001.parquet", "manifest.json", ...), with room.
+_LONGEST_FILE_NAME_BYTES = 32
 
 # Bump when an encoder's bytes change: old checkpoints are then not reused
 # (2: JSON bigint, numeric and floats as strings).
@@ -77,6 +83,7 @@ def plan_export(
     """
     spec = catalog.resource(request.resource)
     location = ExportLocation(prefix, request.tenant_id, request.resource, request.export_id)
+    check_key_length(location)
     with (
         connect(conninfo, statement_timeout_seconds=statement_timeout_seconds) as conn,
         conn.transaction(),
@@ -93,6 +100,7 @@ def plan_export(
             rows_total, hwm = (int(row[0]), row[1]) if row else (0, None)
             cut = Cut(fingerprint, rows_total, hwm, time.time())
     assert cut is not None
+    check_file_count(cut.rows_total, request.max_rows_per_file)
     if request.format == "pdf":
         check_pdf_rows(cut.rows_total, pdf_max_rows)  # refused before anything is written
     if checkpoints and not resumed:
@@ -110,6 +118,31 @@ def plan_export(
         fingerprint=fingerprint,
         resumed=resumed,
     )
+
+
+def check_key_length(location: ExportLocation) -> None:
+    """An S3 key over 1,024 bytes is refused by S3 on every attempt: refuse the request instead."""
+    longest = len(location.folder.encode()) + _LONGEST_FILE_NAME_BYTES
+    if longest > S3_MAX_KEY_BYTES:
+        raise InvalidRequest(
+            "tenant_id",
+            f"makes S3 keys of up to {longest} bytes with this prefix, resource and export id; "
+            f"S3 allows at most {S3_MAX_KEY_BYTES}: use a shorter tenant id",
+        )
+
+
+def check_file_count(rows_total: int, max_rows_per_file: int | None) -> None:
+    """At most MAX_FILES_PER_EXPORT files: refused before anything is written."""
+    if not max_rows_per_file:
+        return
+    files = -(-rows_total // max_rows_per_file)
+    if files > MAX_FILES_PER_EXPORT:
+        raise InvalidRequest(
+            "max_rows_per_file",
+            f"{max_rows_per_file:,} rows per file would make {files:,} files for {rows_total:,} rows; "
+            f"an export makes at most {MAX_FILES_PER_EXPORT:,} files: raise max_rows_per_file to at "
+            f"least {-(-rows_total // MAX_FILES_PER_EXPORT):,} or leave it empty",
+        )
 
 
 def check_pdf_rows(rows_total: int, cap: int) -> None:

@@ -1,5 +1,5 @@
 """The tenants the catalog's `tenants` table lists (all, or the enterprise ones), for the
-tenant partitions and the monthly dumps."""
+tenant partitions and the monthly dumps; and whether a requested tenant exists."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from export_pipelines.core.catalog import Catalog
+from export_pipelines.core.catalog import Catalog, shown
+from export_pipelines.core.errors import InvalidRequest
 
 
 def list_tenants(conninfo: str, catalog: Catalog, *, enterprise_only: bool = False) -> list[str]:
@@ -28,3 +29,31 @@ def list_tenants(conninfo: str, catalog: Catalog, *, enterprise_only: bool = Fal
         params.append(tenants.enterprise_value)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         return [r[0] for r in conn.execute(sql.SQL("{} ORDER BY 1").format(query), params)]
+
+
+def existing_tenants(conninfo: str, catalog: Catalog, tenant_ids: list[str]) -> set[str] | None:
+    """Which of `tenant_ids` the catalog's tenants table lists; None when the catalog names no
+    tenants table (then nothing can be checked, and nothing is refused)."""
+    tenants = catalog.tenants
+    if tenants is None:
+        return None
+    if not tenant_ids:
+        return set()
+    query = sql.SQL("SELECT {key}::text FROM {table} WHERE {key}::text = ANY(%s)").format(
+        key=sql.Identifier(tenants.key), table=sql.Identifier(tenants.table.schema, tenants.table.name)
+    )
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        return {r[0] for r in conn.execute(query, [sorted(set(tenant_ids))])}
+
+
+def require_tenant(conninfo: str, catalog: Catalog, tenant_id: str) -> None:
+    """Refuse a tenant the catalog's tenants table does not list (an export of no rows, with a
+    link to a header-only file, is a wrong answer, not an empty one)."""
+    found = existing_tenants(conninfo, catalog, [tenant_id])
+    if found is not None and tenant_id not in found:
+        assert catalog.tenants is not None
+        raise InvalidRequest(
+            "tenant_id",
+            f"{shown(tenant_id)} is not a tenant (not in {catalog.tenants.table.schema}."
+            f"{catalog.tenants.table.name}.{catalog.tenants.key})",
+        )

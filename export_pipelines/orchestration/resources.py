@@ -19,9 +19,13 @@ from export_pipelines.core.delivery import Channels
 from export_pipelines.core.delivery_store import DeliveryStore
 from export_pipelines.core.formats import DEFAULT_PDF_MAX_ROWS
 from export_pipelines.core.notify import parse_allowlist
-from export_pipelines.core.request_store import RequestStore
+from export_pipelines.core.request_store import DEFAULT_STARTS_PER_MINUTE, RequestStore
 from export_pipelines.core.s3 import make_s3_client
 from export_pipelines.settings import Settings
+
+
+# (database url, cap) pairs this process has written to export_limits.
+_caps_written: set[tuple[str, int]] = set()
 
 
 class SourceDatabase(dg.ConfigurableResource):
@@ -31,6 +35,9 @@ class SourceDatabase(dg.ConfigurableResource):
     tears the resource down: a run used to open a connection per progress update."""
 
     url: str
+    # EXPORT_TENANT_MAX_ACTIVE, written to export_limits (where the insert trigger reads it) when
+    # this process first opens the request store; None leaves the stored value.
+    tenant_max_active: int | None = None
     _requests: RequestStore | None = PrivateAttr(default=None)
     _checkpoints: CheckpointStore | None = PrivateAttr(default=None)
     _deliveries: DeliveryStore | None = PrivateAttr(default=None)
@@ -41,7 +48,13 @@ class SourceDatabase(dg.ConfigurableResource):
 
     def requests(self) -> RequestStore:
         if self._requests is None:
-            self._requests = RequestStore(self.url).migrate_once()
+            store = RequestStore(self.url).migrate_once()
+            if self.tenant_max_active is not None:
+                key = (self.url, self.tenant_max_active)
+                if key not in _caps_written:
+                    store.set_tenant_max_active(self.tenant_max_active)
+                    _caps_written.add(key)
+            self._requests = store
         return self._requests
 
     def checkpoints(self) -> CheckpointStore:
@@ -101,6 +114,7 @@ class ExportSettings(dg.ConfigurableResource):
     abort_uploads_after_hours: int = 24  # janitor: multipart uploads older than this are aborted
     statement_timeout_seconds: float | None = None  # of export queries; None: the core's default
     pdf_max_rows: int = DEFAULT_PDF_MAX_ROWS  # a pdf request over this many rows is refused
+    tenant_starts_per_minute: int = DEFAULT_STARTS_PER_MINUTE  # runs the sensor starts per tenant
 
     def catalog(self) -> Catalog:
         return load_catalog(self.catalog_path or None)
@@ -133,7 +147,9 @@ def _secret(name: str, value: str | None) -> Any:
 
 def resources_from_settings(settings: Settings) -> dict[str, Any]:
     return {
-        "source": SourceDatabase(url=dg.EnvVar("SOURCE_DATABASE_URL")),
+        "source": SourceDatabase(
+            url=dg.EnvVar("SOURCE_DATABASE_URL"), tenant_max_active=settings.tenant_max_active
+        ),
         "s3": ExportS3(
             endpoint_url=settings.aws_endpoint_url,
             region_name=settings.aws_region,
@@ -148,6 +164,7 @@ def resources_from_settings(settings: Settings) -> dict[str, Any]:
             catalog_path=settings.catalog_path,
             statement_timeout_seconds=settings.statement_timeout_seconds,
             pdf_max_rows=settings.pdf_max_rows,
+            tenant_starts_per_minute=settings.tenant_starts_per_minute,
         ),
         "notifier": Notifier(
             webhook_secret=dg.EnvVar("EXPORT_WEBHOOK_SECRET"),
