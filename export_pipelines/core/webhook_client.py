@@ -28,6 +28,8 @@ holds the cloud metadata service 169.254.169.254), multicast and unspecified add
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import json
 import random
@@ -42,7 +44,6 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from export_pipelines.core.errors import InvalidWebhook
-from export_pipelines.core.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, DeliveryResult, sign
 
 __all__ = [
     "ERR_CERTIFICATE",
@@ -54,14 +55,22 @@ __all__ = [
     "ERR_REFUSED",
     "ERR_TIMEOUT",
     "ERR_TLS",
+    "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
     "DeliveryResult",
     "Target",
     "address_allowed",
     "check_target",
+    "check_url_shape",
     "deliver",
     "post_json",
+    "sign",
     "signed_headers",
+    "verify",
 ]
+
+SIGNATURE_HEADER = "X-Export-Signature"
+TIMESTAMP_HEADER = "X-Export-Timestamp"
 
 # The texts a tenant may read in DeliveryResult.error (besides f"HTTP {status}"). Stable: apps match them.
 ERR_CONNECT = "connection failed"
@@ -118,6 +127,25 @@ Connector = Callable[[tuple[str, int], float], socket.socket]
 
 
 @dataclass(frozen=True)
+class DeliveryResult:
+    """What one delivery did: `error` is one of the ERR_* texts or f"HTTP {status}" (tenants read it)."""
+
+    ok: bool
+    attempts: int
+    error: str | None = None
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
+    """What a receiver runs: constant-time comparison of the signature."""
+    return hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+@dataclass(frozen=True)
 class Target:
     """A checked webhook target: connect to `addresses` (in order), say `host` in Host and SNI."""
 
@@ -141,7 +169,7 @@ class Target:
 
 def _refuse(reason: str) -> InvalidWebhook:
     messages = {
-        ERR_INVALID_URL: "webhook_url: must be an http:// or https:// URL with a host name and no "
+        ERR_INVALID_URL: "webhook_url: must be an http(s) URL with a valid host name and port and no "
         f"credentials, at most {MAX_URL_LENGTH} characters",
         ERR_REFUSED: "webhook_url: refused: target address not allowed (the host must resolve, "
         "and only to public internet addresses)",
@@ -264,21 +292,17 @@ def _on_allowlist(host: str, allowlist: Iterable[str]) -> bool:
     return False
 
 
-def check_target(
-    url: str,
-    *,
-    allow_private: bool = False,
-    allowlist: Iterable[str] = (),
-    resolver: Resolver | None = None,
-    resolve_timeout: float | None = 5.0,
-) -> Target:
-    """Parse, resolve and check a webhook URL; the returned Target is what `post_json` connects to.
+@dataclass(frozen=True)
+class _Parsed:
+    scheme: str
+    host: str  # normalised (see Target.host)
+    port: int
+    path: str
+    numeric: str | None  # the address a numeric host denotes, in any of its legacy forms
 
-    Raises InvalidWebhook (field `webhook_url`) when the URL is not http(s), carries credentials, names
-    a host not on a non-empty `allowlist` (`host` exact, `.example.com` any subdomain), does not resolve,
-    or resolves to any address that is not public (see the module docstring). The message never says
-    which address the host resolved to. `resolver(host, port) -> addresses` defaults to getaddrinfo.
-    """
+
+def _parse(url: str, allowlist: Iterable[str]) -> _Parsed:
+    """The URL-shape and allowlist rules: everything check_target decides without DNS."""
     if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH or not url.isprintable():
         raise _refuse(ERR_INVALID_URL)
     try:
@@ -300,13 +324,59 @@ def check_target(
 
     entries = tuple(allowlist)
     if entries and not _on_allowlist(host, entries):
-        raise _not_allowlisted(entries)
+        raise _not_allowlisted(host, entries)
 
-    if numeric is not None:
-        addresses = [numeric]
-        host = numeric if ":" in numeric else host  # an IPv6 literal, normalised
+    path = quote(parts.path or "/", safe=_PATH_SAFE)
+    if parts.query:
+        path += "?" + quote(parts.query, safe=_PATH_SAFE)
+    return _Parsed(parts.scheme, host, port, path, numeric)
+
+
+def _is_localhost(host: str) -> bool:
+    return host == "localhost" or host.endswith(".localhost")
+
+
+def check_url_shape(url: str, allowlist: Iterable[str] = (), *, allow_private: bool | None = None) -> None:
+    """The rules of check_target that need no DNS, for request time (so a tenant hears at once).
+
+    Raises InvalidWebhook (field `webhook_url`) when the URL is not http(s), has no valid host or port,
+    carries credentials, is longer than MAX_URL_LENGTH, or names a host not on a non-empty allowlist.
+    With `allow_private` given (True or False), also the address rules for hosts that need no lookup:
+    IP literals in every numeric form and `localhost` names. With None (default) those wait for
+    send time, where check_target resolves the host and checks every address anyway.
+    """
+    parsed = _parse(url, allowlist)
+    if allow_private is None:
+        return
+    if parsed.numeric is not None:
+        if not address_allowed(parsed.numeric, allow_private=allow_private):
+            raise _refuse(ERR_REFUSED)
+    elif _is_localhost(parsed.host) and not allow_private:
+        raise _refuse(ERR_REFUSED)
+
+
+def check_target(
+    url: str,
+    *,
+    allow_private: bool = False,
+    allowlist: Iterable[str] = (),
+    resolver: Resolver | None = None,
+    resolve_timeout: float | None = 5.0,
+) -> Target:
+    """Parse, resolve and check a webhook URL; the returned Target is what `post_json` connects to.
+
+    Raises InvalidWebhook (field `webhook_url`) when the URL is not http(s), carries credentials, names
+    a host not on a non-empty `allowlist` (`host` exact, `.example.com` any subdomain), does not resolve,
+    or resolves to any address that is not public (see the module docstring). The message never says
+    which address the host resolved to. `resolver(host, port) -> addresses` defaults to getaddrinfo.
+    """
+    parsed = _parse(url, allowlist)
+    host, port = parsed.host, parsed.port
+    if parsed.numeric is not None:
+        addresses = [parsed.numeric]
+        host = parsed.numeric if ":" in parsed.numeric else host  # an IPv6 literal, normalised
     else:
-        if not allow_private and (host == "localhost" or host.endswith(".localhost")):
+        if not allow_private and _is_localhost(host):
             raise _refuse(ERR_REFUSED)  # RFC 6761: always loopback, whatever the resolver says
         try:
             addresses = _resolve(resolver or _system_resolver, host, port, resolve_timeout)
@@ -321,15 +391,12 @@ def check_target(
             checked.append(normal)
     if not checked:
         raise _refuse(ERR_REFUSED)
-
-    path = quote(parts.path or "/", safe=_PATH_SAFE)
-    if parts.query:
-        path += "?" + quote(parts.query, safe=_PATH_SAFE)
-    return Target(url, parts.scheme, host, port, path, tuple(checked), allow_private)
+    return Target(url, parsed.scheme, host, port, parsed.path, tuple(checked), allow_private)
 
 
-def _not_allowlisted(entries: tuple[str, ...]) -> InvalidWebhook:
-    exc = InvalidWebhook(f"webhook_url: host is not on the allowlist; allowed: {', '.join(entries)}")
+def _not_allowlisted(host: str, entries: tuple[str, ...]) -> InvalidWebhook:
+    # The tenant's own host and the deployment's allowlist: nothing about our network.
+    exc = InvalidWebhook(f"webhook_url: host {host!r} is not allowed; allowed: {', '.join(entries)}")
     exc.delivery_error = ERR_NOT_ALLOWLISTED  # type: ignore[attr-defined]
     return exc
 

@@ -1,12 +1,21 @@
 # No `from __future__ import annotations` here: Dagster reads these annotations at runtime.
-"""The export graph's last op: mark the request row succeeded, then notify (webhook, email)."""
+"""The export graph's last op: mark the request row succeeded, then record the notifications
+(webhook, email) for the delivery sensor. It never sends: a receiver that hangs must not hold the
+run's slot (issue 12, finding 16)."""
 
 import dagster as dg
 
-from export_pipelines.core.delivery import SUCCEEDED, deliver, download_url, ready_email_body, webhook_payload
+from export_pipelines.core.delivery import (
+    SUCCEEDED,
+    download_url,
+    enqueue_notification,
+    ready_email_body,
+    webhook_payload,
+)
 from export_pipelines.core.manifest import FinalizedExport
+from export_pipelines.core.request_store import is_request_id
 from export_pipelines.orchestration.ops import RunPlan
-from export_pipelines.orchestration.resources import Notifier, SourceDatabase
+from export_pipelines.orchestration.resources import SourceDatabase
 
 
 @dg.op(tags={"kind": "notify"})
@@ -15,9 +24,8 @@ def notify(
     run_plan: RunPlan,
     done: FinalizedExport,
     source: SourceDatabase,
-    notifier: Notifier,
 ) -> FinalizedExport:
-    """Mark the request row succeeded, then webhook and email. Failures here are recorded only."""
+    """Mark the request row succeeded, then queue webhook and email. Failures here are logged only."""
     req = run_plan.plan.request
     if run_plan.request_id:
         source.requests().mark_succeeded(
@@ -28,26 +36,33 @@ def notify(
             download_url=download_url(done),
             expires_at=done.expires_at,
         )
-    payload = webhook_payload(
-        SUCCEEDED,
-        export_id=req.export_id,
-        tenant_id=req.tenant_id,
-        resource=req.resource,
-        rows=done.rows,
-        bytes_written=done.bytes,
-        done=done,
-    )
-    problem = deliver(
-        context.log,
-        notifier.channels(),
-        payload,
-        run_plan.webhook_url,
-        run_plan.email,
-        f"Your {req.resource} export is ready",
-        ready_email_body(req.resource, done),
-    )
-    if run_plan.request_id and (run_plan.webhook_url or run_plan.email):
-        source.requests().record_notification(run_plan.request_id, problem)
+    if run_plan.webhook_url or run_plan.email:
+        payload = webhook_payload(
+            SUCCEEDED,
+            export_id=req.export_id,
+            tenant_id=req.tenant_id,
+            resource=req.resource,
+            rows=done.rows,
+            bytes_written=done.bytes,
+            done=done,
+        )
+        try:
+            enqueue_notification(
+                source.deliveries(),
+                # An ad-hoc run's request_id may be any text: only a row id goes in the uuid column.
+                request_id=run_plan.request_id if is_request_id(run_plan.request_id or "") else None,
+                tenant_id=req.tenant_id,
+                event=SUCCEEDED,
+                payload=payload,
+                webhook_url=run_plan.webhook_url,
+                email=run_plan.email,
+                email_subject=f"Your {req.resource} export is ready",
+                email_body=ready_email_body(req.resource, done),
+            )
+        except Exception as exc:  # noqa: BLE001 - a notification never fails the export
+            context.log.warning(f"notification not queued: {type(exc).__name__}: {exc}")
+        else:
+            context.log.info("notification queued for the delivery sensor")
     context.log.info(
         f"export ready: {done.rows} rows in {len(done.files)} file(s); manifest {done.manifest_key}"
     )
