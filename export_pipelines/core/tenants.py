@@ -51,9 +51,14 @@ def require_tenant(conninfo: str, catalog: Catalog, tenant_id: str) -> None:
     link to a header-only file, is a wrong answer, not an empty one)."""
     found = existing_tenants(conninfo, catalog, [tenant_id])
     if found is not None and tenant_id not in found:
-        assert catalog.tenants is not None
-        raise InvalidRequest(
-            "tenant_id",
-            f"{shown(tenant_id)} is not a tenant (not in {catalog.tenants.table.schema}."
-            f"{catalog.tenants.table.name}.{catalog.tenants.key})",
-        )
+        raise unknown_tenant(catalog, tenant_id)
+
+
+def unknown_tenant(catalog: Catalog, tenant_id: str) -> InvalidRequest:
+    """The error for a tenant id the tenants table does not list."""
+    where = (
+        f"{catalog.tenants.table.schema}.{catalog.tenants.table.name}.{catalog.tenants.key}"
+        if catalog.tenants
+        else "the tenants table"
+    )
+    return InvalidRequest("tenant_id", f"{shown(tenant_id)} is not a tenant (not in {where})")

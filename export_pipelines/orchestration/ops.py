@@ -14,17 +14,45 @@ from typing import Any
 
 import dagster as dg
 
-from export_pipelines.core.errors import ExportError, S3ConfigurationError, TransientError
+from export_pipelines.core.errors import (
+    ExportError,
+    InvalidRequest,
+    S3ConfigurationError,
+    TransientError,
+    error_code,
+    tenant_message,
+)
 from export_pipelines.core.exporter import run_export
 from export_pipelines.core.janitor import run_janitor
 from export_pipelines.core.manifest import FinalizedExport, clear_success_marker, finalize_export
 from export_pipelines.core.plan import ExportPlan, plan_export
 from export_pipelines.core.request import build_request, check_notify
+from export_pipelines.core.request_store import RequestStore
 from export_pipelines.core.results import ExportOutcome, ExportProgress
 from export_pipelines.core.resume import abandon_open_uploads
+from export_pipelines.core.tenants import require_tenant
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.partitions import month_range, tenant_and_month
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
+
+# The step failure metadata the failure sensor reads: what the tenant is told (code and message);
+# the description and the logs keep the full error for operators.
+ERROR_CODE_KEY = "error_code"
+TENANT_ERROR_KEY = "tenant_error"
+# States of a request row a run may take on: waiting for it, its own (retry), or failed before
+# (a re-execution). Never one that finished well (succeeded, expired) or was canceled.
+LAUNCHABLE = ("pending", "queued", "running", "failed")
+
+
+def failure(exc: BaseException, description: str) -> dg.Failure:
+    """A final dg.Failure that carries the tenant-facing code and message for the failure sensor."""
+    code = error_code(exc)
+    return dg.Failure(
+        description=description,
+        metadata={ERROR_CODE_KEY: code, TENANT_ERROR_KEY: tenant_message(code, exc)},
+        allow_retries=False,
+    )
+
 
 # Network ops ride over transient failures; invalid input is raised with allow_retries=False.
 NETWORK_RETRY = dg.RetryPolicy(
@@ -48,10 +76,7 @@ def explained_on_last_attempt(context: dg.OpExecutionContext) -> Iterator[None]:
         if not is_last_attempt(context):
             raise
         attempts = context.retry_number + 1
-        raise dg.Failure(
-            description=f"{type(exc).__name__}: {str(exc).strip()} (after {attempts} attempts)",
-            allow_retries=False,
-        ) from exc
+        raise failure(exc, f"{type(exc).__name__}: {str(exc).strip()} (after {attempts} attempts)") from exc
 
 
 class NotifyConfig(dg.Config):
@@ -106,6 +131,9 @@ def count_rows(
         tenant_id, month = partition
         filters["date_from"], filters["date_to"] = month_range(month)
         export_id = month[:7]
+    request_id = config.request_id
+    if request_id:
+        request_id = own_request_row(context, source.requests(), request_id, tenant_id, config.resource)
     try:
         check_notify(config.notify.webhook_url, config.notify.email)
         catalog = export_settings.catalog()
@@ -122,6 +150,7 @@ def count_rows(
             link_expiry_hours=config.link_expiry_hours,
         )
         with explained_on_last_attempt(context):
+            require_tenant(source.conninfo, catalog, request.tenant_id)
             plan = plan_export(
                 source.conninfo,
                 catalog,
@@ -134,11 +163,12 @@ def count_rows(
     except TransientError:
         raise  # NETWORK_RETRY tries again
     except ExportError as exc:  # the request or the deployment is wrong: no attempt can succeed
-        if config.request_id:
-            source.requests().mark_failed(config.request_id, str(exc))
-        raise dg.Failure(description=str(exc), allow_retries=False) from exc
-    if config.request_id:
-        source.requests().mark_running(config.request_id, context.run_id, plan.rows_total)
+        if request_id:
+            code = error_code(exc)
+            source.requests().mark_failed(request_id, tenant_message(code, exc), code)
+        raise failure(exc, str(exc)) from exc
+    if request_id:
+        source.requests().mark_running(request_id, context.run_id, plan.rows_total)
     context.instance.add_run_tags(context.run_id, {tags.FOLDER: plan.location.folder})
     if plan.resumed:
         context.log.info(f"resuming export {plan.location.folder}: reusing the cut of an earlier attempt")
@@ -151,7 +181,30 @@ def count_rows(
             "resumed": plan.resumed,
         }
     )
-    return RunPlan(plan, config.request_id, config.notify.webhook_url, config.notify.email)
+    return RunPlan(plan, request_id, config.notify.webhook_url, config.notify.email)
+
+
+def own_request_row(
+    context: dg.OpExecutionContext, store: RequestStore, request_id: str, tenant_id: str, resource: str
+) -> str | None:
+    """The run config's request_id, if the run may move that row along: it must name a row of this
+    run's tenant and resource, in a state a run may take on. A request_id naming no row is an
+    ad-hoc export id (nothing to update); one naming another tenant's or resource's row, or a
+    finished row, fails the run without touching the row."""
+    row = store.get(request_id)
+    if row is None:
+        return None
+    if row.tenant_id != tenant_id or row.resource != resource or row.status not in LAUNCHABLE:
+        context.log.error(
+            f"request_id {request_id} names a {row.status} request of another tenant or resource "
+            f"(or one no run may take on); its row is left alone"
+        )
+        exc = InvalidRequest(
+            "request_id",
+            "must name a pending, queued, running or failed request of this run's tenant and resource",
+        )
+        raise failure(exc, str(exc)) from None
+    return request_id
 
 
 @dg.op(retry_policy=NETWORK_RETRY, tags={"kind": "s3"})
@@ -197,7 +250,7 @@ def export_files(
         # Wrong bucket or credentials: retrying cannot help, say so at once.
         with contextlib.suppress(Exception):  # e.g. there is no bucket to clean up in
             abandon_open_uploads(client, export_settings.bucket, plan.location.folder, checkpoints)
-        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+        raise failure(exc, str(exc)) from exc
     context.add_output_metadata(
         {
             "rows": outcome.rows,

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from export_pipelines.core.request import PARTITION_KEY_SEPARATOR
 from export_pipelines.orchestration import tags
 
 TENANT_PARTITIONS = dg.DynamicPartitionsDefinition(name="tenants")
@@ -18,6 +19,13 @@ def monthly_partitions(months_from: str) -> dg.MultiPartitionsDefinition:
     return dg.MultiPartitionsDefinition(
         {tags.TENANT: TENANT_PARTITIONS, MONTH: dg.MonthlyPartitionsDefinition(start_date=months_from)}
     )
+
+
+def partitionable(tenant: str) -> bool:
+    """Whether a tenant id can be a partition of the tenant x month job: not blank, without the
+    multi-partition separator '|' (Dagster splits "month|tenant" keys there: such a key fails the
+    whole schedule tick with DagsterUnknownPartitionError)."""
+    return bool(tenant.strip()) and PARTITION_KEY_SEPARATOR not in tenant
 
 
 def monthly_key(tenant: str, month: str) -> dg.MultiPartitionKey:

@@ -23,7 +23,6 @@ from export_pipelines.core.request_store import DEFAULT_STARTS_PER_MINUTE, Reque
 from export_pipelines.core.s3 import make_s3_client
 from export_pipelines.settings import Settings
 
-
 # (database url, cap) pairs this process has written to export_limits.
 _caps_written: set[tuple[str, int]] = set()
 

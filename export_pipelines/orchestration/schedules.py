@@ -8,7 +8,12 @@ import dagster as dg
 from export_pipelines.core.tenants import list_tenants
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.jobs import janitor_job
-from export_pipelines.orchestration.partitions import TENANT_PARTITIONS_NAME, monthly_key, previous_month
+from export_pipelines.orchestration.partitions import (
+    TENANT_PARTITIONS_NAME,
+    monthly_key,
+    partitionable,
+    previous_month,
+)
 from export_pipelines.orchestration.resources import ExportSettings, SourceDatabase
 
 
@@ -27,7 +32,12 @@ def build_monthly_schedule(monthly_job: dg.JobDefinition) -> dg.ScheduleDefiniti
         context: dg.ScheduleEvaluationContext, source: SourceDatabase, export_settings: ExportSettings
     ) -> list[dg.RunRequest]:
         month = previous_month(context.scheduled_execution_time or datetime.now(UTC))
-        tenants = list_tenants(source.conninfo, export_settings.catalog(), enterprise_only=True)
+        tenants = []
+        for tenant in list_tenants(source.conninfo, export_settings.catalog(), enterprise_only=True):
+            if partitionable(tenant):
+                tenants.append(tenant)
+            else:  # one bad id must not cost every other tenant its monthly dump
+                context.log.warning(f"tenant {tenant!r} skipped: its id cannot be a partition key")
         have = set(context.instance.get_dynamic_partitions(TENANT_PARTITIONS_NAME))
         if missing := [t for t in tenants if t not in have]:
             context.instance.add_dynamic_partitions(TENANT_PARTITIONS_NAME, missing)

@@ -1,8 +1,9 @@
 # No `from __future__ import annotations` here: Dagster reads the sensors' annotations at runtime.
-"""Sensors: export_requests rows → runs; tenants table → partitions; failed runs → request rows.
+"""Sensors: export_requests rows → runs; tenants table → partitions; failed runs → request rows;
+the reaper: rows whose runs were canceled or no longer exist → canceled / failed.
 
-The request and failure sensors tick every settings.sensor_interval_seconds, so they are built by
-`build_sensors(settings, monthly_job)` when the definitions are built.
+The request, failure and reaper sensors tick every settings.sensor_interval_seconds, so they are
+built by `build_sensors(settings, monthly_job)` when the definitions are built.
 """
 
 import time
@@ -11,16 +12,29 @@ from typing import Any
 import dagster as dg
 
 from export_pipelines.core.delivery import FAILED, deliver, webhook_payload
-from export_pipelines.core.errors import ExportError
-from export_pipelines.core.request_store import StoredRequest, check_request_fields
+from export_pipelines.core.errors import ExportError, error_code_of_class_names, tenant_message
+from export_pipelines.core.layout import ExportLocation
+from export_pipelines.core.request_store import RequestStore, StoredRequest, check_request_fields
 from export_pipelines.core.resume import abandon_open_uploads
-from export_pipelines.core.tenants import list_tenants
+from export_pipelines.core.tenants import existing_tenants, list_tenants, unknown_tenant
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.jobs import tenant_export_job
-from export_pipelines.orchestration.partitions import TENANT_PARTITIONS, TENANT_PARTITIONS_NAME
+from export_pipelines.orchestration.ops import ERROR_CODE_KEY, TENANT_ERROR_KEY
+from export_pipelines.orchestration.partitions import TENANT_PARTITIONS, TENANT_PARTITIONS_NAME, partitionable
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, Notifier, SourceDatabase
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines.settings import Settings
+
+# DESIGN §3.6's event for a canceled export (core.delivery names succeeded and failed).
+CANCELED_EVENT = "export.canceled"
+# The reaper leaves rows alone this long after their last change: the request sensor marks a row
+# queued a moment before Dagster creates its run.
+REAP_AFTER_SECONDS = 30
+# A final failure is the failure sensor's to record; the reaper takes over only if it has not
+# after this long (a sensor that died mid-tick, a cursor that moved on).
+FAILURE_GRACE_SECONDS = 300
+RUN_GONE = "the export's run no longer exists"
+RUN_FAILED = "the export's run failed"
 
 
 def request_run_config(row: StoredRequest) -> dict[str, Any]:
@@ -60,17 +74,29 @@ def launch_pending_requests(
     export_settings: ExportSettings,
     notifier: Notifier,
 ) -> dg.SensorResult:
+    """Pending rows → runs, fair across tenants and at most EXPORT_TENANT_STARTS_PER_MINUTE per
+    tenant (RequestStore.to_launch). A row that is invalid, or names no tenant, is failed now
+    (invalid_request) and never picked again."""
     store = source.requests()
+    rows = store.to_launch(starts_per_minute=export_settings.tenant_starts_per_minute)
+    catalog = export_settings.catalog()
+    try:
+        known = existing_tenants(source.conninfo, catalog, [r.tenant_id for r in rows])
+    except Exception as exc:  # noqa: BLE001 - unknown: let count_rows check each run instead
+        context.log.warning(f"could not read the tenants table: {type(exc).__name__}: {exc}")
+        known = None
     runs: list[dg.RunRequest] = []
-    for row in store.to_launch():
+    for row in rows:
         try:
             validate_row(row, export_settings, notifier)
+            if known is not None and row.tenant_id not in known:
+                raise unknown_tenant(catalog, row.tenant_id)
         except ExportError as exc:
-            store.mark_invalid(row.id, row.attempt, str(exc))
+            store.mark_invalid(row.id, row.attempt, str(exc)[:500])
             context.log.info(f"request {row.id} rejected: {exc}")
             continue
         except Exception as exc:  # noqa: BLE001 - one bad row must never stop the others
-            store.mark_invalid(row.id, row.attempt, f"invalid request: {type(exc).__name__}: {exc}")
+            store.mark_invalid(row.id, row.attempt, f"invalid request: {type(exc).__name__}: {exc}"[:500])
             continue
         store.mark_queued(row.id, row.attempt)
         runs.append(
@@ -91,7 +117,12 @@ def launch_pending_requests(
 def tenant_partitions_sensor(
     context: dg.SensorEvaluationContext, source: SourceDatabase, export_settings: ExportSettings
 ) -> dg.SensorResult:
-    wanted = set(list_tenants(source.conninfo, export_settings.catalog()))
+    wanted = set()
+    for tenant in list_tenants(source.conninfo, export_settings.catalog()):
+        if partitionable(tenant):
+            wanted.add(tenant)
+        else:
+            context.log.warning(f"tenant {tenant!r} skipped: its id cannot be a partition key")
     have = set(context.instance.get_dynamic_partitions(TENANT_PARTITIONS_NAME))
     missing = sorted(wanted - have)
     return dg.SensorResult(
@@ -132,11 +163,13 @@ def build_sensors(settings: Settings, monthly_job: dg.JobDefinition) -> list[dg.
         export_settings: ExportSettings,
     ) -> None:
         # The steps' errors say what went wrong; the run's own message only names the steps.
+        events = context.get_step_failure_events()
         step_errors = [
             f"{e.step_key}: {e.step_failure_data.error.message.strip()}"
-            for e in context.get_step_failure_events()
+            for e in events
             if e.step_failure_data and e.step_failure_data.error
         ]
+        code, tenant_error = tenant_facing_failure(events)
         record_run_failure(
             with_retry_decision(context.instance, context.dagster_run),
             "; ".join(step_errors) or context.failure_event.message or "run failed",
@@ -145,9 +178,53 @@ def build_sensors(settings: Settings, monthly_job: dg.JobDefinition) -> list[dg.
             context.log,
             s3,
             export_settings,
+            code=code,
+            tenant_error=tenant_error,
         )
 
-    return [export_request_sensor, tenant_partitions_sensor, export_failure_sensor]
+    @dg.sensor(
+        name="export_reaper_sensor",
+        minimum_interval_seconds=max(interval, 30),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Resolves queued/running request rows whose run was canceled, failed unrecorded, "
+        "or no longer exists: canceled or failed, uploads aborted, requester notified.",
+    )
+    def export_reaper_sensor(
+        context: dg.SensorEvaluationContext,
+        source: SourceDatabase,
+        notifier: Notifier,
+        s3: ExportS3,
+        export_settings: ExportSettings,
+    ) -> dg.SkipReason:
+        resolved = reap_unfinished_requests(
+            context.instance, source, notifier, context.log, s3, export_settings
+        )
+        return dg.SkipReason(f"resolved {resolved} request(s)" if resolved else "nothing to resolve")
+
+    return [export_request_sensor, tenant_partitions_sensor, export_failure_sensor, export_reaper_sensor]
+
+
+def tenant_facing_failure(events: list[Any]) -> tuple[str, str]:
+    """(error_code, short message) of a failed run, from its step failures: the metadata the ops
+    put on their final dg.Failure, else the error's class names (core.errors maps both)."""
+    for e in events:
+        data = e.step_failure_data
+        user = data.user_failure_data if data else None
+        metadata = user.metadata if user else {}
+        if ERROR_CODE_KEY in metadata:
+            code = str(metadata[ERROR_CODE_KEY].value)
+            message = metadata.get(TENANT_ERROR_KEY)
+            return code, str(message.value) if message is not None else tenant_message(code)
+    for e in events:
+        error = e.step_failure_data.error if e.step_failure_data else None
+        names = []
+        while error is not None and len(names) < 20:
+            names.append(error.cls_name or "")
+            error = error.cause or error.context
+        code = error_code_of_class_names(names)
+        if code != "internal":
+            return code, tenant_message(code)
+    return "internal", tenant_message("internal")
 
 
 def with_retry_decision(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dg.DagsterRun:
@@ -177,28 +254,56 @@ def record_run_failure(
     log: Any,
     s3: ExportS3 | None = None,
     export_settings: ExportSettings | None = None,
+    *,
+    code: str = "internal",
+    tenant_error: str | None = None,
 ) -> None:
-    """Final failure: abort the export's open uploads and fail its request row; a failure that
-    Dagster will retry only notes the error (the retry continues from the checkpoint)."""
+    """Final failure: fail the request row and notify FIRST, then abort the export's open uploads
+    (an abort that raises, S3 down or a wrong key, is logged: the row is already failed). A
+    failure that Dagster will retry only notes the error (the retry continues from the checkpoint).
+
+    `message` (the steps' errors) goes to the log; the row and the notification get `code` and the
+    short `tenant_error` only."""
     will_retry = run.tags.get(tags.WILL_RETRY) == "true"
-    # The run's tags as stored now: count_rows adds the folder tag after launch.
-    folder = run.tags.get(tags.FOLDER)
-    if folder and not will_retry and s3 is not None and export_settings is not None:
-        aborted = abandon_open_uploads(s3.get_client(), export_settings.bucket, folder, source.checkpoints())
-        if aborted:
-            log.info(f"aborted {aborted} open upload(s) under {folder}")
-    request_id = run.tags.get(tags.REQUEST_ID)
-    if not request_id:
-        return
+    short = tenant_error or tenant_message(code)
+    log.info(f"run {run.run_id} failed ({code}): {message}")
     store = source.requests()
-    error = f"run {run.run_id} failed: {message}"
-    if will_retry:
-        store.note_error(request_id, error + " (retrying)")
+    row = own_row(store, run)
+    if row is not None:
+        if will_retry:
+            store.note_error(row.id, short + " (retrying)", code)
+            return
+        if store.mark_failed(row.id, short, code):
+            notify_row(store, notifier, log, row, FAILED, short)
+    if will_retry or s3 is None or export_settings is None:
         return
-    if not store.mark_failed(request_id, error):
-        return  # already failed by count_rows (invalid request) or no longer active
-    row = store.get(request_id)
-    if row and (row.webhook_url or row.email):
+    # The folder from (prefix, tenant, resource, export id), never from a row's column; a run
+    # without a row (monthly) has the folder count_rows derived the same way in its tag.
+    folder = (
+        ExportLocation(export_settings.prefix, row.tenant_id, row.resource, row.id).folder
+        if row is not None
+        else run.tags.get(tags.FOLDER)
+    )
+    if folder:
+        abort_uploads_logged(s3, export_settings, source, folder, log)
+
+
+def own_row(store: RequestStore, run: dg.DagsterRun) -> StoredRequest | None:
+    """The request row a run serves: named by its request tag, of the run's tenant."""
+    request_id = run.tags.get(tags.REQUEST_ID)
+    row = store.get(request_id) if request_id else None
+    if row is None or row.tenant_id != run.tags.get(tags.TENANT, row.tenant_id):
+        return None
+    return row
+
+
+def notify_row(
+    store: RequestStore, notifier: Notifier, log: Any, row: StoredRequest, event: str, error: str
+) -> None:
+    """Tell the requester a row ended without files (failed, canceled). Never raises."""
+    if not (row.webhook_url or row.email):
+        return
+    try:
         payload = webhook_payload(
             FAILED,
             export_id=row.id,
@@ -208,13 +313,89 @@ def record_run_failure(
             bytes_written=row.bytes_written,
             error=error,
         )
+        payload["event"] = event
+        verb = "was canceled" if event == CANCELED_EVENT else "failed"
         problem = deliver(
             log,
             notifier.channels(),
             payload,
             row.webhook_url,
             row.email,
-            f"Your {row.resource} export failed",
+            f"Your {row.resource} export {verb}",
             error,
         )
-        store.record_notification(request_id, problem)
+        store.record_notification(row.id, problem)
+    except Exception as exc:  # noqa: BLE001 - a notification never undoes the row's new state
+        log.warning(f"notification for request {row.id} not sent: {type(exc).__name__}: {exc}")
+
+
+def abort_uploads_logged(
+    s3: ExportS3, export_settings: ExportSettings, source: SourceDatabase, folder: str, log: Any
+) -> None:
+    try:
+        aborted = abandon_open_uploads(s3.get_client(), export_settings.bucket, folder, source.checkpoints())
+    except Exception as exc:  # noqa: BLE001 - S3 down or a wrong key: the janitor aborts them later
+        log.warning(f"could not abort the open uploads under {folder}: {type(exc).__name__}: {exc}")
+        return
+    if aborted:
+        log.info(f"aborted {aborted} open upload(s) under {folder}")
+
+
+def latest_run(instance: dg.DagsterInstance, row: StoredRequest) -> dg.DagsterRun | None:
+    """The newest run serving this attempt of the row (a Dagster retry copies the tags)."""
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(tags={tags.REQUEST_ID: row.id, tags.ATTEMPT: str(row.attempt)}), limit=1
+    )
+    if runs:
+        return runs[0]
+    return instance.get_run_by_id(row.run_id) if row.run_id else None
+
+
+def reap_unfinished_requests(
+    instance: dg.DagsterInstance,
+    source: SourceDatabase,
+    notifier: Notifier,
+    log: Any,
+    s3: ExportS3 | None = None,
+    export_settings: ExportSettings | None = None,
+    *,
+    older_than_seconds: int = REAP_AFTER_SECONDS,
+    failure_grace_seconds: int = FAILURE_GRACE_SECONDS,
+) -> int:
+    """Queued and running rows whose run was canceled → canceled; whose run failed and nobody
+    recorded it (after a grace period) → failed; running rows whose run no longer exists →
+    failed. Each: row first, then notification, then uploads aborted. A queued row without a run
+    is left to the request sensor, which re-requests it. Returns how many rows were resolved."""
+    store = source.requests()
+    resolved = 0
+    now = time.time()
+    for row in store.unfinished(older_than_seconds=older_than_seconds):
+        run = latest_run(instance, row)
+        if run is None:
+            if row.status != "running":
+                continue
+            changed, event, error = store.mark_failed(row.id, RUN_GONE, "internal"), FAILED, RUN_GONE
+        elif run.status == dg.DagsterRunStatus.CANCELED:
+            changed, event, error = store.mark_canceled(row.id), CANCELED_EVENT, tenant_message("canceled")
+        elif (
+            run.status == dg.DagsterRunStatus.FAILURE
+            and run.tags.get(tags.WILL_RETRY) != "true"
+            and now - row_age_reference(row) > failure_grace_seconds
+        ):
+            changed, event, error = store.mark_failed(row.id, RUN_FAILED, "internal"), FAILED, RUN_FAILED
+        else:
+            continue
+        if not changed:
+            continue
+        resolved += 1
+        log.info(f"request {row.id}: {error} (run {run.run_id if run else 'gone'})")
+        notify_row(store, notifier, log, row, event, error)
+        if s3 is not None and export_settings is not None:
+            folder = ExportLocation(export_settings.prefix, row.tenant_id, row.resource, row.id).folder
+            abort_uploads_logged(s3, export_settings, source, folder, log)
+    return resolved
+
+
+def row_age_reference(row: StoredRequest) -> float:
+    moment = row.started_at or row.queued_at or row.created_at
+    return moment.timestamp()
