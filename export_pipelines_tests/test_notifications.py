@@ -1,4 +1,9 @@
-"""Webhook (HMAC-signed, retried) and email (SMTP) against real local receivers."""
+"""Webhook (HMAC-signed, retried) and email (SMTP) against real local receivers.
+
+The receivers listen on 127.0.0.1, so every send here runs with allow_private (what
+EXPORT_WEBHOOK_ALLOW_PRIVATE=1 sets): by default loopback targets are refused (issue 12, finding 5).
+The export job records its notifications; one tick of the delivery sensor sends them.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,22 @@ from collections.abc import Iterator
 from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import dagster as dg
 import pytest
 from aiosmtpd.controller import Controller
 
-from export_pipelines.core.notify import check_webhook_url, post_webhook, verify
+from export_pipelines.core.delivery import DeliveryPolicy
+from export_pipelines.core.notify import check_webhook_url, verify
+from export_pipelines.core.webhook_client import deliver
+from export_pipelines.orchestration.delivery_sensor import build_delivery_sensor
 from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.resources import Notifier
 from export_pipelines.orchestration.run_config import export_run_config
+from export_pipelines.settings import Settings
 from export_pipelines_tests.conftest import WEBHOOK_SECRET
+
+# Retries at once, so one sensor tick shows the whole retry sequence.
+NO_WAIT = DeliveryPolicy(base_delay_seconds=0.0, max_attempts=4)
 
 
 class Receiver:
@@ -70,7 +83,7 @@ def smtp() -> Iterator[tuple[Inbox, str]]:
 def test_webhook_is_signed_and_retried_with_backoff(receiver):
     rec, url, _ = receiver
     rec.fail_first = 2
-    result = post_webhook(url, {"event": "export.succeeded"}, "s3cret", base_delay=0.01)
+    result = deliver(url, {"event": "export.succeeded"}, "s3cret", allow_private=True, base_delay=0.01)
     assert result.ok and result.attempts == 3
     headers, body = rec.calls[-1]
     assert verify("s3cret", headers["X-Export-Timestamp"], body, headers["X-Export-Signature"])
@@ -80,7 +93,7 @@ def test_webhook_is_signed_and_retried_with_backoff(receiver):
 def test_webhook_4xx_is_not_retried(receiver):
     rec, url, _ = receiver
     rec.fail_first, rec.status = 10, 410
-    result = post_webhook(url, {}, "s", base_delay=0.01)
+    result = deliver(url, {}, "s", allow_private=True, base_delay=0.01)
     assert not result.ok and result.attempts == 1 and result.error == "HTTP 410"
 
 
@@ -94,18 +107,25 @@ def test_webhook_url_rules():
 
 
 def run_job(resources, store, **notify):
+    """Run the export, then one tick of the delivery sensor (which sends what the run recorded)."""
     rid = store.create(tenant_id="t-008", resource="orders", **notify)
     config = export_run_config(tenant_id="t-008", resource="orders", request_id=rid, **notify)
     result = tenant_export_job.execute_in_process(
         run_config=config, resources=resources, raise_on_error=False
     )
+    sensor = build_delivery_sensor(Settings(), NO_WAIT)
+    with dg.build_sensor_context(
+        resources={"source": resources["source"], "notifier": resources["notifier"]}
+    ) as context:
+        sensor(context)
     return rid, result
 
 
 def test_success_webhook_payload_and_email(receiver, smtp, dagster_resources, store, pg):
     rec, url, _ = receiver
     inbox, smtp_url = smtp
-    resources = {**dagster_resources, "notifier": Notifier(webhook_secret=WEBHOOK_SECRET, smtp_url=smtp_url)}
+    notifier = Notifier(webhook_secret=WEBHOOK_SECRET, smtp_url=smtp_url, allow_private=True)
+    resources = {**dagster_resources, "notifier": notifier}
     rid, result = run_job(resources, store, webhook_url=url, email="ops@example.com")
     assert result.success
     ((headers, body),) = rec.calls
@@ -145,8 +165,10 @@ def test_success_webhook_payload_and_email(receiver, smtp, dagster_resources, st
 def test_webhook_failure_is_recorded_and_does_not_fail_the_export(receiver, dagster_resources, store, pg):
     rec, url, _ = receiver
     rec.fail_first = 100
-    rid, result = run_job(dagster_resources, store, webhook_url=url, email="x@example.com")
+    resources = {**dagster_resources, "notifier": Notifier(webhook_secret=WEBHOOK_SECRET, allow_private=True)}
+    rid, result = run_job(resources, store, webhook_url=url, email="x@example.com")
     assert result.success and store.get(rid).status == "succeeded"
     assert len(rec.calls) == 4  # retried with backoff, then given up
     problem = pg.execute("SELECT notify_error FROM export_requests WHERE id = %s", [rid]).fetchone()[0]
-    assert "webhook failed after 4 attempt(s): HTTP 500" in problem
+    # Only the webhook's stable text: the email was skipped (no SMTP_URL), which is the operator's matter.
+    assert problem == "webhook failed after 4 attempt(s): HTTP 500"
