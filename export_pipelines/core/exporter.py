@@ -21,6 +21,7 @@ from typing import Any
 from export_pipelines.core.catalog import Catalog
 from export_pipelines.core.checkpoints import CheckpointStore, FileCheckpoint, PartCheckpoint
 from export_pipelines.core.encoders import Encoder, encoder_class
+from export_pipelines.core.keyset import RowSource
 from export_pipelines.core.plan import ExportPlan, report_context
 from export_pipelines.core.reader import (
     Control,
@@ -36,6 +37,8 @@ from export_pipelines.core.reader import (
 from export_pipelines.core.results import ExportOutcome, ExportProgress, FileResult
 from export_pipelines.core.resume import Resume, file_checkpoint, file_result, resume_export
 from export_pipelines.core.s3 import UploadedPart, object_sha256
+from export_pipelines.core.special_values import Counter, add_counts, as_counts, counters
+from export_pipelines.core.type_contract import rule_for
 from export_pipelines.core.upload import DEFAULT_PART_SIZE, PartWriter, file_sink
 
 
@@ -64,6 +67,7 @@ class _Export:
         checkpoints: CheckpointStore | None,
         on_progress: Callable[[ExportProgress], None] | None,
         keep_open_upload: bool,
+        special: tuple[Counter, ...] = (),
     ) -> None:
         self.plan, self.encoder_cls, self.client, self.bucket = plan, encoder_cls, client, bucket
         self.part_size, self.max_parts_in_flight = part_size, max_parts_in_flight
@@ -80,6 +84,11 @@ class _Export:
         self.part_rows = 0
         self.part_last: Any = None
         self.next_batch = 0
+        # Special values: counters (one per column and key), the open file's counts, and the
+        # key ranges of rows an earlier attempt wrote, to count again at the end.
+        self.special = special
+        self.counts = [0] * len(special)
+        self.recounts: list[tuple[FileResult, Any, Any]] = []
 
     def prepare(self) -> ReaderStart:
         """Load the checkpoint (resume.py) and start the progress counters from it."""
@@ -92,6 +101,13 @@ class _Export:
             part_size=self.part_size,
         )
         self.files = list(self.resume.files)
+        if self.special:
+            # Files are contiguous key ranges: a complete file covers (previous last key, its last key].
+            after = None
+            for f in self.files:
+                if f.rows:
+                    self.recounts.append((f, after, f.last_key))
+                    after = f.last_key
         rows, size, parts = self.resume.totals()
         self.totals = {"rows": rows, "bytes": size, "parts": parts}
         return self.resume.start
@@ -141,6 +157,7 @@ class _Export:
     def _file_writer(self, start: FileStart) -> PartWriter[PartMeta]:
         """The part writer of the file `start` opens: a new upload, or the one to continue."""
         self.part_rows, self.part_last = 0, None
+        self.counts = [0] * len(self.special)
         uploaded: list[UploadedPart] = []
         if start.continued:
             # Taken from the resume: from now on the writer aborts it (or keeps it) on error.
@@ -153,6 +170,8 @@ class _Export:
                 f"{f.snapshot} (parts 1-{len(f.parts)}), {start.snapshot} (from part {len(f.parts) + 1})"
             )
             self.current.resumed_at_part = len(f.parts) + 1
+            if self.special:  # the parts already uploaded: (file start, last part's key]
+                self.recounts.append((self.current, f.start_after, last.last_key))
             self.part_last, self.next_batch = last.last_key, last.next_batch_rows
             uploaded = [UploadedPart(p.number, p.etag, p.checksum_sha256, p.size) for p in f.parts]
         else:
@@ -204,6 +223,8 @@ class _Export:
         if cur.first_key is None:
             cur.first_key = kr.first
         cur.last_key = kr.last
+        if kr.counts:
+            self.counts = [a + b for a, b in zip(self.counts, kr.counts, strict=True)]
 
     def _part_meta(self) -> PartMeta:
         cur = self.current
@@ -220,9 +241,30 @@ class _Export:
         sha256 = writer.sha256
         cur.sha256 = sha256 if sha256 is not None else object_sha256(self.client, self.bucket, cur.key)
         self.output_types = encoder.output_types()
+        cur.special_values = as_counts(self.special, self.counts)
+        add_counts(cur.special_values, encoder.special_counts())
+        cur.special_values = self._ordered(cur.special_values)
         if self.checkpoints is not None:
             self.checkpoints.complete_file(self.folder, file_checkpoint(self.plan, len(self.files) + 1, cur))
         self.files.append(cur)
+
+    def _ordered(self, counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        """Columns in export order, keys in the order of the column's rule (as the manifest's
+        columns[].special_values lists them)."""
+        out = {}
+        for col in self.plan.columns:
+            if col.name in counts:
+                keys = rule_for(col).special_values(self.plan.request.format)
+                out[col.name] = {k: counts[col.name][k] for k in keys if k in counts[col.name]}
+        return out
+
+    def recount(self, source: RowSource) -> None:
+        """Count the special values of rows an earlier attempt wrote (kept files, and the parts of
+        a continued file), in a snapshot of their own: the checkpoint does not hold their counts."""
+        for result, after, upto in self.recounts:
+            add_counts(result.special_values, as_counts(self.special, source.count_range(after, upto)))
+            result.special_values = self._ordered(result.special_values)
+            result.special_values_recounted = True
 
     def _part_done(self, part: UploadedPart, meta: PartMeta) -> None:
         """One checkpoint and one progress event per uploaded part."""
@@ -291,6 +333,7 @@ def run_export(
     """
     started = time.monotonic()
     encoder_cls = encoder_class(plan.request.format)
+    special = tuple(counters(plan.columns, plan.request.format))
     export = _Export(
         plan,
         encoder_cls,
@@ -301,18 +344,21 @@ def run_export(
         checkpoints,
         on_progress,
         keep_open_upload=not abort_on_error and checkpoints is not None,
+        special=special,
     )
     try:
         start = export.prepare()
     except BaseException:
         export.pool.shutdown(wait=True, cancel_futures=True)
         raise
-    source = make_source(conninfo, plan, encoder_cls, catalog, statement_timeout_seconds)
+    source = make_source(conninfo, plan, encoder_cls, catalog, statement_timeout_seconds, special)
     events = event_queue(encoder_cls)
     reader = Reader(source, plan, events, start)
     reader.start()
     try:
         export.consume(events)
+        reader.join(timeout=30)  # done: the source's connection is free for the recount
+        export.recount(source)
     except BaseException:
         export.fail()
         raise

@@ -21,6 +21,7 @@ from psycopg import pq, sql
 
 from export_pipelines.core.memory import settle_allocators
 from export_pipelines.core.query import ExportQuery, connect, session_settings
+from export_pipelines.core.special_values import Counter, aggregates
 
 # Keyset batches aim at this many bytes of raw rows: big enough to amortise the per-batch
 # query, small enough that memory stays flat whatever the row width.
@@ -38,6 +39,7 @@ class KeyRange:
     first: Any
     last: Any  # inclusive upper bound
     rows: int
+    counts: tuple[int, ...] = ()  # special values in the range, one per counter of the source
 
 
 def next_batch_rows(rows: int, nbytes: int) -> int:
@@ -50,6 +52,7 @@ def next_batch_rows(rows: int, nbytes: int) -> int:
 class RowSource(Protocol):
     def begin_file(self) -> str: ...
     def next_range(self, after: Any, limit: int) -> KeyRange | None: ...
+    def count_range(self, after: Any, upto: Any) -> tuple[int, ...]: ...
     def read(self, key_range: KeyRange) -> Iterator[Any]: ...
     def end_file(self) -> None: ...
     def close(self) -> None: ...
@@ -81,9 +84,11 @@ class PgCsvSource:
         query: ExportQuery,
         high_water_mark: Any,
         statement_timeout_seconds: float | None = None,
+        counters: tuple[Counter, ...] = (),
     ) -> None:
         self.query = query
         self.hwm = high_water_mark
+        self.counters = counters
         self.conn = connect(conninfo, autocommit=False, statement_timeout_seconds=statement_timeout_seconds)
         self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
 
@@ -93,11 +98,49 @@ class PgCsvSource:
         return str(row[0]) if row else ""
 
     def next_range(self, after: Any, limit: int) -> KeyRange | None:
-        stmt, params = self.query.next_range(after, self.hwm, limit)
+        stmt, params = self._range_query(after, limit)
         row = self.conn.execute(stmt, params).fetchone()
         if not row or not row[0]:
             return None
-        return KeyRange(after=after, first=row[1], last=row[2], rows=int(row[0]))
+        counts = tuple(int(v) for v in row[3:])
+        return KeyRange(after=after, first=row[1], last=row[2], rows=int(row[0]), counts=counts)
+
+    def _range_query(self, after: Any, limit: int) -> tuple[sql.Composable, list[Any]]:
+        """The batch's bounds; with counters, also its special values, counted by PostgreSQL in
+        the same statement, snapshot and rows (the batch's rows are read from the heap once more,
+        where the bounds alone are an index-only scan: the cost of counting)."""
+        if not self.counters:
+            return self.query.next_range(after, self.hwm, limit)
+        q = self.query
+        where, params = q.where(after, self.hwm)
+        flags = sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(c.predicate, sql.Identifier(f"s{i}"))
+            for i, c in enumerate(self.counters)
+        )
+        counts = sql.SQL(", ").join(
+            sql.SQL("count(*) FILTER (WHERE {})").format(sql.Identifier(f"s{i}"))
+            for i in range(len(self.counters))
+        )
+        stmt = sql.SQL(
+            "SELECT count(*), min(k), max(k), {counts} FROM (SELECT {key} AS k, {flags} FROM {table} "
+            "WHERE {where} ORDER BY {key} LIMIT %s) AS batch"
+        ).format(counts=counts, key=sql.Identifier(q.spec.key), flags=flags, table=q.table, where=where)
+        return stmt, [*params, limit]
+
+    def count_range(self, after: Any, upto: Any) -> tuple[int, ...]:
+        """Special values of the rows in (after, upto], in a snapshot of their own (a recount of
+        rows an earlier attempt wrote)."""
+        if not self.counters:
+            return ()
+        where, params = self.query.where(after, upto)
+        stmt = sql.SQL("SELECT {} FROM {} WHERE {}").format(
+            aggregates(list(self.counters)), self.query.table, where
+        )
+        try:
+            row = self.conn.execute(stmt, params).fetchone()
+        finally:
+            self.conn.commit()
+        return tuple(int(v) for v in row) if row else ()
 
     def read(self, key_range: KeyRange) -> Iterator[bytes]:
         """COPY one range through psycopg's libpq wrapper (`psycopg.pq`) directly.
@@ -151,6 +194,7 @@ class ArrowSource:
         query: ExportQuery,
         high_water_mark: Any,
         statement_timeout_seconds: float | None = None,
+        counters: tuple[Counter, ...] = (),
     ) -> None:
         import adbc_driver_manager
         import adbc_driver_postgresql
@@ -159,7 +203,8 @@ class ArrowSource:
         self._adm = adbc_driver_manager
         self.query = query
         self.hwm = high_water_mark
-        self.bounds = PgCsvSource(conninfo, query, high_water_mark, statement_timeout_seconds)
+        # Bounds and special-value counts come from psycopg, in the snapshot ADBC reads.
+        self.bounds = PgCsvSource(conninfo, query, high_water_mark, statement_timeout_seconds, counters)
         self._db = adbc_driver_postgresql.connect(conninfo)
         self._conn = adbc_driver_manager.AdbcConnection(self._db)
         for name, value in session_settings(statement_timeout_seconds).items():
@@ -201,6 +246,9 @@ class ArrowSource:
 
     def next_range(self, after: Any, limit: int) -> KeyRange | None:
         return self.bounds.next_range(after, limit)
+
+    def count_range(self, after: Any, upto: Any) -> tuple[int, ...]:
+        return self.bounds.count_range(after, upto)
 
     def read(self, key_range: KeyRange) -> Iterator[pa.RecordBatch]:
         stmt, params = self.query.select_range(key_range.after, key_range.last)

@@ -68,6 +68,12 @@ def _file_entry(fmt: str, f: FileResult) -> dict[str, Any]:
     }
     if f.resumed_at_part:
         entry["resumed_at_part"] = f.resumed_at_part
+    # Per column, how many values fell under each key of its columns[].special_values rule.
+    entry["special_values"] = f.special_values
+    if f.special_values_recounted:
+        entry["special_values_recounted"] = (
+            "rows written by an earlier attempt were counted again when this attempt finished"
+        )
     if fmt == "xlsx":
         # Excel holds 1,048,576 rows a sheet: the rows continue on the next sheet.
         entry["sheets"] = sheet_layout(f.rows)

@@ -21,6 +21,7 @@ from export_pipelines.core.keyset import (
 )
 from export_pipelines.core.plan import ExportPlan
 from export_pipelines.core.query import ExportQuery
+from export_pipelines.core.special_values import Counter
 
 QUEUE_ITEMS = 8  # reader → encoder: at most this many ~1 MiB CSV chunks waiting
 ARROW_QUEUE_ITEMS = 2  # or this many ~4 MiB Arrow batches
@@ -164,14 +165,16 @@ def make_source(
     encoder_cls: type[Encoder],
     catalog: Catalog,
     statement_timeout_seconds: float | None = None,
+    counters: tuple[Counter, ...] = (),
 ) -> RowSource:
-    """The row source the format reads (CSV bytes from COPY, or Arrow batches)."""
+    """The row source the format reads (CSV bytes from COPY, or Arrow batches); with counters,
+    its key ranges carry their special-value counts."""
     query = ExportQuery(catalog.resource(plan.request.resource), plan.request, plan.types)
     # The format may have PostgreSQL render some columns (bytea as base64, JSON rows, ...).
     query = encoder_cls.render_query(query)
     if encoder_cls.input_kind == "pg_csv":
-        return PgCsvSource(conninfo, query, plan.high_water_mark, statement_timeout_seconds)
-    return ArrowSource(conninfo, query, plan.high_water_mark, statement_timeout_seconds)
+        return PgCsvSource(conninfo, query, plan.high_water_mark, statement_timeout_seconds, counters)
+    return ArrowSource(conninfo, query, plan.high_water_mark, statement_timeout_seconds, counters)
 
 
 def event_queue(encoder_cls: type[Encoder]) -> queue.Queue[Any]:

@@ -17,6 +17,10 @@ class FileResult:
     parts: int = 0
     snapshot: str = ""
     resumed_at_part: int | None = None  # continued by a later attempt from this part number
+    # {column: {special-value key: count}}, zero counts left out (core/special_values.py)
+    special_values: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Some of its rows were written by an earlier attempt and counted again at this one's end.
+    special_values_recounted: bool = False
 
 
 @dataclass

@@ -30,6 +30,25 @@ XLSX_MAX_CELL_CHARS = 32_767
 _EXCEL_TEXT = '`="…"` (shown as text, not rounded)'
 _XLSX_TEXT_CUT = f"text cut to Excel's {XLSX_MAX_CELL_CHARS:,}-character cell limit"
 
+# Special-value keys. Each names one kind of value a format does not hold as it is (or that a
+# reader must look out for); the manifest lists them per column (`columns[].special_values`) and
+# counts them per file under the same keys (`files[].special_values`, core/special_values.py).
+NAN, INFINITY, MINUS_INFINITY, MINUS_ZERO = "NaN", "Infinity", "-Infinity", "-0"
+DATE_INFINITY, DATE_MINUS_INFINITY = "infinity", "-infinity"
+YEARS_OUTSIDE = "years outside 1..9999 (BC, 5-digit years)"
+BEYOND_ARROW = "after 294247-01-10 04:00:54 UTC (beyond Arrow's microsecond range)"
+BEFORE_EXCEL_DATES = "dates from 0001-01-01 to 1900-02-28 (before Excel's dates)"
+EXCEL_ROUNDED = "16+ significant digits or nonzero below 1e-300 (Excel would round them)"
+EXCEL_ROUNDED_INT = "16+ digits (Excel would round them)"
+FORMULA_TEXT = "text starting with = + - @ tab or CR"
+NUMBER_TEXT = "text Excel would read as a number"
+JSON_NULL = "the JSON value null"
+LOWER_BOUND = "lower bound other than 1 ([0:2]={…})"
+MULTI_DIMENSIONAL = "multi-dimensional values"
+XLSX_LONG_TEXT = f"text over {XLSX_MAX_CELL_CHARS:,} characters"
+PDF_LONG_TEXT = f"text over {PDF_MAX_CELL_CHARS:,} characters"
+PDF_MANY_LINES = f"more than {PDF_MAX_CELL_LINES} wrapped lines"
+
 
 @dataclass(frozen=True)
 class TypeRule:
@@ -55,8 +74,10 @@ class TypeRule:
         return text
 
     def special_values(self, fmt: str) -> dict[str, str]:
+        """Key -> what is written; the manifest counts each key per file under the same name."""
         if FORMAT_COLUMN[fmt] == "pdf":
-            return dict(_PDF_LONG)
+            # PDF prints the csv text: csv's special values, and cells cut to fit a page.
+            return {**self.special.get("csv", {}), **_PDF_LONG}
         return dict(self.special.get(FORMAT_COLUMN[fmt], {}))
 
 
@@ -75,18 +96,74 @@ def _pandas_range(python_type: str, int_type: str) -> str:
 
 
 _EXCEL_PROFILE_TEXT = {
-    "text starting with = + - @ tab or CR": "a leading ' (formula injection neutralised)",
-    "text Excel would read as a number": '="…" (stays text)',
+    FORMULA_TEXT: "a leading ' (formula injection neutralised)",
+    NUMBER_TEXT: '="…" (stays text)',
 }
 _EXCEL_AS_TEXT = "as csv, with the text rules of the excel profile"
 # JSON has one null: the json/jsonb value `null` and SQL NULL look the same in JSON and JSONL.
-_JSON_NULL = {"the JSON value null": "null, the same as SQL NULL (csv, parquet, xlsx tell them apart)"}
+_JSON_NULL = {JSON_NULL: "null, the same as SQL NULL (csv, parquet, xlsx tell them apart)"}
 _PDF_LONG = {
-    f"text over {PDF_MAX_CELL_CHARS:,} characters or {PDF_MAX_CELL_LINES} wrapped lines": (
-        "cut there, ending in … (a row must fit on a page)"
-    )
+    PDF_LONG_TEXT: "cut there, ending in … (a row must fit on a page)",
+    PDF_MANY_LINES: "cut there, ending in … (cut)",
 }
-_LONG_TEXT = {f"text over {XLSX_MAX_CELL_CHARS:,} characters": _XLSX_TEXT_CUT}
+_LONG_TEXT = {XLSX_LONG_TEXT: _XLSX_TEXT_CUT}
+
+
+def _words(values: dict[str, str], how: str) -> dict[str, str]:
+    """{key: how.format(value)} for number words (NaN, Infinity, ...)."""
+    return {key: how.format(word) for key, word in values.items()}
+
+
+_NAN = {NAN: "NaN"}
+_NAN_INF = {NAN: "NaN", INFINITY: "Infinity", MINUS_INFINITY: "-Infinity"}
+_NAN_INF_ZERO = {**_NAN_INF, MINUS_ZERO: "-0"}
+_EXCEL_DIGITS = {EXCEL_ROUNDED: '`="…"` (text, not rounded)'}
+_XLSX_DIGITS = {EXCEL_ROUNDED: "text cell with the exact digits"}
+
+
+def _number_special(
+    csv_words: dict[str, str], excel_words: dict[str, str], parquet: dict[str, str]
+) -> dict[str, dict[str, str]]:
+    """NaN and ±Infinity are counted in every format (a sum or a chart of the column needs to know);
+    -0 and long numbers only where the format changes them."""
+    return {
+        "csv": _words(csv_words, "`{}` (PostgreSQL's word; no number to Excel)"),
+        "csv_excel": {**_words(excel_words, '`="{}"` (text)'), **_EXCEL_DIGITS},
+        "json": _words(csv_words, '`"{}"` (a string, as every value of the column)'),
+        "parquet": parquet,
+        "xlsx": {**_words(excel_words, 'text cell "{}"'), **_XLSX_DIGITS},
+    }
+
+
+def _time_special(parquet_days: bool) -> dict[str, dict[str, str]]:
+    """Infinite dates/timestamps and years outside 1..9999, which Python's date types, pandas and
+    Excel cannot hold, are counted in every format."""
+    csv = {
+        DATE_INFINITY: "`infinity`",
+        DATE_MINUS_INFINITY: "`-infinity`",
+        YEARS_OUTSIDE: "as PostgreSQL writes them (`0044-03-15 BC`, `12345-06-07`): no date to Python, "
+        "pandas or Excel",
+    }
+    unit, biggest = ("days", "2147483647") if parquet_days else ("µs", "9223372036854775807")
+    parquet = {
+        DATE_INFINITY: f"{biggest} {unit} (DuckDB's infinity)",
+        DATE_MINUS_INFINITY: f"-{biggest} {unit} (DuckDB's -infinity)",
+        YEARS_OUTSIDE: "the value; pandas cannot make it a Python "
+        + ("date (read as int32)" if parquet_days else "datetime (read as int64)"),
+    }
+    if not parquet_days:
+        parquet[BEYOND_ARROW] = "null (beyond Arrow's microsecond range)"
+    xlsx = {key: "text cell as in csv" for key in csv}
+    if parquet_days:
+        xlsx[BEFORE_EXCEL_DATES] = "text cell as in csv (Excel's dates start at 1900-03-01)"
+    return {
+        "csv": csv,
+        "csv_excel": {**csv, DATE_MINUS_INFINITY: "`'-infinity` (the excel profile's leading ')"},
+        "json": {key: f"string, {how}" for key, how in csv.items()},
+        "parquet": parquet,
+        "xlsx": xlsx,
+    }
+
 
 RULES: tuple[TypeRule, ...] = (
     TypeRule(
@@ -106,6 +183,10 @@ RULES: tuple[TypeRule, ...] = (
         'string of the digits `"9223372036854775807"` (doubles round beyond 2^53)',
         "int64",
         "number cell up to 15 digits, else text cell with the digits",
+        {
+            "csv_excel": {EXCEL_ROUNDED_INT: '`="…"` (text, not rounded)'},
+            "xlsx": {EXCEL_ROUNDED_INT: "text cell with the digits"},
+        },
     ),
     TypeRule(
         "decimal",
@@ -115,10 +196,7 @@ RULES: tuple[TypeRule, ...] = (
         'string of the exact digits `"12.50"`, `"NaN"` (doubles keep 17 digits)',
         "decimal128(p,s); NaN as null",
         "number cell up to 15 significant digits, else text cell with the exact digits",
-        {
-            "parquet": {"NaN": "null (decimal128 has no NaN)"},
-            "xlsx": {"NaN": 'text cell "NaN"'},
-        },
+        _number_special(_NAN, _NAN, {NAN: "null (decimal128 has no NaN)"}),
     ),
     TypeRule(
         "numeric",
@@ -128,9 +206,7 @@ RULES: tuple[TypeRule, ...] = (
         'string of the exact digits, as in csv (`"NaN"`, `"Infinity"`, `"-Infinity"`)',
         "string with PostgreSQL's exact text (never a float)",
         "number cell up to 15 significant digits, else text cell with the exact digits",
-        {
-            "xlsx": {"NaN, Infinity, -Infinity": "text cell"},
-        },
+        _number_special(_NAN_INF, _NAN_INF, _words(_NAN_INF, 'string "{}"')),
     ),
     TypeRule(
         "float",
@@ -143,9 +219,9 @@ RULES: tuple[TypeRule, ...] = (
         "subnormals lost by some parsers)",
         "float32, float64 (NaN, ±inf and -0 native)",
         "number cell up to 15 significant digits, else text cell (-0, NaN, ±Infinity included)",
-        {
-            "xlsx": {"NaN, Infinity, -Infinity, -0": "text cell"},
-        },
+        _number_special(
+            _NAN_INF, _NAN_INF_ZERO, _words({NAN: "NaN", INFINITY: "inf", MINUS_INFINITY: "-inf"}, "{}")
+        ),
     ),
     TypeRule("boolean", "boolean", "`t` / `f`", _SAME, "true / false", "bool", "boolean cell"),
     TypeRule(
@@ -168,10 +244,7 @@ RULES: tuple[TypeRule, ...] = (
         "date32; ±infinity as ±(2^31-1) days, which DuckDB reads as ±infinity"
         + _pandas_range("date", "int32"),
         "date cell from 1900-03-01 to 9999-12-31, else text cell as in csv",
-        {
-            "parquet": {"infinity / -infinity": "±2147483647 days (DuckDB's infinity)"},
-            "xlsx": {"dates before 1900-03-01, after 9999-12-31, ±infinity": "text cell as in csv"},
-        },
+        _time_special(parquet_days=True),
     ),
     TypeRule(
         "time",
@@ -191,12 +264,7 @@ RULES: tuple[TypeRule, ...] = (
         "timestamp[us] without zone; ±infinity as ±(2^63-1) µs, which DuckDB reads as ±infinity; "
         "years after 294246 as null" + _pandas_range("datetime", "int64"),
         "text cell as in csv (Excel has no microseconds)",
-        {
-            "parquet": {
-                "infinity / -infinity": "±9223372036854775807 µs (DuckDB's infinity)",
-                "after 294246-12-31": "null (beyond Arrow's microsecond range)",
-            }
-        },
+        _time_special(parquet_days=False),
     ),
     TypeRule(
         "timestamptz",
@@ -207,12 +275,7 @@ RULES: tuple[TypeRule, ...] = (
         "timestamp[us, UTC]; ±infinity as ±(2^63-1) µs, which DuckDB reads as ±infinity; "
         "years after 294246 as null" + _pandas_range("datetime", "int64"),
         "text cell as in csv (UTC; Excel has no time zones)",
-        {
-            "parquet": {
-                "infinity / -infinity": "±9223372036854775807 µs (DuckDB's infinity)",
-                "after 294246-12-31": "null (beyond Arrow's microsecond range)",
-            }
-        },
+        _time_special(parquet_days=False),
     ),
     TypeRule(
         "interval",
@@ -256,10 +319,10 @@ RULES: tuple[TypeRule, ...] = (
         "list<element type>, null elements; multi-dimensional values as null; lower bounds dropped",
         f"{_XLSX_TEXT}, as in csv",
         {
-            "json": {"lower bound other than 1 ([0:2]={…})": "the elements only"},
+            "json": {LOWER_BOUND: "the elements only"},
             "parquet": {
-                "multi-dimensional values": "null (a Parquet list has one dimension)",
-                "lower bound other than 1 ([0:2]={…})": "the elements only",
+                MULTI_DIMENSIONAL: "null (a Parquet list has one dimension)",
+                LOWER_BOUND: "the elements only (one-dimensional values)",
             },
             "xlsx": _LONG_TEXT,
         },

@@ -59,6 +59,11 @@ class Encoder(ABC):
         """Column name -> how the column is represented in this format (for the manifest)."""
         return {c.name: "text" for c in self.columns}
 
+    def special_counts(self) -> dict[str, dict[str, int]]:
+        """Special values this encoder counted itself ({column: {key: count}}, no zeros): the
+        ones only the encoder can see (PDF's wrapped-lines cut). PostgreSQL counts the rest."""
+        return {}
+
     def describe(self, context: dict[str, str]) -> None:  # noqa: B027 - optional hook
         """Facts about the export (tenant, resource, filters, generated_at) for formats that print
         them (PDF's title); others ignore them."""

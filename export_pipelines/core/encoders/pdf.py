@@ -25,7 +25,7 @@ from export_pipelines.core.formats import format_spec
 from export_pipelines.core.query import ExportQuery
 
 # A longer value would fill pages with one cell; no row may be taller than a page.
-from export_pipelines.core.type_contract import PDF_MAX_CELL_CHARS, PDF_MAX_CELL_LINES
+from export_pipelines.core.type_contract import PDF_MANY_LINES, PDF_MAX_CELL_CHARS, PDF_MAX_CELL_LINES
 
 FONT, FONT_BOLD, FONT_SIZE = "ExportVera", "ExportVeraBd", 7
 LANDSCAPE_FROM_COLUMNS = 7
@@ -58,6 +58,7 @@ class PdfEncoder(Encoder):
         self._rows: list[list[str | None]] = []
         self._partial = ""
         self._title: dict[str, str] = {}
+        self._line_cuts = [0] * len(columns)
 
     @property
     def extension(self) -> str:
@@ -84,7 +85,11 @@ class PdfEncoder(Encoder):
         return b""
 
     def finish(self) -> bytes:
-        return render_pdf([c.name for c in self.columns], self._rows, self._title)
+        return render_pdf([c.name for c in self.columns], self._rows, self._title, self._line_cuts)
+
+    def special_counts(self) -> dict[str, dict[str, int]]:
+        # Only the layout knows how many lines a cell wraps to; PostgreSQL counts the 1,000-character cut.
+        return {c.name: {PDF_MANY_LINES: n} for c, n in zip(self.columns, self._line_cuts, strict=True) if n}
 
 
 def _records_end(data: str) -> int:
@@ -137,7 +142,11 @@ def _break_word(line: str, face: str, width: float) -> list[str]:
     return [*out, current]
 
 
-def render_pdf(header: list[str], rows: list[list[str]], title: dict[str, str]) -> bytes:
+def render_pdf(
+    header: list[str], rows: list[list[str]], title: dict[str, str], line_cuts: list[int] | None = None
+) -> bytes:
+    """The PDF; `line_cuts[i]` counts column i's cells cut at PDF_MAX_CELL_LINES (cells already
+    cut at PDF_MAX_CELL_CHARS are not counted again)."""
     from reportlab.lib import colors
     from reportlab.lib.pagesizes import A4, landscape
     from reportlab.lib.styles import ParagraphStyle
@@ -164,7 +173,7 @@ def render_pdf(header: list[str], rows: list[list[str]], title: dict[str, str]) 
     )
     widths = _widths(header, rows, doc.width, font, bold)
 
-    def wrap(value: str | None, width: float, face: str) -> str:
+    def wrap(value: str | None, width: float, face: str, column: int | None = None) -> str:
         if not value:
             return ""
         # Tabs, CR and other controls would print as boxes: spaces keep the layout readable.
@@ -175,10 +184,12 @@ def render_pdf(header: list[str], rows: list[list[str]], title: dict[str, str]) 
                 lines += _break_word(part, face, width - 6)
         if len(lines) > PDF_MAX_CELL_LINES:
             lines = [*lines[: PDF_MAX_CELL_LINES - 1], "… (cut)"]
+            if line_cuts is not None and column is not None and len(value) <= PDF_MAX_CELL_CHARS:
+                line_cuts[column] += 1
         return "\n".join(lines)
 
     data = [[wrap(h, w, bold) for h, w in zip(header, widths, strict=True)]]
-    data += [[wrap(v, w, font) for v, w in zip(r, widths, strict=True)] for r in rows]
+    data += [[wrap(v, w, font, i) for i, (v, w) in enumerate(zip(r, widths, strict=True))] for r in rows]
     table = LongTable(data, colWidths=widths, repeatRows=1)
     table.setStyle(
         TableStyle(
