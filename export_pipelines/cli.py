@@ -86,7 +86,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _store() -> RequestStore:
-    return RequestStore(_source_url()).migrate_once()
+    try:
+        return RequestStore(_source_url()).migrate_once()
+    except ConfigurationError as exc:  # e.g. a malformed SOURCE_DATABASE_URL (never its password)
+        sys.exit(f"export-pipelines: {exc}")
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

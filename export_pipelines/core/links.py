@@ -82,7 +82,13 @@ def credentials_remaining(
     if expiry is not None or hasattr(credentials, "refresh_needed"):
         # Refreshable (assume-role, IMDS, container, SSO): get_frozen_credentials refreshes them when
         # they are inside botocore's refresh window, so the expiry read next is the one used to sign.
-        credentials.get_frozen_credentials()
+        try:
+            credentials.get_frozen_credentials()
+        except Exception as exc:  # botocore raises RuntimeError or its own refresh errors
+            raise ConfigurationError(
+                "the S3 signing credentials expire now and could not be refreshed "
+                f"({type(exc).__name__}); no link can be signed: check the role or AWS_SESSION_TOKEN"
+            ) from exc
         expiry = getattr(credentials, "_expiry_time", None)
         if expiry is not None:
             if expiry.tzinfo is None:

@@ -23,6 +23,20 @@ EXCEL_TINY = "1e-300"
 EXCEL_NUMBER_TEXT = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
 # Cells starting with these characters are formulas (or become one) in spreadsheet programs.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# What spreadsheet programs skip, trim or do not show before a formula: whitespace (NBSP, U+3000
+# and the other Unicode spaces), controls, and invisible format characters (zero-width space and
+# joiners, bidi marks/embeddings/isolates, word joiner, soft hyphen, byte order mark, Hangul
+# fillers). The inside of a PostgreSQL bracket expression.
+FORMULA_LEAD = (
+    "[:space:]\u0001-\u001f\u007f-\u00a0\u00ad\u034f\u061c\u115f\u1160\u1680\u180e"
+    "\u2000-\u200f\u2028-\u202f\u205f-\u2064\u2066-\u206f\u3000\u3164\ufeff\uffa0"
+)
+# Formula starts, with the fullwidth (U+FF1D U+FF0B U+FF0D U+FF20), small (U+FE66 U+FE62 U+FE63
+# U+FE6B) and minus-sign (U+2212) forms that East Asian input methods type and some spreadsheet
+# programs read as = + - @. '-' last: it would otherwise make a range.
+FORMULA_CHARS = "=+@\uff1d\uff0b\uff0d\uff20\ufe66\ufe62\ufe63\ufe6b\u2212-"
+# Text whose first visible character is a formula start.
+HIDDEN_FORMULA_TEXT = f"^[{FORMULA_LEAD}]*[{FORMULA_CHARS}]"
 # Dates Excel shows as dates: serial 61 onwards (1900-03-01; before it Excel's 1900 leap-year
 # bug shifts serials), up to its last date.
 EXCEL_FIRST_DATE = "1900-03-01"
@@ -92,13 +106,28 @@ def excel_csv(col: ColumnInfo) -> sql.Composable:
             exact=_number_is_exact_in_excel(col), t=sql.SQL("{}::text").format(c)
         )
     text = as_text(col)
-    starts = sql.SQL(", ").join(sql.Literal(s) for s in FORMULA_STARTS)
     # Text that Excel would read as a number (a JSON number, "00123", a 20-digit account
     # number) stays text: Excel would drop its leading zeros or round it.
     return sql.SQL(
-        "CASE WHEN left({t}, 1) IN ({starts}) THEN '''' || {t} "
-        "WHEN {t} ~ {number} THEN '=\"' || {t} || '\"' ELSE {t} END"
-    ).format(t=text, starts=starts, number=sql.Literal(EXCEL_NUMBER_TEXT))
+        "CASE WHEN {formula} THEN '''' || {t} WHEN {t} ~ {number} THEN '=\"' || {t} || '\"' ELSE {t} END"
+    ).format(formula=formula_text(text), t=text, number=sql.Literal(EXCEL_NUMBER_TEXT))
+
+
+def formula_text(text: sql.Composable) -> sql.Composable:
+    """True for the text values the excel profile prefixes with `'` (the others stay as they are,
+    or become `="…"` when Excel would read them as a number):
+    - the first character is = + - @, tab or CR;
+    - or, unless Excel reads the value as a number (` -5` becomes `=" -5"`, safe as it is), the
+      first character that is not whitespace, a control or invisible is a formula start, in its
+      ASCII, fullwidth or small form (` =1+1`, LF then `=`, NBSP/U+200B/BOM then `=`, U+FF1D).
+    special_values counts FORMULA_TEXT with this same predicate."""
+    starts = sql.SQL(", ").join(sql.Literal(s) for s in FORMULA_STARTS)
+    return sql.SQL("(left({t}, 1) IN ({starts}) OR ({t} !~ {number} AND {t} ~ {hidden}))").format(
+        t=text,
+        starts=starts,
+        number=sql.Literal(EXCEL_NUMBER_TEXT),
+        hidden=sql.Literal(HIDDEN_FORMULA_TEXT),
+    )
 
 
 # XLSX cell tags: the encoder reads the first character of each rendered value.
