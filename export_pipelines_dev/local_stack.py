@@ -419,6 +419,10 @@ def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     """Could a server listen on host:port now? (Nobody answers there and we can bind it.)"""
     if _port_in_use(port, host):
         return False
+    # weed checks a port by binding it on every address: one another stack holds on 127.0.0.1
+    # is taken for a stack on another address too.
+    if host != "127.0.0.1" and not _port_free(port):
+        return False
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # As the servers do: a TIME_WAIT leftover does not make a port taken.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
