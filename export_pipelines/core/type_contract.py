@@ -122,17 +122,17 @@ _XLSX_DIGITS = {EXCEL_ROUNDED: "text cell with the exact digits"}
 
 
 def _number_special(
-    csv_words: dict[str, str], excel_words: dict[str, str], parquet: dict[str, str]
+    excel_words: dict[str, str], parquet: dict[str, str] | None = None
 ) -> dict[str, dict[str, str]]:
-    """NaN and ±Infinity are counted in every format (a sum or a chart of the column needs to know);
-    -0 and long numbers only where the format changes them."""
-    return {
-        "csv": _words(csv_words, "`{}` (PostgreSQL's word; no number to Excel)"),
+    """NaN, ±Infinity and -0 where the format changes them: csv and JSON write PostgreSQL's text
+    (JSON as a string, like every value of the column), Parquet holds floats natively."""
+    special = {
         "csv_excel": {**_words(excel_words, '`="{}"` (text)'), **_EXCEL_DIGITS},
-        "json": _words(csv_words, '`"{}"` (a string, as every value of the column)'),
-        "parquet": parquet,
         "xlsx": {**_words(excel_words, 'text cell "{}"'), **_XLSX_DIGITS},
     }
+    if parquet:
+        special["parquet"] = parquet
+    return special
 
 
 def _time_special(parquet_days: bool) -> dict[str, dict[str, str]]:
@@ -196,7 +196,7 @@ RULES: tuple[TypeRule, ...] = (
         'string of the exact digits `"12.50"`, `"NaN"` (doubles keep 17 digits)',
         "decimal128(p,s); NaN as null",
         "number cell up to 15 significant digits, else text cell with the exact digits",
-        _number_special(_NAN, _NAN, {NAN: "null (decimal128 has no NaN)"}),
+        _number_special(_NAN, {NAN: "null (decimal128 has no NaN)"}),
     ),
     TypeRule(
         "numeric",
@@ -206,7 +206,7 @@ RULES: tuple[TypeRule, ...] = (
         'string of the exact digits, as in csv (`"NaN"`, `"Infinity"`, `"-Infinity"`)',
         "string with PostgreSQL's exact text (never a float)",
         "number cell up to 15 significant digits, else text cell with the exact digits",
-        _number_special(_NAN_INF, _NAN_INF, _words(_NAN_INF, 'string "{}"')),
+        _number_special(_NAN_INF),
     ),
     TypeRule(
         "float",
@@ -219,9 +219,7 @@ RULES: tuple[TypeRule, ...] = (
         "subnormals lost by some parsers)",
         "float32, float64 (NaN, ±inf and -0 native)",
         "number cell up to 15 significant digits, else text cell (-0, NaN, ±Infinity included)",
-        _number_special(
-            _NAN_INF, _NAN_INF_ZERO, _words({NAN: "NaN", INFINITY: "inf", MINUS_INFINITY: "-inf"}, "{}")
-        ),
+        _number_special(_NAN_INF_ZERO),
     ),
     TypeRule("boolean", "boolean", "`t` / `f`", _SAME, "true / false", "bool", "boolean cell"),
     TypeRule(
