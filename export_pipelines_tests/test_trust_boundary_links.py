@@ -233,8 +233,9 @@ def test_finding_09_link_expiry_is_bounded_by_the_signing_credentials(
     monkeypatch.setenv("EXPORT_BUCKET", bucket)
     monkeypatch.setenv("EXPORT_PREFIX", prefix)
     monkeypatch.setattr("export_pipelines.cli.s3_client", lambda settings: temp)
-    rid = insert_row(pg, tenant="t-001")
-    put_export(s3_client, bucket, ExportLocation(prefix, "t-001", "orders", rid))
+    own = ExportLocation(prefix, "t-001", "orders", str(uuid.uuid4()))
+    rid = insert_row(pg, tenant="t-001", request_id=own.export_id, manifest_key=own.manifest_key)
+    put_export(s3_client, bucket, own)
     assert main(["relink", rid, "--hours", "24"]) == 0
     url = capsys.readouterr().out.strip()
     assert url_expires_in(url) <= 3600

@@ -45,20 +45,29 @@ def test_file_extensions_by_compression():
     assert FORMATS["xlsx"].extensions == {"none": "xlsx"}
 
 
-def test_download_name_is_ascii_safe():
+def test_download_name_is_header_safe():
     plain = ExportLocation("exports", "t-003", "orders", "exp_1.a")
     assert download_name(plain, 1, "csv.gz") == "orders-t-003-exp_1.a-00001.csv.gz"
+    assert attachment("orders-t-003-exp_1.a-00001.csv.gz") == (
+        'attachment; filename="orders-t-003-exp_1.a-00001.csv.gz"'
+    )
     hostile = ExportLocation("exports", 'ä/b"c\\d e;', "orders", "x")
     name = download_name(hostile, 12, "parquet")
-    assert name == "orders-__b_c_d_e_-x-00012.parquet"
-    assert name.isascii() and attachment(name) == f'attachment; filename="{name}"'
+    # Letters stay (UTF-8); separators, quotes, backslashes and spaces never reach the header.
+    assert name == "orders-ä_b_c_d_e_-x-00012.parquet"
+    header = attachment(name)
+    assert header.isascii()
+    assert header == (
+        'attachment; filename="orders-a_b_c_d_e_-x-00012.parquet"; '
+        "filename*=UTF-8''orders-%C3%A4_b_c_d_e_-x-00012.parquet"
+    )
 
 
 def test_delete_prefix_deletes_more_than_one_batch(s3_client: Any, bucket: str, prefix: str):
-    folder = f"{prefix}/export/"
+    folder = ExportLocation(prefix, "t-001", "orders", "export").folder
     keys = [f"{folder}obj-{i:05d}" for i in range(1_050)]
     keep = f"{folder}manifest.json"
-    sibling = f"{prefix}/export-2/part-00001.csv"  # same string prefix without the '/': must stay
+    sibling = f"{folder[:-1]}-2/part-00001.csv"  # same string prefix without the '/': must stay
 
     def put(key: str) -> None:
         s3_client.put_object(Bucket=bucket, Key=key, Body=b"x")
@@ -74,4 +83,9 @@ def test_delete_prefix_deletes_more_than_one_batch(s3_client: Any, bucket: str, 
     assert sorted(left) == sorted([keep, sibling])
     assert delete_prefix(s3_client, bucket, folder) == 1
     with pytest.raises(ValueError, match="must end with '/'"):
-        delete_prefix(s3_client, bucket, prefix)
+        delete_prefix(s3_client, bucket, folder[:-1])
+    # Only an export's folder: never a tenant's, the exports prefix or the bucket (issue 12).
+    for wide in (f"{prefix}/", f"{prefix}/tenant=t-001/", f"{prefix}/tenant=t-001/orders/"):
+        with pytest.raises(ValueError, match="is not an export folder"):
+            delete_prefix(s3_client, bucket, wide)
+    assert delete_prefix(s3_client, bucket, folder) == 0
