@@ -72,10 +72,12 @@ def test_janitor_expires_exports_and_aborts_stale_uploads(
     s3_client.abort_multipart_upload(Bucket=bucket, Key="elsewhere/not-ours", UploadId=outside["UploadId"])
 
 
-def test_relink_issues_a_fresh_working_link(dagster_resources, store, capsys, monkeypatch, bucket):
+def test_relink_issues_a_fresh_working_link(dagster_resources, store, capsys, monkeypatch, bucket, prefix):
     rid = export_for_request(dagster_resources, store)
     before = store.get(rid)
     monkeypatch.setenv("EXPORT_BUCKET", bucket)
+    # relink finds the files where the service wrote them (EXPORT_PREFIX), not where a row says.
+    monkeypatch.setenv("EXPORT_PREFIX", prefix)
     assert main(["relink", rid, "--hours", "2"]) == 0
     url = capsys.readouterr().out.strip()
     after = store.get(rid)
