@@ -40,8 +40,8 @@ def test_stack_extra_holds_the_server_wheels() -> None:
 
 
 def test_lock_pins_every_declared_requirement_at_its_version() -> None:
-    """setup.sh installs `.[dev,stack]` with `-c requirements.lock`: every requirement pyproject names
-    (runtime and both extras) is pinned there, and an exact pin in pyproject is the lock's version."""
+    """setup.sh installs `.[dev,stack,celery]` with `-c requirements.lock`: every requirement pyproject names
+    (runtime and every extra) is pinned there, and an exact pin in pyproject is the lock's version."""
     pins = {}
     for line in LOCK.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
@@ -50,7 +50,7 @@ def test_lock_pins_every_declared_requirement_at_its_version() -> None:
             pins[_distribution_name(name)] = version.strip()
     project = _project()
     declared = list(project["dependencies"])  # type: ignore[call-overload]
-    for extra in ("stack", "dev"):
+    for extra in ("stack", "dev", "celery"):
         declared += project["optional-dependencies"][extra]  # type: ignore[index]
     for requirement in declared:
         name = _distribution_name(requirement)
