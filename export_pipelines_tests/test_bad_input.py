@@ -26,6 +26,7 @@ from export_pipelines.core.catalog import InvalidRequest
 from export_pipelines.core.request import build_request, check_notify
 from export_pipelines.core.s3 import open_uploads
 from export_pipelines.orchestration.jobs import tenant_export_job
+from export_pipelines.orchestration.resources import ExportSettings
 from export_pipelines_tests.conftest import code_location
 from export_pipelines_tests.readback import csv_rows, read_manifest
 
@@ -358,6 +359,18 @@ def storable(fields: dict[str, Any]) -> bool:
 ROW_CASES = [c for c in CASES if storable(c.fields)]
 
 
+# Rows the database refuses at insert (issue 12: CHECK constraints on sizes).
+REFUSED_AT_INSERT = {
+    "100k-filter-values",
+    "10k-columns",
+    "1mb-tenant",
+    "1mb-filter-value",
+    "1mb-filter-key",
+    "1mb-date",
+    "1mb-webhook",
+}
+
+
 def insert_row(source_url: str, fields: dict[str, Any]) -> str:
     """Insert as an app would, with any JSON in filters and any text[] in columns."""
     row = {**GOOD, **fields}
@@ -406,7 +419,16 @@ def test_most_cases_reach_the_row_door():
 def test_sensor_fails_the_bad_row_and_still_runs_the_good_one(
     store, dagster_resources, instance, source_url, case: Bad
 ):
-    bad_id = insert_row(source_url, case.fields)
+    try:
+        bad_id = insert_row(source_url, case.fields)
+    except psycopg.errors.CheckViolation as exc:
+        # Issue 12: sizes are CHECK constraints now, refused at insert for every door (these
+        # rows used to be inserted and failed by the sensor).
+        assert case.id in REFUSED_AT_INSERT and "export_requests_size_check" in str(exc)
+        good_id = store.create(tenant_id="t-006", resource="orders")
+        assert [r.run_key for r in tick(dagster_resources, instance)] == [f"{good_id}:1"]
+        return
+    assert case.id not in REFUSED_AT_INSERT
     good_id = store.create(tenant_id="t-006", resource="orders")
     assert [r.run_key for r in tick(dagster_resources, instance)] == [f"{good_id}:1"]
     row = store.get(bad_id)
@@ -421,7 +443,17 @@ def test_a_flood_of_bad_rows_does_not_starve_good_ones(store, dagster_resources,
     gets exactly one run within a few ticks, every bad row ends failed, nothing stays pending."""
     good: list[str] = []
     bad_ids: list[str] = []
+    # The bad rows are one tenant's: lift its cap of active requests (issue 12) for the flood,
+    # and its start rate (the bad rows never start, but they take their tenant's turns).
+    store.set_tenant_max_active(10_000)
+    dagster_resources["export_settings"] = ExportSettings(
+        bucket=dagster_resources["export_settings"].bucket,
+        prefix=dagster_resources["export_settings"].prefix,
+        tenant_starts_per_minute=10_000,
+    )
     for i, case in enumerate(ROW_CASES):
+        if case.id in REFUSED_AT_INSERT:
+            continue
         bad_ids.append(insert_row(source_url, case.fields))
         if i % 20 == 0:
             good.append(store.create(tenant_id=f"t-{i % 9 + 1:03d}", resource="orders"))
@@ -432,6 +464,7 @@ def test_a_flood_of_bad_rows_does_not_starve_good_ones(store, dagster_resources,
     assert sorted(launched) == sorted(f"{g}:1" for g in good)
     assert all(store.get(b).status == "failed" for b in bad_ids)  # type: ignore[union-attr]
     assert store.to_launch(limit=1000) == []
+    store.set_tenant_max_active(5)
 
 
 @pytest.mark.parametrize(
@@ -626,6 +659,16 @@ def test_sql_in_values_is_a_literal_through_sensor_and_run(
 ):
     before = table_state(pg)
     rid = insert_row(source_url, case.fields)
+    tenant = {**GOOD, **case.fields}["tenant_id"]
+    if not pg.execute("SELECT 1 FROM tenants WHERE id = %s", [tenant]).fetchone():
+        # Issue 12: a tenant the tenants table does not list is refused (it used to run and export
+        # nothing); the id is still only ever a literal.
+        assert tick(dagster_resources, instance) == []
+        row = store.get(rid)
+        assert row is not None and row.status == "failed" and row.error_code == "invalid_request"
+        assert "is not a tenant" in (row.error or "")
+        assert table_state(pg) == before
+        return
     (req,) = tick(dagster_resources, instance)
     assert req.run_key == f"{rid}:1"
     result = tenant_export_job.execute_in_process(

@@ -21,7 +21,7 @@ _EXPORT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # ISO 8601 as people write it: a date, optionally a time (seconds and fraction optional), optionally
 # Z or an offset. Anything else ("2024-01-01ZZ", which fromisoformat would read) is refused.
 _ISO_8601 = re.compile(
-    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,6})?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"
+    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,6})?)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?"
 )
 # Unicode categories a tenant id may not contain: controls (C0, DEL, C1), format characters (bidi
 # overrides, zero-width joiners, soft hyphen, BOM) and the line/paragraph separators: they make
@@ -98,7 +98,8 @@ def check_tenant_id(tenant: str) -> None:
     if bad is not None:
         raise InvalidRequest(
             "tenant_id",
-            f"must be printable: no control, format or separator characters (found U+{ord(bad):04X}; "
+            f"must be printable: no control characters, format or separator characters (found "
+            f"U+{ord(bad):04X}; "
             "tab, newline, C1 controls, bidi overrides, zero-width characters and U+2028 are refused)",
         )
     if PARTITION_KEY_SEPARATOR in tenant:

@@ -6,6 +6,7 @@ The request, failure and reaper sensors tick every settings.sensor_interval_seco
 built by `build_sensors(settings, monthly_job)` when the definitions are built.
 """
 
+import logging
 import time
 from typing import Any
 
@@ -25,6 +26,7 @@ from export_pipelines.orchestration.resources import ExportS3, ExportSettings, N
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines.settings import Settings
 
+_LOG = logging.getLogger(__name__)
 # DESIGN §3.6's event for a canceled export (core.delivery names succeeded and failed).
 CANCELED_EVENT = "export.canceled"
 # The reaper leaves rows alone this long after their last change: the request sensor marks a row
@@ -264,6 +266,7 @@ def record_run_failure(
 
     `message` (the steps' errors) goes to the log; the row and the notification get `code` and the
     short `tenant_error` only."""
+    log = log or _LOG
     will_retry = run.tags.get(tags.WILL_RETRY) == "true"
     short = tenant_error or tenant_message(code)
     log.info(f"run {run.run_id} failed ({code}): {message}")
