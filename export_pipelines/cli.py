@@ -32,7 +32,7 @@ def _source_url() -> str:
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
     size = DemoSize(big_rows=args.big_rows, small_rows=args.small_rows, small_tenants=args.small_tenants)
-    from export_pipelines.core.pg_store import open_connection
+    from export_pipelines.core.pg_connect import open_connection
 
     try:
         conn = open_connection(_source_url(), autocommit=True)

@@ -314,16 +314,19 @@ def test_finding_12_download_names_are_ascii_headers_with_the_utf8_name(s3_clien
 def test_finding_13_a_malformed_password_escape_never_reaches_the_error(source_url, monkeypatch, capsys):
     host = source_url.split("@", 1)[1]
     bad = f"postgresql://postgres:p%zzsecret@{host}"
-    for attempt in (
-        lambda: connect(bad),
-        lambda: __import__("export_pipelines.core.pg_store").core.pg_store.open_connection(bad),
-        lambda: RequestStore(bad).migrate_once().get(str(uuid.uuid4())),
-    ):
+
+    def refused(attempt: Any) -> None:
         with pytest.raises(ConfigurationError) as info:
             attempt()
         text = "".join(traceback.format_exception(info.value))
         assert "zzsecret" not in text and "p%zz" not in text
         assert "SOURCE_DATABASE_URL" in str(info.value) and "password" in str(info.value)
+
+    refused(lambda: connect(bad))  # every export query's connection (core/query.py)
+    refused(lambda: RequestStore(bad).migrate_once().get(str(uuid.uuid4())))  # the stores, the migration
+    from export_pipelines.core.pg_connect import open_connection
+
+    refused(lambda: open_connection(bad))
     # The CLI says the same, on stderr, without the password.
     monkeypatch.setenv("SOURCE_DATABASE_URL", bad)
     with pytest.raises(SystemExit) as exited:
@@ -333,8 +336,6 @@ def test_finding_13_a_malformed_password_escape_never_reaches_the_error(source_u
     assert "zzsecret" not in captured.err + captured.out
     # A password libpq quotes in another error (here as the port) is scrubbed from it.
     echoed = f"postgresql://postgres:s3cretpw@{host.split('/')[0].split(':')[0]}/db?port=s3cretpw"
-    from export_pipelines.core.pg_store import open_connection
-
     with pytest.raises(psycopg.Error) as info:  # psycopg's own class, kept for callers
         open_connection(echoed)
     text = "".join(traceback.format_exception(info.value))

@@ -15,7 +15,7 @@ from psycopg import sql
 from export_pipelines.core.catalog import ResourceSpec
 from export_pipelines.core.columns import ColumnInfo
 from export_pipelines.core.errors import InvalidRequest
-from export_pipelines.core.pg_store import open_connection
+from export_pipelines.core.pg_connect import open_connection
 
 if TYPE_CHECKING:  # request imports the encoders, which import ColumnInfo from here
     from export_pipelines.core.request import ExportRequest
@@ -51,7 +51,7 @@ def session_options(settings: dict[str, str]) -> str:
 def connect(
     conninfo: str, *, autocommit: bool = True, statement_timeout_seconds: float | None = None
 ) -> psycopg.Connection:
-    """A source connection with the export session settings, through `pg_store.open_connection`
+    """A source connection with the export session settings, through `pg_connect.open_connection`
     (the URL checked first; the password never in an error)."""
     options = session_options(session_settings(statement_timeout_seconds))
     return open_connection(conninfo, autocommit=autocommit, options=options)
