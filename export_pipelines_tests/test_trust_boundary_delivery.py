@@ -244,8 +244,11 @@ def test_finding_05_settings_and_resources_default_to_refusing_private_targets(m
 def test_request_time_check_needs_no_dns_and_refuses_literal_internal_addresses():
     """check_url_shape (what request-time validation calls) refuses bad shapes and, when asked,
     literal internal addresses, without resolving anything."""
-    for bad in ("ftp://x/y", "http://u:p@example.com/", "http://exa mple.com/", "http://example.com:0/"):
+    for bad in ("ftp://x/y", "http://u:p@example.com/", "http://exa mple.com/"):
         with pytest.raises(InvalidWebhook, match=r"^webhook_url: must be an http\(s\) URL"):
+            check_url_shape(bad)
+    for bad in ("http://example.com:0/", "http://example.com:99999/", "http://example.com:x/"):
+        with pytest.raises(InvalidWebhook, match=r"^webhook_url: has an invalid port"):
             check_url_shape(bad)
     with pytest.raises(InvalidWebhook, match=r"host 'evil\.test' is not allowed; allowed: \.example\.com"):
         check_url_shape("https://evil.test/x", (".example.com",))

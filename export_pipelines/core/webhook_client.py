@@ -307,15 +307,18 @@ def _parse(url: str, allowlist: Iterable[str]) -> _Parsed:
         raise _refuse(ERR_INVALID_URL)
     try:
         parts = urlsplit(url.strip())
-        port = parts.port
         hostname = parts.hostname
     except ValueError as exc:
         raise _refuse(ERR_INVALID_URL) from exc
     if parts.scheme not in ("http", "https") or not hostname or "@" in parts.netloc:
         raise _refuse(ERR_INVALID_URL)
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
     port = port if port is not None else (443 if parts.scheme == "https" else 80)
     if not 0 < port < 65536:
-        raise _refuse(ERR_INVALID_URL)
+        raise _bad_port()
     host = _normal_host(hostname)
 
     numeric = _numeric_host(host)
@@ -392,6 +395,12 @@ def check_target(
     if not checked:
         raise _refuse(ERR_REFUSED)
     return Target(url, parsed.scheme, host, port, parsed.path, tuple(checked), allow_private)
+
+
+def _bad_port() -> InvalidWebhook:
+    exc = InvalidWebhook("webhook_url: has an invalid port: allowed 1..65535 (default 80 / 443)")
+    exc.delivery_error = ERR_INVALID_URL  # type: ignore[attr-defined]
+    return exc
 
 
 def _not_allowlisted(host: str, entries: tuple[str, ...]) -> InvalidWebhook:
