@@ -95,8 +95,8 @@ def _store() -> RequestStore:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from export_pipelines.core.migrations import migrate
 
-    migrate(_source_url())
-    print("export_requests and export_checkpoints are up to date")
+    migrate(_source_url(), tenant_max_active=_settings().tenant_max_active)
+    print("export_requests, export_deliveries and the checkpoint tables are up to date")
     return 0
 
 
@@ -122,6 +122,7 @@ def cmd_request(args: argparse.Namespace) -> int:
     # The same check the request sensor makes before it launches a row (webhook allowlist included).
     from export_pipelines.core.catalog import load_catalog
     from export_pipelines.core.request_store import check_request_fields
+    from export_pipelines.core.tenants import require_tenant
 
     settings = _settings()
     fields = {
@@ -135,12 +136,15 @@ def cmd_request(args: argparse.Namespace) -> int:
         "email": args.email,
     }
     try:
-        check_request_fields(load_catalog(settings.catalog_path), settings.webhook_allowlist, **fields)
+        catalog = load_catalog(settings.catalog_path)
+        check_request_fields(catalog, settings.webhook_allowlist, **fields)
+        require_tenant(_source_url(), catalog, args.tenant)
+        with _store() as store:
+            # The database answers the per-tenant cap and the size limits (InvalidRequest).
+            request_id = store.create(**fields)
     except ExportError as exc:
         print(f"export-pipelines request: {exc}", file=sys.stderr)
         return 2
-    with _store() as store:
-        request_id = store.create(**fields)
     print(request_id)
     return 0
 

@@ -51,6 +51,13 @@ def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _choice(environ: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
+    text = environ.get(name, "").strip()
+    if text and text not in allowed:
+        raise ConfigurationError(f"{name}: {text!r} is not one of: {', '.join(allowed)}")
+    return text or default
+
+
 @dataclass(frozen=True)
 class Settings:
     """The deployment's settings. Optional values are None when the variable is unset or empty."""
@@ -74,6 +81,7 @@ class Settings:
     monthly_resource: str = "orders"  # EXPORT_MONTHLY_RESOURCE
     monthly_format: str = "csv"  # EXPORT_MONTHLY_FORMAT
     pdf_max_rows: int = DEFAULT_PDF_MAX_ROWS  # EXPORT_PDF_MAX_ROWS: a larger pdf request is refused
+    io_manager: str = "fs"  # EXPORT_IO_MANAGER: fs (one machine) | s3 (worker hosts: step outputs in S3)
     # EXPORT_TENANT_MAX_ACTIVE: active (pending, queued, running) requests per tenant; more are
     # refused at insert (the trigger reads it from export_limits, where `migrate` writes it).
     tenant_max_active: int = DEFAULT_TENANT_MAX_ACTIVE
@@ -107,6 +115,7 @@ class Settings:
             monthly_resource=text("EXPORT_MONTHLY_RESOURCE") or cls.monthly_resource,
             monthly_format=text("EXPORT_MONTHLY_FORMAT") or cls.monthly_format,
             pdf_max_rows=_int(environ, "EXPORT_PDF_MAX_ROWS", cls.pdf_max_rows),
+            io_manager=_choice(environ, "EXPORT_IO_MANAGER", ("fs", "s3"), cls.io_manager),
             tenant_max_active=_positive(environ, "EXPORT_TENANT_MAX_ACTIVE", cls.tenant_max_active),
             tenant_starts_per_minute=_positive(
                 environ, "EXPORT_TENANT_STARTS_PER_MINUTE", cls.tenant_starts_per_minute

@@ -261,7 +261,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         (home / "dagster.yaml").write_text((ROOT / "deploy" / "celery" / "dagster.yaml").read_text())
         workspace = tmp / "workspace.yaml"
         workspace.write_text(
-            "load_from:\n  - python_module:\n      module_name: export_pipelines_tests.multi_host_defs\n"
+            "load_from:\n  - python_module:\n      module_name: export_pipelines.definitions\n"
             "      location_name: export_pipelines\n"
         )
         env.update(

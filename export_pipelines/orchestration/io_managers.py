@@ -32,8 +32,7 @@ def io_manager_resources(
     `s3` is the code location's S3 resource (resources_from_settings(settings)["s3"]), so step
     outputs use the same endpoint and credentials as the exports; built the same way when omitted.
     """
-    # Settings.io_manager (EXPORT_IO_MANAGER) is read by settings.py; `kind` overrides it.
-    kind = kind or getattr(settings, "io_manager", None) or "fs"
+    kind = kind or settings.io_manager  # EXPORT_IO_MANAGER, read by settings.py
     if kind not in IO_MANAGERS:
         raise ValueError(f"EXPORT_IO_MANAGER={kind!r}: allowed values are {', '.join(IO_MANAGERS)}")
     if kind == "fs":

@@ -135,7 +135,13 @@ class Notifier(dg.ConfigurableResource):
         return parse_allowlist(self.webhook_allowlist)
 
     def channels(self) -> Channels:
-        return Channels(self.webhook_secret, self.allowlist(), self.smtp_url, self.sender)
+        return Channels(
+            self.webhook_secret,
+            self.allowlist(),
+            self.smtp_url,
+            self.sender,
+            allow_private=self.allow_private,
+        )
 
 
 def _secret(name: str, value: str | None) -> Any:

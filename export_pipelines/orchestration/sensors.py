@@ -12,7 +12,7 @@ from typing import Any
 
 import dagster as dg
 
-from export_pipelines.core.delivery import FAILED, deliver, webhook_payload
+from export_pipelines.core.delivery import CANCELED, FAILED, enqueue_notification, webhook_payload
 from export_pipelines.core.errors import ExportError, error_code_of_class_names, tenant_message
 from export_pipelines.core.layout import ExportLocation
 from export_pipelines.core.request_store import RequestStore, StoredRequest, check_request_fields
@@ -27,8 +27,6 @@ from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines.settings import Settings
 
 _LOG = logging.getLogger(__name__)
-# DESIGN §3.6's event for a canceled export (core.delivery names succeeded and failed).
-CANCELED_EVENT = "export.canceled"
 # The reaper leaves rows alone this long after their last change: the request sensor marks a row
 # queued a moment before Dagster creates its run.
 REAP_AFTER_SECONDS = 30
@@ -277,7 +275,7 @@ def record_run_failure(
             store.note_error(row.id, short + " (retrying)", code)
             return
         if store.mark_failed(row.id, short, code):
-            notify_row(store, notifier, log, row, FAILED, short)
+            notify_row(source, log, row, FAILED, short)
     if will_retry or s3 is None or export_settings is None:
         return
     # The folder from (prefix, tenant, resource, export id), never from a row's column; a run
@@ -300,10 +298,9 @@ def own_row(store: RequestStore, run: dg.DagsterRun) -> StoredRequest | None:
     return row
 
 
-def notify_row(
-    store: RequestStore, notifier: Notifier, log: Any, row: StoredRequest, event: str, error: str
-) -> None:
-    """Tell the requester a row ended without files (failed, canceled). Never raises."""
+def notify_row(source: SourceDatabase, log: Any, row: StoredRequest, event: str, error: str) -> None:
+    """Record the notifications of a row that ended without files (failed, canceled); the delivery
+    sensor sends them, so a slow receiver never holds this sensor. Never raises."""
     if not (row.webhook_url or row.email):
         return
     try:
@@ -317,17 +314,18 @@ def notify_row(
             error=error,
         )
         payload["event"] = event
-        verb = "was canceled" if event == CANCELED_EVENT else "failed"
-        problem = deliver(
-            log,
-            notifier.channels(),
-            payload,
-            row.webhook_url,
-            row.email,
-            f"Your {row.resource} export {verb}",
-            error,
+        verb = "was canceled" if event == CANCELED else "failed"
+        enqueue_notification(
+            source.deliveries(),
+            request_id=row.id,
+            tenant_id=row.tenant_id,
+            event=event,
+            payload=payload,
+            webhook_url=row.webhook_url,
+            email=row.email,
+            email_subject=f"Your {row.resource} export {verb}",
+            email_body=error,
         )
-        store.record_notification(row.id, problem)
     except Exception as exc:  # noqa: BLE001 - a notification never undoes the row's new state
         log.warning(f"notification for request {row.id} not sent: {type(exc).__name__}: {exc}")
 
@@ -379,7 +377,7 @@ def reap_unfinished_requests(
                 continue
             changed, event, error = store.mark_failed(row.id, RUN_GONE, "internal"), FAILED, RUN_GONE
         elif run.status == dg.DagsterRunStatus.CANCELED:
-            changed, event, error = store.mark_canceled(row.id), CANCELED_EVENT, tenant_message("canceled")
+            changed, event, error = store.mark_canceled(row.id), CANCELED, tenant_message("canceled")
         elif (
             run.status == dg.DagsterRunStatus.FAILURE
             and run.tags.get(tags.WILL_RETRY) != "true"
@@ -392,7 +390,7 @@ def reap_unfinished_requests(
             continue
         resolved += 1
         log.info(f"request {row.id}: {error} (run {run.run_id if run else 'gone'})")
-        notify_row(store, notifier, log, row, event, error)
+        notify_row(source, log, row, event, error)
         if s3 is not None and export_settings is not None:
             folder = ExportLocation(export_settings.prefix, row.tenant_id, row.resource, row.id).folder
             abort_uploads_logged(s3, export_settings, source, folder, log)
