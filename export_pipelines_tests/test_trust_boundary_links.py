@@ -438,3 +438,27 @@ def test_finding_15_libreoffice_reads_those_cells_as_text(formula_csv, tmp_path)
         notes = [row[2] for row in sheet.iter_rows(min_row=2, values_only=True)]
         for note, value in zip(notes[: len(HIDDEN_FORMULAS)], HIDDEN_FORMULAS, strict=True):
             assert isinstance(note, str) and note.startswith("'"), (value, note)
+
+
+def test_finding_09_finalize_promises_only_what_the_credentials_allow(
+    source_url, catalog, s3_client, bucket, prefix, stack_env
+):
+    """The export's own links (finalize → request row, webhook) are bounded the same way: with
+    credentials that expire in 1 h, a 24 h request gets links and an expires_at of at most 1 h."""
+    from export_pipelines.core.exporter import run_export
+    from export_pipelines.core.manifest import finalize_export
+    from export_pipelines.core.plan import plan_export
+    from export_pipelines.core.request import build_request
+
+    temp = refreshable_client(stack_env, timedelta(hours=1))
+    request = build_request(
+        catalog, tenant_id="t-001", resource="orders", export_id="creds-finalize", link_expiry_hours=24
+    )
+    plan = plan_export(source_url, catalog, request, prefix)
+    outcome = run_export(plan, conninfo=source_url, catalog=catalog, s3_client=temp, bucket=bucket)
+    done = finalize_export(temp, bucket, plan, outcome)
+    assert done.expires_at <= datetime.now(UTC) + timedelta(hours=1)
+    for url in [done.manifest_url, *(f.url for f in done.files)]:
+        assert url_expires_in(url) <= 3600
+    with urllib.request.urlopen(done.files[0].url, timeout=10) as resp:
+        assert resp.status == 200

@@ -18,7 +18,8 @@ from botocore.exceptions import ClientError
 from export_pipelines.core.checkpoints import CheckpointStore
 from export_pipelines.core.encoders.xlsx import sheet_layout
 from export_pipelines.core.formats import format_spec
-from export_pipelines.core.layout import ExportLocation, attachment, download_name, file_extension
+from export_pipelines.core.layout import ExportLocation, download_name, file_extension
+from export_pipelines.core.links import link_expiry, presign_link
 from export_pipelines.core.plan import ExportPlan
 from export_pipelines.core.results import ExportOutcome, FileResult
 from export_pipelines.core.s3 import abort_uploads, delete_prefix, explain
@@ -124,18 +125,6 @@ def clear_success_marker(client: Any, bucket: str, location: ExportLocation) -> 
         raise explain(exc, bucket, location.success_key) from exc
 
 
-def presign(client: Any, bucket: str, key: str, filename: str, expiry: timedelta) -> str:
-    return client.generate_presigned_url(
-        "get_object",
-        Params={
-            "Bucket": bucket,
-            "Key": key,
-            "ResponseContentDisposition": attachment(filename),
-        },
-        ExpiresIn=int(expiry.total_seconds()),
-    )
-
-
 def finalize_export(
     client: Any,
     bucket: str,
@@ -165,20 +154,20 @@ def finalize_export(
     if checkpoints is not None:
         checkpoints.forget(loc.folder)
 
-    expiry = timedelta(hours=plan.request.link_expiry_hours)
-    expires_at = datetime.now(UTC) + expiry
+    # The links live no longer than the signing credentials allow (core/links.py); the promised
+    # expiry is the one the links really have.
+    expiry = link_expiry(client, timedelta(hours=plan.request.link_expiry_hours))
     links = []
+    signed = []
     for number, f in enumerate(outcome.files, start=1):
         filename = download_name(loc, number, file_extension(f.key))
-        links.append(
-            FileLink(
-                f.key,
-                presign(client, bucket, f.key, filename, expiry),
-                f.rows,
-                f.bytes,
-            )
-        )
-    manifest_url = presign(client, bucket, loc.manifest_key, "manifest.json", expiry)
+        link = presign_link(client, bucket, f.key, filename, expiry)
+        signed.append(link)
+        links.append(FileLink(f.key, link.url, f.rows, f.bytes))
+    manifest_link = presign_link(client, bucket, loc.manifest_key, "manifest.json", expiry)
+    signed.append(manifest_link)
+    manifest_url = manifest_link.url
+    expires_at = min(link.expires_at for link in signed)
     return FinalizedExport(
         manifest_key=loc.manifest_key,
         manifest_url=manifest_url,
