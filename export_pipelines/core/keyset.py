@@ -20,6 +20,7 @@ import pyarrow as pa
 from psycopg import pq, sql
 
 from export_pipelines.core.memory import settle_allocators
+from export_pipelines.core.pg_connect import scrub
 from export_pipelines.core.query import ExportQuery, connect, session_settings
 from export_pipelines.core.special_values import Counter, aggregates
 
@@ -205,8 +206,13 @@ class ArrowSource:
         self.hwm = high_water_mark
         # Bounds and special-value counts come from psycopg, in the snapshot ADBC reads.
         self.bounds = PgCsvSource(conninfo, query, high_water_mark, statement_timeout_seconds, counters)
-        self._db = adbc_driver_postgresql.connect(conninfo)
-        self._conn = adbc_driver_manager.AdbcConnection(self._db)
+        try:
+            self._db = adbc_driver_postgresql.connect(conninfo)
+            self._conn = adbc_driver_manager.AdbcConnection(self._db)
+        except adbc_driver_manager.Error as exc:
+            # libpq's message may quote the URL's password: the same error psycopg's path raises
+            # for a failed connect, without it.
+            raise psycopg.OperationalError(scrub(str(exc), conninfo)) from None
         for name, value in session_settings(statement_timeout_seconds).items():
             self._execute(f"SET {name} = '{value}'")
         self._in_tx = False

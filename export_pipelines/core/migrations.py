@@ -18,6 +18,8 @@ from typing import Any
 
 import psycopg
 
+from export_pipelines.core.pg_connect import open_connection
+
 REQUESTS_TABLE = """
 CREATE TABLE IF NOT EXISTS public.export_requests (
     id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -260,7 +262,7 @@ def migrate(conninfo: str, *, tenant_max_active: int | None = None) -> None:
 
     `tenant_max_active` (Settings.tenant_max_active, EXPORT_TENANT_MAX_ACTIVE) is written to
     export_limits, where the insert trigger reads it; None leaves the stored value."""
-    with psycopg.connect(conninfo, options="-c statement_timeout=60s") as conn, conn.transaction():
+    with open_connection(conninfo, options="-c statement_timeout=60s") as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('export_pipelines_migrations'))")
         for statement in MIGRATIONS:
             conn.execute(statement)

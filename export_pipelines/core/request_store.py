@@ -32,6 +32,7 @@ from export_pipelines.core.migrations import (
     TENANT_CAP_SQLSTATE,
     set_tenant_max_active,
 )
+from export_pipelines.core.pg_connect import open_connection
 from export_pipelines.core.pg_store import STORE_STATEMENT_TIMEOUT, PgStore
 from export_pipelines.core.request import build_request, check_notify
 
@@ -151,7 +152,7 @@ class RequestStore(PgStore):
     short transaction."""
 
     def _open(self) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(
+        conn = open_connection(
             self.conninfo, autocommit=True, row_factory=dict_row, options=STORE_STATEMENT_TIMEOUT
         )
         set_json_loads(_load_json, conn)

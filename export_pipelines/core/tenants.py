@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from export_pipelines.core.catalog import Catalog, shown
 from export_pipelines.core.errors import InvalidRequest
+from export_pipelines.core.pg_connect import open_connection
 
 
 def list_tenants(conninfo: str, catalog: Catalog, *, enterprise_only: bool = False) -> list[str]:
@@ -27,7 +27,7 @@ def list_tenants(conninfo: str, catalog: Catalog, *, enterprise_only: bool = Fal
             return []
         query = sql.SQL("{} WHERE {} = %s").format(query, sql.Identifier(tenants.enterprise_column))
         params.append(tenants.enterprise_value)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with open_connection(conninfo, autocommit=True) as conn:
         return [r[0] for r in conn.execute(sql.SQL("{} ORDER BY 1").format(query), params)]
 
 
@@ -42,7 +42,7 @@ def existing_tenants(conninfo: str, catalog: Catalog, tenant_ids: list[str]) -> 
     query = sql.SQL("SELECT {key}::text FROM {table} WHERE {key}::text = ANY(%s)").format(
         key=sql.Identifier(tenants.key), table=sql.Identifier(tenants.table.schema, tenants.table.name)
     )
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with open_connection(conninfo, autocommit=True) as conn:
         return {r[0] for r in conn.execute(query, [sorted(set(tenant_ids))])}
 
 
