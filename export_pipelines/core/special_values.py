@@ -19,17 +19,12 @@ from export_pipelines.core import type_contract as tc
 from export_pipelines.core.columns import ColumnInfo
 from export_pipelines.core.render_sql import (
     EXCEL_NUMBER_TEXT,
-    FORMULA_STARTS,
     _number_is_exact_in_excel,  # the excel profile's own test: counts match what is written
     as_text,
     column_ref,
+    formula_text,
 )
 from export_pipelines.core.type_contract import category, rule_for
-
-try:  # the excel profile's own formula test, where render_sql has one (hidden formula starts)
-    from export_pipelines.core.render_sql import formula_text as _formula_text
-except ImportError:  # pragma: no cover - before it: the first character decides, as excel_csv does
-    _formula_text = None
 
 # Counted by an encoder, not in SQL (the PDF layout decides how many lines a cell wraps to).
 ENCODER_COUNTED = frozenset({tc.PDF_MANY_LINES})
@@ -138,12 +133,7 @@ def _predicate(col: ColumnInfo, key: str, fmt: str) -> sql.Composable | None:
         return sql.SQL("({c} >= DATE '0001-01-01' AND {c} < DATE '1900-03-01')").format(c=c)
     if key in (tc.FORMULA_TEXT, tc.NUMBER_TEXT):
         text = as_text(col)
-        if _formula_text is not None:
-            starts = _formula_text(text)
-        else:
-            starts = sql.SQL("left({t}, 1) IN ({s})").format(
-                t=text, s=sql.SQL(", ").join(_lit(s) for s in FORMULA_STARTS)
-            )
+        starts = formula_text(text)  # the excel profile's own test (hidden formula starts too)
         if key == tc.FORMULA_TEXT:
             return starts
         # The excel profile checks the formula start first: a value falls under one rule only.
