@@ -88,3 +88,17 @@ class Encoder(ABC):
     @abstractmethod
     def finish(self) -> bytes:
         """Bytes that close the file."""
+
+
+def split_complete_records(data: str) -> tuple[str, str]:
+    """(the leading complete CSV records of `data`, the unfinished rest). COPY chunks end at record
+    boundaries in practice; a quoted newline must not be taken for one."""
+    if data.endswith("\n") and data.count('"') % 2 == 0:
+        return data, ""
+    in_quotes, end = False, 0
+    for i, ch in enumerate(data):
+        if ch == '"':
+            in_quotes = not in_quotes
+        elif ch == "\n" and not in_quotes:
+            end = i + 1
+    return data[:end], data[end:]

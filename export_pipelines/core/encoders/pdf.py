@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from export_pipelines.core.columns import ColumnInfo
-from export_pipelines.core.encoders.base import Encoder
+from export_pipelines.core.encoders.base import Encoder, split_complete_records
 from export_pipelines.core.encoders.csv import CsvEncoder
 from export_pipelines.core.formats import format_spec
 from export_pipelines.core.query import ExportQuery
@@ -76,11 +76,9 @@ class PdfEncoder(Encoder):
         return b""
 
     def encode(self, batch: bytes | memoryview) -> bytes:
-        data = self._partial + bytes(batch).decode("utf-8")
         # Sources hand over whole CSV records; keep an unfinished tail, just in case.
-        end = len(data) if data.endswith("\n") and data.count('"') % 2 == 0 else _records_end(data)
-        self._partial = data[end:]
-        for record in csv.reader(io.StringIO(data[:end], newline="")):
+        complete, self._partial = split_complete_records(self._partial + bytes(batch).decode("utf-8"))
+        for record in csv.reader(io.StringIO(complete, newline="")):
             self._rows.append(record)
         return b""
 
@@ -90,16 +88,6 @@ class PdfEncoder(Encoder):
     def special_counts(self) -> dict[str, dict[str, int]]:
         # Only the layout knows how many lines a cell wraps to; PostgreSQL counts the 1,000-character cut.
         return {c.name: {PDF_MANY_LINES: n} for c, n in zip(self.columns, self._line_cuts, strict=True) if n}
-
-
-def _records_end(data: str) -> int:
-    in_quotes, end = False, 0
-    for i, ch in enumerate(data):
-        if ch == '"':
-            in_quotes = not in_quotes
-        elif ch == "\n" and not in_quotes:
-            end = i + 1
-    return end
 
 
 def _widths(header: list[str], rows: list[list[Any]], total: float, font: str, bold: str) -> list[float]:

@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from export_pipelines.core.columns import ColumnInfo
-from export_pipelines.core.encoders.base import Encoder
+from export_pipelines.core.encoders.base import Encoder, split_complete_records
 from export_pipelines.core.encoders.zipstream import ZipStream
 from export_pipelines.core.formats import format_spec
 from export_pipelines.core.query import ExportQuery, RenderedQuery
@@ -192,18 +192,8 @@ class XlsxEncoder(Encoder):
 
     def _complete_records(self, text: str) -> str:
         """The leading complete CSV records of `text`; keeps the rest for the next chunk."""
-        data = self._partial + text
-        if data.endswith("\n") and data.count('"') % 2 == 0:
-            self._partial = ""
-            return data
-        in_quotes, end = False, 0
-        for i, ch in enumerate(data):
-            if ch == '"':
-                in_quotes = not in_quotes
-            elif ch == "\n" and not in_quotes:
-                end = i + 1
-        self._partial = data[end:]
-        return data[:end]
+        complete, self._partial = split_complete_records(self._partial + text)
+        return complete
 
     def encode(self, batch: bytes | memoryview) -> bytes:
         text = self._complete_records(bytes(batch).decode("utf-8"))
