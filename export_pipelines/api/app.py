@@ -3,9 +3,10 @@
 Thin on purpose: every handler is a few short statements on export_requests (through a small
 connection pool) or a presign; nothing here imports Dagster or launches a run. Handlers are plain
 `def` functions, run in Starlette's thread pool; the SSE stream is the one async handler.
-"""
 
-from __future__ import annotations
+(No `from __future__ import annotations`: FastAPI resolves the handlers' annotations, and
+`Auth` / `ExportId` are local to `create_app`.)
+"""
 
 import asyncio
 import base64
