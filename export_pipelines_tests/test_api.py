@@ -366,7 +366,7 @@ def test_files_of_an_unfinished_export_answer_409(client, tenant_key):
 
 
 def test_cancel(client, tenant_key, db):
-    tenant, token = tenant_key
+    _, token = tenant_key
     pending = post(client, token, {"resource": "orders"}).json()
     canceled = client.post(f"/v1/exports/{pending['id']}/cancel", headers=auth(token))
     assert canceled.status_code == 202

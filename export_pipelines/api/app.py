@@ -41,6 +41,7 @@ from export_pipelines.api.schemas import (
     ExportStatus,
     FileList,
     Health,
+    create_body_schema,
 )
 from export_pipelines.core.api_keys import ApiKey, lookup_key
 from export_pipelines.core.catalog import Catalog, load_catalog
@@ -477,7 +478,7 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": CREATE_BODY_SCHEMA}},
+                "content": {"application/json": {"schema": create_body_schema(list(api.catalog.resources))}},
             }
         },
     )

@@ -90,7 +90,7 @@ CREATE_BODY_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["resource"],
     "properties": {
-        "resource": {"type": "string", "description": "a catalog resource, e.g. orders"},
+        "resource": {"type": "string", "description": "a catalog resource, e.g. orders"},  # enum: per catalog
         "format": {
             "type": "string",
             "enum": ["csv", "csv_excel", "jsonl", "json", "parquet", "xlsx", "pdf"],
@@ -117,3 +117,10 @@ CREATE_BODY_SCHEMA: dict[str, Any] = {
         "tenant_id": {"type": "string", "description": "operator keys only: the tenant to act for"},
     },
 }
+
+
+def create_body_schema(resources: list[str]) -> dict[str, Any]:
+    """CREATE_BODY_SCHEMA with the deployment's catalog resources as the allowed values."""
+    properties = dict(CREATE_BODY_SCHEMA["properties"])
+    properties["resource"] = {**properties["resource"], "enum": sorted(resources)}
+    return {**CREATE_BODY_SCHEMA, "properties": properties}
