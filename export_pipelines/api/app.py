@@ -996,5 +996,11 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
     return app
 
 
+def app_from_env() -> FastAPI:
+    """The app of `export-pipelines serve --workers N`: each worker process reads the environment."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return create_app(Settings.from_env())
+
+
 def _event(name: str, event_id: int, data: dict[str, Any]) -> bytes:
     return f"id: {event_id}\nevent: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()

@@ -53,15 +53,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"export API on http://{args.host}:{args.port}  (docs: http://{args.host}:{args.port}/docs)",
         flush=True,
     )
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        workers=None,
-        access_log=False,  # the app logs each request itself, with the key and tenant
-        log_level=args.log_level,
-        timeout_graceful_shutdown=5,
-    )
+    common = {
+        "host": args.host,
+        "port": args.port,
+        "access_log": False,  # the app logs each request itself, with the key and tenant
+        "log_level": args.log_level,
+        "timeout_graceful_shutdown": 5,
+    }
+    if args.workers > 1:
+        # Each worker process builds its own app (and pool) from the environment.
+        uvicorn.run("export_pipelines.api.app:app_from_env", factory=True, workers=args.workers, **common)
+    else:
+        uvicorn.run(app, **common)
     return 0
 
 
@@ -110,6 +113,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--host", default=DEFAULT_HOST)
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--workers", type=int, default=1, help="uvicorn worker processes (one Python process uses one core)"
+    )
     p.set_defaults(func=cmd_serve)
 
     keys = sub.add_parser("api-key", help="create, list or revoke API keys of the export API")
