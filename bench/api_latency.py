@@ -2,6 +2,7 @@
 
     source scripts/env.sh   # or: eval "$(python -m export_pipelines_dev.local_stack env)"
     python bench/api_latency.py [--clients 50] [--requests 1000] [--streams 100] [--stream-seconds 20]
+                                [--rate 400] [--workers 1]
 
 Starts `export-pipelines serve` (python -m export_pipelines.api.cli serve) as a child process on a
 database of its own (exports_bench_api, created and migrated here), then measures with httpx:
@@ -169,22 +170,31 @@ class RawClient:
 
 
 async def run_concurrently(
-    clients: int, jobs: list[Any], call: Any, base: str
+    clients: int, jobs: list[Any], call: Any, base: str, rate: float = 0.0
 ) -> tuple[list[float], dict[int, int]]:
+    """Run `jobs` from `clients` concurrent connections: back to back (rate 0, a closed loop that
+    finds the server's saturation), or each client at rate/clients requests per second (an open
+    schedule: latency at that load, as an app's users would see it)."""
     queue: asyncio.Queue[Any] = asyncio.Queue()
     for job in jobs:
         queue.put_nowait(job)
     latencies: list[float] = []
     codes: dict[int, int] = {}
 
-    async def worker() -> None:
+    interval = clients / rate if rate > 0 else 0.0
+
+    async def worker(number: int) -> None:
         client = RawClient(base)
+        next_at = time.perf_counter() + (interval * number / clients)
         try:
             while True:
                 try:
                     job = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
+                if interval:
+                    await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+                    next_at += interval
                 started = time.perf_counter()
                 response = await call(client, job)
                 latencies.append((time.perf_counter() - started) * 1000)
@@ -192,7 +202,7 @@ async def run_concurrently(
         finally:
             await client.close()
 
-    await asyncio.gather(*(worker() for _ in range(clients)))
+    await asyncio.gather(*(worker(i) for i in range(clients)))
     return latencies, codes
 
 
@@ -216,7 +226,7 @@ async def bench(args: argparse.Namespace, base: str, bench_url: str, pid: int) -
     sequential_ms, _ = await run_concurrently(1, tokens[:100], create, base)
     cpu0, _ = proc_stats(pid)
     t0 = time.perf_counter()
-    post_ms, post_codes = await run_concurrently(args.clients, tokens[args.warmup :], create, base)
+    post_ms, post_codes = await run_concurrently(args.clients, tokens[args.warmup :], create, base, args.rate)
     post_wall = time.perf_counter() - t0
     post_cpu = proc_stats(pid)[0] - cpu0
     with psycopg.connect(bench_url) as conn:
@@ -231,7 +241,7 @@ async def bench(args: argparse.Namespace, base: str, bench_url: str, pid: int) -
     async def status(client: RawClient, rid: str) -> RawResponse:
         return await client.request("GET", f"/v1/exports/{rid}", {"Authorization": f"Bearer {owner[rid]}"})
 
-    get_ms, get_codes = await run_concurrently(args.clients, ids, status, base)
+    get_ms, get_codes = await run_concurrently(args.clients, ids, status, base, args.rate)
 
     # SSE: streams on running exports whose progress moves every second.
     stream_ids = ids[: args.streams]
@@ -333,6 +343,9 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--stream-seconds", type=float, default=20)
     parser.add_argument("--workers", type=int, default=1, help="serve --workers")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="total requests/s of the clients (0: back to back)"
+    )
     args = parser.parse_args()
 
     source = os.environ.get("SOURCE_DATABASE_URL")
@@ -380,6 +393,7 @@ def main() -> int:
     result["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     result["nproc"] = os.cpu_count()
     result["workers"] = args.workers
+    result["rate"] = args.rate or "closed loop (back to back)"
     print(json.dumps(result, indent=2))
     return 0
 

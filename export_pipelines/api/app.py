@@ -198,9 +198,26 @@ def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) ->
 
 
 # The queue position of a waiting row, as the fair queue launches: round robin across tenants in
-# creation order, so the rows ahead are every waiting row whose per-tenant rank is lower, plus the
-# rows of equal rank created earlier.
+# creation order. If the row is its tenant's k-th waiting row, the rows ahead are its tenant's k-1
+# earlier ones, plus from every other tenant t its first min(n_t, k-1) rows, plus t's k-th row when
+# that was created earlier (that is, when t has at least k rows created before this one). One
+# hash aggregate over the waiting rows, no sort (QUEUE_POSITION_REFERENCE_SQL, a window function
+# that ranks every row, is the definition the tests compare it with).
 QUEUE_POSITION_SQL = """
+WITH me AS (SELECT tenant_id, created_at, id FROM export_requests WHERE id = %(id)s),
+per AS (
+    SELECT r.tenant_id,
+           count(*) AS n,
+           count(*) FILTER (WHERE (r.created_at, r.id) < (me.created_at, me.id)) AS before
+    FROM export_requests r, me
+    WHERE r.status IN ('pending', 'queued')
+    GROUP BY r.tenant_id
+), mine AS (SELECT per.before + 1 AS k FROM per, me WHERE per.tenant_id = me.tenant_id)
+SELECT coalesce(sum(CASE WHEN per.tenant_id = me.tenant_id THEN per.before
+                         ELSE least(per.n, mine.k - 1) + (per.before >= mine.k)::int END), 0)::bigint AS ahead
+FROM per, me, mine
+"""
+QUEUE_POSITION_REFERENCE_SQL = """
 WITH waiting AS (
     SELECT id, created_at,
            row_number() OVER (PARTITION BY tenant_id ORDER BY created_at, id) AS rank
