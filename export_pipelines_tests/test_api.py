@@ -367,11 +367,21 @@ def test_files_of_an_unfinished_export_answer_409(client, tenant_key):
 
 def test_cancel(client, tenant_key, db):
     _, token = tenant_key
-    pending = post(client, token, {"resource": "orders"}).json()
+    pending = post(client, token, {"resource": "orders", "notify": {"email": "ops@example.com"}}).json()
     canceled = client.post(f"/v1/exports/{pending['id']}/cancel", headers=auth(token))
     assert canceled.status_code == 202
     doc = canceled.json()
     assert doc["status"] == "canceled" and doc["error"]["code"] == "canceled"
+    # No run will tell anyone: the API records the export.canceled notification itself.
+    sent = db.execute(
+        "SELECT event, channel, target, payload FROM export_deliveries WHERE request_id = %s", [pending["id"]]
+    ).fetchall()
+    assert [(d["event"], d["channel"], d["target"]) for d in sent] == [
+        ("export.canceled", "email", "ops@example.com")
+    ]
+    assert (
+        sent[0]["payload"]["event"] == "export.canceled" and sent[0]["payload"]["export_id"] == pending["id"]
+    )
     assert client.post(f"/v1/exports/{pending['id']}/cancel", headers=auth(token)).status_code == 202
 
     running = post(client, token, {"resource": "orders"}).json()

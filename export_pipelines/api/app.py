@@ -26,6 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from psycopg.types.json import Jsonb
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -45,6 +46,7 @@ from export_pipelines.api.schemas import (
 )
 from export_pipelines.core.api_keys import ApiKey, lookup_key
 from export_pipelines.core.catalog import Catalog, load_catalog
+from export_pipelines.core.delivery import webhook_payload
 from export_pipelines.core.errors import ExportError, Rejected
 from export_pipelines.core.layout import ExportLocation
 from export_pipelines.core.links import Link, fresh_links, read_manifest
@@ -937,18 +939,23 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
             if not is_request_id(export_id):
                 raise not_found()
             scope = {"id": export_id, "t": who.tenant_id}
-            row = conn.execute(
-                """
-                UPDATE export_requests
-                SET status = 'canceled', error_code = 'canceled', error = 'canceled before it started',
-                    cancel_requested_at = coalesce(cancel_requested_at, now()), completed_at = now(),
-                    updated_at = now()
-                WHERE id = %(id)s AND (%(t)s::text IS NULL OR tenant_id = %(t)s)
-                  AND status = 'pending' AND run_id IS NULL
-                RETURNING *
-                """,
-                scope,
-            ).fetchone()
+            with conn.transaction():
+                row = conn.execute(
+                    """
+                    UPDATE export_requests
+                    SET status = 'canceled', error_code = 'canceled', error = %(error)s,
+                        cancel_requested_at = coalesce(cancel_requested_at, now()), completed_at = now(),
+                        updated_at = now()
+                    WHERE id = %(id)s AND (%(t)s::text IS NULL OR tenant_id = %(t)s)
+                      AND status = 'pending' AND run_id IS NULL
+                    RETURNING *
+                    """,
+                    {**scope, "error": CANCELED_BEFORE_START},
+                ).fetchone()
+                if row is not None:
+                    # No run will tell anyone: record the export.canceled notification here, in
+                    # the same transaction, for the delivery sensor to send.
+                    enqueue_canceled(conn, row)
             if row is None:
                 row = conn.execute(
                     """
@@ -1011,6 +1018,42 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
         return _json(api.load(who, export_id, position=False)["doc"])
 
     return app
+
+
+CANCELED_BEFORE_START = "canceled before it started"
+
+
+def enqueue_canceled(conn: psycopg.Connection[Any], row: dict[str, Any]) -> None:
+    """export_deliveries rows (webhook, email) for an export the API canceled before any run:
+    the payload of core.delivery.webhook_payload, event export.canceled."""
+    payload = webhook_payload(
+        "export.canceled",
+        export_id=str(row["id"]),
+        tenant_id=row["tenant_id"],
+        resource=row["resource"],
+        rows=0,
+        bytes_written=0,
+        error=CANCELED_BEFORE_START,
+    )
+    subject = f"Your export of {row['resource']} was canceled"
+    for channel, target in (("webhook", row.get("webhook_url")), ("email", row.get("email"))):
+        if target:
+            conn.execute(
+                """
+                INSERT INTO export_deliveries
+                    (request_id, tenant_id, event, channel, target, payload, email_subject, email_body)
+                VALUES (%s, %s, 'export.canceled', %s, %s, %s, %s, %s)
+                """,
+                [
+                    row["id"],
+                    row["tenant_id"],
+                    channel,
+                    target,
+                    Jsonb(payload),
+                    subject if channel == "email" else None,
+                    f"{subject} before it started.\n" if channel == "email" else None,
+                ],
+            )
 
 
 def app_from_env() -> FastAPI:
