@@ -499,3 +499,20 @@ def test_queue_position_is_the_fair_queue_order(db):
         db.execute("UPDATE export_requests SET status = 'canceled' WHERE id = ANY(%s)", [ids])
     assert positions == reference
     assert len(set(positions)) == 10  # other tests' waiting rows may be ahead, never level
+
+
+def test_api_key_cli(source_url, capsys, monkeypatch, client):
+    from export_pipelines.api.cli import main
+
+    monkeypatch.setenv("SOURCE_DATABASE_URL", source_url)
+    tenant = fresh_tenant()
+    assert main(["api-key", "create", "--tenant", tenant, "--name", "billing-app"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert token.startswith("exp_") and client.get("/v1/exports", headers=auth(token)).status_code == 200
+    assert main(["api-key", "list", "--tenant", tenant]) == 0
+    listed = capsys.readouterr().out
+    assert token[:12] in listed and "billing-app" in listed and token not in listed
+    assert main(["api-key", "revoke", token[:12]]) == 0
+    assert client.get("/v1/exports", headers=auth(token)).status_code == 401
+    assert main(["api-key", "revoke", token[:12]]) == 1
+    assert main(["api-key", "create"]) == 2

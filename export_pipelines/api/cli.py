@@ -32,7 +32,8 @@ def _key_store() -> Any:
         url = _settings().require_source_database_url()
     except ConfigurationError as exc:
         sys.exit(str(exc))
-    return ApiKeyStore(url).migrate_once()
+    # migrate(): API_MIGRATION, until it is one of core.migrations.MIGRATIONS (then a no-op twice).
+    return ApiKeyStore(url).migrate_once().migrate()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -45,6 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings.require_source_database_url()
         settings.require_bucket()
+        _key_store().close()  # the tables exist (migrate once), as the sensor's first tick ensures
         app = create_app(settings)
     except ExportError as exc:
         print(f"export-pipelines serve: {exc}", file=sys.stderr)
