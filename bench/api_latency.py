@@ -50,7 +50,6 @@ def bench_database(url: str) -> str:
     # exports here, through the same trigger every insert passes.
     migrate(bench_url, tenant_max_active=1_000_000)
     with ApiKeyStore(bench_url) as keys:
-        keys.migrate()
         keys.execute("TRUNCATE export_api_keys")
         keys.execute("TRUNCATE export_requests")
     return bench_url

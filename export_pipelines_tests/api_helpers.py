@@ -64,9 +64,7 @@ def api_settings(stack_env: dict[str, str], source_url: str, bucket: str, prefix
 
 
 def migrate_api(source_url: str) -> None:
-    migrate(source_url)
-    with ApiKeyStore(source_url) as keys:
-        keys.migrate()
+    migrate(source_url)  # every table, the API's keys included
 
 
 def key_for(source_url: str, tenant: str | None, *, operator: bool = False, name: str = "test") -> str:

@@ -32,8 +32,7 @@ def _key_store() -> Any:
         url = _settings().require_source_database_url()
     except ConfigurationError as exc:
         sys.exit(str(exc))
-    # migrate(): API_MIGRATION, until it is one of core.migrations.MIGRATIONS (then a no-op twice).
-    return ApiKeyStore(url).migrate_once().migrate()
+    return ApiKeyStore(url).migrate_once()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

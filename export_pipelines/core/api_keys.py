@@ -3,9 +3,8 @@ for any tenant. Only a SHA-256 of the token is stored, with a short prefix peopl
 
 A token is `exp_` + 43 url-safe characters (32 random bytes). It is shown once, at creation.
 
-`API_MIGRATION` is the DDL the API needs (the lead adds it to core.migrations.MIGRATIONS, after
-TRUST_BOUNDARY): the key table, and the export_requests columns only the API writes
-(`cancel_requested_at`, the idempotency fingerprint, the per-request link expiry and file size).
+The key table (and the export_requests columns only the API writes) are created by
+core/migrations.py, with every other table.
 """
 
 from __future__ import annotations
@@ -25,33 +24,6 @@ from export_pipelines.core.pg_store import STORE_STATEMENT_TIMEOUT, PgStore
 TOKEN_PREFIX = "exp_"
 DISPLAY_PREFIX_CHARS = 12  # "exp_" + 8 characters of the random part
 MAX_NAME_CHARS = 200
-
-API_MIGRATION = """
-CREATE TABLE IF NOT EXISTS public.export_api_keys (
-    id            bigserial PRIMARY KEY,
-    tenant_id     text,                           -- NULL only for operator keys
-    name          text NOT NULL DEFAULT '',
-    key_hash      text NOT NULL UNIQUE,           -- hex SHA-256 of the whole token
-    key_prefix    text NOT NULL,                  -- the token's first characters, for people
-    is_operator   boolean NOT NULL DEFAULT false,
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    revoked_at    timestamptz,
-    last_used_at  timestamptz,
-    CONSTRAINT export_api_keys_tenant_check CHECK (is_operator OR tenant_id IS NOT NULL)
-);
--- Written by the API only (DESIGN §3.3: the service's columns).
-ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS cancel_requested_at timestamptz;
-ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS idempotency_fingerprint text;
-ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS link_expiry_hours int;
-ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS max_rows_per_file bigint;
--- GET /v1/exports: a tenant's rows newest first, keyset on (created_at, id).
-CREATE INDEX IF NOT EXISTS export_requests_tenant_created_idx
-    ON public.export_requests (tenant_id, created_at DESC, id DESC);
--- The cancel sensor's work list.
-CREATE INDEX IF NOT EXISTS export_requests_cancel_idx
-    ON public.export_requests (cancel_requested_at)
-    WHERE cancel_requested_at IS NOT NULL AND status IN ('queued', 'running');
-"""
 
 
 def hash_token(token: str) -> str:
@@ -85,10 +57,6 @@ class ApiKeyStore(PgStore):
         return psycopg.connect(
             self.conninfo, autocommit=True, row_factory=dict_row, options=STORE_STATEMENT_TIMEOUT
         )
-
-    def migrate(self) -> ApiKeyStore:
-        self.execute(API_MIGRATION)
-        return self
 
     def create(self, tenant_id: str | None, name: str = "", *, operator: bool = False) -> tuple[str, ApiKey]:
         """A new key: (the token, shown once; the stored key)."""

@@ -249,7 +249,35 @@ GRANT INSERT ({", ".join(APP_INSERT_COLUMNS)}) ON public.export_requests TO {APP
 REVOKE ALL ON public.export_limits FROM {APP_ROLE};
 """
 
-MIGRATIONS = (REQUESTS_TABLE, CHECKPOINT_TABLES, DELIVERIES_TABLE, TRUST_BOUNDARY)
+# The export API's keys, and the export_requests columns only the API writes (core/api_keys.py).
+API_TABLES = """
+CREATE TABLE IF NOT EXISTS public.export_api_keys (
+    id            bigserial PRIMARY KEY,
+    tenant_id     text,                           -- NULL only for operator keys
+    name          text NOT NULL DEFAULT '',
+    key_hash      text NOT NULL UNIQUE,           -- hex SHA-256 of the whole token
+    key_prefix    text NOT NULL,                  -- the token's first characters, for people
+    is_operator   boolean NOT NULL DEFAULT false,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    revoked_at    timestamptz,
+    last_used_at  timestamptz,
+    CONSTRAINT export_api_keys_tenant_check CHECK (is_operator OR tenant_id IS NOT NULL)
+);
+-- Written by the API only (DESIGN §3.3: the service's columns).
+ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS cancel_requested_at timestamptz;
+ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS idempotency_fingerprint text;
+ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS link_expiry_hours int;
+ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS max_rows_per_file bigint;
+-- GET /v1/exports: a tenant's rows newest first, keyset on (created_at, id).
+CREATE INDEX IF NOT EXISTS export_requests_tenant_created_idx
+    ON public.export_requests (tenant_id, created_at DESC, id DESC);
+-- The cancel sensor's work list.
+CREATE INDEX IF NOT EXISTS export_requests_cancel_idx
+    ON public.export_requests (cancel_requested_at)
+    WHERE cancel_requested_at IS NOT NULL AND status IN ('queued', 'running');
+"""
+
+MIGRATIONS = (REQUESTS_TABLE, CHECKPOINT_TABLES, DELIVERIES_TABLE, TRUST_BOUNDARY, API_TABLES)
 
 _migrated: set[str] = set()
 _migrated_lock = threading.Lock()
