@@ -3,8 +3,9 @@ models describe them for /docs and for the schema tests (schemathesis)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import Path
 from pydantic import BaseModel
 
 Status = Literal["pending", "queued", "running", "succeeded", "failed", "canceled", "expired"]
@@ -124,3 +125,15 @@ def create_body_schema(resources: list[str]) -> dict[str, Any]:
     properties = dict(CREATE_BODY_SCHEMA["properties"])
     properties["resource"] = {**properties["resource"], "enum": sorted(resources)}
     return {**CREATE_BODY_SCHEMA, "properties": properties}
+
+
+# The path parameter every /v1/exports/{export_id} route takes.
+ExportId = Annotated[str, Path(description="the export id (a UUID)", max_length=64)]
+
+# The error answers every authenticated route documents.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing, unknown or revoked API key"},
+    404: {"model": ErrorBody, "description": "no such export (or another tenant's)"},
+    422: {"model": ErrorBody, "description": "invalid request; `field` names the field"},
+    503: {"model": ErrorBody, "description": "database or storage unavailable"},
+}
