@@ -1,10 +1,49 @@
-"""Which partitions to re-run: those whose latest run failed (good partitions are left alone)."""
+"""The data team's monthly path: which partitions to (re-)run, checked, and ONE Dagster backfill of
+exactly those (issue 14, item 5). Never an empty partition list: `dagster job backfill` reads an
+empty `--partitions` as "every partition"."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import dagster as dg
 
+from export_pipelines.core.errors import InvalidRequest
+
+MONTHLY_JOB = "monthly_tenant_export_job"
+# The jobs whose partitions are tenant x month keys ("YYYY-MM-01|tenant").
+PARTITIONED_JOBS = (MONTHLY_JOB,)
+WORKSPACE = Path(__file__).resolve().parents[2] / "workspace.yaml"
+_MONTH = re.compile(r"(\d{4})-(\d{2})(?:-01)?")
+
+
+def parse_month(text: str, flag: str = "--month") -> str:
+    """'YYYY-MM' or 'YYYY-MM-01' → 'YYYY-MM-01' (the month part of a partition key)."""
+    match = _MONTH.fullmatch(text.strip())
+    if not match or not 1 <= int(match.group(2)) <= 12:
+        raise InvalidRequest(flag, f"must be a month as YYYY-MM (e.g. 2026-10), got {text!r}")
+    return f"{match.group(1)}-{match.group(2)}-01"
+
+
+def check_job(job_name: str, flag: str = "--job") -> str:
+    if job_name not in PARTITIONED_JOBS:
+        raise InvalidRequest(flag, f"must be one of: {', '.join(PARTITIONED_JOBS)}; got {job_name!r}")
+    return job_name
+
+
+def check_month_in_range(month: str, months_from: str, today: str, flag: str = "--month") -> None:
+    """The monthly job's partitions run from EXPORT_MONTHS_FROM to the current month."""
+    first = months_from[:7] + "-01"
+    if not first <= month <= today[:7] + "-01":
+        raise InvalidRequest(
+            flag, f"must be from {first[:7]} to {today[:7]} (EXPORT_MONTHS_FROM), got {month[:7]}"
+        )
+
 
 def failed_partitions(
-    instance: dg.DagsterInstance, job_name: str = "monthly_tenant_export_job", month: str | None = None
+    instance: dg.DagsterInstance, job_name: str = MONTHLY_JOB, month: str | None = None
 ) -> list[str]:
     """Partition keys ('YYYY-MM-01|tenant') whose most recent run failed or was canceled."""
     latest = instance.get_run_partition_data(dg.RunsFilter(job_name=job_name))
@@ -13,4 +52,29 @@ def failed_partitions(
         p.partition
         for p in latest
         if p.status in bad and (month is None or p.partition.startswith(f"{month}|"))
+    )
+
+
+def launch_backfill(
+    instance: dg.DagsterInstance,
+    partition_keys: Sequence[str],
+    *,
+    job_name: str = MONTHLY_JOB,
+    workspace: Path = WORKSPACE,
+    print_fn: Callable[[str], None] = print,
+) -> None:
+    """ONE Dagster backfill (a PartitionBackfill the UI lists) of exactly these partitions, through
+    Dagster's own backfill code, so its runs are queued like any other (tenant cap included)."""
+    from dagster._cli.job import execute_backfill_command
+    from dagster._cli.workspace.cli_target import WorkspaceOpts
+
+    if not partition_keys:  # an empty list would mean every partition to Dagster
+        raise ValueError("launch_backfill needs at least one partition key")
+    execute_backfill_command(
+        workspace_opts=WorkspaceOpts(workspace=[str(workspace)]),
+        partitions=",".join(partition_keys),
+        noprompt=True,
+        job_name=job_name,
+        print_fn=print_fn,
+        instance=instance,
     )

@@ -2,6 +2,10 @@
 
 # The tenant a run exports for; dagster.yaml limits runs per unique value of this tag.
 TENANT = "tenant"
+# What a run exports, for the data team's view (set on every door's runs by run_coordinator.py).
+RESOURCE = "export/resource"
+FORMAT = "export/format"
+EXPORT_ID = "export/id"
 # The export_requests row a run serves, and which attempt of it (the run key is id:attempt).
 REQUEST_ID = "export/request_id"
 ATTEMPT = "export/attempt"

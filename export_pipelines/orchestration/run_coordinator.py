@@ -1,0 +1,68 @@
+"""The run queue with one tagging rule for every door (issue 14, item 4).
+
+Dagster's `QueuedRunCoordinator` limits runs per unique value of the `tenant` tag, but only runs
+that carry the tag: the request sensor and the schedule set it, the launchpad, `dagster job
+launch`, backfills and re-executions did not, so their runs slipped past the per-tenant cap. Every
+door goes through `instance.submit_run` → this coordinator, so the tags are derived here, from
+the run's own config or partition key, right before the run is queued; the dequeuer then sees
+them. Also the data team's view: every run shows tenant, resource, format and export id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from dagster import DagsterRun
+from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
+
+from export_pipelines.orchestration import tags
+from export_pipelines.orchestration.run_config import ENTRY_OP
+
+# Dagster's own tag for a run's partition key (tenant x month keys read "YYYY-MM-01|tenant").
+PARTITION_TAG = "dagster/partition"
+# ExportConfig's defaults, for runs whose config leaves them out.
+DEFAULT_FORMAT = "csv"
+
+
+def export_tags(
+    run_tags: Mapping[str, str], run_config: Mapping[str, Any] | None, run_id: str | None = None
+) -> dict[str, str]:
+    """The tags every export run carries, from its run config and partition key. Empty when the
+    run is not an export (the janitor); tags already set (the sensor's) are kept as they are.
+    `run_id`: the export id of an ad-hoc run without request_id (as count_rows names it)."""
+    ops = (run_config or {}).get("ops") or {}
+    entry = ops.get(ENTRY_OP) if isinstance(ops, Mapping) else None
+    config = entry.get("config") if isinstance(entry, Mapping) else None
+    partition = run_tags.get(PARTITION_TAG, "")
+    if not isinstance(config, Mapping) and "|" not in partition:
+        return {}
+    config = config if isinstance(config, Mapping) else {}
+    derived = {
+        tags.TENANT: str(config.get("tenant_id") or ""),
+        tags.RESOURCE: str(config.get("resource") or ""),
+        tags.FORMAT: str(config.get("format") or DEFAULT_FORMAT),
+    }
+    export_id = config.get("request_id") or run_id
+    if "|" in partition:
+        # count_rows makes the partition decide tenant and month (the export id is the month).
+        month, tenant = partition.split("|", 1)
+        derived[tags.TENANT], export_id = tenant, month[:7]
+    if export_id:
+        derived[tags.EXPORT_ID] = str(export_id)
+    return {key: value for key, value in derived.items() if key not in run_tags}
+
+
+class TenantRunCoordinator(QueuedRunCoordinator):
+    """`QueuedRunCoordinator` that tags every export run with its tenant (and resource, format,
+    export id) before queueing it, whichever door submitted it. Configured in dagster.yaml and
+    deploy/celery/dagster.yaml with the same config as the stock coordinator."""
+
+    def submit_run(self, context: SubmitRunContext) -> DagsterRun:
+        run = context.dagster_run
+        new_tags = export_tags(run.tags, run.run_config, run.root_run_id or run.run_id)
+        if new_tags:
+            self._instance.add_run_tags(run.run_id, new_tags)
+            run = run.with_tags({**run.tags, **new_tags})
+            context = SubmitRunContext(run, context.workspace)
+        return super().submit_run(context)

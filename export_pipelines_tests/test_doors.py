@@ -1,0 +1,143 @@
+"""Issue 14 items 4 and 6: one per-tenant cap for every door, and every run tagged the same way.
+
+A real daemon with the project's dagster.yaml; the same tenant is launched from several doors at
+once (a request row for the sensor, `dagster job launch` as the launchpad does, a backfill of two
+partitions) and its runs never overlap; another tenant's run is not held back by them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from export_pipelines.orchestration import tags
+from export_pipelines.orchestration.run_config import export_run_config
+from export_pipelines.orchestration.run_coordinator import export_tags
+from export_pipelines_tests.daemon import ROOT, running_daemon
+
+TENANT = "t-005"  # enterprise in the demo data, so the monthly job has its partitions
+OTHER = "t-010"
+BIN = Path(sys.executable).parent
+DONE = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+
+
+def test_export_tags_from_config_partition_and_sensor():
+    config = export_run_config(tenant_id="t-1", resource="orders", format="parquet", request_id="r-1")
+    assert export_tags({}, config, "run-1") == {
+        tags.TENANT: "t-1",
+        tags.RESOURCE: "orders",
+        tags.FORMAT: "parquet",
+        tags.EXPORT_ID: "r-1",
+    }
+    # An ad-hoc run's export id is its (root) run id; the format defaults as ExportConfig's does.
+    assert export_tags({}, export_run_config(tenant_id="t-1", resource="orders"), "run-1") == {
+        tags.TENANT: "t-1",
+        tags.RESOURCE: "orders",
+        tags.FORMAT: "csv",
+        tags.EXPORT_ID: "run-1",
+    }
+    # A partition decides the tenant and the export id (the month), as count_rows does.
+    partitioned = export_tags(
+        {"dagster/partition": "2026-10-01|t-2"}, export_run_config(tenant_id="", resource="orders")
+    )
+    assert partitioned[tags.TENANT] == "t-2" and partitioned[tags.EXPORT_ID] == "2026-10"
+    # The sensor's own tags stay; the janitor is not an export.
+    assert tags.TENANT not in export_tags({tags.TENANT: "t-1"}, config, "run-1")
+    assert export_tags({}, {}, "run-1") == {}
+
+
+@pytest.fixture(scope="module")
+def daemon(stack_env, source_url, bucket, tmp_path_factory) -> Iterator[tuple[dict[str, str], Path]]:
+    home = tmp_path_factory.mktemp("dagster_home_doors")
+    with running_daemon(stack_env, source_url, bucket, home, "dagster_doors") as env:
+        yield env, home
+
+
+def dagster_cli(env: dict[str, str], *args: str) -> None:
+    subprocess.run(
+        [str(BIN / "dagster"), "job", *args, "-w", str(ROOT / "workspace.yaml")],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+
+
+def launch(env: dict[str, str], tenant: str) -> None:
+    """As the launchpad does: the run config only, no tags (GraphQL launchRun → submit_run)."""
+    config = export_run_config(tenant_id=tenant, resource="orders", format="csv")
+    dagster_cli(env, "launch", "-j", "tenant_export_job", "--config-json", json.dumps(config))
+
+
+def overlaps(runs: list[dg.RunRecord]) -> int:
+    """The most runs that were running at the same moment."""
+    edges = sorted(
+        [(r.start_time, 1) for r in runs] + [(r.end_time, -1) for r in runs], key=lambda e: (e[0], e[1])
+    )
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_finding_04_one_tenant_cap_for_every_door(daemon, store, monkeypatch):
+    env, home = daemon
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", env["DAGSTER_POSTGRES_URL"])
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("tenants", [TENANT, OTHER])
+        request_id = store.create(tenant_id=TENANT, resource="orders", format="csv")  # sensor door
+        launch(env, TENANT)  # launchpad door
+        dagster_cli(  # backfill door: two partitions of the same tenant
+            env,
+            "backfill",
+            "-j",
+            "monthly_tenant_export_job",
+            "--partitions",
+            f"2024-05-01|{TENANT},2024-06-01|{TENANT}",
+            "--noprompt",
+        )
+        launch(env, OTHER)
+        deadline = time.monotonic() + 400
+        while True:
+            runs = instance.get_run_records()
+            if len(runs) >= 5 and all(r.dagster_run.status in DONE for r in runs):
+                break
+            assert time.monotonic() < deadline, [(r.dagster_run.tags, r.dagster_run.status) for r in runs]
+            time.sleep(1)
+    statuses = {r.dagster_run.run_id: r.dagster_run.status for r in runs}
+    assert set(statuses.values()) == {dg.DagsterRunStatus.SUCCESS}, statuses
+    # Which tenant a run exported, read from its config or partition (not from the tags under test).
+    mine = [r for r in runs if exported_tenant(r.dagster_run) == TENANT]
+    assert len(mine) == 4, [r.dagster_run.tags for r in runs]  # sensor, launchpad, 2 partitions
+    # The cap: never two of the tenant's runs at once.
+    assert overlaps(mine) == 1, [(r.start_time, r.end_time) for r in mine]
+    assert store.get(request_id).status == "succeeded"
+    # The other tenant was not held back behind the tenant's queue: it started before that ended.
+    (other,) = [r for r in runs if exported_tenant(r.dagster_run) == OTHER]
+    assert other.start_time < max(r.end_time for r in mine)
+    # Item 6: every door's run shows tenant, resource, format and export id.
+    for record in runs:
+        run_tags = record.dagster_run.tags
+        assert run_tags.get(tags.TENANT) == exported_tenant(record.dagster_run), run_tags
+        assert run_tags.get(tags.RESOURCE) == "orders" and run_tags.get(tags.FORMAT) == "csv", run_tags
+        assert run_tags.get(tags.EXPORT_ID), run_tags
+    months = sorted(
+        r.dagster_run.tags[tags.EXPORT_ID] for r in mine if "dagster/partition" in r.dagster_run.tags
+    )
+    assert months == ["2024-05", "2024-06"]
+
+
+def exported_tenant(run: dg.DagsterRun) -> str:
+    partition = run.tags.get("dagster/partition", "")
+    if "|" in partition:
+        return partition.split("|", 1)[1]
+    return run.run_config["ops"]["count_rows"]["config"]["tenant_id"]
