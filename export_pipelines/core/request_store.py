@@ -286,6 +286,19 @@ class RequestStore(PgStore):
         ).fetchall()
         return [StoredRequest.from_row(_stringify_id(r)) for r in rows]
 
+    def cancel_requested(self, limit: int = 200) -> list[StoredRequest]:
+        """Queued and running rows someone asked to cancel (the API's POST …/cancel), oldest first."""
+        rows = self.execute(
+            """
+                SELECT * FROM export_requests
+                WHERE cancel_requested_at IS NOT NULL AND status IN ('queued', 'running')
+                ORDER BY cancel_requested_at, id
+                LIMIT %s
+                """,
+            [limit],
+        ).fetchall()
+        return [StoredRequest.from_row(_stringify_id(r)) for r in rows]
+
     def _update(self, request_id: str, sql: str, params: list[Any], only_if: tuple[str, ...] = ()) -> bool:
         if not is_request_id(request_id):
             return False  # an ad-hoc run's request_id that names no row: nothing to update

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -24,6 +24,7 @@ from export_pipelines.core.s3 import MultipartSink, UploadedPart
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
 PART_GROWTH_EVERY = 1_000  # the part size doubles every 1,000 parts: 10,000 parts reach ~5 TB
+WAIT_SLICE_SECONDS = 0.5
 
 Meta = TypeVar("Meta")  # what the caller attaches to a part, handed back with it to `on_part`
 
@@ -127,6 +128,10 @@ class PartWriter(Generic[Meta]):
 
     def _finish_oldest(self) -> None:
         future, meta = self._pending[0]
+        # Wait in short slices: a run being canceled is interrupted in Python bytecode
+        # (interrupt_main), which a bare result() on a slow or stuck upload would not reach.
+        while not future.done():
+            wait([future], timeout=WAIT_SLICE_SECONDS)
         part = future.result()
         self._pending.pop(0)
         self.uploaded.append(part)

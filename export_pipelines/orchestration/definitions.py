@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from export_pipelines.orchestration.cancel_sensor import build_cancel_sensor
 from export_pipelines.orchestration.delivery_sensor import build_delivery_sensor
 from export_pipelines.orchestration.io_managers import io_manager_resources
 from export_pipelines.orchestration.jobs import build_monthly_job, janitor_job, tenant_export_job
@@ -19,7 +20,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         jobs=[tenant_export_job, monthly_job, janitor_job],
         schedules=[build_monthly_schedule(monthly_job), janitor_schedule],
-        sensors=[*build_sensors(settings, monthly_job), build_delivery_sensor(settings)],
+        sensors=[
+            *build_sensors(settings, monthly_job),
+            build_delivery_sensor(settings),
+            build_cancel_sensor(settings),
+        ],
         # EXPORT_IO_MANAGER=s3 keeps step outputs where every worker host can read them.
         resources={**resources, **io_manager_resources(settings, s3=resources["s3"])},
     )

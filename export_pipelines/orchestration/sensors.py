@@ -274,7 +274,10 @@ def record_run_failure(
         if will_retry:
             store.note_error(row.id, short + " (retrying)", code)
             return
-        if store.mark_failed(row.id, short, code):
+        if code == "canceled":  # terminated on request (the API's cancel): not a failure
+            if store.mark_canceled(row.id, short):
+                notify_row(source, log, row, CANCELED, short)
+        elif store.mark_failed(row.id, short, code):
             notify_row(source, log, row, FAILED, short)
     if will_retry or s3 is None or export_settings is None:
         return

@@ -1,0 +1,84 @@
+"""Cancels asked for through the export API (`cancel_requested_at` on the row) carried out through
+Dagster: a queued run is canceled in the queue, a started one is terminated by the run launcher;
+once the run is canceled the row becomes `canceled`, the requester is told (`export.canceled`) and
+the export's open uploads are aborted. The API itself never touches Dagster (README "Export API")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+
+from export_pipelines.core.delivery import CANCELED
+from export_pipelines.core.errors import tenant_message
+from export_pipelines.core.layout import ExportLocation
+from export_pipelines.core.request_store import StoredRequest
+from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
+from export_pipelines.orchestration.sensors import abort_uploads_logged, latest_run, notify_row
+from export_pipelines.settings import Settings
+
+NOT_STARTED = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED)
+
+
+def carry_out_cancels(
+    instance: dg.DagsterInstance,
+    source: SourceDatabase,
+    s3: ExportS3 | None,
+    export_settings: ExportSettings | None,
+    log: Any,
+) -> int:
+    """One pass over the rows with a cancel request; returns how many rows became `canceled`."""
+    store = source.requests()
+    canceled = 0
+    for row in store.cancel_requested():
+        run = latest_run(instance, row)
+        if run is not None and run.status in NOT_STARTED:
+            instance.report_run_canceled(run, message="canceled through the export API")
+        elif run is not None and not run.is_finished:
+            if run.status != dg.DagsterRunStatus.CANCELING:
+                log.info(f"request {row.id}: terminating run {run.run_id}")
+                instance.run_launcher.terminate(run.run_id)
+            continue  # the next pass sees the run canceled
+        elif run is not None and run.status != dg.DagsterRunStatus.CANCELED:
+            continue  # it finished first (succeeded or failed): the other sensors record that
+        if resolve_canceled(row=row, source=source, s3=s3, export_settings=export_settings, log=log):
+            canceled += 1
+    return canceled
+
+
+def resolve_canceled(
+    *,
+    row: StoredRequest,
+    source: SourceDatabase,
+    s3: ExportS3 | None,
+    export_settings: ExportSettings | None,
+    log: Any,
+) -> bool:
+    """Row first, then the notification, then the uploads (as the reaper does)."""
+    if not source.requests().mark_canceled(row.id):
+        return False
+    notify_row(source, log, row, CANCELED, tenant_message("canceled"))
+    if s3 is not None and export_settings is not None:
+        location = ExportLocation(export_settings.prefix, row.tenant_id, row.resource, row.id)
+        abort_uploads_logged(s3, export_settings, source, location.folder, log)
+    return True
+
+
+def build_cancel_sensor(settings: Settings) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="export_cancel_sensor",
+        minimum_interval_seconds=settings.sensor_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Carries out cancels asked for through the export API: run canceled or terminated, "
+        "row canceled, uploads aborted, requester notified.",
+    )
+    def export_cancel_sensor(
+        context: dg.SensorEvaluationContext,
+        source: SourceDatabase,
+        s3: ExportS3,
+        export_settings: ExportSettings,
+    ) -> dg.SkipReason:
+        done = carry_out_cancels(context.instance, source, s3, export_settings, context.log)
+        return dg.SkipReason(f"{done} export(s) canceled")
+
+    return export_cancel_sensor
