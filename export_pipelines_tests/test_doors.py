@@ -22,7 +22,7 @@ from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines.orchestration.run_coordinator import export_tags
 from export_pipelines_tests.daemon import ROOT, running_daemon
 
-TENANT = "t-005"  # enterprise in the demo data, so the monthly job has its partitions
+TENANT = "t-big"  # enterprise in the demo data, and big: its runs last long enough to overlap
 OTHER = "t-010"
 BIN = Path(sys.executable).parent
 DONE = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
@@ -60,21 +60,21 @@ def daemon(stack_env, source_url, bucket, tmp_path_factory) -> Iterator[tuple[di
         yield env, home
 
 
-def dagster_cli(env: dict[str, str], *args: str) -> None:
-    subprocess.run(
+def dagster_cli(env: dict[str, str], *args: str) -> subprocess.Popen:
+    """A `dagster job ...` command, started (the doors are opened at the same time)."""
+    return subprocess.Popen(
         [str(BIN / "dagster"), "job", *args, "-w", str(ROOT / "workspace.yaml")],
         cwd=ROOT,
         env=env,
-        check=True,
-        capture_output=True,
-        timeout=180,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
 
 
-def launch(env: dict[str, str], tenant: str) -> None:
+def launch(env: dict[str, str], tenant: str) -> subprocess.Popen:
     """As the launchpad does: the run config only, no tags (GraphQL launchRun → submit_run)."""
     config = export_run_config(tenant_id=tenant, resource="orders", format="csv")
-    dagster_cli(env, "launch", "-j", "tenant_export_job", "--config-json", json.dumps(config))
+    return dagster_cli(env, "launch", "-j", "tenant_export_job", "--config-json", json.dumps(config))
 
 
 def overlaps(runs: list[dg.RunRecord]) -> int:
@@ -94,18 +94,23 @@ def test_finding_04_one_tenant_cap_for_every_door(daemon, store, monkeypatch):
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", env["DAGSTER_POSTGRES_URL"])
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions("tenants", [TENANT, OTHER])
+        doors = [
+            launch(env, TENANT),  # launchpad door
+            dagster_cli(  # backfill door: two partitions of the same tenant
+                env,
+                "backfill",
+                "-j",
+                "monthly_tenant_export_job",
+                "--partitions",
+                f"2024-05-01|{TENANT},2024-06-01|{TENANT}",
+                "--noprompt",
+            ),
+            launch(env, OTHER),
+        ]
         request_id = store.create(tenant_id=TENANT, resource="orders", format="csv")  # sensor door
-        launch(env, TENANT)  # launchpad door
-        dagster_cli(  # backfill door: two partitions of the same tenant
-            env,
-            "backfill",
-            "-j",
-            "monthly_tenant_export_job",
-            "--partitions",
-            f"2024-05-01|{TENANT},2024-06-01|{TENANT}",
-            "--noprompt",
-        )
-        launch(env, OTHER)
+        for door in doors:
+            output = door.communicate(timeout=180)[0]
+            assert door.returncode == 0, output
         deadline = time.monotonic() + 400
         while True:
             runs = instance.get_run_records()

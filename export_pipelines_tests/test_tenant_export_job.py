@@ -129,3 +129,61 @@ def test_every_format_from_run_config(resources, s3_client, bucket, pg, fmt, com
         assert [(o["id"], o["note"]) for o in objects] == [(str(i), n) for i, n in expected]
     columns = {c["name"]: c for c in manifest["columns"]}
     assert columns["note"]["postgres_type"] == "text" and columns["note"]["representation"]
+
+
+def test_finding_06_links_one_click_from_the_run_and_progress_as_people_read_it(resources, prefix):
+    result = run(resources, tenant_id="t-005", resource="orders", request_id="req-606")
+    assert result.success
+    done = result.output_for_node("finalize")
+    # The download links: a materialization of exports/orders in the run's own event log.
+    (event,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION]
+    materialization = event.event_specific_data.materialization
+    assert materialization.asset_key == dg.AssetKey(["exports", "orders"])
+    meta = materialization.metadata
+    assert meta["download"] == dg.MetadataValue.url(done.files[0].url)
+    assert meta["manifest"] == dg.MetadataValue.url(done.manifest_url)
+    assert meta["tenant"].value == "t-005" and meta["export_id"].value == "req-606"
+    assert "t-005" in materialization.description and "MB" in materialization.description
+    # Progress: percent, MB written, rows/s and an ETA, not raw byte counts.
+    last = [m for m in result.logs if m.startswith("progress:")][-1]
+    assert " MB written, " in last and " rows/s, ETA " in last and " bytes" not in last, last
+    fin = {e.step_key: e.step_output_data.metadata for e in result.all_events if e.is_successful_output}
+    assert fin["export_files"]["size"].value.endswith(" MB")
+    assert "rows/s" in fin["finalize"]["throughput"].value
+
+
+def test_finding_06_launchpad_opens_with_the_export_config_block_only():
+    """What the launchpad pre-fills (GraphQL runConfigSchema.rootDefaultYaml): the export's config
+    block, no resource settings; and the run config keeps its shape (ops: count_rows: config:)."""
+    import warnings
+
+    import yaml
+    from dagster._core.snap import JobSnap
+    from dagster_graphql.schema.run_config import default_values_yaml_from_type_snap
+
+    from export_pipelines.orchestration.definitions import build_definitions
+    from export_pipelines.settings import Settings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        defs = build_definitions(Settings.from_env())
+        snap = JobSnap.from_job_def(defs.resolve_job_def("tenant_export_job"))
+    schema = snap.config_schema_snapshot
+    root = schema.get_config_snap(snap.mode_def_snaps[0].root_config_key)
+    scaffold = yaml.safe_load(default_values_yaml_from_type_snap(schema, root))
+    assert list(scaffold) == ["ops"], scaffold
+    config = scaffold["ops"]["count_rows"]["config"]
+    assert config["tenant_id"] == "" and config["resource"] == "orders" and config["format"] == "csv"
+
+
+def test_the_launchpad_default_empty_tenant_is_refused(resources, s3_client, bucket, prefix):
+    result = tenant_export_job.execute_in_process(
+        run_config={"ops": {"count_rows": {"config": {}}}},
+        resources=resources,
+        raise_on_error=False,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert not result.success
+    message = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "tenant_id" in message
+    assert open_uploads(s3_client, bucket, prefix) == []

@@ -8,6 +8,7 @@ also moves that row along (running, progress, succeeded); failures are recorded 
 """
 
 import contextlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,47 @@ class ExportConfig(dg.Config):
     max_rows_per_file: int | None = None
     link_expiry_hours: int = 24
     notify: NotifyConfig = NotifyConfig()
+
+
+def megabytes(n: int) -> str:
+    """Bytes as people read them in a log line (decimal MB, as S3 consoles show sizes)."""
+    return f"{n / 1_000_000:,.1f} MB"
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def progress_line(p: ExportProgress, elapsed: float) -> str:
+    """One log line per uploaded part: percent, rows, MB written, rows/s, ETA (the count's rows
+    left at the rate so far), parts and files, and the file being written."""
+    pct = f" ({100 * p.rows_exported / p.rows_total:.1f}%)" if p.rows_total else ""
+    rate = p.rows_exported / elapsed if elapsed > 0 else 0.0
+    left = max(p.rows_total - p.rows_exported, 0)
+    eta = duration(left / rate) if rate > 0 and p.rows_total else "unknown"
+    return (
+        f"progress: {p.rows_exported}/{p.rows_total} rows{pct}, {megabytes(p.bytes_written)} written, "
+        f"{rate:,.0f} rows/s, ETA {eta}; {p.parts_uploaded} parts, {p.files_completed} files done; "
+        f"writing {p.file_key}"
+    )
+
+
+def readable_summary(rows: int, size: int, seconds: float) -> dict[str, Any]:
+    """The human half of an op's metadata, beside the raw counts scripts read."""
+    return {
+        "size": megabytes(size),
+        "duration": duration(seconds),
+        "throughput": (
+            f"{rows / seconds:,.0f} rows/s, {megabytes(round(size / seconds))}/s" if seconds > 0 else "-"
+        ),
+    }
 
 
 @dataclass(frozen=True)
@@ -220,12 +262,10 @@ def export_files(
     client = s3.get_client()
     checkpoints = source.checkpoints()
 
+    started = time.monotonic()
+
     def on_progress(p: ExportProgress) -> None:
-        pct = f" ({100 * p.rows_exported / p.rows_total:.1f}%)" if p.rows_total else ""
-        context.log.info(
-            f"progress: {p.rows_exported}/{p.rows_total} rows{pct}, {p.bytes_written} bytes, "
-            f"{p.parts_uploaded} parts, {p.files_completed} files done; writing {p.file_key}"
-        )
+        context.log.info(progress_line(p, time.monotonic() - started))
         if run_plan.request_id:
             source.requests().update_progress(run_plan.request_id, p.rows_exported, p.bytes_written)
 
@@ -259,6 +299,7 @@ def export_files(
             "parts": sum(f.parts for f in outcome.files),
             "seconds": round(outcome.seconds, 3),
             "rows_per_second": round(outcome.rows / outcome.seconds) if outcome.seconds else 0,
+            **readable_summary(outcome.rows, outcome.bytes, outcome.seconds),
         }
     )
     return outcome
@@ -290,8 +331,44 @@ def finalize(
     }
     for number, link in enumerate(done.files, start=1):
         metadata[f"file_{number:05d}_url"] = dg.MetadataValue.url(link.url)
+    metadata.update(readable_summary(done.rows, done.bytes, outcome.seconds))
+    context.log_event(download_links(run_plan.plan, done))
     context.add_output_metadata(metadata)
     return done
+
+
+# Links shown on the run's page, one click away (not in the finalize output's long metadata).
+MAX_LINKED_FILES = 20
+
+
+def download_links(plan: ExportPlan, done: FinalizedExport) -> dg.AssetMaterialization:
+    """The export as an asset materialization of `exports/<resource>`: Dagster's run page lists a
+    run's materializations with their metadata, links clickable, in the run's own event log and
+    on the asset's page (every export of that resource, newest first)."""
+    req = plan.request
+    links: dict[str, Any] = {
+        "download": dg.MetadataValue.url(done.files[0].url if len(done.files) == 1 else done.manifest_url),
+        "manifest": dg.MetadataValue.url(done.manifest_url),
+    }
+    for number, link in enumerate(done.files[:MAX_LINKED_FILES], start=1):
+        links[f"file {number}"] = dg.MetadataValue.url(link.url)
+    return dg.AssetMaterialization(
+        asset_key=dg.AssetKey(["exports", req.resource]),
+        description=(
+            f"{req.tenant_id}: {done.rows} rows, {megabytes(done.bytes)} in {len(done.files)} file(s); "
+            f"links expire {done.expires_at:%Y-%m-%d %H:%M} UTC"
+        ),
+        metadata={
+            **links,
+            "tenant": req.tenant_id,
+            "export_id": req.export_id,
+            "format": req.format,
+            "rows": done.rows,
+            "size": megabytes(done.bytes),
+            "expires_at": done.expires_at.isoformat(),
+            "folder": plan.location.folder,
+        },
+    )
 
 
 @dg.op(tags={"kind": "s3"})
