@@ -1,26 +1,33 @@
 #!/usr/bin/env bash
-# System tools the test suite needs beyond the venv: LibreOffice Calc (headless), which opens the
-# XLSX and excel-profile CSV exports the way a spreadsheet user would. Installed from Debian's
-# packages only when `soffice` is missing; needs root (or sudo) and apt.
+# System tools the test suite needs beyond the venv, installed from Debian's packages only when
+# missing (needs root or sudo, and apt):
+# - LibreOffice Calc (headless, `soffice`): opens the XLSX and excel-profile CSV exports the way a
+#   spreadsheet user would;
+# - Chromium (`/usr/bin/chromium`): the real browser the /exports page test drives with playwright
+#   (the dev extra); `playwright install` is never used.
+# Without them those tests skip, except on CI (CI=true), where the browser test fails.
 set -euo pipefail
-if command -v soffice >/dev/null 2>&1; then
+missing=()
+command -v soffice >/dev/null 2>&1 || missing+=(libreoffice-calc)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-  echo "==> soffice not found and no apt-get: the LibreOffice test will be skipped" >&2
+  echo "==> ${missing[*]} not installed and no apt-get: their tests will be skipped" >&2
   exit 0
 fi
 sudo=""
 if [ "$(id -u)" != 0 ]; then
   if ! command -v sudo >/dev/null 2>&1; then
-    echo "==> soffice not found and not root: the LibreOffice test will be skipped" >&2
+    echo "==> ${missing[*]} not installed and not root: their tests will be skipped" >&2
     exit 0
   fi
   sudo="sudo -n"
 fi
-echo "==> installing libreoffice-calc (Debian package, headless use)"
+echo "==> installing ${missing[*]} (Debian packages, headless use)"
 start=$(date +%s)
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends libreoffice-calc >/dev/null
-echo "==> libreoffice-calc installed in $(( $(date +%s) - start ))s"
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "==> ${missing[*]} installed in $(( $(date +%s) - start ))s"

@@ -2,8 +2,10 @@
 its error answers and the request log, wired to one router per job:
 
 health.py (/healthz, /readyz) · create.py (POST /v1/exports, idempotency) · exports.py (status
-document, list) · files.py (files, /files/{n}, manifest) · events.py (SSE) · cancel.py (cancel,
-delete). auth.py is who is calling; status.py the status document; service.py the shared state.
+document, list) · files.py (files, /files/{n}, manifest) · events.py (SSE, and its token) ·
+cancel.py (cancel, delete) · resources.py (GET /v1/resources, the catalog) · page.py (the /exports
+web page). auth.py is who is calling, stream_tokens.py the event-stream tokens; status.py the
+status document; service.py the shared state.
 
 Thin on purpose: every handler is a few short statements on export_requests (through a small
 connection pool) or a presign; nothing here imports Dagster or launches a run. Handlers are plain
@@ -23,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from export_pipelines.api import cancel, create, events, exports, files, health
+from export_pipelines.api import cancel, create, events, exports, files, health, page, resources
 from export_pipelines.api.auth import RequestLog
 from export_pipelines.api.db import ConnectionPool
 from export_pipelines.api.errors import ApiError, error_response
@@ -62,8 +64,9 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
     app.add_middleware(RequestLog)
     add_error_handlers(app)
     # The order of the original single module, so /openapi.json lists the paths as before.
-    for module in (health, create, exports, files, events, cancel):
+    for module in (health, create, exports, files, events, cancel, resources):
         app.include_router(module.router(api))
+    app.include_router(page.router())
     return app
 
 

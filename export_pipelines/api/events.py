@@ -3,6 +3,9 @@ the status document changes), then one final event (`succeeded` with fresh links
 `canceled`); `Last-Event-ID` resumes. The one async handler: a stream holds no thread while it
 sleeps.
 
+A browser's EventSource cannot send `Authorization`: it asks `POST …/events/token` for a
+short-lived token of this one stream and opens `…/events?access_token=…` (stream_tokens.py).
+
 (No `from __future__ import annotations`: FastAPI resolves the handler's annotations.)"""
 
 import asyncio
@@ -11,23 +14,69 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from export_pipelines.api.auth import Auth, Principal
+from export_pipelines.api.auth import Auth, Principal, principal
 from export_pipelines.api.errors import ApiError
 from export_pipelines.api.files import files_document
-from export_pipelines.api.schemas import ERRORS, ExportId
+from export_pipelines.api.schemas import ERRORS, ExportId, StreamToken
 from export_pipelines.api.service import ExportApi
-from export_pipelines.api.status import API_VERSION
+from export_pipelines.api.status import API_VERSION, iso_unix, json_response
+from export_pipelines.api.stream_tokens import MAX_TOKEN_CHARS, TokenPrincipal, mint
 
 SSE_POLL_SECONDS = 1.0  # progress at most once a second
 SSE_KEEPALIVE_SECONDS = 15.0
 
 
+async def stream_principal(
+    request: Request,
+    export_id: ExportId,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    tenant_id: Annotated[
+        str | None,
+        Query(max_length=256, description="operator keys only: act for this tenant"),
+    ] = None,
+    access_token: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_TOKEN_CHARS,
+            description="for clients that cannot send Authorization (a browser's EventSource): a "
+            "token from POST /v1/exports/{export_id}/events/token, valid for this export only",
+        ),
+    ] = None,
+) -> Principal:
+    """The bearer key when there is one; else the event-stream token of this export."""
+    if authorization or not access_token:
+        return await principal(request, authorization, tenant_id)
+    return TokenPrincipal(request, access_token, export_id)
+
+
+StreamAuth = Annotated[Principal, Depends(stream_principal)]
+
+
 def router(api: ExportApi) -> APIRouter:
     router = APIRouter()
+
+    @router.post(
+        f"/{API_VERSION}/exports/{{export_id}}/events/token",
+        status_code=201,
+        tags=["exports"],
+        response_model=None,
+        responses={201: {"model": StreamToken}, **ERRORS},
+    )
+    def create_events_token(export_id: ExportId, who: Auth) -> JSONResponse:
+        """A short-lived token that opens this export's event stream without an Authorization
+        header (`GET …/events?access_token=…`), for a browser's EventSource."""
+        doc = api.load(who, export_id, position=False)["doc"]
+        token, expires = mint(who, doc["id"])
+        body = {
+            "token": token,
+            "expires_at": iso_unix(expires),
+            "url": f"{doc['links']['events']}?access_token={token}",
+        }
+        return json_response(body, 201, {"Cache-Control": "no-store"})
 
     @router.get(
         f"/{API_VERSION}/exports/{{export_id}}/events",
@@ -45,7 +94,7 @@ def router(api: ExportApi) -> APIRouter:
     async def events(
         request: Request,
         export_id: ExportId,
-        who: Auth,
+        who: StreamAuth,
         last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
     ) -> StreamingResponse:
         """Live progress of one export. Reconnect with Last-Event-ID to continue."""

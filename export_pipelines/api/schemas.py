@@ -79,6 +79,25 @@ class FileList(BaseModel):
     expires_at: str
 
 
+class StreamToken(BaseModel):
+    token: str
+    expires_at: str
+    url: str
+
+
+class Resource(BaseModel):
+    name: str
+    columns: list[str]
+    filters: list[str]
+    time_column: str | None
+
+
+class ResourceList(BaseModel):
+    data: list[Resource]
+    next_cursor: None = None
+    formats: list[str]
+
+
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = {}

@@ -21,6 +21,10 @@ def iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value is not None else None
 
 
+def iso_unix(seconds: float) -> str:
+    return iso(datetime.fromtimestamp(seconds, UTC)) or ""
+
+
 def _percent(row: dict[str, Any]) -> float | None:
     if row["status"] == "succeeded":
         return 100.0

@@ -1,0 +1,513 @@
+// The exports page (README "The exports page"): plain JavaScript, no build step, no framework.
+// Everything goes through the /v1 API of the service that served this page, with the API key the
+// user signed in with. API data is only ever put into the page as text (textContent), never as HTML.
+"use strict";
+
+(() => {
+  const KEY_STORAGE = "export_pipelines.api_key";
+  const PAGE_SIZE = 10;
+  // A browser opens about 6 HTTP/1.1 connections per origin and every EventSource holds one:
+  // stream at most 3 exports at once so requests and downloads still get a connection; the
+  // others are polled until a stream is free.
+  const MAX_STREAMS = 3;
+  const POLL_MS = 4000;
+  const ACTIVE = new Set(["pending", "queued", "running"]);
+  const FINAL_EVENTS = ["succeeded", "failed", "canceled"];
+
+  const $ = (id) => document.getElementById(id);
+  const state = {
+    key: null,
+    resources: [],
+    nextCursor: null,
+    rows: new Map(), // export id -> {tr, cells, doc, filesShownFor}
+    streams: new Map(), // export id -> EventSource (null while its token is being fetched)
+    waiting: [], // export ids waiting for a stream slot (polled meanwhile)
+    pollTimer: null,
+  };
+
+  class ApiError extends Error {
+    constructor(status, code, message, field) {
+      super(message);
+      this.status = status;
+      this.code = code;
+      this.field = field;
+    }
+  }
+
+  // --- the API ---------------------------------------------------------------------------------
+
+  async function call(method, path, body, extraHeaders) {
+    const headers = { Authorization: `Bearer ${state.key}`, Accept: "application/json", ...extraHeaders };
+    const init = { method, headers, cache: "no-store" };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (err) {
+      throw new ApiError(0, "network", `The service is not reachable (${err.message}).`);
+    }
+    const text = await response.text();
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      data = null;
+    }
+    if (!response.ok) {
+      const error = data && data.error ? data.error : {};
+      const message = error.message || `${response.status} ${response.statusText}`.trim();
+      if (response.status === 401) signOut();
+      throw new ApiError(response.status, error.code || `http_${response.status}`, message, error.field);
+    }
+    return data;
+  }
+
+  function idempotencyKey() {
+    // crypto.randomUUID needs a secure context; getRandomValues works everywhere.
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  // --- errors ----------------------------------------------------------------------------------
+
+  function showError(err) {
+    // The API's error.message names the field and the allowed values already.
+    $("error-text").textContent = err && err.message ? err.message : String(err);
+    $("error").hidden = false;
+  }
+
+  function clearError() {
+    $("error").hidden = true;
+    $("error-text").textContent = "";
+  }
+
+  // --- formatting ------------------------------------------------------------------------------
+
+  const numberFormat = new Intl.NumberFormat();
+
+  function bytes(n) {
+    if (n === null || n === undefined) return "—";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let value = n;
+    let unit = 0;
+    while (value >= 1024 && unit < units.length - 1) {
+      value /= 1024;
+      unit += 1;
+    }
+    return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`;
+  }
+
+  function when(iso) {
+    return iso ? new Date(iso).toLocaleString() : "";
+  }
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (name === "class") node.className = value;
+      else if (name === "text") node.textContent = value;
+      else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+      else node.setAttribute(name, value);
+    }
+    node.append(...children);
+    return node;
+  }
+
+  // --- signing in and out ----------------------------------------------------------------------
+
+  async function signIn(key) {
+    clearError();
+    state.key = key;
+    let catalog;
+    try {
+      catalog = await call("GET", "/v1/resources");
+    } catch (err) {
+      signOut();
+      showError(err.status === 401 ? new Error("That API key is unknown or revoked.") : err);
+      return;
+    }
+    sessionStorage.setItem(KEY_STORAGE, key);
+    $("signin").hidden = true;
+    $("app").hidden = false;
+    $("sign-out").hidden = false;
+    $("who").textContent = `Signed in with key ${key.slice(0, 12)}…`;
+    fillForm(catalog);
+    await loadExports(true);
+  }
+
+  function signOut() {
+    stopAllStreams();
+    state.key = null;
+    sessionStorage.removeItem(KEY_STORAGE);
+    $("app").hidden = true;
+    $("sign-out").hidden = true;
+    $("signin").hidden = false;
+    $("who").textContent = "";
+    $("api-key").value = "";
+  }
+
+  // --- the request form ------------------------------------------------------------------------
+
+  function fillForm(catalog) {
+    state.resources = catalog.data;
+    const resource = $("resource");
+    resource.replaceChildren(...catalog.data.map((r) => el("option", { value: r.name, text: r.name })));
+    const format = $("format");
+    format.replaceChildren(...catalog.formats.map((f) => el("option", { value: f, text: f })));
+    fillColumns();
+  }
+
+  function currentResource() {
+    return state.resources.find((r) => r.name === $("resource").value);
+  }
+
+  function fillColumns() {
+    const spec = currentResource();
+    const list = $("column-list");
+    if (!spec) {
+      list.replaceChildren();
+      return;
+    }
+    list.replaceChildren(
+      ...spec.columns.map((name) =>
+        el("label", {}, el("input", { type: "checkbox", name: "column", value: name, checked: "" }), name),
+      ),
+    );
+    // Date ranges filter on the resource's time column; without one there is nothing to filter.
+    for (const id of ["date-from", "date-to"]) {
+      $(id).disabled = !spec.time_column;
+      $(id).title = spec.time_column ? `filters ${spec.time_column}` : "this resource has no time column";
+    }
+  }
+
+  function setAllColumns(checked) {
+    for (const box of $("column-list").querySelectorAll("input[type=checkbox]")) box.checked = checked;
+  }
+
+  async function submitRequest(event) {
+    event.preventDefault();
+    clearError();
+    const spec = currentResource();
+    if (!spec) return;
+    const body = { resource: spec.name, format: $("format").value };
+    if ($("compression").value) body.compression = $("compression").value;
+    const checked = Array.from($("column-list").querySelectorAll("input:checked"), (box) => box.value);
+    if (checked.length === 0) {
+      showError(new Error(`columns: choose at least one; allowed: ${spec.columns.join(", ")}`));
+      return;
+    }
+    if (checked.length < spec.columns.length) body.columns = checked;
+    const filters = {};
+    if ($("date-from").value && !$("date-from").disabled) filters.date_from = $("date-from").value;
+    if ($("date-to").value && !$("date-to").disabled) filters.date_to = $("date-to").value;
+    if (Object.keys(filters).length) body.filters = filters;
+    const button = $("request-submit");
+    button.disabled = true;
+    try {
+      const doc = await call("POST", "/v1/exports", body, { "Idempotency-Key": idempotencyKey() });
+      upsertRow(doc, "top");
+      $("empty").hidden = true;
+      watch(doc.id);
+    } catch (err) {
+      showError(err);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // --- the table -------------------------------------------------------------------------------
+
+  async function loadExports(reset) {
+    clearError();
+    if (reset) {
+      stopAllStreams();
+      state.rows.clear();
+      state.nextCursor = null;
+      $("export-rows").replaceChildren();
+    }
+    const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+    if (!reset && state.nextCursor) query.set("cursor", state.nextCursor);
+    try {
+      const page = await call("GET", `/v1/exports?${query}`);
+      for (const doc of page.data) {
+        upsertRow(doc, "bottom");
+        if (ACTIVE.has(doc.status)) watch(doc.id);
+      }
+      state.nextCursor = page.next_cursor;
+    } catch (err) {
+      showError(err);
+    }
+    $("more").hidden = !state.nextCursor;
+    $("empty").hidden = state.rows.size > 0;
+  }
+
+  function upsertRow(doc, where) {
+    let entry = state.rows.get(doc.id);
+    if (!entry) {
+      const cells = {
+        when: el("td", { class: "when" }),
+        resource: el("td"),
+        format: el("td"),
+        status: el("td"),
+        progress: el("td"),
+        rows: el("td", { class: "num" }),
+        size: el("td", { class: "num" }),
+        files: el("td", { class: "files" }),
+      };
+      const fill = el("div", { class: "fill" });
+      const label = el("span", { class: "label" });
+      cells.bar = el("div", { class: "bar", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100" }, fill, label);
+      cells.fill = fill;
+      cells.label = label;
+      cells.progress.append(cells.bar);
+      const tr = el("tr", { "data-id": doc.id }, ...Object.values(cells).filter((c) => c.tagName === "TD"));
+      entry = { tr, cells, doc: null, filesShownFor: null };
+      state.rows.set(doc.id, entry);
+      const body = $("export-rows");
+      if (where === "top") body.prepend(tr);
+      else body.append(tr);
+    }
+    render(entry, doc);
+    return entry;
+  }
+
+  function render(entry, doc) {
+    // An older document (a poll answered after a newer event) never overwrites a newer one.
+    if (entry.doc && entry.doc.updated_at > doc.updated_at && !doc.files) return;
+    entry.doc = doc;
+    const { cells, tr } = entry;
+    tr.dataset.status = doc.status;
+    cells.when.textContent = when(doc.created_at);
+    cells.when.title = doc.id;
+    cells.resource.textContent = doc.resource;
+    cells.format.textContent = doc.compression && doc.compression !== "none" ? `${doc.format} · ${doc.compression}` : doc.format;
+
+    const status = el("span", { class: `status ${doc.status}`, text: doc.status });
+    const statusChildren = [status];
+    if (doc.error) statusChildren.push(el("span", { class: "row-error", text: doc.error.message }));
+    cells.status.replaceChildren(...statusChildren);
+
+    let percent = doc.percent;
+    let label;
+    if (doc.status === "pending" || doc.status === "queued") {
+      percent = 0;
+      label = doc.queue_position === null || doc.queue_position === undefined
+        ? doc.status
+        : `${doc.status} · ${doc.queue_position} ahead`;
+    } else if (percent === null || percent === undefined) {
+      percent = 0;
+      label = doc.status === "running" ? "starting…" : doc.status;
+    } else {
+      label = `${percent.toFixed(percent < 10 && percent > 0 ? 1 : 0)}%`;
+    }
+    cells.bar.className = `bar ${doc.status}`;
+    cells.bar.setAttribute("aria-valuenow", String(percent));
+    cells.fill.style.width = `${Math.max(0, Math.min(100, percent))}%`;
+    cells.label.textContent = label;
+
+    cells.rows.textContent =
+      doc.rows_total === null || doc.rows_total === undefined
+        ? numberFormat.format(doc.rows_exported || 0)
+        : `${numberFormat.format(doc.rows_exported || 0)} / ${numberFormat.format(doc.rows_total)}`;
+    cells.size.textContent = bytes(doc.bytes_written);
+    renderFiles(entry, doc);
+  }
+
+  function renderFiles(entry, doc) {
+    const cell = entry.cells.files;
+    const shownFor = doc.status + (doc.files ? ":files" : "");
+    if (entry.filesShownFor === shownFor) return; // keep buttons stable while progress updates
+    entry.filesShownFor = shownFor;
+    if (doc.status === "succeeded") {
+      if (doc.files) fileButtons(entry, doc.files);
+      else
+        cell.replaceChildren(
+          el("button", { type: "button", class: "small secondary show-files", text: "Files", onclick: () => showFiles(entry) }),
+        );
+    } else if (ACTIVE.has(doc.status)) {
+      cell.replaceChildren(
+        el("button", { type: "button", class: "small secondary cancel", text: "Cancel", onclick: (e) => cancel(doc.id, e.target) }),
+      );
+    } else if (doc.status === "expired") {
+      cell.replaceChildren(el("span", { class: "hint", text: "deleted" }));
+    } else {
+      cell.replaceChildren();
+    }
+  }
+
+  function fileButtons(entry, files) {
+    const id = entry.doc.id;
+    if (files.length === 0) {
+      entry.cells.files.replaceChildren(el("span", { class: "hint", text: "no files" }));
+      return;
+    }
+    entry.cells.files.replaceChildren(
+      ...files.map((f) =>
+        el("button", {
+          type: "button",
+          class: "small download",
+          "data-number": String(f.number),
+          title: `${f.filename} · ${numberFormat.format(f.rows ?? 0)} rows`,
+          text: files.length === 1 ? `Download (${bytes(f.bytes)})` : `File ${f.number} (${bytes(f.bytes)})`,
+          onclick: (e) => download(id, f.number, e.target),
+        }),
+      ),
+    );
+  }
+
+  async function showFiles(entry) {
+    clearError();
+    try {
+      const files = await call("GET", `/v1/exports/${entry.doc.id}/files`);
+      fileButtons(entry, files.data);
+      entry.filesShownFor = "succeeded:files";
+    } catch (err) {
+      showError(err);
+    }
+  }
+
+  async function download(id, number, button) {
+    // Links are presigned for a limited time: ask for a fresh one at every click, then let the
+    // browser fetch the file from storage directly (Content-Disposition: attachment).
+    clearError();
+    button.disabled = true;
+    try {
+      const files = await call("GET", `/v1/exports/${id}/files`);
+      const file = files.data.find((f) => f.number === number);
+      if (!file) throw new Error(`file ${number}: not in this export (it has ${files.data.length})`);
+      const link = el("a", { href: file.url, download: file.filename, rel: "noopener" });
+      document.body.append(link);
+      link.click();
+      link.remove();
+    } catch (err) {
+      showError(err);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function cancel(id, button) {
+    clearError();
+    button.disabled = true;
+    try {
+      update(await call("POST", `/v1/exports/${id}/cancel`));
+    } catch (err) {
+      showError(err);
+      button.disabled = false;
+    }
+  }
+
+  function update(doc) {
+    const entry = state.rows.get(doc.id);
+    if (entry) render(entry, doc);
+  }
+
+  // --- live progress: one EventSource per running export -----------------------------------------
+
+  function watch(id) {
+    if (state.streams.has(id) || state.waiting.includes(id)) return;
+    if (state.streams.size >= MAX_STREAMS) {
+      state.waiting.push(id);
+      startPolling();
+      return;
+    }
+    openStream(id);
+  }
+
+  async function openStream(id) {
+    state.streams.set(id, null); // hold the slot while the token is fetched
+    let token;
+    try {
+      // EventSource cannot send Authorization: a short-lived token for this one stream instead.
+      token = await call("POST", `/v1/exports/${id}/events/token`);
+    } catch (err) {
+      if (err.status !== 401) showError(err);
+      releaseStream(id);
+      return;
+    }
+    if (!state.streams.has(id)) return; // signed out or reloaded meanwhile
+    const source = new EventSource(token.url);
+    state.streams.set(id, source);
+    const onDocument = (event) => update(JSON.parse(event.data));
+    source.addEventListener("progress", onDocument);
+    for (const name of FINAL_EVENTS) {
+      source.addEventListener(name, (event) => {
+        onDocument(event);
+        releaseStream(id); // the stream ends at a final event: do not let EventSource reconnect
+      });
+    }
+    source.onerror = () => {
+      // CONNECTING: the browser reconnects by itself with Last-Event-ID. CLOSED: it was refused
+      // (the token expired, or the export is gone): ask for a new token while it is still active.
+      if (source.readyState !== EventSource.CLOSED) return;
+      releaseStream(id);
+      const entry = state.rows.get(id);
+      if (entry && ACTIVE.has(entry.doc.status)) setTimeout(() => watch(id), 2000);
+    };
+  }
+
+  function releaseStream(id) {
+    const source = state.streams.get(id);
+    if (source) source.close();
+    state.streams.delete(id);
+    while (state.waiting.length && state.streams.size < MAX_STREAMS) {
+      const next = state.waiting.shift();
+      const entry = state.rows.get(next);
+      if (entry && ACTIVE.has(entry.doc.status)) openStream(next);
+    }
+  }
+
+  function stopAllStreams() {
+    for (const source of state.streams.values()) if (source) source.close();
+    state.streams.clear();
+    state.waiting = [];
+    if (state.pollTimer) clearInterval(state.pollTimer);
+    state.pollTimer = null;
+  }
+
+  function startPolling() {
+    if (state.pollTimer) return;
+    state.pollTimer = setInterval(async () => {
+      if (!state.waiting.length) {
+        clearInterval(state.pollTimer);
+        state.pollTimer = null;
+        return;
+      }
+      for (const id of [...state.waiting]) {
+        try {
+          const doc = await call("GET", `/v1/exports/${id}`);
+          update(doc);
+          if (!ACTIVE.has(doc.status)) state.waiting = state.waiting.filter((w) => w !== id);
+        } catch (err) {
+          state.waiting = state.waiting.filter((w) => w !== id);
+        }
+      }
+    }, POLL_MS);
+  }
+
+  // --- wiring ----------------------------------------------------------------------------------
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("signin-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const key = $("api-key").value.trim();
+      if (key) signIn(key);
+    });
+    $("sign-out").addEventListener("click", () => {
+      clearError();
+      signOut();
+    });
+    $("error-close").addEventListener("click", clearError);
+    $("resource").addEventListener("change", fillColumns);
+    $("columns-all").addEventListener("click", () => setAllColumns(true));
+    $("columns-none").addEventListener("click", () => setAllColumns(false));
+    $("request-form").addEventListener("submit", submitRequest);
+    $("refresh").addEventListener("click", () => loadExports(true));
+    $("more").addEventListener("click", () => loadExports(false));
+    const saved = sessionStorage.getItem(KEY_STORAGE);
+    if (saved) signIn(saved);
+  });
+})();
