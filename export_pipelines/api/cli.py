@@ -50,10 +50,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ExportError as exc:
         print(f"export-pipelines serve: {exc}", file=sys.stderr)
         return 2
-    print(
-        f"export API on http://{args.host}:{args.port}  (docs: http://{args.host}:{args.port}/docs)",
-        flush=True,
-    )
+    base = f"http://{args.host}:{args.port}"
+    print(f"export API on {base}  (docs: {base}/docs; the exports page: {base}/exports)", flush=True)
     common = {
         "host": args.host,
         "port": args.port,
