@@ -93,6 +93,10 @@ class StoredRequest:
     started_at: datetime | None
     completed_at: datetime | None
     error_code: str | None = None
+    # Written by the export API only (core/api_keys.py's columns): the run takes them from the row.
+    link_expiry_hours: int | None = None
+    max_rows_per_file: int | None = None
+    cancel_requested_at: datetime | None = None
 
     @property
     def run_key(self) -> str:

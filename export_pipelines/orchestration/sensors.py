@@ -48,6 +48,8 @@ def request_run_config(row: StoredRequest) -> dict[str, Any]:
         request_id=row.id,
         webhook_url=row.webhook_url,
         email=row.email,
+        max_rows_per_file=row.max_rows_per_file,
+        link_expiry_hours=row.link_expiry_hours,
     )
 
 
