@@ -53,24 +53,89 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run tenant_export_job on the configured Dagster instance and print what it made."""
+    """Run tenant_export_job on the configured Dagster instance and print what it made.
+
+    With a daemon serving the instance's run queue, the run goes through that queue like every
+    other door (the per-tenant and global caps of dagster.yaml apply, and the run coordinator tags
+    it); without one (the README's first command) it runs in this process, where no queued run
+    can start beside it."""
+    import dagster as dg
+
+    from export_pipelines.orchestration.run_config import export_run_config
+
+    run_config = export_run_config(tenant_id=args.tenant, resource=args.resource, format=args.format)
+    with dg.DagsterInstance.get() as instance:
+        if _queue_is_served(instance):
+            return _demo_through_the_queue(instance, run_config, args.timeout)
+        return _demo_in_process(instance, run_config)
+
+
+# A daemon whose queue heartbeat is older than this is taken as stopped.
+DAEMON_HEARTBEAT_SECONDS = 60
+
+
+def _queue_is_served(instance: Any) -> bool:
+    import time
+
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+
+    if not isinstance(instance.run_coordinator, QueuedRunCoordinator):
+        return False
+    beat = instance.get_daemon_heartbeats().get("QUEUED_RUN_COORDINATOR")
+    return beat is not None and time.time() - beat.timestamp < DAEMON_HEARTBEAT_SECONDS
+
+
+def _demo_through_the_queue(instance: Any, run_config: dict[str, Any], timeout: float) -> int:
+    import json
+    import time
+
+    import dagster as dg
+    from dagster._cli.job import execute_launch_command
+    from dagster._cli.workspace.cli_target import WorkspaceOpts
+
+    from export_pipelines.orchestration.backfills import WORKSPACE
+
+    run = execute_launch_command(
+        instance=instance,
+        workspace_opts=WorkspaceOpts(workspace=[str(WORKSPACE)]),
+        config_json=json.dumps(run_config),
+        job_name="tenant_export_job",
+    )
+    print(f"run {run.run_id} queued (the daemon starts it when the tenant's and the global caps allow)")
+    deadline = time.monotonic() + timeout
+    while (run := instance.get_run_by_id(run.run_id)) is not None and not run.is_finished:
+        if time.monotonic() > deadline:
+            print(f"run {run.run_id} still {run.status.value} after {timeout:.0f} s", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+    if run is None or run.status != dg.DagsterRunStatus.SUCCESS:
+        print(f"run {run.run_id if run else '?'} failed; see the Dagster UI", file=sys.stderr)
+        return 1
+    records = instance.get_records_for_run(
+        run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+    ).records
+    meta = records[-1].event_log_entry.asset_materialization.metadata
+    url = meta["download"].value
+    print(f"run {run.run_id} succeeded: {meta['rows'].value} rows, {meta['size'].value}")
+    print(f"  folder:    {meta['folder'].value}")
+    print(f"  link (expires {meta['expires_at'].value}):")
+    print(f"  {url}")
+    return 0
+
+
+def _demo_in_process(instance: Any, run_config: dict[str, Any]) -> int:
     import dagster as dg
 
     from export_pipelines.core.layout import file_extension
     from export_pipelines.definitions import tenant_export_job_with_resources
-    from export_pipelines.orchestration import tags
-    from export_pipelines.orchestration.run_config import export_run_config
+    from export_pipelines.orchestration.run_coordinator import export_tags
 
-    run_config = export_run_config(tenant_id=args.tenant, resource=args.resource, format=args.format)
-    with (
-        dg.DagsterInstance.get() as instance,
-        dg.execute_job(
-            dg.reconstructable(tenant_export_job_with_resources),
-            instance=instance,
-            run_config=run_config,
-            tags={tags.TENANT: args.tenant},
-        ) as result,
-    ):
+    with dg.execute_job(
+        dg.reconstructable(tenant_export_job_with_resources),
+        instance=instance,
+        run_config=run_config,
+        tags=export_tags({}, run_config),  # as the run coordinator tags queued runs
+    ) as result:
         if not result.success:
             print(f"run {result.run_id} failed; see `dagster dev` UI or the log above", file=sys.stderr)
             return 1
@@ -326,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", default="t-big")
     p.add_argument("--resource", default="orders")
     p.add_argument("--format", default="csv", help=FORMAT_HELP)
+    p.add_argument(
+        "--timeout", type=float, default=600, help="seconds to wait for a queued run (with a daemon)"
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("migrate", help="create/upgrade export_requests and the checkpoint tables")

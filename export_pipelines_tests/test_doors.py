@@ -1,8 +1,8 @@
 """Issue 14 items 4 and 6: one per-tenant cap for every door, and every run tagged the same way.
 
 A real daemon with the project's dagster.yaml; the same tenant is launched from several doors at
-once (a request row for the sensor, `dagster job launch` as the launchpad does, a backfill of two
-partitions) and its runs never overlap; another tenant's run is not held back by them.
+once (a request row for the sensor, `dagster job launch` as the launchpad does, `export-pipelines
+demo`, a backfill of two partitions) and its runs never overlap; another tenant's run is not held back by them.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines.orchestration.run_coordinator import export_tags
 from export_pipelines_tests.daemon import ROOT, running_daemon
+from export_pipelines_tests.s3_fault_proxy import S3FaultProxy, delay, op
 
 TENANT = "t-big"  # enterprise in the demo data, and big: its runs last long enough to overlap
 OTHER = "t-010"
@@ -53,11 +54,20 @@ def test_export_tags_from_config_partition_and_sensor():
     assert export_tags({}, {}, "run-1") == {}
 
 
+# Every export's upload is held this long, so a run lasts longer than the daemon takes to start
+# the next (about 7 s a run here): uncapped runs of one tenant would then run side by side.
+HOLD_SECONDS = 12
+
+
 @pytest.fixture(scope="module")
 def daemon(stack_env, source_url, bucket, tmp_path_factory) -> Iterator[tuple[dict[str, str], Path]]:
     home = tmp_path_factory.mktemp("dagster_home_doors")
-    with running_daemon(stack_env, source_url, bucket, home, "dagster_doors") as env:
-        yield env, home
+    with S3FaultProxy(stack_env["AWS_ENDPOINT_URL"]) as proxy:
+        proxy.add_fault(op("CreateMultipartUpload"), delay(HOLD_SECONDS), times=None)
+        with running_daemon(
+            stack_env, source_url, bucket, home, "dagster_doors", AWS_ENDPOINT_URL=proxy.endpoint_url
+        ) as env:
+            yield env, home
 
 
 def dagster_cli(env: dict[str, str], *args: str) -> subprocess.Popen:
@@ -105,16 +115,23 @@ def test_finding_04_one_tenant_cap_for_every_door(daemon, store, monkeypatch):
                 f"2024-05-01|{TENANT},2024-06-01|{TENANT}",
                 "--noprompt",
             ),
+            subprocess.Popen(  # CLI door: with a daemon running, through the queue
+                [str(BIN / "export-pipelines"), "demo", "--tenant", TENANT, "--timeout", "500"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            ),
             launch(env, OTHER),
         ]
         request_id = store.create(tenant_id=TENANT, resource="orders", format="csv")  # sensor door
         for door in doors:
-            output = door.communicate(timeout=180)[0]
+            output = door.communicate(timeout=600)[0]
             assert door.returncode == 0, output
-        deadline = time.monotonic() + 400
+        deadline = time.monotonic() + 600
         while True:
             runs = instance.get_run_records()
-            if len(runs) >= 5 and all(r.dagster_run.status in DONE for r in runs):
+            if len(runs) >= 6 and all(r.dagster_run.status in DONE for r in runs):
                 break
             assert time.monotonic() < deadline, [(r.dagster_run.tags, r.dagster_run.status) for r in runs]
             time.sleep(1)
@@ -122,7 +139,8 @@ def test_finding_04_one_tenant_cap_for_every_door(daemon, store, monkeypatch):
     assert set(statuses.values()) == {dg.DagsterRunStatus.SUCCESS}, statuses
     # Which tenant a run exported, read from its config or partition (not from the tags under test).
     mine = [r for r in runs if exported_tenant(r.dagster_run) == TENANT]
-    assert len(mine) == 4, [r.dagster_run.tags for r in runs]  # sensor, launchpad, 2 partitions
+    # sensor, launchpad, CLI demo, 2 partitions
+    assert len(mine) == 5, [r.dagster_run.tags for r in runs]
     # The cap: never two of the tenant's runs at once.
     assert overlaps(mine) == 1, [(r.start_time, r.end_time) for r in mine]
     assert store.get(request_id).status == "succeeded"
