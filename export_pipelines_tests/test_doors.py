@@ -49,8 +49,9 @@ def test_export_tags_from_config_partition_and_sensor():
         {"dagster/partition": "2026-10-01|t-2"}, export_run_config(tenant_id="", resource="orders")
     )
     assert partitioned[tags.TENANT] == "t-2" and partitioned[tags.EXPORT_ID] == "2026-10"
-    # The sensor's own tags stay; the janitor is not an export.
-    assert tags.TENANT not in export_tags({tags.TENANT: "t-1"}, config, "run-1")
+    # The config decides: a tenant tag naming another tenant cannot take a run out of its cap.
+    assert export_tags({tags.TENANT: "t-other"}, config, "run-1")[tags.TENANT] == "t-1"
+    # The janitor is not an export.
     assert export_tags({}, {}, "run-1") == {}
 
 
@@ -81,10 +82,12 @@ def dagster_cli(env: dict[str, str], *args: str) -> subprocess.Popen:
     )
 
 
-def launch(env: dict[str, str], tenant: str) -> subprocess.Popen:
-    """As the launchpad does: the run config only, no tags (GraphQL launchRun → submit_run)."""
+def launch(env: dict[str, str], tenant: str, run_tags: dict[str, str] | None = None) -> subprocess.Popen:
+    """As the launchpad does: the run config, and the tags the user typed, if any (GraphQL
+    launchRun → submit_run)."""
     config = export_run_config(tenant_id=tenant, resource="orders", format="csv")
-    return dagster_cli(env, "launch", "-j", "tenant_export_job", "--config-json", json.dumps(config))
+    args = ["launch", "-j", "tenant_export_job", "--config-json", json.dumps(config)]
+    return dagster_cli(env, *args, *(["--tags", json.dumps(run_tags)] if run_tags else []))
 
 
 def overlaps(runs: list[dg.RunRecord]) -> int:
@@ -105,7 +108,8 @@ def test_finding_04_one_tenant_cap_for_every_door(daemon, store, monkeypatch):
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions("tenants", [TENANT, OTHER])
         doors = [
-            launch(env, TENANT),  # launchpad door
+            # Launchpad door, with a tenant tag naming another tenant: the config decides.
+            launch(env, TENANT, {tags.TENANT: "t-elsewhere"}),
             dagster_cli(  # backfill door: two partitions of the same tenant
                 env,
                 "backfill",

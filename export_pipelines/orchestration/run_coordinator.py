@@ -29,7 +29,8 @@ def export_tags(
     run_tags: Mapping[str, str], run_config: Mapping[str, Any] | None, run_id: str | None = None
 ) -> dict[str, str]:
     """The tags every export run carries, from its run config and partition key. Empty when the
-    run is not an export (the janitor); tags already set (the sensor's) are kept as they are.
+    run is not an export (the janitor). They override tags the submitter set: a launchpad user's
+    `tenant` tag naming another tenant must not take the run out of its tenant's cap.
     `run_id`: the export id of an ad-hoc run without request_id (as count_rows names it)."""
     ops = (run_config or {}).get("ops") or {}
     entry = ops.get(ENTRY_OP) if isinstance(ops, Mapping) else None
@@ -50,7 +51,7 @@ def export_tags(
         derived[tags.TENANT], export_id = tenant, month[:7]
     if export_id:
         derived[tags.EXPORT_ID] = str(export_id)
-    return {key: value for key, value in derived.items() if key not in run_tags}
+    return derived
 
 
 class TenantRunCoordinator(QueuedRunCoordinator):
@@ -60,7 +61,8 @@ class TenantRunCoordinator(QueuedRunCoordinator):
 
     def submit_run(self, context: SubmitRunContext) -> DagsterRun:
         run = context.dagster_run
-        new_tags = export_tags(run.tags, run.run_config, run.root_run_id or run.run_id)
+        derived = export_tags(run.tags, run.run_config, run.root_run_id or run.run_id)
+        new_tags = {key: value for key, value in derived.items() if run.tags.get(key) != value}
         if new_tags:
             self._instance.add_run_tags(run.run_id, new_tags)
             run = run.with_tags({**run.tags, **new_tags})
