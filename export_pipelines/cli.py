@@ -442,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job", default="monthly_tenant_export_job", help="monthly_tenant_export_job")
     p.add_argument("--dry-run", action="store_true", help="print the partitions, launch nothing")
     p.set_defaults(func=cmd_backfill)
+    from export_pipelines.api.cli import add_commands
+
+    add_commands(sub)  # serve, api-key
     return parser
 
 

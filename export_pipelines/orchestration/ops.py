@@ -73,6 +73,17 @@ def explained_on_last_attempt(context: dg.OpExecutionContext) -> Iterator[None]:
         yield
     except dg.Failure:
         raise
+    except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
+        # Dagster retries an interrupted op that has a retry policy (it may have been preempted);
+        # a run being canceled (the API's cancel, the UI's terminate) must stop instead.
+        run = context.instance.get_run_by_id(context.run_id)
+        if run is None or run.status != dg.DagsterRunStatus.CANCELING:
+            raise
+        raise dg.Failure(
+            description="the run was canceled",
+            metadata={ERROR_CODE_KEY: "canceled", TENANT_ERROR_KEY: tenant_message("canceled")},
+            allow_retries=False,
+        ) from exc
     except Exception as exc:
         if not is_last_attempt(context):
             raise
