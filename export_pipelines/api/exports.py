@@ -1,6 +1,6 @@
 """Reading exports: `GET /v1/exports/{id}` (the status document, ETag → 304 for pollers) and
 `GET /v1/exports` (the tenant's exports, newest first, keyset-paginated on (created_at, id) —
-never OFFSET).
+never by counting rows to skip).
 
 (No `from __future__ import annotations`: FastAPI resolves the handlers' annotations.)"""
 

@@ -19,7 +19,7 @@ from export_pipelines.core.notify import check_webhook_url
 # would also match before a trailing newline.
 _EXPORT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # ISO 8601 as people write it: a date, optionally a time (seconds and fraction optional), optionally
-# Z or an offset. Anything else ("2024-01-01ZZ", which fromisoformat would read) is refused.
+# Z or a UTC difference (+02:00). Anything else ("2024-01-01ZZ", which fromisoformat would read) is refused.
 _ISO_8601 = re.compile(
     r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,6})?)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?"
 )
