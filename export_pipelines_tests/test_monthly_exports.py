@@ -276,3 +276,20 @@ def test_notify_settings_api(source_url, stack_env, bucket, prefix):
         assert cleared.json() == {"tenant_id": tenant, "webhook_url": None, "email": None}
         assert client.get("/v1/notify-settings").status_code == 401
         assert "/v1/notify-settings" in client.get("/openapi.json").json()["paths"]
+
+
+def test_apps_cannot_make_monthly_rows_or_read_tenant_defaults(source_url):
+    """origin and export_id are the service's columns: an app row naming them (to dodge the cap or
+    point at another folder) is refused, and the tenants' defaults are not the app role's to read."""
+    import psycopg
+
+    migrate_api(source_url)
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        conn.execute("SET ROLE export_app")
+        for column, value in [("origin", "'monthly'"), ("export_id", "'2024-01'")]:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+                conn.execute(
+                    f"INSERT INTO export_requests (tenant_id, resource, {column}) VALUES ('t-003', 'orders', {value})"
+                )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM export_tenant_settings")
