@@ -55,10 +55,14 @@ def rows_of(db, rid: str) -> list[dict]:
 
 @pytest.fixture(autouse=True)
 def no_tenant_defaults_left(source_url):
-    """Tenants' default targets set here must not reach other test modules' runs."""
+    """Tenants' default targets set here, and the notifications queued to them, must not reach
+    other test modules (their delivery sensor sends every due delivery)."""
     yield
     with TenantSettingsStore(source_url).migrate_once() as settings:
         settings.execute("DELETE FROM export_tenant_settings WHERE tenant_id LIKE 't-%%'")
+        settings.execute(
+            "DELETE FROM export_deliveries WHERE target = ANY(%s)", [[HOOK, "data@t-005.example.com"]]
+        )
 
 
 @pytest.fixture
