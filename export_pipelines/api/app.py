@@ -25,7 +25,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from export_pipelines.api import cancel, create, events, exports, files, health, page, resources
+from export_pipelines.api import (
+    cancel,
+    create,
+    events,
+    exports,
+    files,
+    health,
+    page,
+    resources,
+    settings_routes,
+)
 from export_pipelines.api.auth import RequestLog
 from export_pipelines.api.db import ConnectionPool
 from export_pipelines.api.errors import ApiError, error_response
@@ -64,7 +74,7 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
     app.add_middleware(RequestLog)
     add_error_handlers(app)
     # The order of the original single module, so /openapi.json lists the paths as before.
-    for module in (health, create, exports, files, events, cancel, resources):
+    for module in (health, create, exports, files, events, cancel, resources, settings_routes):
         app.include_router(module.router(api))
     app.include_router(page.router())
     return app

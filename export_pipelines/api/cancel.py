@@ -19,7 +19,7 @@ from export_pipelines.api.service import ExportApi
 from export_pipelines.api.status import API_VERSION, json_response, status_document
 from export_pipelines.core.delivery import webhook_payload
 from export_pipelines.core.layout import ExportLocation
-from export_pipelines.core.request_store import is_request_id
+from export_pipelines.core.request_store import folder_export_id, is_request_id
 from export_pipelines.core.s3 import delete_prefix
 
 CANCELED_BEFORE_START = "canceled before it started"
@@ -148,7 +148,12 @@ def router(api: ExportApi) -> APIRouter:
                 + (" (cancel it first)" if row["status"] in ACTIVE_STATUSES else ""),
             )
         if row["status"] == "succeeded":
-            location = ExportLocation(settings.prefix, row["tenant_id"], row["resource"], str(row["id"]))
+            location = ExportLocation(
+                settings.prefix,
+                row["tenant_id"],
+                row["resource"],
+                folder_export_id(row.get("export_id"), row["id"]),
+            )
             delete_prefix(api.s3, api.bucket, location.folder)
             with api.pool.connection() as conn:
                 conn.execute(

@@ -14,6 +14,7 @@ from export_pipelines.api.status import API_VERSION, iso, json_response
 from export_pipelines.core.errors import Rejected
 from export_pipelines.core.layout import ExportLocation
 from export_pipelines.core.links import Link, read_manifest
+from export_pipelines.core.request_store import folder_export_id
 
 
 def files_document(links: list[Link]) -> dict[str, Any]:
@@ -94,7 +95,12 @@ def router(api: ExportApi) -> APIRouter:
         """The export's manifest.json (files, rows, bytes, sha256, columns and types, snapshot)."""
         row = api.load(who, export_id, position=False)["row"]
         api.links(row)  # same status checks as /files
-        location = ExportLocation(settings.prefix, row["tenant_id"], row["resource"], str(row["id"]))
+        location = ExportLocation(
+            settings.prefix,
+            row["tenant_id"],
+            row["resource"],
+            folder_export_id(row.get("export_id"), row["id"]),
+        )
         try:
             return json_response(read_manifest(api.s3, api.bucket, location))
         except Rejected as exc:

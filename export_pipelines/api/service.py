@@ -15,7 +15,7 @@ from export_pipelines.core.catalog import Catalog, load_catalog
 from export_pipelines.core.errors import Rejected
 from export_pipelines.core.layout import ExportLocation
 from export_pipelines.core.links import Link, fresh_links
-from export_pipelines.core.request_store import is_request_id
+from export_pipelines.core.request_store import folder_export_id, is_request_id
 from export_pipelines.core.s3 import make_s3_client
 from export_pipelines.settings import Settings
 
@@ -76,7 +76,12 @@ class ExportApi:
                 raise ApiError(410, "export_expired", "the export's files have expired")
             hours = min(hours, left)
         try:
-            location = ExportLocation(self.settings.prefix, row["tenant_id"], row["resource"], str(row["id"]))
+            location = ExportLocation(
+                self.settings.prefix,
+                row["tenant_id"],
+                row["resource"],
+                folder_export_id(row.get("export_id"), row["id"]),
+            )
             return fresh_links(self.s3, self.bucket, location, hours)
         except Rejected as exc:
             raise ApiError(410, "export_expired", str(exc)) from exc

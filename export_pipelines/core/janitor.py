@@ -29,12 +29,13 @@ FORGET_CHECKPOINTS_AFTER = timedelta(days=7)
 
 
 def request_location(prefix: str, req: StoredRequest) -> ExportLocation:
-    """The folder a request's export was written to: (prefix, tenant, resource, request id).
+    """The folder a request's export was written to: (prefix, tenant, resource, export id), the
+    export id being the row's id, or a monthly row's month (StoredRequest.folder_export_id).
 
     Never a column such as `manifest_key`: apps can write rows, and a row naming another folder
     must not make the service delete or sign it. Rejected when the row cannot name a folder
     (a resource no export could have been written under)."""
-    return ExportLocation(prefix, req.tenant_id, req.resource, req.id)
+    return ExportLocation(prefix, req.tenant_id, req.resource, req.folder_export_id)
 
 
 def run_janitor(

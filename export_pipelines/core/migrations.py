@@ -164,6 +164,10 @@ APP_INSERT_COLUMNS = (
 # that ended (failed, canceled, expired) is exempt, so the sensor can fail an oversized old row.
 TRUST_BOUNDARY = f"""
 ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS error_code text;
+-- Monthly partitions' rows (core/monthly_requests.py): export_id names the folder (NULL = the row's
+-- id; 'YYYY-MM' for a month), origin says who made the row. Neither is in the app role's grant.
+ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS export_id text;
+ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS origin text NOT NULL DEFAULT 'request';
 ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS idempotency_key text;
 CREATE UNIQUE INDEX IF NOT EXISTS export_requests_idempotency_idx
     ON public.export_requests (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
@@ -213,11 +217,16 @@ BEGIN
     IF NEW.status NOT IN ('pending', 'queued', 'running') THEN
         RETURN NEW;
     END IF;
+    -- Rows of monthly partitions (origin 'monthly') are the service's own: never refused.
+    IF NEW.origin = 'monthly' THEN
+        RETURN NEW;
+    END IF;
     SELECT value INTO cap FROM public.export_limits WHERE name = 'tenant_max_active';
     cap := coalesce(cap, {DEFAULT_TENANT_MAX_ACTIVE});
     PERFORM pg_advisory_xact_lock(hashtext('export_requests_tenant_cap'), hashtext(NEW.tenant_id));
     SELECT count(*) INTO active FROM public.export_requests
-        WHERE tenant_id = NEW.tenant_id AND status IN ('pending', 'queued', 'running');
+        WHERE tenant_id = NEW.tenant_id AND status IN ('pending', 'queued', 'running')
+          AND origin <> 'monthly';
     IF active >= cap THEN
         RAISE EXCEPTION USING
             ERRCODE = '{TENANT_CAP_SQLSTATE}',
@@ -277,7 +286,32 @@ CREATE INDEX IF NOT EXISTS export_requests_cancel_idx
     WHERE cancel_requested_at IS NOT NULL AND status IN ('queued', 'running');
 """
 
-MIGRATIONS = (REQUESTS_TABLE, CHECKPOINT_TABLES, DELIVERIES_TABLE, TRUST_BOUNDARY, API_TABLES)
+# Tenants' default notify targets (README "Monthly exports delivered"): used by monthly partitions'
+# rows and by requests without targets of their own (DESIGN §3.6).
+TENANT_SETTINGS_TABLE = f"""
+CREATE TABLE IF NOT EXISTS public.export_tenant_settings (
+    tenant_id    text PRIMARY KEY,
+    webhook_url  text,
+    email        text,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT export_tenant_settings_size_check CHECK (
+        char_length(tenant_id) <= {MAX_TENANT_ID_CHARS}
+        AND (webhook_url IS NULL OR char_length(webhook_url) <= {MAX_WEBHOOK_URL_CHARS})
+        AND (email IS NULL OR char_length(email) <= {MAX_EMAIL_CHARS}))
+);
+REVOKE ALL ON public.export_tenant_settings FROM {APP_ROLE};
+CREATE UNIQUE INDEX IF NOT EXISTS export_requests_monthly_idx
+    ON public.export_requests (tenant_id, resource, export_id) WHERE origin = 'monthly';
+"""
+
+MIGRATIONS = (
+    REQUESTS_TABLE,
+    CHECKPOINT_TABLES,
+    DELIVERIES_TABLE,
+    TRUST_BOUNDARY,
+    API_TABLES,
+    TENANT_SETTINGS_TABLE,
+)
 
 _migrated: set[str] = set()
 _migrated_lock = threading.Lock()

@@ -97,6 +97,14 @@ class StoredRequest:
     link_expiry_hours: int | None = None
     max_rows_per_file: int | None = None
     cancel_requested_at: datetime | None = None
+    # A monthly partition's row (origin 'monthly') names its folder by month; others by their id.
+    export_id: str | None = None
+    origin: str = "request"
+
+    @property
+    def folder_export_id(self) -> str:
+        """The export id of this row's S3 folder: export_id (a monthly row's YYYY-MM) or the row id."""
+        return folder_export_id(self.export_id, self.id)
 
     @property
     def run_key(self) -> str:
@@ -141,6 +149,16 @@ def check_request_fields(
         export_id=export_id,
     )
     check_notify(webhook_url, email, webhook_allowlist)
+
+
+def folder_export_id(export_id: str | None, request_id: str) -> str:
+    """The one rule for the folder id of a row (dict rows of the API included)."""
+    return export_id or str(request_id)
+
+
+def monthly_request_id(tenant_id: str, resource: str, month: str) -> str:
+    """The deterministic row id of a monthly partition's export: a re-run finds the same row."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"monthly|{tenant_id}|{resource}|{month}"))
 
 
 def is_request_id(value: str) -> bool:
@@ -210,6 +228,56 @@ class RequestStore(PgStore):
             ).fetchone()
         assert row is not None
         return str(row["id"])
+
+    def upsert_monthly(
+        self,
+        *,
+        tenant_id: str,
+        resource: str,
+        month: str,
+        format: str,
+        compression: str | None,
+        filters: dict[str, Any],
+        columns: list[str] | None,
+        run_id: str,
+    ) -> str:
+        """The request row of a monthly partition (origin 'monthly', export_id YYYY-MM), created by
+        its first run and taken over by every re-run (UI re-execution, backfill): one row per
+        (tenant, resource, month). A re-run of a finished row counts as a new attempt. The tenant's
+        cap neither refuses nor counts these rows (the trigger skips origin 'monthly')."""
+        request_id = monthly_request_id(tenant_id, resource, month)
+        self.execute(
+            """
+                INSERT INTO export_requests (id, tenant_id, resource, format, compression, filters,
+                                             columns, status, run_id, origin, export_id,
+                                             queued_at, started_at)
+                VALUES (%(id)s, %(tenant)s, %(resource)s, %(format)s, %(compression)s,
+                        %(filters)s::jsonb, %(columns)s, 'running', %(run_id)s, 'monthly',
+                        %(month)s, now(), now())
+                ON CONFLICT (id) DO UPDATE SET
+                    format = excluded.format, compression = excluded.compression,
+                    filters = excluded.filters, columns = excluded.columns,
+                    attempt = export_requests.attempt
+                        + CASE WHEN export_requests.status IN ('pending', 'queued', 'running')
+                               THEN 0 ELSE 1 END,
+                    status = 'running', run_id = excluded.run_id, error = NULL, error_code = NULL,
+                    rows_exported = 0, bytes_written = 0, manifest_key = NULL,
+                    download_url = NULL, expires_at = NULL, completed_at = NULL,
+                    cancel_requested_at = NULL, started_at = now(), updated_at = now()
+                """,
+            {
+                "id": request_id,
+                "tenant": tenant_id,
+                "resource": resource,
+                "format": format,
+                "compression": compression,
+                "filters": json.dumps(filters),
+                "columns": columns,
+                "run_id": run_id,
+                "month": month,
+            },
+        )
+        return request_id
 
     def set_tenant_max_active(self, value: int) -> None:
         """Store EXPORT_TENANT_MAX_ACTIVE where the insert trigger reads it."""

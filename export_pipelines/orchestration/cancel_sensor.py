@@ -59,7 +59,7 @@ def resolve_canceled(
         return False
     notify_row(source, log, row, CANCELED, tenant_message("canceled"))
     if s3 is not None and export_settings is not None:
-        location = ExportLocation(export_settings.prefix, row.tenant_id, row.resource, row.id)
+        location = ExportLocation(export_settings.prefix, row.tenant_id, row.resource, row.folder_export_id)
         abort_uploads_logged(s3, export_settings, source, location.folder, log)
     return True
 

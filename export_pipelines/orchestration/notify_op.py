@@ -39,7 +39,8 @@ def notify(
     if run_plan.webhook_url or run_plan.email:
         payload = webhook_payload(
             SUCCEEDED,
-            export_id=req.export_id,
+            # The id the API knows the export by (a monthly row's id, not its month).
+            export_id=run_plan.request_id or req.export_id,
             tenant_id=req.tenant_id,
             resource=req.resource,
             rows=done.rows,

@@ -17,6 +17,7 @@ from export_pipelines.core.errors import ExportError, error_code_of_class_names,
 from export_pipelines.core.layout import ExportLocation
 from export_pipelines.core.request_store import RequestStore, StoredRequest, check_request_fields
 from export_pipelines.core.resume import abandon_open_uploads
+from export_pipelines.core.tenant_settings import targets as tenant_targets
 from export_pipelines.core.tenants import existing_tenants, list_tenants, unknown_tenant
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.jobs import tenant_export_job
@@ -286,7 +287,7 @@ def record_run_failure(
     # The folder from (prefix, tenant, resource, export id), never from a row's column; a run
     # without a row (monthly) has the folder count_rows derived the same way in its tag.
     folder = (
-        ExportLocation(export_settings.prefix, row.tenant_id, row.resource, row.id).folder
+        ExportLocation(export_settings.prefix, row.tenant_id, row.resource, row.folder_export_id).folder
         if row is not None
         else run.tags.get(tags.FOLDER)
     )
@@ -306,7 +307,8 @@ def own_row(store: RequestStore, run: dg.DagsterRun) -> StoredRequest | None:
 def notify_row(source: SourceDatabase, log: Any, row: StoredRequest, event: str, error: str) -> None:
     """Record the notifications of a row that ended without files (failed, canceled); the delivery
     sensor sends them, so a slow receiver never holds this sensor. Never raises."""
-    if not (row.webhook_url or row.email):
+    webhook_url, email = tenant_targets(source.conninfo, row.tenant_id, row.webhook_url, row.email)
+    if not (webhook_url or email):
         return
     try:
         payload = webhook_payload(
@@ -326,8 +328,8 @@ def notify_row(source: SourceDatabase, log: Any, row: StoredRequest, event: str,
             tenant_id=row.tenant_id,
             event=event,
             payload=payload,
-            webhook_url=row.webhook_url,
-            email=row.email,
+            webhook_url=webhook_url,
+            email=email,
             email_subject=f"Your {row.resource} export {verb}",
             email_body=error,
         )
@@ -397,7 +399,9 @@ def reap_unfinished_requests(
         log.info(f"request {row.id}: {error} (run {run.run_id if run else 'gone'})")
         notify_row(source, log, row, event, error)
         if s3 is not None and export_settings is not None:
-            folder = ExportLocation(export_settings.prefix, row.tenant_id, row.resource, row.id).folder
+            folder = ExportLocation(
+                export_settings.prefix, row.tenant_id, row.resource, row.folder_export_id
+            ).folder
             abort_uploads_logged(s3, export_settings, source, folder, log)
     return resolved
 

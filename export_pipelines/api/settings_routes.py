@@ -1,0 +1,91 @@
+"""`GET` and `PUT /v1/notify-settings`: the key's tenant's default notify targets
+(core/tenant_settings.py; DESIGN §3.6), used by its monthly dumps and by requests without targets.
+
+PUT replaces both targets: a field left out or null is cleared (`{}` clears both). Targets are
+validated like a request's (`notify`): 422 naming the field.
+
+(No `from __future__ import annotations`: FastAPI resolves the handlers' annotations.)"""
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from export_pipelines.api.auth import Auth
+from export_pipelines.api.errors import ApiError
+from export_pipelines.api.schemas import ERRORS
+from export_pipelines.api.service import ExportApi
+from export_pipelines.api.status import API_VERSION
+from export_pipelines.core.errors import Rejected
+from export_pipelines.core.migrations import MAX_EMAIL_CHARS, MAX_WEBHOOK_URL_CHARS
+from export_pipelines.core.request import check_notify
+
+PATH = f"/{API_VERSION}/notify-settings"
+
+
+class NotifySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    webhook_url: str | None = Field(default=None, max_length=MAX_WEBHOOK_URL_CHARS)
+    email: str | None = Field(default=None, max_length=MAX_EMAIL_CHARS)
+
+
+class NotifySettingsDocument(NotifySettings):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant_id: str
+
+
+def _tenant(who: Any) -> str:
+    tenant = who.tenant_id
+    if tenant is None:  # an operator key acting for no tenant
+        raise ApiError(422, "invalid_request", "tenant_id: operator keys must name a tenant", "tenant_id")
+    return tenant
+
+
+def _document(tenant: str, row: dict[str, Any] | None) -> dict[str, Any]:
+    row = row or {}
+    return {"tenant_id": tenant, "webhook_url": row.get("webhook_url"), "email": row.get("email")}
+
+
+def router(api: ExportApi) -> APIRouter:
+    router = APIRouter()
+
+    @router.get(PATH, tags=["settings"], responses={200: {"model": NotifySettingsDocument}, **ERRORS})
+    def get_notify_settings(who: Auth) -> JSONResponse:
+        """The tenant's default notify targets (nulls when none are set)."""
+        with api.pool.connection() as conn:
+            who.resolve(conn)
+            tenant = _tenant(who)
+            row = conn.execute(
+                "SELECT webhook_url, email FROM export_tenant_settings WHERE tenant_id = %s", [tenant]
+            ).fetchone()
+        return JSONResponse(_document(tenant, row))
+
+    @router.put(PATH, tags=["settings"], responses={200: {"model": NotifySettingsDocument}, **ERRORS})
+    def put_notify_settings(body: NotifySettings, who: Auth) -> JSONResponse:
+        """Replace the tenant's default notify targets; a field left out or null is cleared."""
+        webhook_url = body.webhook_url or None
+        email = body.email or None
+        try:
+            check_notify(webhook_url, email, api.settings.webhook_allowlist)
+        except Rejected as exc:
+            raise ApiError(422, "invalid_request", str(exc), exc.field) from None
+        with api.pool.connection() as conn:
+            who.resolve(conn)
+            tenant = _tenant(who)
+            if webhook_url is None and email is None:
+                conn.execute("DELETE FROM export_tenant_settings WHERE tenant_id = %s", [tenant])
+            else:
+                conn.execute(
+                    """
+                    INSERT INTO export_tenant_settings (tenant_id, webhook_url, email) VALUES (%s, %s, %s)
+                    ON CONFLICT (tenant_id) DO UPDATE SET webhook_url = excluded.webhook_url,
+                        email = excluded.email, updated_at = now()
+                    """,
+                    [tenant, webhook_url, email],
+                )
+        return JSONResponse(_document(tenant, {"webhook_url": webhook_url, "email": email}))
+
+    return router

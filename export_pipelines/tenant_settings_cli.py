@@ -1,0 +1,62 @@
+"""`export-pipelines tenant-notify`: a tenant's default notify targets (core/tenant_settings.py),
+used by its monthly dumps and by its requests that name no targets of their own (DESIGN §3.6)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from export_pipelines.cli import _settings, _source_url
+from export_pipelines.core.errors import ExportError, InvalidRequest
+
+
+def cmd_tenant_notify(args: argparse.Namespace) -> int:
+    """Show (no option), set (--webhook-url / --email; an option not given keeps its value, an empty
+    one clears it) or --clear a tenant's default targets. Exits 2 naming the flag on bad input."""
+    from export_pipelines.core.catalog import load_catalog
+    from export_pipelines.core.tenant_settings import TenantSettingsStore
+    from export_pipelines.core.tenants import list_tenants
+
+    settings = _settings()
+    url = _source_url()
+    try:
+        if args.clear and (args.webhook_url is not None or args.email is not None):
+            raise InvalidRequest("--clear", "cannot be combined with --webhook-url or --email")
+        if args.tenant not in list_tenants(url, load_catalog(settings.catalog_path)):
+            raise InvalidRequest("--tenant", f"{args.tenant!r} is not a tenant (not in the tenants table)")
+        with TenantSettingsStore(url).migrate_once() as store:
+            current = store.get(args.tenant)
+            if args.clear:
+                current = store.clear(args.tenant)
+            elif args.webhook_url is not None or args.email is not None:
+                current = store.set(
+                    args.tenant,
+                    webhook_url=current.webhook_url if args.webhook_url is None else args.webhook_url,
+                    email=current.email if args.email is None else args.email,
+                    allowlist=settings.webhook_allowlist,
+                )
+    except InvalidRequest as exc:
+        name = exc.field or ""
+        field = {"webhook_url": "--webhook-url", "email": "--email"}.get(name, name)
+        print(
+            f"export-pipelines tenant-notify: {field}: {str(exc).removeprefix(name + ': ')}", file=sys.stderr
+        )
+        return 2
+    except ExportError as exc:
+        print(f"export-pipelines tenant-notify: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(current.as_dict()))
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "tenant-notify",
+        help="show or set a tenant's default notify targets (monthly dumps, requests without targets)",
+    )
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--webhook-url", default=None, help="http(s) URL; an empty value clears it")
+    p.add_argument("--email", default=None, help="one address; an empty value clears it")
+    p.add_argument("--clear", action="store_true", help="remove both targets")
+    p.set_defaults(func=cmd_tenant_notify)
