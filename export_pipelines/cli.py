@@ -186,7 +186,7 @@ def cmd_request(args: argparse.Namespace) -> int:
     # failed row later, or a driver traceback for text PostgreSQL cannot store (NUL, bad UTF-8).
     # The same check the request sensor makes before it launches a row (webhook allowlist included).
     from export_pipelines.core.catalog import load_catalog
-    from export_pipelines.core.request_store import check_request_fields
+    from export_pipelines.core.request_row import check_request_fields
     from export_pipelines.core.tenants import require_tenant
 
     settings = _settings()

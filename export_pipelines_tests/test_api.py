@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 
 from export_pipelines.core.catalog import load_catalog
 from export_pipelines.core.errors import ExportError
-from export_pipelines.core.request_store import check_request_fields
+from export_pipelines.core.request_row import check_request_fields
 from export_pipelines_tests.api_helpers import (
     api_settings,
     auth,

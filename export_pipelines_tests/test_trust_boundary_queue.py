@@ -16,7 +16,7 @@ from export_pipelines.core.errors import InvalidRequest, error_code
 from export_pipelines.core.migrations import migrate
 from export_pipelines.core.plan import check_file_count
 from export_pipelines.core.request import build_request, parse_instant
-from export_pipelines.core.request_store import OversizedFilters
+from export_pipelines.core.request_row import OversizedFilters
 from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings
 from export_pipelines.orchestration.run_config import export_run_config

@@ -19,7 +19,7 @@ from export_pipelines.api.service import ExportApi
 from export_pipelines.api.status import API_VERSION, json_response, status_document
 from export_pipelines.core.delivery import webhook_payload
 from export_pipelines.core.layout import ExportLocation
-from export_pipelines.core.request_store import folder_export_id, is_request_id
+from export_pipelines.core.request_row import folder_export_id, is_request_id
 from export_pipelines.core.s3 import delete_prefix
 
 CANCELED_BEFORE_START = "canceled before it started"

@@ -14,7 +14,7 @@ from export_pipelines.api.status import API_VERSION, iso, json_response
 from export_pipelines.core.errors import Rejected
 from export_pipelines.core.layout import ExportLocation
 from export_pipelines.core.links import Link, read_manifest
-from export_pipelines.core.request_store import folder_export_id
+from export_pipelines.core.request_row import folder_export_id
 
 
 def files_document(links: list[Link]) -> dict[str, Any]:

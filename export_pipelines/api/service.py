@@ -15,7 +15,7 @@ from export_pipelines.core.catalog import Catalog, load_catalog
 from export_pipelines.core.errors import Rejected
 from export_pipelines.core.layout import ExportLocation
 from export_pipelines.core.links import Link, fresh_links
-from export_pipelines.core.request_store import folder_export_id, is_request_id
+from export_pipelines.core.request_row import folder_export_id, is_request_id
 from export_pipelines.core.s3 import make_s3_client
 from export_pipelines.settings import Settings
 

@@ -10,7 +10,8 @@ from typing import Any
 from export_pipelines.core.checkpoints import CheckpointStore
 from export_pipelines.core.errors import Rejected
 from export_pipelines.core.layout import ExportLocation
-from export_pipelines.core.request_store import RequestStore, StoredRequest
+from export_pipelines.core.request_row import StoredRequest
+from export_pipelines.core.request_store import RequestStore
 from export_pipelines.core.s3 import abort_uploads, delete_export
 
 log = logging.getLogger(__name__)

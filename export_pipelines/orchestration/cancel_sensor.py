@@ -12,7 +12,7 @@ import dagster as dg
 from export_pipelines.core.delivery import CANCELED
 from export_pipelines.core.errors import tenant_message
 from export_pipelines.core.layout import ExportLocation
-from export_pipelines.core.request_store import StoredRequest
+from export_pipelines.core.request_row import StoredRequest
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
 from export_pipelines.orchestration.sensors import abort_uploads_logged, latest_run, notify_row
 from export_pipelines.settings import Settings

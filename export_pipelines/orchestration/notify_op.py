@@ -13,7 +13,7 @@ from export_pipelines.core.delivery import (
     webhook_payload,
 )
 from export_pipelines.core.manifest import FinalizedExport
-from export_pipelines.core.request_store import is_request_id
+from export_pipelines.core.request_row import is_request_id
 from export_pipelines.orchestration.ops import RunPlan
 from export_pipelines.orchestration.resources import SourceDatabase
 

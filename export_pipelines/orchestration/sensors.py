@@ -15,7 +15,8 @@ import dagster as dg
 from export_pipelines.core.delivery import CANCELED, FAILED, enqueue_notification, webhook_payload
 from export_pipelines.core.errors import ExportError, error_code_of_class_names, tenant_message
 from export_pipelines.core.layout import ExportLocation
-from export_pipelines.core.request_store import RequestStore, StoredRequest, check_request_fields
+from export_pipelines.core.request_row import StoredRequest, check_request_fields
+from export_pipelines.core.request_store import RequestStore
 from export_pipelines.core.resume import abandon_open_uploads
 from export_pipelines.core.tenant_settings import targets as tenant_targets
 from export_pipelines.core.tenants import existing_tenants, list_tenants, unknown_tenant
