@@ -4,12 +4,16 @@
 # - LibreOffice Calc (headless, `soffice`): opens the XLSX and excel-profile CSV exports the way a
 #   spreadsheet user would;
 # - Chromium (`/usr/bin/chromium`): the real browser the /exports page test drives with playwright
-#   (the dev extra); `playwright install` is never used.
-# Without them those tests skip, except on CI (CI=true), where the browser test fails.
+#   (the dev extra); `playwright install` is never used;
+# - Node.js (`node`): JavaScript's JSON.parse, one of the customer readers of the JSON exports;
+# - poppler-utils (`pdftotext`, `pdftoppm`): reads and renders the PDF exports.
+# Without them those tests skip, except on CI (CI=true), where they fail.
 set -euo pipefail
 missing=()
 command -v soffice >/dev/null 2>&1 || missing+=(libreoffice-calc)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v pdftotext >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 || missing+=(poppler-utils)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

@@ -17,7 +17,7 @@ from export_pipelines_tests.zoo_expect import NUMBERS, export, file_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 READERS_PY = ROOT / ".venv-readers" / "bin" / "python"
-# On CI the customer readers must be there (scripts/test_readers.sh): a missing one fails, never skips.
+# On CI the customer readers must be there (scripts/test_readers.sh, test_tools.sh): a missing one fails, never skips.
 ON_CI = os.environ.get("CI") == "true"
 JSON_NUMBERS = {"c_smallint", "c_integer"}  # everything else numeric is a string
 STRING_NUMBERS = (NUMBERS | {"id"}) - JSON_NUMBERS

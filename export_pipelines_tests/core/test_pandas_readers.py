@@ -35,7 +35,7 @@ from export_pipelines_tests.zoo_expect import (
 
 ROOT = Path(__file__).resolve().parents[2]
 READERS_PY = ROOT / ".venv-readers" / "bin" / "python"
-# On CI the customer readers must be there (scripts/test_readers.sh): a missing one fails, never skips.
+# On CI the customer readers must be there (scripts/test_readers.sh, test_tools.sh): a missing one fails, never skips.
 ON_CI = os.environ.get("CI") == "true"
 needs_pandas = pytest.mark.skipif(
     not READERS_PY.exists() and not ON_CI, reason=".venv-readers missing (scripts/test_readers.sh makes it)"

@@ -16,11 +16,11 @@ from export_pipelines.core.request import build_request
 from export_pipelines_tests import type_zoo
 from export_pipelines_tests.zoo_expect import export, file_bytes, pg_text
 
-# On CI the customer readers must be there (scripts/test_readers.sh): a missing one fails, never skips.
+# On CI the customer readers must be there (scripts/test_readers.sh, test_tools.sh): a missing one fails, never skips.
 ON_CI = os.environ.get("CI") == "true"
 needs_poppler = pytest.mark.skipif(
     not (shutil.which("pdftotext") and shutil.which("pdftoppm")) and not ON_CI,
-    reason="poppler-utils missing (scripts/test_readers.sh installs it)",
+    reason="poppler-utils missing (scripts/test_tools.sh installs it)",
 )
 # Values of these columns are short ASCII text: easy to find in the extracted text.
 SMALL = [

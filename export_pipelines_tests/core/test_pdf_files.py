@@ -24,7 +24,7 @@ from export_pipelines_tests.zoo_expect import export, file_bytes
 
 TENANT = "t-001"  # a small demo tenant (6,707 orders in the test data: 14 files)
 ROWS_PER_FILE = 500
-# On CI the customer readers must be there (scripts/test_readers.sh): a missing one fails, never skips.
+# On CI the customer readers must be there (scripts/test_readers.sh, test_tools.sh): a missing one fails, never skips.
 ON_CI = os.environ.get("CI") == "true"
 needs_poppler = pytest.mark.skipif(
     not (shutil.which("pdftotext") and shutil.which("pdftoppm")) and not ON_CI, reason="poppler-utils missing"
