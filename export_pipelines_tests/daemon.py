@@ -58,6 +58,7 @@ def running_daemon(
         start_new_session=True,  # so teardown also stops the run workers it launched
     )
     try:
+        _wait_for_queue_heartbeat(env["DAGSTER_POSTGRES_URL"], proc, home / "daemon.log")
         yield env
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -66,6 +67,22 @@ def running_daemon(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def _wait_for_queue_heartbeat(dagster_url: str, proc: subprocess.Popen, log: Path) -> None:
+    """Until the daemon serves the run queue. Before its first heartbeat, `export-pipelines demo`
+    takes the daemon as stopped and runs in-process, past the queue the tests are about."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"dagster-daemon exited: {log.read_text()[-3000:]}"
+        with contextlib.suppress(psycopg.errors.UndefinedTable), psycopg.connect(dagster_url) as conn:
+            beat = conn.execute(
+                "SELECT 1 FROM daemon_heartbeats WHERE daemon_type = 'QUEUED_RUN_COORDINATOR'"
+            ).fetchone()
+            if beat:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"dagster-daemon sent no run-queue heartbeat in 180 s: {log.read_text()[-3000:]}")
 
 
 def wait_for(store, request_id: str, timeout: float = 180) -> tuple[object, float]:

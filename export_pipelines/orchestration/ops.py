@@ -225,7 +225,11 @@ def count_rows(
         raise failure(exc, str(exc)) from exc
     if request_id:
         source.requests().mark_running(request_id, context.run_id, plan.rows_total)
-    context.instance.add_run_tags(context.run_id, {tags.FOLDER: plan.location.folder})
+    # The export id too: a run executed in-process (the demo without a daemon) never passed the
+    # run coordinator, which tags queued runs before they start.
+    context.instance.add_run_tags(
+        context.run_id, {tags.FOLDER: plan.location.folder, tags.EXPORT_ID: request.export_id}
+    )
     if plan.resumed:
         context.log.info(f"resuming export {plan.location.folder}: reusing the cut of an earlier attempt")
     context.add_output_metadata(
