@@ -12,10 +12,12 @@ S3 prefix `bench_tp/`, all removed at the end):
   `dagster-daemon run` (which starts the code server as its own gRPC subprocess).
 - B the Celery variant on one machine: deploy/celery/dagster.yaml, Redis from scripts/broker.sh
   on a free port (never 6379), two workers from scripts/worker.sh (concurrency 2 each, 4 slots =
-  max_concurrent_runs), EXPORT_IO_MANAGER=s3, the same daemon + code server.
+  max_concurrent_runs), EXPORT_IO_MANAGER=s3, the same daemon + code server, and
+  `export-pipelines submitter` (runs queued on the insert's NOTIFY, not at the sensor's tick).
 
 Requests enter through the real door: rows in export_requests (RequestStore.create), picked up by
-export_request_sensor (EXPORT_SENSOR_INTERVAL_SECONDS=1). Monthly dumps go through
+export_request_sensor (EXPORT_SENSOR_INTERVAL_SECONDS=1; Dagster ticks sensors every 5 s at best)
+and, in B, by the request submitter first. Monthly dumps go through
 `dagster job backfill` of monthly_tenant_export_job. Scenarios (each bounded by a timeout):
 1. 20 requests from 20 small tenants at once -> time until all `succeeded`;
 2. request -> link (row `succeeded` with its download_url) of a 10,000-row export, sequential;
@@ -177,6 +179,11 @@ class Mode:
         self.start_proc(
             "daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(self.tmp / "workspace.yaml")]
         )
+        if self.name == "B":  # requests start on the insert's NOTIFY, not at the sensor's next tick
+            self.start_proc(
+                "submitter",
+                [str(BIN / "export-pipelines"), "submitter", "-w", str(self.tmp / "workspace.yaml")],
+            )
 
     def down(self) -> None:
         # Workers first with SIGTERM (warm shutdown), then everything the mode started, by group.

@@ -347,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     from export_pipelines.orchestration.backfill_commands import add_commands as add_backfill_commands
 
     add_backfill_commands(sub)  # failed-partitions, backfill
+    __import__("export_pipelines.orchestration.submitter").orchestration.submitter.add_commands(sub)
     __import__("export_pipelines.tenant_settings_cli").tenant_settings_cli.add_commands(sub)  # tenant-notify
     from export_pipelines.api.cli import add_commands
 

@@ -304,6 +304,23 @@ CREATE UNIQUE INDEX IF NOT EXISTS export_requests_monthly_idx
     ON public.export_requests (tenant_id, resource, export_id) WHERE origin = 'monthly';
 """
 
+# The channel a new or re-opened pending row is announced on: the request submitter
+# (orchestration/submitter.py) LISTENs and starts its run at once, instead of at the request
+# sensor's next tick (Dagster evaluates sensors every 5 s at best).
+PENDING_CHANNEL = "export_requests_pending"
+PENDING_NOTIFY = f"""
+CREATE OR REPLACE FUNCTION public.export_requests_notify_pending() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM pg_notify('{PENDING_CHANNEL}', '');  -- one per transaction: equal payloads fold
+    RETURN NULL;
+END
+$fn$;
+DROP TRIGGER IF EXISTS export_requests_notify_pending ON public.export_requests;
+CREATE TRIGGER export_requests_notify_pending AFTER INSERT OR UPDATE OF status ON public.export_requests
+    FOR EACH ROW WHEN (NEW.status = 'pending') EXECUTE FUNCTION public.export_requests_notify_pending();
+"""
+
 MIGRATIONS = (
     REQUESTS_TABLE,
     CHECKPOINT_TABLES,
@@ -311,6 +328,7 @@ MIGRATIONS = (
     TRUST_BOUNDARY,
     API_TABLES,
     TENANT_SETTINGS_TABLE,
+    PENDING_NOTIFY,
 )
 
 _migrated: set[str] = set()

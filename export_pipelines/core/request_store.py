@@ -268,6 +268,21 @@ class RequestStore(PgStore):
         )
         return cur.rowcount == 1
 
+    def claim(self, row: StoredRequest) -> bool:
+        """Mark a row `to_launch` returned as queued, only if nobody else did since it was read
+        (same status, same queued_at): the request sensor and the request submitter may read the
+        same pending row at once, and only the one that claims it may start its run."""
+        cur = self.execute(
+            """
+                UPDATE export_requests SET status = 'queued', queued_at = now(), error = NULL,
+                       error_code = NULL, updated_at = now()
+                WHERE id = %s AND attempt = %s AND status = %s
+                  AND queued_at IS NOT DISTINCT FROM %s
+                """,
+            [row.id, row.attempt, row.status, row.queued_at],
+        )
+        return cur.rowcount == 1
+
     def mark_invalid(self, request_id: str, attempt: int, error: str) -> bool:
         """Fail a row the sensor refused (pending, or queued and picked again): it is never picked
         again. `error` names the field and what is allowed."""

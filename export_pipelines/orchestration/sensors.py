@@ -13,19 +13,19 @@ from typing import Any
 import dagster as dg
 
 from export_pipelines.core.delivery import CANCELED, FAILED, enqueue_notification, webhook_payload
-from export_pipelines.core.errors import ExportError, error_code_of_class_names, tenant_message
+from export_pipelines.core.errors import error_code_of_class_names, tenant_message
 from export_pipelines.core.layout import ExportLocation
-from export_pipelines.core.request_row import StoredRequest, check_request_fields
+from export_pipelines.core.request_row import StoredRequest
 from export_pipelines.core.request_store import RequestStore
 from export_pipelines.core.resume import abandon_open_uploads
 from export_pipelines.core.tenant_settings import targets as tenant_targets
-from export_pipelines.core.tenants import existing_tenants, list_tenants, unknown_tenant
+from export_pipelines.core.tenants import list_tenants
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.ops import ERROR_CODE_KEY, TENANT_ERROR_KEY
 from export_pipelines.orchestration.partitions import TENANT_PARTITIONS, TENANT_PARTITIONS_NAME, partitionable
+from export_pipelines.orchestration.request_intake import REQUEST_SENSOR_NAME, claim_pending_requests
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, Notifier, SourceDatabase
-from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines.settings import Settings
 
 _LOG = logging.getLogger(__name__)
@@ -39,78 +39,18 @@ RUN_GONE = "the export's run no longer exists"
 RUN_FAILED = "the export's run failed"
 
 
-def request_run_config(row: StoredRequest) -> dict[str, Any]:
-    return export_run_config(
-        tenant_id=row.tenant_id,
-        resource=row.resource,
-        format=row.format,
-        compression=row.compression or None,
-        columns=row.columns or None,
-        filters=row.filters or {},
-        request_id=row.id,
-        webhook_url=row.webhook_url,
-        email=row.email,
-        max_rows_per_file=row.max_rows_per_file,
-        link_expiry_hours=row.link_expiry_hours,
-    )
-
-
-def validate_row(row: StoredRequest, settings: ExportSettings, notifier: Notifier) -> None:
-    """Everything that can be checked without the database; raises with a reason a person can act on."""
-    check_request_fields(
-        settings.catalog(),
-        notifier.allowlist(),
-        tenant_id=row.tenant_id,
-        resource=row.resource,
-        format=row.format,
-        compression=row.compression,
-        columns=row.columns,
-        filters=row.filters,
-        webhook_url=row.webhook_url,
-        email=row.email,
-        export_id=row.id,
-    )
-
-
 def launch_pending_requests(
     context: dg.SensorEvaluationContext,
     source: SourceDatabase,
     export_settings: ExportSettings,
     notifier: Notifier,
 ) -> dg.SensorResult:
-    """Pending rows → runs, fair across tenants and at most EXPORT_TENANT_STARTS_PER_MINUTE per
-    tenant (RequestStore.to_launch). A row that is invalid, or names no tenant, is failed now
-    (invalid_request) and never picked again."""
-    store = source.requests()
-    rows = store.to_launch(starts_per_minute=export_settings.tenant_starts_per_minute)
-    catalog = export_settings.catalog()
-    try:
-        known = existing_tenants(source.conninfo, catalog, [r.tenant_id for r in rows])
-    except Exception as exc:  # noqa: BLE001 - unknown: let count_rows check each run instead
-        context.log.warning(f"could not read the tenants table: {type(exc).__name__}: {exc}")
-        known = None
-    runs: list[dg.RunRequest] = []
-    for row in rows:
-        try:
-            validate_row(row, export_settings, notifier)
-            if known is not None and row.tenant_id not in known:
-                raise unknown_tenant(catalog, row.tenant_id)
-        except ExportError as exc:
-            store.mark_invalid(row.id, row.attempt, str(exc)[:500])
-            context.log.info(f"request {row.id} rejected: {exc}")
-            continue
-        except Exception as exc:  # noqa: BLE001 - one bad row must never stop the others
-            store.mark_invalid(row.id, row.attempt, f"invalid request: {type(exc).__name__}: {exc}"[:500])
-            continue
-        store.mark_queued(row.id, row.attempt)
-        runs.append(
-            dg.RunRequest(
-                run_key=row.run_key,
-                run_config=request_run_config(row),
-                tags={tags.TENANT: row.tenant_id, tags.REQUEST_ID: row.id, tags.ATTEMPT: str(row.attempt)},
-            )
-        )
-    return dg.SensorResult(run_requests=runs)
+    """Pending rows → runs (request_intake.claim_pending_requests). With the request submitter
+    running, this finds only what it has not taken yet: rows it skipped, stale queued rows."""
+    claimed = claim_pending_requests(source, export_settings, notifier, context.log)
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=c.run_key, run_config=c.run_config, tags=c.tags) for c in claimed]
+    )
 
 
 @dg.sensor(
@@ -138,7 +78,7 @@ def build_sensors(settings: Settings, monthly_job: dg.JobDefinition) -> list[dg.
     interval = settings.sensor_interval_seconds
 
     @dg.sensor(
-        name="export_request_sensor",
+        name=REQUEST_SENSOR_NAME,
         job=tenant_export_job,
         minimum_interval_seconds=interval,
         default_status=dg.DefaultSensorStatus.RUNNING,
