@@ -162,6 +162,8 @@ class Mode:
         )
         if self.name == "B":
             self.env["EXPORT_IO_MANAGER"] = "s3"
+            # deploy/celery/dagster.yaml's compute logs: the daemon's sensors log through them.
+            self.env["DAGSTER_COMPUTE_LOGS_PREFIX"] = f"{PREFIX}/{self.name}/_dagster/compute_logs"
             self.broker_env = {
                 **self.env,
                 "EXPORT_BROKER_DIR": str(self.tmp / "broker"),

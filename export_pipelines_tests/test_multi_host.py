@@ -115,6 +115,9 @@ def teardown_network() -> None:
     for ns in HOSTS:
         kill_namespace(ns)
         sh("ip", "netns", "del", ns, check=False)
+        # The kernel frees a deleted namespace (and with it the veth pair) asynchronously: delete
+        # the bridge side too, or the next set-up can find the name still taken.
+        sh("ip", "link", "del", "v" + ns.replace("-", "") + "h", check=False)
     sh("ip", "link", "del", BRIDGE, check=False)
 
 
@@ -267,6 +270,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         env.update(
             DAGSTER_HOME=str(home),
             EXPORT_PREFIX=PREFIX,
+            # Every host's (README "What each host needs"): the daemon's sensors log through it.
+            DAGSTER_COMPUTE_LOGS_PREFIX=f"{PREFIX}/_dagster/compute_logs",
             EXPORT_IO_MANAGER="s3",
             EXPORT_WEBHOOK_SECRET=WEBHOOK_SECRET,
             EXPORT_SENSOR_INTERVAL_SECONDS="2",

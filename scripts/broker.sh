@@ -8,7 +8,9 @@
 # Settings (environment):
 #   EXPORT_BROKER_BIND      addresses to listen on, space-separated (default 127.0.0.1); the
 #                           worker hosts must reach one of them
-#   EXPORT_BROKER_PORT      default 56379: never 6379, which is the machine's own Redis if it has one
+#   EXPORT_BROKER_PORT      default 26379: never 6379, which is the machine's own Redis if it has one
+#                           (and below the ephemeral range 32768-60999, where lingering client sockets
+#                           make a port unbindable)
 #   EXPORT_BROKER_PASSWORD  default: a random one, made once and kept in $EXPORT_BROKER_DIR/password
 #   EXPORT_BROKER_DIR       state (pid, log, password); default <project>/.local/broker
 # The server keeps nothing on disk (--save "" --appendonly no): queued runs are re-launched by the
@@ -21,13 +23,13 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cmd="${1:-start}"
 bind="${EXPORT_BROKER_BIND:-127.0.0.1}"
-port="${EXPORT_BROKER_PORT:-56379}"
+port="${EXPORT_BROKER_PORT:-26379}"
 dir="${EXPORT_BROKER_DIR:-$root/.local/broker}"
 py="$root/.venv/bin/python"
 [ -x "$py" ] || py="$(command -v python3)"
 
 if [ "$port" = 6379 ]; then
-  echo "broker.sh: EXPORT_BROKER_PORT=6379 is the machine's own Redis port; pick another (default 56379)" >&2
+  echo "broker.sh: EXPORT_BROKER_PORT=6379 is the machine's own Redis port; pick another (default 26379)" >&2
   exit 2
 fi
 mkdir -p "$dir"
