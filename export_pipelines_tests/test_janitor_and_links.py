@@ -132,3 +132,29 @@ def test_cli_request_and_status(store, capsys):
     assert main(["status", rid]) == 0
     out = capsys.readouterr().out
     assert "status:    pending" in out and "t-001" in out
+
+
+def test_janitor_deletes_old_run_objects_and_never_an_export(s3_client, bucket, prefix):
+    """Step outputs (EXPORT_IO_MANAGER=s3) and compute logs under {prefix}/_dagster/ go once old;
+    an export's objects are not under that folder and stay, however old."""
+    from datetime import UTC, datetime, timedelta
+
+    from export_pipelines.core.janitor import delete_old_run_objects
+    from export_pipelines.core.layout import ExportLocation
+
+    run_objects = [
+        f"{prefix}/_dagster/storage/run-1/count_rows/result",
+        f"{prefix}/_dagster/compute_logs/x.out",
+    ]
+    export = ExportLocation(prefix, "t-002", "orders", "e-1")
+    for key in [*run_objects, export.manifest_key, f"{prefix}/_dagsterish/kept"]:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=b"x")
+    written = datetime.now(UTC)
+    # Younger than the cut-off: kept.
+    assert delete_old_run_objects(s3_client, bucket, prefix, written - timedelta(days=7)) == 0
+    # Older than the cut-off (the clock moved on): deleted, and nothing else.
+    assert delete_old_run_objects(s3_client, bucket, prefix, written + timedelta(minutes=5)) == 2
+    left = [
+        o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix + "/").get("Contents", [])
+    ]
+    assert sorted(left) == sorted([export.manifest_key, f"{prefix}/_dagsterish/kept"])

@@ -1,4 +1,5 @@
-"""Hygiene: expire old exports (delete their objects) and abort abandoned multipart uploads."""
+"""Hygiene: expire old exports (delete their objects), abort abandoned multipart uploads, forget old
+checkpoints, and delete Dagster's old step outputs and compute logs from the bucket."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from export_pipelines.core.errors import Rejected
 from export_pipelines.core.layout import ExportLocation
 from export_pipelines.core.request_row import StoredRequest
 from export_pipelines.core.request_store import RequestStore
-from export_pipelines.core.s3 import abort_uploads, delete_export
+from export_pipelines.core.s3 import DELETE_BATCH, abort_uploads, delete_export
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +24,32 @@ class JanitorReport:
     deleted_objects: int
     aborted_uploads: int
     pruned_checkpoints: int = 0
+    deleted_run_objects: int = 0
 
 
 # An export untouched this long will not be resumed: its uploads were aborted long before.
 FORGET_CHECKPOINTS_AFTER = timedelta(days=7)
+# Dagster's own objects under {EXPORT_PREFIX}/_dagster/ (EXPORT_IO_MANAGER=s3 step outputs, the
+# Celery variant's compute logs): needed by a run's retries and re-executions, then never read.
+# Kept as long as checkpoints, the horizon after which nothing resumes.
+DELETE_RUN_OBJECTS_AFTER = FORGET_CHECKPOINTS_AFTER
+RUN_OBJECTS_FOLDER = "_dagster"
+
+
+def delete_old_run_objects(client: Any, bucket: str, prefix: str, older_than: datetime) -> int:
+    """Delete the objects under `{prefix}/_dagster/` last written before `older_than`; how many.
+    Exports (`{prefix}/tenant=…/`) are never listed here, so never touched."""
+    folder = f"{prefix.strip('/')}/{RUN_OBJECTS_FOLDER}/"
+    old = [
+        obj["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder)
+        for obj in page.get("Contents", [])
+        if obj["LastModified"] < older_than
+    ]
+    for start in range(0, len(old), DELETE_BATCH):
+        batch = old[start : start + DELETE_BATCH]
+        client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+    return len(old)
 
 
 def request_location(prefix: str, req: StoredRequest) -> ExportLocation:
@@ -63,4 +86,5 @@ def run_janitor(
         client, bucket, prefix.strip("/") + "/", initiated_before=datetime.now(UTC) - abort_uploads_older_than
     )
     pruned = checkpoints.prune(FORGET_CHECKPOINTS_AFTER) if checkpoints is not None else 0
-    return JanitorReport(expired, deleted, aborted, pruned)
+    run_objects = delete_old_run_objects(client, bucket, prefix, datetime.now(UTC) - DELETE_RUN_OBJECTS_AFTER)
+    return JanitorReport(expired, deleted, aborted, pruned, run_objects)

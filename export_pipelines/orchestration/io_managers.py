@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 from dagster_aws.s3 import S3PickleIOManager, S3Resource
 
+from export_pipelines.core.janitor import RUN_OBJECTS_FOLDER
 from export_pipelines.settings import Settings
 
 IO_MANAGERS = ("fs", "s3")
@@ -21,7 +22,7 @@ IO_MANAGERS = ("fs", "s3")
 
 def dagster_prefix(settings: Settings) -> str:
     """The key prefix of Dagster's own objects (step outputs) in the export bucket."""
-    return f"{settings.prefix.strip('/')}/_dagster"
+    return f"{settings.prefix.strip('/')}/{RUN_OBJECTS_FOLDER}"  # the janitor deletes them after a week
 
 
 def io_manager_resources(

@@ -423,8 +423,8 @@ def download_links(plan: ExportPlan, done: FinalizedExport) -> dg.AssetMateriali
 def clean_up_exports(
     context: dg.OpExecutionContext, source: SourceDatabase, s3: ExportS3, export_settings: ExportSettings
 ) -> None:
-    """Expire exports past their link expiry (delete their files), abort abandoned uploads and
-    forget checkpoints of exports abandoned for a week."""
+    """Expire exports past their link expiry (delete their files), abort abandoned uploads, forget
+    checkpoints of exports abandoned for a week, delete step outputs and compute logs a week old."""
     report = run_janitor(
         source.requests(),
         s3.get_client(),
@@ -439,5 +439,6 @@ def clean_up_exports(
             "deleted_objects": report.deleted_objects,
             "aborted_uploads": report.aborted_uploads,
             "pruned_checkpoints": report.pruned_checkpoints,
+            "deleted_run_objects": report.deleted_run_objects,
         }
     )
