@@ -45,14 +45,26 @@ def check_month_in_range(month: str, months_from: str, today: str, flag: str = "
 def failed_partitions(
     instance: dg.DagsterInstance, job_name: str = MONTHLY_JOB, month: str | None = None
 ) -> list[str]:
-    """Partition keys ('YYYY-MM-01|tenant') whose most recent run failed or was canceled."""
-    latest = instance.get_run_partition_data(dg.RunsFilter(job_name=job_name))
+    """Partition keys ('YYYY-MM-01|tenant') that failed: planned by a run that failed or was
+    canceled, and not materialized since, as the UI's partition view shows them. Per partition,
+    not per run: one run of the monthly job covers several partitions (monthly_asset.py), and only
+    those it did not export count. Runs from before the job was an asset (one partition per run,
+    no materialization events) count by their own status, for partitions the asset never saw."""
+    from export_pipelines.orchestration.monthly_asset import MONTHLY_ASSET_KEY
+
     bad = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
-    return sorted(
-        p.partition
-        for p in latest
-        if p.status in bad and (month is None or p.partition.startswith(f"{month}|"))
+    storage = instance.event_log_storage
+    attempts = storage.get_latest_asset_partition_materialization_attempts_without_materializations(
+        MONTHLY_ASSET_KEY
     )
+    run_ids = list({run_id for run_id, _ in attempts.values()})
+    # (An empty run_ids filter would mean every run.)
+    runs = {r.run_id: r for r in instance.get_runs(dg.RunsFilter(run_ids=run_ids))} if run_ids else {}
+    failed = {key for key, (run_id, _) in attempts.items() if run_id in runs and runs[run_id].status in bad}
+    seen = set(attempts) | instance.get_materialized_partitions(MONTHLY_ASSET_KEY)
+    legacy = instance.get_run_partition_data(dg.RunsFilter(job_name=job_name))
+    failed |= {p.partition for p in legacy if p.status in bad and p.partition not in seen}
+    return sorted(p for p in failed if month is None or p.startswith(f"{month}|"))
 
 
 def launch_backfill(
