@@ -99,7 +99,7 @@ def materialization(outcome: MonthOutcome, partition: str) -> dg.AssetMaterializ
     return dg.AssetMaterialization(
         asset_key=MONTHLY_ASSET_KEY,
         partition=partition,
-        description=f"{outcome.tenant}: {done.rows} rows, {megabytes(done.bytes)} in {len(done.files)} file(s)",
+        description=f"{outcome.tenant}: {done.rows} rows, {megabytes(done.bytes)}, {len(done.files)} file(s)",
         metadata={
             "tenant": outcome.tenant,
             "request_id": outcome.request_id,

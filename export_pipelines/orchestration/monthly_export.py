@@ -48,6 +48,9 @@ class MonthlyConfig(dg.Config):
     link_expiry_hours: int = 24
 
 
+CANCELED_MESSAGE = "the export was canceled through the export API"
+
+
 class CanceledThroughApi(ExportError):
     """The month's row got a cancel request (the export API's DELETE) while its batch ran."""
 
@@ -196,7 +199,7 @@ def _write(
         store.update_progress(rid, p.rows_exported, p.bytes_written)
         row = store.get(rid)
         if row is not None and row.cancel_requested_at:  # the batch run goes on without this one
-            raise CanceledThroughApi("the export was canceled through the export API")
+            raise CanceledThroughApi(CANCELED_MESSAGE)
 
     clear_success_marker(client, settings.bucket, plan.location)
     outcome = run_export(
