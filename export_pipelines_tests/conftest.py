@@ -31,7 +31,7 @@ def code_location(settings: Settings | None = None) -> dict[str, Any]:
         tenant_export_job,
         monthly_job,
         janitor_job,
-        build_monthly_schedule(monthly_job),
+        build_monthly_schedule(monthly_job, settings.monthly_batch_size),
         janitor_schedule,
     ]
     return {d.name: d for d in [*defs, *build_sensors(settings, monthly_job)]}

@@ -21,7 +21,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=[monthly_asset],
         jobs=[tenant_export_job, monthly_job, janitor_job],
-        schedules=[build_monthly_schedule(monthly_job), janitor_schedule],
+        schedules=[build_monthly_schedule(monthly_job, settings.monthly_batch_size), janitor_schedule],
         sensors=[
             *build_sensors(settings, monthly_job),
             build_delivery_sensor(settings),

@@ -59,3 +59,23 @@ def previous_month(moment: datetime) -> str:
     first = moment.astimezone(UTC).replace(day=1)
     prev = first.replace(year=first.year - (first.month == 1), month=(first.month - 2) % 12 + 1)
     return prev.strftime("%Y-%m-01")
+
+
+def tenant_batches(ordered: list[str], chosen: list[str], size: int) -> list[list[str]]:
+    """`chosen` tenants cut into runs of at most `size`, each a run of consecutive tenants in
+    `ordered` (the `tenants` partitions in Dagster's order): a run of several partitions is a key
+    range, and a range from t-a to t-b covers every tenant between them in that order, so a batch
+    must never step over a tenant that was not chosen (as Dagster's own backfills cut ranges)."""
+    wanted = set(chosen)
+    batches: list[list[str]] = []
+    current: list[str] = []
+    for tenant in ordered:
+        if tenant in wanted and len(current) < size:
+            current.append(tenant)
+            continue
+        if current:
+            batches.append(current)
+        current = [tenant] if tenant in wanted else []
+    if current:
+        batches.append(current)
+    return batches
