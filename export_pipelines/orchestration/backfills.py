@@ -74,19 +74,45 @@ def launch_backfill(
     job_name: str = MONTHLY_JOB,
     workspace: Path = WORKSPACE,
     print_fn: Callable[[str], None] = print,
-) -> None:
-    """ONE Dagster backfill (a PartitionBackfill the UI lists) of exactly these partitions, through
-    Dagster's own backfill code, so its runs are queued like any other (tenant cap included)."""
-    from dagster._cli.job import execute_backfill_command
-    from dagster._cli.workspace.cli_target import WorkspaceOpts
+) -> str:
+    """ONE Dagster backfill (a PartitionBackfill the UI lists) of exactly these partitions, handed
+    to the daemon's backfill loop: that loop cuts them into runs as the job's BackfillPolicy says
+    (up to EXPORT_MONTHLY_BATCH_SIZE partitions per run, monthly_asset.py), and queues them like
+    any other run (tenant cap included). `dagster job backfill` would not do: it submits one run
+    per partition itself, whatever the policy. This is the backfill the UI's dialog makes.
+    Returns the backfill id."""
+    from dagster import __version__
+    from dagster._cli.workspace.cli_target import (
+        WorkspaceOpts,
+        get_code_location_from_workspace,
+        get_remote_job_from_remote_repo,
+        get_remote_repository_from_code_location,
+        get_workspace_from_cli_opts,
+    )
+    from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+    from dagster._core.utils import make_new_backfill_id
+    from dagster._time import get_current_timestamp
 
     if not partition_keys:  # an empty list would mean every partition to Dagster
         raise ValueError("launch_backfill needs at least one partition key")
-    execute_backfill_command(
-        workspace_opts=WorkspaceOpts(workspace=[str(workspace)]),
-        partitions=",".join(partition_keys),
-        noprompt=True,
-        job_name=job_name,
-        print_fn=print_fn,
-        instance=instance,
+    opts = WorkspaceOpts(workspace=[str(workspace)])
+    with get_workspace_from_cli_opts(instance, version=__version__, workspace_opts=opts) as context:
+        repo = get_remote_repository_from_code_location(get_code_location_from_workspace(context, None), None)
+        job = get_remote_job_from_remote_repo(repo, job_name)
+        partition_set = next(ps for ps in repo.get_partition_sets() if ps.job_name == job.name)
+        backfill = PartitionBackfill(
+            backfill_id=make_new_backfill_id(),
+            partition_set_origin=partition_set.get_remote_origin(),
+            status=BulkActionStatus.REQUESTED,
+            partition_names=list(partition_keys),
+            from_failure=False,
+            reexecution_steps=None,
+            tags={},
+            backfill_timestamp=get_current_timestamp(),
+        )
+        instance.add_backfill(backfill)
+    print_fn(
+        f"backfill {backfill.backfill_id} of {len(partition_keys)} partition(s) requested; "
+        "the dagster-daemon launches its runs (several partitions per run)"
     )
+    return backfill.backfill_id
