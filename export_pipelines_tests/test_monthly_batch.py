@@ -111,8 +111,9 @@ def test_run_tags_of_a_batch():
         config,
     )
     assert one["tenant"] == "t-005" and one["export/resource"] == "orders"
+    assert one["export/id"] == "2024-05..2024-06"
     many = export_tags(RANGE_TAGS, config)
     assert many["tenant"] == "monthly batch 2024-05-01|t-005..2024-05-01|t-015"
-    assert "export/id" not in many or many["export/id"] == "2024-05"
+    assert many["export/id"] == "2024-05"
     single = export_tags({"dagster/partition": "2024-05-01|t-005"}, config)
     assert single["tenant"] == "t-005" and single["export/id"] == "2024-05"

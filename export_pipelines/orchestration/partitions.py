@@ -32,21 +32,6 @@ def monthly_key(tenant: str, month: str) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey({tags.TENANT: tenant, MONTH: month})
 
 
-def tenant_of_key(partition_key: str) -> str:
-    """The tenant of a "month|tenant" key (multi-partition dimensions are sorted by name)."""
-    return partition_key.split("|", 1)[1] if "|" in partition_key else ""
-
-
-def tenant_and_month(context: dg.OpExecutionContext) -> tuple[str, str] | None:
-    """(tenant, month start 'YYYY-MM-DD') of a tenant x month partition, else None."""
-    if not context.has_partition_key:
-        return None
-    keys = getattr(context.partition_key, "keys_by_dimension", None)
-    if not keys or MONTH not in keys or tags.TENANT not in keys:
-        return None
-    return keys[tags.TENANT], keys[MONTH]
-
-
 def month_range(month: str) -> tuple[str, str]:
     """[start, end) of the month starting at `month`, as ISO 8601 UTC timestamps."""
     start = datetime.fromisoformat(month).replace(tzinfo=UTC)

@@ -63,7 +63,7 @@ def export_tags(
     elif "|" in start and "|" in end:
         (first_month, first), (last_month, last) = start.split("|", 1), end.split("|", 1)
         derived[tags.TENANT] = first if first == last else f"monthly batch {start}..{end}"
-        export_id = first_month[:7] if first_month == last_month else None
+        export_id = first_month[:7] if first_month == last_month else f"{first_month[:7]}..{last_month[:7]}"
     if export_id:
         derived[tags.EXPORT_ID] = str(export_id)
     return derived
