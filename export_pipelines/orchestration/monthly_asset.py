@@ -27,6 +27,7 @@ from export_pipelines.orchestration.ops import ERROR_CODE_KEY, TENANT_ERROR_KEY,
 from export_pipelines.orchestration.partitions import monthly_partitions
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
 from export_pipelines.orchestration.run_config import MONTHLY_OP
+from export_pipelines.orchestration.run_coordinator import RANGE_END_TAG, RANGE_START_TAG
 from export_pipelines.settings import Settings
 
 MONTHLY_JOB = "monthly_tenant_export_job"
@@ -64,7 +65,7 @@ def build_monthly_asset(settings: Settings) -> dg.AssetsDefinition:
         export_settings: ExportSettings,
     ) -> Iterator[dg.AssetMaterialization]:
         services = Services(source, s3, export_settings)
-        keys = [str(k) for k in context.partition_keys]
+        keys = batch_keys(context)
         context.log.info(f"{len(keys)} partition(s): {', '.join(keys[:50])}")
         failed: list[MonthOutcome] = []
         for key in keys:
@@ -89,6 +90,21 @@ def build_monthly_asset(settings: Settings) -> dg.AssetsDefinition:
             )
 
     return monthly_export
+
+
+def batch_keys(context: dg.AssetExecutionContext) -> list[str]:
+    """The run's partition keys. For a range run, from its range tags: Dagster 1.13.27's job
+    backfills (the daemon's, of a MultiPartitionsDefinition under a multi-run BackfillPolicy) also
+    stamp `dagster/partition/month` and `dagster/partition/tenant` of the backfill's FIRST
+    partition on every range run, and `context.partition_keys` prefers those tags: every batch
+    would export that one tenant. The range tags are what Dagster planned the run's partitions from."""
+    start, end = context.run.tags.get(RANGE_START_TAG), context.run.tags.get(RANGE_END_TAG)
+    if start and end and context.assets_def.partitions_def is not None:
+        keys = context.assets_def.partitions_def.get_partition_keys_in_range(
+            dg.PartitionKeyRange(start, end), dynamic_partitions_store=context.instance
+        )
+        return [str(k) for k in keys]
+    return [str(k) for k in context.partition_keys]
 
 
 def materialization(outcome: MonthOutcome, partition: str) -> dg.AssetMaterialization:
