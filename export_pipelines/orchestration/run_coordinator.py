@@ -18,6 +18,7 @@ from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.run_config import ENTRY_OP, MONTHLY_OP
+from export_pipelines.settings import Settings
 
 # Dagster's own tag for a run's partition key (tenant x month keys read "YYYY-MM-01|tenant").
 PARTITION_TAG = "dagster/partition"
@@ -49,7 +50,12 @@ def export_tags(
     start, end = run_tags.get(RANGE_START_TAG, ""), run_tags.get(RANGE_END_TAG, "")
     if not isinstance(config, Mapping) and "|" not in partition and "|" not in start:
         return {}
-    config = config if isinstance(config, Mapping) else {}
+    config = dict(config) if isinstance(config, Mapping) else {}
+    if "|" in partition or "|" in start:
+        # A monthly run's config may leave resource and format to the job's defaults (schedule,
+        # backfills: run config {}), which are the deployment's settings (monthly_asset.py).
+        deployed = Settings.from_env()
+        config = {"resource": deployed.monthly_resource, "format": deployed.monthly_format, **config}
     derived = {
         tags.TENANT: str(config.get("tenant_id") or ""),
         tags.RESOURCE: str(config.get("resource") or ""),
