@@ -15,13 +15,14 @@ S3 prefix `bench_tp/`, all removed at the end):
   max_concurrent_runs), EXPORT_IO_MANAGER=s3, the same daemon + code server.
 
 Requests enter through the real door: rows in export_requests (RequestStore.create), picked up by
-export_request_sensor (EXPORT_SENSOR_INTERVAL_SECONDS=1). Monthly dumps go through ONE backfill of
-monthly_tenant_export_job for the daemon (backfills.launch_backfill). Scenarios (each bounded by a timeout):
+export_request_sensor (EXPORT_SENSOR_INTERVAL_SECONDS=1). Monthly dumps go through
+`dagster job backfill` of monthly_tenant_export_job. Scenarios (each bounded by a timeout):
 1. 20 requests from 20 small tenants at once -> time until all `succeeded`;
 2. request -> link (row `succeeded` with its download_url) of a 10,000-row export, sequential;
 3. (B) VmRSS / VmHWM of every Celery pool child after each batch of 10 of 100 small exports;
-4. N small tenants' monthly partitions by backfill -> time until every partition is materialized
-   (or failed); runs cover up to EXPORT_MONTHLY_BATCH_SIZE partitions each (monthly_asset.py).
+4. N small tenants' monthly partitions by ONE backfill for the daemon (backfills.launch_backfill, not
+   `dagster job backfill`) -> time until every partition is materialized (or failed); runs cover up
+   to EXPORT_MONTHLY_BATCH_SIZE partitions each (monthly_asset.py).
 Prints a table (ratios B/A) and the load average around each scenario; writes the JSON to
 bench/results/.
 """
