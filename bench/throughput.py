@@ -22,7 +22,9 @@ and, in B, by the request submitter first. Monthly dumps go through
 1. 20 requests from 20 small tenants at once -> time until all `succeeded`;
 2. request -> link (row `succeeded` with its download_url) of a 10,000-row export, sequential;
 3. (B) VmRSS / VmHWM of every Celery pool child after each batch of 10 of 100 small exports;
-4. N small tenants' monthly partitions by backfill -> time until every run is finished.
+4. N small tenants' monthly partitions by ONE backfill for the daemon (backfills.launch_backfill, not
+   `dagster job backfill`) -> time until every partition is materialized (or failed); runs cover up
+   to EXPORT_MONTHLY_BATCH_SIZE partitions each (monthly_asset.py).
 Prints a table (ratios B/A) and the load average around each scenario; writes the JSON to
 bench/results/.
 """
@@ -54,6 +56,8 @@ sys.path.insert(0, str(ROOT))
 
 from export_pipelines.core.request_store import RequestStore  # noqa: E402
 from export_pipelines.core.s3 import make_s3_client  # noqa: E402
+from export_pipelines.orchestration.backfills import failed_partitions, launch_backfill  # noqa: E402
+from export_pipelines.orchestration.monthly_asset import MONTHLY_ASSET_KEY  # noqa: E402
 from export_pipelines_dev.demo_data import DemoSize, load_demo_data  # noqa: E402
 
 SRC_DB = "bench_tp_src"
@@ -336,34 +340,37 @@ def scenario_4(mode: Mode, tenants: int, timeout: float) -> dict[str, Any]:
 
     with DagsterInstance.get() as instance:
         instance.add_dynamic_partitions("tenants", names)
-    keys = ",".join(f"{MONTH}|{t}" for t in names)
+    keys = [f"{MONTH}|{t}" for t in names]
     start = time.monotonic()
-    out = subprocess.run(
-        [str(BIN / "dagster"), "job", "backfill", "-w", str(mode.tmp / "workspace.yaml"),
-         "-j", "monthly_tenant_export_job", "--partitions", keys, "--noprompt"],
-        cwd=ROOT, env=mode.env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+    # What `export-pipelines backfill` does: ONE backfill for the daemon, which cuts it into runs of
+    # up to EXPORT_MONTHLY_BATCH_SIZE partitions (`dagster job backfill` would make a run each).
+    with DagsterInstance.get() as instance:
+        launch_backfill(instance, keys, workspace=mode.tmp / "workspace.yaml", print_fn=lambda _: None)
     submitted = time.monotonic() - start
-    if out.returncode != 0:
-        return {"note": "backfill refused", "stderr": out.stderr[-2000:]}
 
-    def finished() -> bool:
-        return sum(dagster_runs(mode, "monthly_tenant_export_job").get(s, 0) for s in RUN_DONE) >= tenants
+    def partitions() -> tuple[int, int]:
+        """(materialized, failed) partitions of the month: a run covers up to
+        EXPORT_MONTHLY_BATCH_SIZE of them (monthly_asset.py), so runs are no longer the unit."""
+        ok = [p for p in instance.get_materialized_partitions(MONTHLY_ASSET_KEY) if p.startswith(MONTH)]
+        return len(ok), len(failed_partitions(instance, month=MONTH))
 
-    done, _ = wait_until(finished, timeout, every=1.0)
-    elapsed = time.monotonic() - start
+    with DagsterInstance.get() as instance:
+        done, _ = wait_until(lambda: sum(partitions()) >= tenants, timeout, every=1.0)
+        elapsed = time.monotonic() - start
+        ok, failed = partitions()
     counts = dagster_runs(mode, "monthly_tenant_export_job")
-    ended = sum(counts.get(s, 0) for s in RUN_DONE)
     result: dict[str, Any] = {
         "partitions": tenants,
+        "materialized": ok,
+        "failed": failed,
         "backfill_cli_seconds": round(submitted, 1),
         "seconds": round(elapsed, 1),
         "runs": counts,
-        "runs_per_second": round(ended / elapsed, 2),
-        "extrapolated_1000_seconds": round(1000 / (ended / elapsed), 0) if ended else None,
+        "partitions_per_second": round((ok + failed) / elapsed, 2),
+        "extrapolated_1000_seconds": round(1000 / ((ok + failed) / elapsed), 0) if ok + failed else None,
     }
     if not done:
-        result["note"] = f"did not finish in {timeout:.0f} s ({ended} of {tenants} runs ended)"
+        result["note"] = f"did not finish in {timeout:.0f} s ({ok + failed} of {tenants} partitions ended)"
         # Stop the backfill's remaining runs, so they do not load the next measurements.
         subprocess.run(
             [str(BIN / "python"), "-c", CANCEL_QUEUED], env=mode.env, cwd=ROOT,
@@ -493,15 +500,19 @@ def table(res: dict[str, dict[str, Any]]) -> str:
     def s4(r: dict[str, Any]) -> str:
         if not r or "seconds" not in r:
             return r.get("note", "-") if r else "-"
-        text = f"{r['partitions']} partitions: {r['seconds']} s ({r['runs_per_second']} runs/s)"
+        runs = sum(r["runs"].values())
+        text = (
+            f"{r['materialized']}/{r['partitions']} partitions in {runs} runs: {r['seconds']} s "
+            f"({r['partitions_per_second']} partitions/s)"
+        )
         if r.get("note"):
-            text = f"{r['note']}: {r['runs_per_second']} runs/s"
+            text = f"{r['note']}: {r['partitions_per_second']} partitions/s"
         return text + f", 1,000 extrapolated {r['extrapolated_1000_seconds']} s, load {r['load_before']}"
 
-    # Rates, not times: B's runs/s over A's.
+    # Rates, not times: B's partitions/s over A's.
     lines.append(f"| 4. monthly dumps, backfill | {s4(r4a)} | {s4(r4b)} | "
-                 f"{ratio(r4a.get('runs_per_second'), r4b.get('runs_per_second'))} "
-                 f"| 1,000 in <= 600 s (>= 1.7 runs/s) |")  # fmt: skip
+                 f"{ratio(r4a.get('partitions_per_second'), r4b.get('partitions_per_second'))} "
+                 f"| 1,000 in <= 600 s (>= 1.7 partitions/s) |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -80,6 +80,9 @@ class Settings:
     months_from: str = "2024-01-01"  # EXPORT_MONTHS_FROM: first month of the monthly partitions
     monthly_resource: str = "orders"  # EXPORT_MONTHLY_RESOURCE
     monthly_format: str = "csv"  # EXPORT_MONTHLY_FORMAT
+    # EXPORT_MONTHLY_BATCH_SIZE: most tenant x month partitions one run of the monthly job exports
+    # (one after another): the per-run cost of Dagster (~1 s) is paid once per batch, not per tenant.
+    monthly_batch_size: int = 25
     pdf_max_rows: int = DEFAULT_PDF_MAX_ROWS  # EXPORT_PDF_MAX_ROWS: a larger pdf request is refused
     io_manager: str = "fs"  # EXPORT_IO_MANAGER: fs (one machine) | s3 (worker hosts: step outputs in S3)
     # EXPORT_TENANT_MAX_ACTIVE: active (pending, queued, running) requests per tenant; more are
@@ -114,6 +117,7 @@ class Settings:
             months_from=text("EXPORT_MONTHS_FROM") or cls.months_from,
             monthly_resource=text("EXPORT_MONTHLY_RESOURCE") or cls.monthly_resource,
             monthly_format=text("EXPORT_MONTHLY_FORMAT") or cls.monthly_format,
+            monthly_batch_size=_positive(environ, "EXPORT_MONTHLY_BATCH_SIZE", cls.monthly_batch_size),
             pdf_max_rows=_int(environ, "EXPORT_PDF_MAX_ROWS", cls.pdf_max_rows),
             io_manager=_choice(environ, "EXPORT_IO_MANAGER", ("fs", "s3"), cls.io_manager),
             tenant_max_active=_positive(environ, "EXPORT_TENANT_MAX_ACTIVE", cls.tenant_max_active),

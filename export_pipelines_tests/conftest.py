@@ -20,17 +20,18 @@ from export_pipelines_dev.demo_data import DemoSize, load_demo_data
 def code_location(settings: Settings | None = None) -> dict[str, Any]:
     """The code location's jobs, sensors and schedules by name, built from `settings` (default:
     nothing set), without the resources: tests pass their own."""
-    from export_pipelines.orchestration.jobs import build_monthly_job, janitor_job, tenant_export_job
+    from export_pipelines.orchestration.jobs import janitor_job, tenant_export_job
+    from export_pipelines.orchestration.monthly_asset import build_monthly_job
     from export_pipelines.orchestration.schedules import build_monthly_schedule, janitor_schedule
     from export_pipelines.orchestration.sensors import build_sensors
 
     settings = settings or Settings()
-    monthly_job = build_monthly_job(settings)
+    _, monthly_job = build_monthly_job(settings)
     defs = [
         tenant_export_job,
         monthly_job,
         janitor_job,
-        build_monthly_schedule(monthly_job),
+        build_monthly_schedule(monthly_job, settings.monthly_batch_size),
         janitor_schedule,
     ]
     return {d.name: d for d in [*defs, *build_sensors(settings, monthly_job)]}

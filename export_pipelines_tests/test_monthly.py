@@ -9,7 +9,7 @@ import dagster as dg
 import openpyxl
 
 from export_pipelines.orchestration.backfills import failed_partitions
-from export_pipelines.orchestration.jobs import build_monthly_job
+from export_pipelines.orchestration.monthly_asset import monthly_job_with
 from export_pipelines.orchestration.partitions import previous_month
 from export_pipelines.orchestration.resources import ExportSettings
 from export_pipelines.orchestration.sensors import tenant_partitions_sensor
@@ -18,7 +18,6 @@ from export_pipelines_tests.conftest import code_location
 from export_pipelines_tests.readback import csv_rows, read_manifest
 
 CODE_LOCATION = code_location()
-monthly_tenant_export_job = CODE_LOCATION["monthly_tenant_export_job"]
 monthly_enterprise_export_schedule = CODE_LOCATION["monthly_enterprise_export_schedule"]
 
 ENTERPRISE = ["t-005", "t-010", "t-015", "t-020", "t-big"]  # plan = 'enterprise' in the demo data
@@ -39,18 +38,16 @@ def test_schedule_requests_previous_month_for_every_enterprise_tenant(dagster_re
         ) as context:
             requests = monthly_enterprise_export_schedule(context)
         tenants_partitions = sorted(instance.get_dynamic_partitions("tenants"))
-    keys = sorted(str(r.partition_key) for r in requests)
-    assert keys == [f"2026-11-01|{t}" for t in ENTERPRISE]
-    assert {r.run_key for r in requests} == {f"2026-11-01|{t}" for t in ENTERPRISE}
-    assert {r.tags["tenant"] for r in requests} == set(ENTERPRISE)
+    # One run of all five (EXPORT_MONTHLY_BATCH_SIZE 25): a key range over the five tenants, in
+    # the order of the tenants partitions, which the schedule has just added in that order.
     assert tenants_partitions == ENTERPRISE
-    config = monthly_tenant_export_job.partitioned_config
-    for r in requests:
-        tenant = r.tags["tenant"]
-        run_config = config.get_run_config_for_partition_key(str(r.partition_key))
-        assert run_config == {
-            "ops": {"count_rows": {"config": {"tenant_id": tenant, "resource": "orders", "format": "csv"}}}
-        }
+    (request,) = requests
+    assert request.partition_key is None and request.run_config == {}  # the job's defaults
+    assert request.tags == {
+        "dagster/asset_partition_range_start": "2026-11-01|t-005",
+        "dagster/asset_partition_range_end": "2026-11-01|t-big",
+    }
+    assert request.run_key == "2026-11-01|t-005..2026-11-01|t-big"
     assert monthly_enterprise_export_schedule.cron_schedule == "0 2 1 * *"
     assert monthly_enterprise_export_schedule.execution_timezone == "UTC"
 
@@ -64,10 +61,28 @@ def test_partitions_sensor_adds_every_tenant(dagster_resources, pg):
     assert sorted(add.partition_keys) == tenants
 
 
-def run_partition(instance, resources, key, job=monthly_tenant_export_job):
-    return job.execute_in_process(
-        partition_key=key, instance=instance, resources=resources, raise_on_error=False
-    )
+def test_schedule_batches_never_step_over_a_tenant_not_chosen():
+    from export_pipelines.orchestration.partitions import tenant_batches
+
+    ordered = ["a", "b", "c", "d", "e", "f", "g"]
+    assert tenant_batches(ordered, ["a", "b", "c", "e", "f", "g"], 2) == [
+        ["a", "b"],
+        ["c"],
+        ["e", "f"],
+        ["g"],
+    ]
+    assert tenant_batches(ordered, ["g", "a"], 25) == [["a"], ["g"]]
+    assert tenant_batches(ordered, [], 25) == []
+
+
+def run_partition(instance, resources, key, settings=None):
+    job = monthly_job_with(settings or Settings(), resources)
+    return job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+
+
+def manifest_key_of(result) -> str:
+    (m,) = result.asset_materializations_for_node("monthly_export")
+    return str(m.metadata["manifest_key"].value)
 
 
 def test_partition_exports_that_tenant_and_month_only(dagster_resources, s3_client, bucket, prefix, pg):
@@ -75,9 +90,9 @@ def test_partition_exports_that_tenant_and_month_only(dagster_resources, s3_clie
     instance.add_dynamic_partitions("tenants", ["t-005"])
     result = run_partition(instance, dagster_resources, "2024-05-01|t-005")
     assert result.success
-    done = result.output_for_node("finalize")
-    assert done.manifest_key == f"{prefix}/tenant=t-005/orders/2024-05/manifest.json"
-    _, rows = csv_rows(s3_client, bucket, read_manifest(s3_client, bucket, done.manifest_key))
+    manifest_key = manifest_key_of(result)
+    assert manifest_key == f"{prefix}/tenant=t-005/orders/2024-05/manifest.json"
+    _, rows = csv_rows(s3_client, bucket, read_manifest(s3_client, bucket, manifest_key))
     expected = pg.execute(
         "SELECT id::text FROM orders WHERE tenant_id = 't-005' AND created_at >= '2024-05-01' "
         "AND created_at < '2024-06-01' ORDER BY orders.id"
@@ -101,6 +116,7 @@ def test_rerun_of_failed_partitions_only(dagster_resources, s3_client, bucket, p
         if not result.success:  # not retried: a missing bucket is a configuration error
             (error,) = [e.step_failure_data.error for e in result.get_step_failure_events()]
             assert "NoSuchBucket" in error.message and "check EXPORT_BUCKET" in error.message
+            assert "after 4 attempts" not in error.message
     assert failed_partitions(instance) == ["2024-06-01|t-010"]
     good_before = {
         t: s3_client.head_object(Bucket=bucket, Key=f"{prefix}/tenant={t}/orders/2024-06/_SUCCESS")[
@@ -126,12 +142,12 @@ def test_rerun_of_failed_partitions_only(dagster_resources, s3_client, bucket, p
 
 def test_monthly_format_from_the_environment(dagster_resources, s3_client, bucket, prefix, pg, monkeypatch):
     monkeypatch.setenv("EXPORT_MONTHLY_FORMAT", "xlsx")
-    job = build_monthly_job(Settings.from_env())  # as the code location builds it at load time
+    settings = Settings.from_env()  # as the code location builds the job at load time
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("tenants", ["t-005"])
-    result = run_partition(instance, dagster_resources, "2024-05-01|t-005", job)
+    result = run_partition(instance, dagster_resources, "2024-05-01|t-005", settings)
     assert result.success
-    manifest = read_manifest(s3_client, bucket, result.output_for_node("finalize").manifest_key)
+    manifest = read_manifest(s3_client, bucket, manifest_key_of(result))
     (f,) = manifest["files"]
     assert manifest["format"] == "xlsx" and f["key"].endswith("/tenant=t-005/orders/2024-05/part-00001.xlsx")
     workbook = openpyxl.load_workbook(

@@ -14,6 +14,7 @@ from export_pipelines.core.errors import tenant_message
 from export_pipelines.core.layout import ExportLocation
 from export_pipelines.core.request_row import StoredRequest
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
+from export_pipelines.orchestration.run_coordinator import RANGE_END_TAG, RANGE_START_TAG
 from export_pipelines.orchestration.sensors import abort_uploads_logged, latest_run, notify_row
 from export_pipelines.settings import Settings
 
@@ -32,6 +33,11 @@ def carry_out_cancels(
     canceled = 0
     for row in store.cancel_requested():
         run = latest_run(instance, row)
+        if run is not None and serves_several(run) and not run.is_finished:
+            # A monthly run of several tenants: stopping it would stop the others' exports too.
+            # It checks its rows' cancel asks itself, before each tenant and at each part
+            # (monthly_export.py), and cancels only that tenant's export.
+            continue
         if run is not None and run.status in NOT_STARTED:
             instance.report_run_canceled(run, message="canceled through the export API")
         elif run is not None and not run.is_finished:
@@ -44,6 +50,12 @@ def carry_out_cancels(
         if resolve_canceled(row=row, source=source, s3=s3, export_settings=export_settings, log=log):
             canceled += 1
     return canceled
+
+
+def serves_several(run: dg.DagsterRun) -> bool:
+    """A run of a range of monthly partitions over more than one tenant (run_coordinator.py)."""
+    start, end = run.tags.get(RANGE_START_TAG, ""), run.tags.get(RANGE_END_TAG, "")
+    return bool(start) and start.split("|", 1)[-1] != end.split("|", 1)[-1]
 
 
 def resolve_canceled(

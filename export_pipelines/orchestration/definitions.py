@@ -7,7 +7,8 @@ import dagster as dg
 from export_pipelines.orchestration.cancel_sensor import build_cancel_sensor
 from export_pipelines.orchestration.delivery_sensor import build_delivery_sensor
 from export_pipelines.orchestration.io_managers import io_manager_resources
-from export_pipelines.orchestration.jobs import build_monthly_job, janitor_job, tenant_export_job
+from export_pipelines.orchestration.jobs import janitor_job, tenant_export_job
+from export_pipelines.orchestration.monthly_asset import build_monthly_job
 from export_pipelines.orchestration.resources import resources_from_settings
 from export_pipelines.orchestration.schedules import build_monthly_schedule, janitor_schedule
 from export_pipelines.orchestration.sensors import build_sensors
@@ -15,11 +16,12 @@ from export_pipelines.settings import Settings
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    monthly_job = build_monthly_job(settings)
+    monthly_asset, monthly_job = build_monthly_job(settings)
     resources = resources_from_settings(settings)
     return dg.Definitions(
+        assets=[monthly_asset],
         jobs=[tenant_export_job, monthly_job, janitor_job],
-        schedules=[build_monthly_schedule(monthly_job), janitor_schedule],
+        schedules=[build_monthly_schedule(monthly_job, settings.monthly_batch_size), janitor_schedule],
         sensors=[
             *build_sensors(settings, monthly_job),
             build_delivery_sensor(settings),

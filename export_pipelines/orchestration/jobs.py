@@ -1,4 +1,5 @@
-"""Jobs: the one export graph as an ad-hoc job and as a tenant x month partitioned job; the janitor."""
+"""Jobs: the one export graph as the ad-hoc job; the janitor. (The tenant x month job is the
+monthly_export asset's: monthly_asset.py.)"""
 
 from __future__ import annotations
 
@@ -12,9 +13,7 @@ from export_pipelines.orchestration.ops import (
     export_files,
     finalize,
 )
-from export_pipelines.orchestration.partitions import monthly_partitions, tenant_of_key
-from export_pipelines.orchestration.run_config import ENTRY_OP, export_run_config
-from export_pipelines.settings import Settings
+from export_pipelines.orchestration.run_config import ENTRY_OP
 
 # A whole run in one process: on a 2-core machine a process per op only adds start-up time.
 EXECUTOR = dg.in_process_executor
@@ -53,29 +52,6 @@ tenant_export_job = export_graph.to_job(
     config=export_config_only(),
     executor_def=EXECUTOR,
 )
-
-
-def build_monthly_job(settings: Settings) -> dg.JobDefinition:
-    """Tenant x month partitions from settings.months_from; resource and format from settings, and
-    changeable in the launchpad. Tenant and month come from the partition (count_rows enforces them)."""
-    partitions = monthly_partitions(settings.months_from)
-
-    def run_config_for(partition_key: str) -> dict:
-        return export_run_config(
-            tenant_id=tenant_of_key(partition_key),
-            resource=settings.monthly_resource,
-            format=settings.monthly_format,
-        )
-
-    return export_graph.to_job(
-        name="monthly_tenant_export_job",
-        description="One tenant, one month (time_column inside the month); keys idempotent per partition.",
-        partitions_def=partitions,
-        config=dg.PartitionedConfig(
-            partitions_def=partitions, run_config_for_partition_key_fn=run_config_for
-        ),
-        executor_def=EXECUTOR,
-    )
 
 
 @dg.job(description="Daily hygiene: expire old exports, abort abandoned multipart uploads.")

@@ -3,6 +3,8 @@
 (webhook, email) for the delivery sensor. It never sends: a receiver that hangs must not hold the
 run's slot (issue 12, finding 16)."""
 
+from typing import Any
+
 import dagster as dg
 
 from export_pipelines.core.delivery import (
@@ -26,6 +28,12 @@ def notify(
     source: SourceDatabase,
 ) -> FinalizedExport:
     """Mark the request row succeeded, then queue webhook and email. Failures here are logged only."""
+    record_success(context.log, source, run_plan, done)
+    return done
+
+
+def record_success(log: Any, source: SourceDatabase, run_plan: RunPlan, done: FinalizedExport) -> None:
+    """What `notify` does, also called per tenant by the monthly batch (monthly_export.py)."""
     req = run_plan.plan.request
     if run_plan.request_id:
         source.requests().mark_succeeded(
@@ -61,10 +69,7 @@ def notify(
                 email_body=ready_email_body(req.resource, done),
             )
         except Exception as exc:  # noqa: BLE001 - a notification never fails the export
-            context.log.warning(f"notification not queued: {type(exc).__name__}: {exc}")
+            log.warning(f"notification not queued: {type(exc).__name__}: {exc}")
         else:
-            context.log.info("notification queued for the delivery sensor")
-    context.log.info(
-        f"export ready: {done.rows} rows in {len(done.files)} file(s); manifest {done.manifest_key}"
-    )
-    return done
+            log.info("notification queued for the delivery sensor")
+    log.info(f"export ready: {done.rows} rows in {len(done.files)} file(s); manifest {done.manifest_key}")

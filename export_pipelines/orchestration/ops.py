@@ -34,7 +34,6 @@ from export_pipelines.core.resume import abandon_open_uploads
 from export_pipelines.core.tenant_settings import targets as tenant_targets
 from export_pipelines.core.tenants import require_tenant
 from export_pipelines.orchestration import tags
-from export_pipelines.orchestration.partitions import month_range, tenant_and_month
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
 
 # The step failure metadata the failure sensor reads: what the tenant is told (code and message);
@@ -179,16 +178,9 @@ def count_rows(
     """Validate the request against the catalog, count its rows and fix the high-water mark."""
     tenant_id, filters = config.tenant_id, dict(config.filters)
     export_id = config.request_id or context.run.root_run_id or context.run_id
-    partition = tenant_and_month(context)
-    if partition:
-        # The partition decides tenant and month; the keys are idempotent per partition.
-        tenant_id, month = partition
-        filters["date_from"], filters["date_to"] = month_range(month)
-        export_id = month[:7]
-        request_id: str | None = monthly_row(context, source, config, tenant_id, export_id, filters)
-    else:
-        request_id = config.request_id
-    if request_id and not partition:
+    # (Monthly partitions run monthly_export.py's export_month, not this graph.)
+    request_id = config.request_id
+    if request_id:
         request_id = own_request_row(context, source.requests(), request_id, tenant_id, config.resource)
     try:
         check_notify(config.notify.webhook_url, config.notify.email)
@@ -245,33 +237,6 @@ def count_rows(
         source.conninfo, tenant_id, config.notify.webhook_url, config.notify.email
     )
     return RunPlan(plan, request_id, webhook_url, email)
-
-
-def monthly_row(
-    context: dg.OpExecutionContext,
-    source: SourceDatabase,
-    config: ExportConfig,
-    tenant_id: str,
-    month: str,
-    filters: dict[str, Any],
-) -> str:
-    """A monthly partition's export row (created, or taken over by a re-run), tagged on the run so
-    the failure sensor, the reaper and the cancel sensor treat it like any request's run."""
-    store = source.requests()
-    request_id = store.upsert_monthly(
-        tenant_id=tenant_id,
-        resource=config.resource,
-        month=month,
-        format=config.format,
-        compression=config.compression,
-        filters=filters,
-        columns=config.columns,
-        run_id=context.run_id,
-    )
-    row = store.get(request_id)
-    attempt = str(row.attempt) if row else "1"
-    context.instance.add_run_tags(context.run_id, {tags.REQUEST_ID: request_id, tags.ATTEMPT: attempt})
-    return request_id
 
 
 def own_request_row(

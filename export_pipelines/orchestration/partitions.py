@@ -32,21 +32,6 @@ def monthly_key(tenant: str, month: str) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey({tags.TENANT: tenant, MONTH: month})
 
 
-def tenant_of_key(partition_key: str) -> str:
-    """The tenant of a "month|tenant" key (multi-partition dimensions are sorted by name)."""
-    return partition_key.split("|", 1)[1] if "|" in partition_key else ""
-
-
-def tenant_and_month(context: dg.OpExecutionContext) -> tuple[str, str] | None:
-    """(tenant, month start 'YYYY-MM-DD') of a tenant x month partition, else None."""
-    if not context.has_partition_key:
-        return None
-    keys = getattr(context.partition_key, "keys_by_dimension", None)
-    if not keys or MONTH not in keys or tags.TENANT not in keys:
-        return None
-    return keys[tags.TENANT], keys[MONTH]
-
-
 def month_range(month: str) -> tuple[str, str]:
     """[start, end) of the month starting at `month`, as ISO 8601 UTC timestamps."""
     start = datetime.fromisoformat(month).replace(tzinfo=UTC)
@@ -59,3 +44,23 @@ def previous_month(moment: datetime) -> str:
     first = moment.astimezone(UTC).replace(day=1)
     prev = first.replace(year=first.year - (first.month == 1), month=(first.month - 2) % 12 + 1)
     return prev.strftime("%Y-%m-01")
+
+
+def tenant_batches(ordered: list[str], chosen: list[str], size: int) -> list[list[str]]:
+    """`chosen` tenants cut into runs of at most `size`, each a run of consecutive tenants in
+    `ordered` (the `tenants` partitions in Dagster's order): a run of several partitions is a key
+    range, and a range from t-a to t-b covers every tenant between them in that order, so a batch
+    must never step over a tenant that was not chosen (as Dagster's own backfills cut ranges)."""
+    wanted = set(chosen)
+    batches: list[list[str]] = []
+    current: list[str] = []
+    for tenant in ordered:
+        if tenant in wanted and len(current) < size:
+            current.append(tenant)
+            continue
+        if current:
+            batches.append(current)
+        current = [tenant] if tenant in wanted else []
+    if current:
+        batches.append(current)
+    return batches

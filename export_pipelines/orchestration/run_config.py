@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 ENTRY_OP = "count_rows"
+# The monthly job's one op (its asset), whose config is resource and format (monthly_export.py).
+MONTHLY_OP = "monthly_export"
 
 
 def export_run_config(

@@ -17,10 +17,14 @@ from dagster import DagsterRun
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 
 from export_pipelines.orchestration import tags
-from export_pipelines.orchestration.run_config import ENTRY_OP
+from export_pipelines.orchestration.run_config import ENTRY_OP, MONTHLY_OP
+from export_pipelines.settings import Settings
 
 # Dagster's own tag for a run's partition key (tenant x month keys read "YYYY-MM-01|tenant").
 PARTITION_TAG = "dagster/partition"
+# Dagster's own tags of a run covering a range of partitions (a backfill under a BackfillPolicy).
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
 # ExportConfig's defaults, for runs whose config leaves them out.
 DEFAULT_FORMAT = "csv"
 
@@ -28,17 +32,30 @@ DEFAULT_FORMAT = "csv"
 def export_tags(
     run_tags: Mapping[str, str], run_config: Mapping[str, Any] | None, run_id: str | None = None
 ) -> dict[str, str]:
-    """The tags every export run carries, from its run config and partition key. Empty when the
+    """The tags every export run carries, from its run config and partition key(s). Empty when the
     run is not an export (the janitor). They override tags the submitter set: a launchpad user's
     `tenant` tag naming another tenant must not take the run out of its tenant's cap.
-    `run_id`: the export id of an ad-hoc run without request_id (as count_rows names it)."""
+    `run_id`: the export id of an ad-hoc run without request_id (as count_rows names it).
+
+    A monthly run covering several partitions (a range "YYYY-MM-01|t-a".."YYYY-MM-01|t-b", see
+    monthly_asset.py) is tagged with the tenant when the range holds one tenant (several months),
+    else with a value of its own, "monthly batch <start>..<end>": the cap of one run per value
+    then limits that batch to one run, and the batch exports its tenants one after another."""
     ops = (run_config or {}).get("ops") or {}
-    entry = ops.get(ENTRY_OP) if isinstance(ops, Mapping) else None
+    entry = None
+    if isinstance(ops, Mapping):
+        entry = ops.get(ENTRY_OP) or ops.get(MONTHLY_OP)
     config = entry.get("config") if isinstance(entry, Mapping) else None
     partition = run_tags.get(PARTITION_TAG, "")
-    if not isinstance(config, Mapping) and "|" not in partition:
+    start, end = run_tags.get(RANGE_START_TAG, ""), run_tags.get(RANGE_END_TAG, "")
+    if not isinstance(config, Mapping) and "|" not in partition and "|" not in start:
         return {}
-    config = config if isinstance(config, Mapping) else {}
+    config = dict(config) if isinstance(config, Mapping) else {}
+    if "|" in partition or "|" in start:
+        # A monthly run's config may leave resource and format to the job's defaults (schedule,
+        # backfills: run config {}), which are the deployment's settings (monthly_asset.py).
+        deployed = Settings.from_env()
+        config = {"resource": deployed.monthly_resource, "format": deployed.monthly_format, **config}
     derived = {
         tags.TENANT: str(config.get("tenant_id") or ""),
         tags.RESOURCE: str(config.get("resource") or ""),
@@ -46,9 +63,13 @@ def export_tags(
     }
     export_id = config.get("request_id") or run_id
     if "|" in partition:
-        # count_rows makes the partition decide tenant and month (the export id is the month).
+        # The partition decides tenant and month (the export id is the month).
         month, tenant = partition.split("|", 1)
         derived[tags.TENANT], export_id = tenant, month[:7]
+    elif "|" in start and "|" in end:
+        (first_month, first), (last_month, last) = start.split("|", 1), end.split("|", 1)
+        derived[tags.TENANT] = first if first == last else f"monthly batch {start}..{end}"
+        export_id = first_month[:7] if first_month == last_month else f"{first_month[:7]}..{last_month[:7]}"
     if export_id:
         derived[tags.EXPORT_ID] = str(export_id)
     return derived

@@ -2,6 +2,7 @@
 """Schedules: the monthly enterprise dump and the daily janitor."""
 
 from datetime import UTC, datetime
+from typing import Any
 
 import dagster as dg
 
@@ -13,12 +14,17 @@ from export_pipelines.orchestration.partitions import (
     monthly_key,
     partitionable,
     previous_month,
+    tenant_batches,
 )
 from export_pipelines.orchestration.resources import ExportSettings, SourceDatabase
+from export_pipelines.orchestration.run_coordinator import RANGE_END_TAG, RANGE_START_TAG
 
 
-def build_monthly_schedule(monthly_job: dg.JobDefinition) -> dg.ScheduleDefinition:
-    """The schedule of the monthly job (built from settings, so the schedule is too)."""
+def build_monthly_schedule(monthly_job: Any, batch_size: int = 25) -> dg.ScheduleDefinition:
+    """The schedule of the monthly job (built from settings, so the schedule is too). Each run
+    request covers up to `batch_size` tenants (EXPORT_MONTHLY_BATCH_SIZE) of the month: Dagster
+    runs several partitions in one run as a key range (its range tags), and the asset
+    (monthly_asset.py) reports each partition apart."""
 
     @dg.schedule(
         name="monthly_enterprise_export_schedule",
@@ -41,15 +47,23 @@ def build_monthly_schedule(monthly_job: dg.JobDefinition) -> dg.ScheduleDefiniti
         have = set(context.instance.get_dynamic_partitions(TENANT_PARTITIONS_NAME))
         if missing := [t for t in tenants if t not in have]:
             context.instance.add_dynamic_partitions(TENANT_PARTITIONS_NAME, missing)
-        # Run config comes from the job's partitioned config (run_config.export_run_config).
-        return [
-            dg.RunRequest(
-                run_key=f"{month}|{tenant}",
-                partition_key=monthly_key(tenant, month),
-                tags={tags.TENANT: tenant},
-            )
-            for tenant in tenants
-        ]
+        # Run config: the job's defaults (EXPORT_MONTHLY_RESOURCE / _FORMAT). Tags: run_coordinator.
+        ordered = context.instance.get_dynamic_partitions(TENANT_PARTITIONS_NAME)
+        requests = []
+        for batch in tenant_batches(ordered, tenants, batch_size):
+            first, last = str(monthly_key(batch[0], month)), str(monthly_key(batch[-1], month))
+            if len(batch) == 1:  # an ordinary one-partition run
+                requests.append(
+                    dg.RunRequest(run_key=first, partition_key=first, tags={tags.TENANT: batch[0]})
+                )
+            else:
+                requests.append(
+                    dg.RunRequest(
+                        run_key=f"{first}..{last}",
+                        tags={RANGE_START_TAG: first, RANGE_END_TAG: last},
+                    )
+                )
+        return requests
 
     return monthly_enterprise_export_schedule
 
