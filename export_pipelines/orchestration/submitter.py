@@ -16,6 +16,7 @@ import argparse
 import logging
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ JOB_NAME = "tenant_export_job"
 # Rows the submitter skipped (a tenant over its start rate) or missed (while it was down): looked
 # for this often even when no notice comes.
 DEFAULT_SWEEP_SECONDS = 5.0
+SUBMIT_THREADS = 4
 
 
 class RequestSubmitter:
@@ -67,13 +69,18 @@ class RequestSubmitter:
         location = context.get_code_location(location_name)
         (repository,) = location.get_repositories().values()
         remote_job = repository.get_full_job(JOB_NAME)
-        run_ids = []
-        for request in claimed:
+
+        def submit(request: ClaimedRequest) -> str | None:
             try:
-                run_ids.append(self._submit(context, location, repository, remote_job, request))
+                return self._submit(context, location, repository, remote_job, request)
             except Exception:  # noqa: BLE001 - the sensor re-requests a claimed row whose run never started
                 _LOG.exception("could not submit the run of request %s", request.row.id)
-        return run_ids
+                return None
+
+        # A burst (20 tenants at once) is submitted side by side: each submission mostly waits on
+        # the code server (execution plan) and PostgreSQL, 0.3-0.7 s one after another.
+        with ThreadPoolExecutor(max_workers=SUBMIT_THREADS) as pool:
+            return [run_id for run_id in pool.map(submit, claimed) if run_id]
 
     def _submit(
         self, context: Any, location: Any, repository: Any, remote_job: Any, request: ClaimedRequest
