@@ -46,24 +46,26 @@ def _pooled_engine(
     old.dispose()
 
 
-class PooledPostgresRunStorage(PostgresRunStorage):
+class _HoldsItsConnection:
+    """Mixin for a dagster-postgres storage: pooled engine from the start, closed on dispose."""
+
+    _engine: Any
+
     def __init__(self, postgres_url: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(postgres_url, *args, **kwargs)
-        _pooled_engine(self, postgres_url, kwargs.get("token_provider"))
+        super().__init__(postgres_url, *args, **kwargs)  # type: ignore[call-arg]
+        _pooled_engine(self, postgres_url, kwargs.get("token_provider"))  # type: ignore[arg-type]
 
     def dispose(self) -> None:
-        super().dispose()
+        super().dispose()  # type: ignore[misc]
         self._engine.dispose()
 
 
-class PooledPostgresEventLogStorage(PostgresEventLogStorage):
-    def __init__(self, postgres_url: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(postgres_url, *args, **kwargs)
-        _pooled_engine(self, postgres_url, kwargs.get("token_provider"))
+class PooledPostgresRunStorage(_HoldsItsConnection, PostgresRunStorage):
+    pass
 
-    def dispose(self) -> None:
-        super().dispose()
-        self._engine.dispose()
+
+class PooledPostgresEventLogStorage(_HoldsItsConnection, PostgresEventLogStorage):
+    pass
 
 
 class PooledPostgresStorage(DagsterPostgresStorage):

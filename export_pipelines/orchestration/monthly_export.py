@@ -22,15 +22,12 @@ from export_pipelines.core.delivery import CANCELED, FAILED
 from export_pipelines.core.errors import ExportError, TransientError, error_code, tenant_message
 from export_pipelines.core.exporter import run_export
 from export_pipelines.core.manifest import FinalizedExport, clear_success_marker, finalize_export
-from export_pipelines.core.plan import plan_export
-from export_pipelines.core.request import build_request
 from export_pipelines.core.request_row import monthly_request_id
 from export_pipelines.core.results import ExportProgress
 from export_pipelines.core.tenant_settings import targets as tenant_targets
-from export_pipelines.core.tenants import require_tenant
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.notify_op import record_success
-from export_pipelines.orchestration.ops import NETWORK_RETRY, RunPlan
+from export_pipelines.orchestration.ops import NETWORK_RETRY, RunPlan, configured_request, plan_request
 from export_pipelines.orchestration.partitions import month_range
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
 from export_pipelines.orchestration.sensors import abort_uploads_logged, notify_row
@@ -158,28 +155,8 @@ def _plan(
 ) -> RunPlan:
     source, settings = services.source, services.settings
     catalog = settings.catalog()
-    request = build_request(
-        catalog,
-        tenant_id=tenant,
-        resource=config.resource,
-        format=config.format,
-        compression=config.compression,
-        columns=config.columns,
-        filters=filters,
-        export_id=export_id,
-        max_rows_per_file=config.max_rows_per_file,
-        link_expiry_hours=config.link_expiry_hours,
-    )
-    require_tenant(source.conninfo, catalog, tenant)
-    plan = plan_export(
-        source.conninfo,
-        catalog,
-        request,
-        settings.prefix,
-        source.checkpoints(),
-        statement_timeout_seconds=settings.statement_timeout_seconds,
-        pdf_max_rows=settings.pdf_max_rows,
-    )
+    request = configured_request(catalog, config, tenant, filters, export_id)
+    plan = plan_request(source, settings, catalog, request)
     source.requests().mark_running(rid, context.run_id, plan.rows_total)
     if alone:  # lets the failure sensor abort a dead run's uploads, as count_rows does
         context.instance.add_run_tags(context.run_id, {tags.FOLDER: plan.location.folder})

@@ -15,6 +15,7 @@ from typing import Any
 
 import dagster as dg
 
+from export_pipelines.core.catalog import Catalog
 from export_pipelines.core.errors import (
     ExportError,
     InvalidRequest,
@@ -27,7 +28,7 @@ from export_pipelines.core.exporter import run_export
 from export_pipelines.core.janitor import run_janitor
 from export_pipelines.core.manifest import FinalizedExport, clear_success_marker, finalize_export
 from export_pipelines.core.plan import ExportPlan, plan_export
-from export_pipelines.core.request import build_request, check_notify
+from export_pipelines.core.request import ExportRequest, build_request, check_notify
 from export_pipelines.core.request_store import RequestStore
 from export_pipelines.core.results import ExportOutcome, ExportProgress
 from export_pipelines.core.resume import abandon_open_uploads
@@ -168,6 +169,41 @@ class RunPlan:
     email: str | None
 
 
+def configured_request(
+    catalog: Catalog, config: Any, tenant_id: str, filters: dict[str, Any], export_id: str
+) -> ExportRequest:
+    """The validated request of one export: `config` is an ExportConfig or a MonthlyConfig (the
+    same export fields); tenant, filters and export id come from the caller (run config, partition)."""
+    return build_request(
+        catalog,
+        tenant_id=tenant_id,
+        resource=config.resource,
+        format=config.format,
+        compression=config.compression,
+        columns=config.columns,
+        filters=filters,
+        export_id=export_id,
+        max_rows_per_file=config.max_rows_per_file,
+        link_expiry_hours=config.link_expiry_hours,
+    )
+
+
+def plan_request(
+    source: SourceDatabase, export_settings: ExportSettings, catalog: Catalog, request: ExportRequest
+) -> ExportPlan:
+    """Check the tenant exists, count the rows and fix the cut (or take an earlier attempt's)."""
+    require_tenant(source.conninfo, catalog, request.tenant_id)
+    return plan_export(
+        source.conninfo,
+        catalog,
+        request,
+        export_settings.prefix,
+        source.checkpoints(),
+        statement_timeout_seconds=export_settings.statement_timeout_seconds,
+        pdf_max_rows=export_settings.pdf_max_rows,
+    )
+
+
 @dg.op(retry_policy=NETWORK_RETRY, tags={"kind": "postgres"})
 def count_rows(
     context: dg.OpExecutionContext,
@@ -185,29 +221,9 @@ def count_rows(
     try:
         check_notify(config.notify.webhook_url, config.notify.email)
         catalog = export_settings.catalog()
-        request = build_request(
-            catalog,
-            tenant_id=tenant_id,
-            resource=config.resource,
-            format=config.format,
-            compression=config.compression,
-            columns=config.columns,
-            filters=filters,
-            export_id=export_id,
-            max_rows_per_file=config.max_rows_per_file,
-            link_expiry_hours=config.link_expiry_hours,
-        )
+        request = configured_request(catalog, config, tenant_id, filters, export_id)
         with explained_on_last_attempt(context):
-            require_tenant(source.conninfo, catalog, request.tenant_id)
-            plan = plan_export(
-                source.conninfo,
-                catalog,
-                request,
-                export_settings.prefix,
-                source.checkpoints(),
-                statement_timeout_seconds=export_settings.statement_timeout_seconds,
-                pdf_max_rows=export_settings.pdf_max_rows,
-            )
+            plan = plan_request(source, export_settings, catalog, request)
     except TransientError:
         raise  # NETWORK_RETRY tries again
     except ExportError as exc:  # the request or the deployment is wrong: no attempt can succeed
