@@ -18,8 +18,10 @@ from export_pipelines.core.plan import check_file_count
 from export_pipelines.core.request import build_request, parse_instant
 from export_pipelines.core.request_row import OversizedFilters
 from export_pipelines.orchestration.jobs import tenant_export_job
+from export_pipelines.orchestration.partitions import monthly_partitions
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings
 from export_pipelines.orchestration.run_config import export_run_config
+from export_pipelines.orchestration.run_coordinator import RANGE_END_TAG, RANGE_START_TAG
 from export_pipelines.orchestration.sensors import reap_unfinished_requests, record_run_failure
 from export_pipelines_tests.conftest import code_location
 
@@ -302,8 +304,23 @@ def test_finding_08_pipe_in_tenant_id_is_refused_and_skipped(catalog, dagster_re
                 resources=dagster_resources,
             ) as context:
                 requests = monthly_schedule(context)
-            tenants = {r.tags["tenant"] for r in requests}
+                # A run request is one partition, or a range of one month's tenants (a batch).
+                partitions = monthly_partitions("2024-01-01")
+                keys = [
+                    str(k)
+                    for r in requests
+                    for k in (
+                        [r.partition_key]
+                        if r.partition_key
+                        else partitions.get_partition_keys_in_range(
+                            dg.PartitionKeyRange(r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG]),
+                            dynamic_partitions_store=instance,
+                        )
+                    )
+                ]
+            tenants = {key.split("|", 1)[1] for key in keys}
             assert "t-005" in tenants and "acme|eu" not in tenants
+            assert not any("acme" in json.dumps(r.tags) for r in requests)
             with dg.build_sensor_context(instance=instance, resources=dagster_resources) as context:
                 result = tenant_partitions_sensor(context)
             added = [k for r in result.dynamic_partitions_requests for k in r.partition_keys]

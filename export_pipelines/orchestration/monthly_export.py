@@ -111,12 +111,12 @@ def export_month(
         compression=config.compression,
         filters=filters,
         columns=config.columns,
-        run_id=context.run_id,
+        run_id=context.run.run_id,
     )
     if alone:
         row = store.get(rid)
         context.instance.add_run_tags(
-            context.run_id, {tags.REQUEST_ID: rid, tags.ATTEMPT: str(row.attempt if row else 1)}
+            context.run.run_id, {tags.REQUEST_ID: rid, tags.ATTEMPT: str(row.attempt if row else 1)}
         )
     folder = ""
     attempts = NETWORK_RETRY.max_retries + 1
@@ -157,9 +157,9 @@ def _plan(
     catalog = settings.catalog()
     request = configured_request(catalog, config, tenant, filters, export_id)
     plan = plan_request(source, settings, catalog, request)
-    source.requests().mark_running(rid, context.run_id, plan.rows_total)
+    source.requests().mark_running(rid, context.run.run_id, plan.rows_total)
     if alone:  # lets the failure sensor abort a dead run's uploads, as count_rows does
-        context.instance.add_run_tags(context.run_id, {tags.FOLDER: plan.location.folder})
+        context.instance.add_run_tags(context.run.run_id, {tags.FOLDER: plan.location.folder})
     webhook_url, email = tenant_targets(source.conninfo, tenant, None, None)
     return RunPlan(plan, rid, webhook_url, email)
 
