@@ -20,14 +20,19 @@ import dagster as dg
 
 from export_pipelines.core.delivery import CANCELED, FAILED
 from export_pipelines.core.errors import ExportError, TransientError, error_code, tenant_message
-from export_pipelines.core.exporter import run_export
-from export_pipelines.core.manifest import FinalizedExport, clear_success_marker, finalize_export
+from export_pipelines.core.manifest import FinalizedExport, finalize_export
 from export_pipelines.core.request_row import monthly_request_id
 from export_pipelines.core.results import ExportProgress
 from export_pipelines.core.tenant_settings import targets as tenant_targets
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.notify_op import record_success
-from export_pipelines.orchestration.ops import NETWORK_RETRY, RunPlan, configured_request, plan_request
+from export_pipelines.orchestration.ops import (
+    NETWORK_RETRY,
+    RunPlan,
+    configured_request,
+    plan_request,
+    write_export,
+)
 from export_pipelines.orchestration.partitions import month_range
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
 from export_pipelines.orchestration.sensors import abort_uploads_logged, notify_row
@@ -178,20 +183,7 @@ def _write(
         if row is not None and row.cancel_requested_at:  # the batch run goes on without this one
             raise CanceledThroughApi(CANCELED_MESSAGE)
 
-    clear_success_marker(client, settings.bucket, plan.location)
-    outcome = run_export(
-        plan,
-        conninfo=source.conninfo,
-        catalog=settings.catalog(),
-        s3_client=client,
-        bucket=settings.bucket,
-        part_size=settings.part_size_mib * 1024 * 1024,
-        max_parts_in_flight=settings.max_parts_in_flight,
-        on_progress=on_progress,
-        checkpoints=checkpoints,
-        abort_on_error=abort_on_error,
-        statement_timeout_seconds=settings.statement_timeout_seconds,
-    )
+    outcome = write_export(source, settings, client, plan, on_progress, checkpoints, abort_on_error)
     return finalize_export(client, settings.bucket, plan, outcome, checkpoints)
 
 

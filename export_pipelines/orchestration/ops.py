@@ -9,13 +9,14 @@ also moves that row along (running, progress, succeeded); failures are recorded 
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 
 from export_pipelines.core.catalog import Catalog
+from export_pipelines.core.checkpoints import CheckpointStore
 from export_pipelines.core.errors import (
     ExportError,
     InvalidRequest,
@@ -204,6 +205,33 @@ def plan_request(
     )
 
 
+def write_export(
+    source: SourceDatabase,
+    export_settings: ExportSettings,
+    client: Any,
+    plan: ExportPlan,
+    on_progress: Callable[[ExportProgress], None],
+    checkpoints: CheckpointStore,
+    abort_on_error: bool,
+) -> ExportOutcome:
+    """Stream a planned export's files to S3 with the deployment's settings (part size, parts in
+    flight, statement timeout), after removing a `_SUCCESS` an earlier attempt may have left."""
+    clear_success_marker(client, export_settings.bucket, plan.location)
+    return run_export(
+        plan,
+        conninfo=source.conninfo,
+        catalog=export_settings.catalog(),
+        s3_client=client,
+        bucket=export_settings.bucket,
+        part_size=export_settings.part_size_mib * 1024 * 1024,
+        max_parts_in_flight=export_settings.max_parts_in_flight,
+        on_progress=on_progress,
+        checkpoints=checkpoints,
+        abort_on_error=abort_on_error,
+        statement_timeout_seconds=export_settings.statement_timeout_seconds,
+    )
+
+
 @dg.op(retry_policy=NETWORK_RETRY, tags={"kind": "postgres"})
 def count_rows(
     context: dg.OpExecutionContext,
@@ -301,19 +329,8 @@ def export_files(
     try:
         # The last attempt aborts its upload on error; earlier ones leave it for the retry to continue.
         with explained_on_last_attempt(context):
-            clear_success_marker(client, export_settings.bucket, plan.location)
-            outcome = run_export(
-                plan,
-                conninfo=source.conninfo,
-                catalog=export_settings.catalog(),
-                s3_client=client,
-                bucket=export_settings.bucket,
-                part_size=export_settings.part_size_mib * 1024 * 1024,
-                max_parts_in_flight=export_settings.max_parts_in_flight,
-                on_progress=on_progress,
-                checkpoints=checkpoints,
-                abort_on_error=is_last_attempt(context),
-                statement_timeout_seconds=export_settings.statement_timeout_seconds,
+            outcome = write_export(
+                source, export_settings, client, plan, on_progress, checkpoints, is_last_attempt(context)
             )
     except S3ConfigurationError as exc:
         # Wrong bucket or credentials: retrying cannot help, say so at once.
