@@ -197,7 +197,9 @@ VARIABLES: tuple[Variable, ...] = (
         "Static S3 key; unset, boto3's own chain is used (instance or container role, SSO, ...).",
         default="unset (boto3's chain)",
     ),
-    Variable("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key", _STORAGE, "Its secret.", secret=True),
+    Variable(
+        "AWS_SECRET_ACCESS_KEY", "aws_secret_access_key", _STORAGE, "The static key's secret.", secret=True
+    ),
     Variable(
         "AWS_SESSION_TOKEN",
         "aws_session_token",
