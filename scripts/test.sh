@@ -14,7 +14,8 @@ ruff check .
 ruff format --check .
 echo "==> docs (mkdocs build --strict)"
 site="$(mktemp -d)"
-NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet --site-dir "$site"
+# Not --quiet: it hides the warnings that --strict turns into a failure.
+NO_MKDOCS_2_WARNING=1 mkdocs build --strict --site-dir "$site"
 rm -rf "$site"
 echo "==> pytest"
 pytest "$@"
