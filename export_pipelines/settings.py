@@ -1,9 +1,10 @@
-"""Every environment variable the project reads, read in one place (README "Configuration").
+"""Every environment variable the project reads, read in one place (docs/configuration.md).
 
 `Settings.from_env()` is called when the definitions are built and by the CLI, never at import
 time. The Dagster resources take secrets (database URL, AWS keys, webhook secret, SMTP URL) through
 `dg.EnvVar`, so those values are read by Dagster at run time and never land in run config; the
-fields here say whether they are set.
+fields here say whether they are set. `VARIABLES` describes each variable as data: the documentation's
+configuration reference is rendered from it at build time, so the two cannot drift.
 """
 
 from __future__ import annotations
@@ -145,3 +146,172 @@ class Settings:
         if not self.bucket:
             raise ConfigurationError("EXPORT_BUCKET is not set (run `source scripts/env.sh` first)")
         return self.bucket
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable as the configuration reference shows it."""
+
+    name: str
+    field: str  # the Settings field it fills; its default is shown unless `default` says better
+    group: str
+    meaning: str
+    default: str | None = None
+    required: bool = False
+    secret: bool = False  # the value is never logged nor put in run config
+
+    def default_text(self) -> str:
+        if self.default is not None:
+            return self.default
+        value = Settings.__dataclass_fields__[self.field].default
+        return "unset" if value is None else str(value)
+
+
+_STORAGE = "Source database and storage"
+_NOTIFY = "Notifications"
+_REQUESTS = "Requests and limits"
+_MONTHLY = "Monthly dumps"
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable(
+        "SOURCE_DATABASE_URL",
+        "source_database_url",
+        _STORAGE,
+        "PostgreSQL URL of the tenant data and of the service's own tables (export_requests, "
+        "checkpoints, deliveries, keys). A literal `%` in the password is written `%25`.",
+        required=True,
+        secret=True,
+    ),
+    Variable(
+        "AWS_ENDPOINT_URL",
+        "aws_endpoint_url",
+        _STORAGE,
+        "An S3-compatible server (SeaweedFS, MinIO, ...); leave unset on AWS.",
+        default="unset (AWS)",
+    ),
+    Variable("AWS_REGION", "aws_region", _STORAGE, "Region of the bucket, and of the link signatures."),
+    Variable(
+        "AWS_ACCESS_KEY_ID",
+        "aws_access_key_id",
+        _STORAGE,
+        "Static S3 key; unset, boto3's own chain is used (instance or container role, SSO, ...).",
+        default="unset (boto3's chain)",
+    ),
+    Variable(
+        "AWS_SECRET_ACCESS_KEY", "aws_secret_access_key", _STORAGE, "The static key's secret.", secret=True
+    ),
+    Variable(
+        "AWS_SESSION_TOKEN",
+        "aws_session_token",
+        _STORAGE,
+        "Temporary credentials. Their expiry is unknown, so download links then last at most 12 h.",
+        secret=True,
+    ),
+    Variable("EXPORT_BUCKET", "bucket", _STORAGE, "The bucket exports are written to.", required=True),
+    Variable(
+        "EXPORT_PREFIX",
+        "prefix",
+        _STORAGE,
+        "Key prefix of every export folder (`{prefix}/tenant=.../{resource}/{export id}/`) and of "
+        "Dagster's own objects (`{prefix}/_dagster/`).",
+    ),
+    Variable(
+        "EXPORT_CATALOG",
+        "catalog_path",
+        _STORAGE,
+        "Path of the catalog YAML: the only tables, columns and filters an export may touch.",
+        default="the packaged `export_pipelines/catalog.yaml`",
+    ),
+    Variable(
+        "EXPORT_STATEMENT_TIMEOUT",
+        "statement_timeout_seconds",
+        _STORAGE,
+        "PostgreSQL `statement_timeout` of export queries, in PostgreSQL's units (`300s`, `200ms`, "
+        "`5min`; a bare number is milliseconds).",
+        default="300s",
+    ),
+    Variable(
+        "EXPORT_IO_MANAGER",
+        "io_manager",
+        _STORAGE,
+        "Where Dagster keeps step outputs: `fs` (local disk, one machine) or `s3` (under "
+        "`{EXPORT_PREFIX}/_dagster/`, needed when a retried run may start on another host).",
+    ),
+    Variable(
+        "EXPORT_WEBHOOK_SECRET",
+        "webhook_secret",
+        _NOTIFY,
+        "HMAC-SHA256 key of the `X-Export-Signature` header on every webhook.",
+        required=True,
+        secret=True,
+    ),
+    Variable(
+        "EXPORT_WEBHOOK_ALLOWLIST",
+        "webhook_allowlist",
+        _NOTIFY,
+        "Comma-separated webhook hosts; `.example.com` allows its subdomains. When set, a webhook "
+        "to any other host is refused.",
+        default="empty (any public host)",
+    ),
+    Variable(
+        "EXPORT_WEBHOOK_ALLOW_PRIVATE",
+        "webhook_allow_private",
+        _NOTIFY,
+        "`1` lets webhooks reach loopback and private addresses (a local receiver, development "
+        "only); link-local, multicast and unspecified addresses stay refused.",
+        default="unset (refused)",
+    ),
+    Variable(
+        "SMTP_URL",
+        "smtp_url",
+        _NOTIFY,
+        "Mail server for email notifications: `smtp://host:port`, `smtps://user:pass@host`, "
+        "`?starttls=1`. Unset, emails are skipped with a logged reason.",
+        secret=True,
+    ),
+    Variable(
+        "EXPORT_SENSOR_INTERVAL_SECONDS",
+        "sensor_interval_seconds",
+        _REQUESTS,
+        "How often the request, failure, cancel and delivery sensors run (the reaper: at least 30 s).",
+    ),
+    Variable(
+        "EXPORT_TENANT_MAX_ACTIVE",
+        "tenant_max_active",
+        _REQUESTS,
+        "Active (pending, queued, running) requests a tenant may have; more are refused at insert, "
+        "by every door. `export-pipelines migrate` writes it into the database.",
+    ),
+    Variable(
+        "EXPORT_TENANT_STARTS_PER_MINUTE",
+        "tenant_starts_per_minute",
+        _REQUESTS,
+        "Runs the request sensor and the submitter start per tenant per minute; the rest wait.",
+    ),
+    Variable(
+        "EXPORT_PDF_MAX_ROWS",
+        "pdf_max_rows",
+        _REQUESTS,
+        "The most rows a `pdf` export may have; a larger request is refused when it is planned.",
+    ),
+    Variable(
+        "EXPORT_MONTHS_FROM",
+        "months_from",
+        _MONTHLY,
+        "First month of the monthly partitions (a date, `YYYY-MM-01`).",
+    ),
+    Variable(
+        "EXPORT_MONTHLY_RESOURCE",
+        "monthly_resource",
+        _MONTHLY,
+        "Catalog resource the monthly dumps export.",
+    ),
+    Variable("EXPORT_MONTHLY_FORMAT", "monthly_format", _MONTHLY, "Format of the monthly dumps."),
+    Variable(
+        "EXPORT_MONTHLY_BATCH_SIZE",
+        "monthly_batch_size",
+        _MONTHLY,
+        "Most tenant x month partitions one monthly run exports, one after another (`1`: a run per "
+        "partition). Dagster's per-run cost is then paid once per batch.",
+    ),
+)

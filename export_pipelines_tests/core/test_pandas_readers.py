@@ -1,7 +1,7 @@
 """pandas as the customer's reader: the type-zoo table exported in every format and read with
 pandas' own reader (in .venv-readers, a subprocess: the project's venv has no pandas), called the
-way the README's "Reading exports with pandas" says, and compared with PostgreSQL through the type
-contract. What pandas cannot hold is stated in the README / type contract, and checked here exactly.
+way docs/formats.md ("Reading exports with pandas") says, and compared with PostgreSQL through the type
+contract. What pandas cannot hold is stated in docs/formats.md (the type contract), and checked here exactly.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ EXT = {
     "parquet": "parquet",
     "xlsx": "xlsx",
 }
-# The calls the README gives, verbatim.
+# The calls docs/formats.md gives, verbatim.
 READ_CALLS = {
     "csv": "pd.read_csv(path, dtype=str, keep_default_na=False)",
     "csv_excel": "pd.read_csv(path, dtype=str, keep_default_na=False)",
@@ -253,14 +253,14 @@ def test_pandas_reads_every_format_as_the_contract_says(
             check_parquet(got, rows)
 
 
-def test_readme_gives_the_pandas_calls():
-    readme = (ROOT / "README.md").read_text()
+def test_formats_page_gives_the_pandas_calls():
+    page = (ROOT / "docs" / "formats.md").read_text()
     for call in READ_CALLS.values():
-        assert call in readme, call
+        assert call in page, call
 
 
 def test_pandas_default_parquet_call_fails_on_bc_dates(tmp_path, zoo, source_url, s3_client, bucket, prefix):
-    """Why the README says dtype_backend="pyarrow": the default call refuses BC dates."""
+    """Why docs/formats.md says dtype_backend="pyarrow": the default call refuses BC dates."""
     if not READERS_PY.exists() and not ON_CI:
         pytest.skip(".venv-readers missing")
     manifest = export(zoo, source_url, s3_client, bucket, prefix, tenant_id="z-1", format="parquet")

@@ -37,7 +37,7 @@ from export_pipelines_tests.zoo_expect import (
     xlsx_expected,
 )
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+FORMATS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "formats.md"
 INT64_MAX, INT32_MAX = 2**63 - 1, 2**31 - 1
 EXCEL_CELL_UNITS = 32_767
 
@@ -46,11 +46,11 @@ def decimal_signed(value: Any) -> tuple[Decimal, bool] | Any:
     return (value, value.is_signed()) if isinstance(value, Decimal) else value
 
 
-# ---------------------------------------------------------------- README and manifest
+# ---------------------------------------------------------------- the formats page and manifest
 
 
-def test_readme_carries_the_generated_type_contract_table():
-    assert contract_markdown() in README.read_text()
+def test_formats_page_carries_the_generated_type_contract_table():
+    assert contract_markdown() in FORMATS_PAGE.read_text()
 
 
 # ---------------------------------------------------------------- CSV
