@@ -13,8 +13,8 @@ import pytest
 from export_pipelines.core.catalog import Catalog, load_catalog
 from export_pipelines.core.s3 import make_s3_client
 from export_pipelines.settings import Settings
-from export_pipelines_dev import local_stack
 from export_pipelines_dev.demo_data import DemoSize, load_demo_data
+from export_pipelines_dev.local_stack import api as local_stack
 
 
 def code_location(settings: Settings | None = None) -> dict[str, Any]:

@@ -502,7 +502,7 @@ def test_queue_position_is_the_fair_queue_order(db):
 
 
 def test_api_key_cli(source_url, capsys, monkeypatch, client):
-    from export_pipelines.api.cli import main
+    from export_pipelines.cli.main import main
 
     monkeypatch.setenv("SOURCE_DATABASE_URL", source_url)
     tenant = fresh_tenant()

@@ -6,7 +6,7 @@ import urllib.request
 
 import psycopg
 
-from export_pipelines.cli import main
+from export_pipelines.cli.main import main
 from export_pipelines.core.checkpoints import CheckpointStore
 from export_pipelines.core.s3 import open_uploads
 from export_pipelines.orchestration.jobs import janitor_job, tenant_export_job

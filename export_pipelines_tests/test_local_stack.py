@@ -20,7 +20,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from export_pipelines_dev import local_stack
+from export_pipelines_dev.local_stack import api as local_stack
+from export_pipelines_dev.local_stack import paths, ports, seaweed
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +48,11 @@ def test_sql_round_trip(stack: dict[str, str], url_var: str) -> None:
     note, database, port = row
     assert note == "héllo"
     assert database == stack[url_var].rsplit("/", 1)[1]
-    assert port == str(local_stack.Settings.from_env().pg_port)
+    assert port == str(paths.Settings.from_env().pg_port)
 
 
 def test_s3_round_trip_and_auth(stack: dict[str, str]) -> None:
-    client: Any = local_stack.s3_client()
+    client: Any = seaweed.s3_client()
     bucket = stack["EXPORT_BUCKET"]
     key = f"{stack['EXPORT_PREFIX']}/_tests/local_stack/{secrets.token_hex(8)}.bin"
     body = secrets.token_bytes(100_000)
@@ -115,39 +116,39 @@ def test_taken_ports_move_and_are_saved(
     monkeypatch.delenv("EXPORT_S3_PORT", raising=False)
     root = _scratch_dir()
     try:
-        p = local_stack.Paths(root)
-        pg_port = local_stack._free_pg_port(local_stack.DEFAULT_PG_PORT, None, set())
-        s3_port = local_stack._free_s3_base(local_stack.DEFAULT_S3_PORT, set(), {pg_port or 0})
+        p = paths.Paths(root)
+        pg_port = ports.free_pg_port(paths.DEFAULT_PG_PORT, None, set())
+        s3_port = ports.free_s3_base(paths.DEFAULT_S3_PORT, set(), {pg_port or 0})
         assert pg_port and s3_port
         p.ports.write_text(json.dumps({"pg_port": pg_port, "s3_port": s3_port}))
-        admin_port = local_stack.weed_block(s3_port)["admin.port"]  # the odd one, base - 9992
+        admin_port = paths.weed_block(s3_port)["admin.port"]  # the odd one, base - 9992
         assert admin_port == s3_port - 9992
         held = [_listen(pg_port), _listen(admin_port)]
         try:
-            wanted = local_stack.Settings.from_env(p)
+            wanted = paths.Settings.from_env(p)
             assert (wanted.pg_port, wanted.s3_port) == (pg_port, s3_port)
-            chosen = local_stack._choose_ports(p, wanted)
+            chosen = ports.choose_ports(p, wanted)
 
             assert chosen.pg_port > pg_port
             assert chosen.s3_port > s3_port
             assert (chosen.s3_port - s3_port) % 13 == 0  # whole blocks, the same layout
-            block = set(local_stack.weed_block(chosen.s3_port).values())
+            block = set(paths.weed_block(chosen.s3_port).values())
             assert admin_port not in block and pg_port not in block and chosen.pg_port not in block
             assert json.loads(p.ports.read_text()) == {"pg_port": chosen.pg_port, "s3_port": chosen.s3_port}
             note = capsys.readouterr().err
             assert note.count("\n") == 1 and "moved postgres" in note and str(p.ports) in note
             # env/status/stop read the saved ports back.
-            again = local_stack.Settings.from_env(p)
+            again = paths.Settings.from_env(p)
             assert (again.pg_port, again.s3_port) == (chosen.pg_port, chosen.s3_port)
 
             # Explicit ports are never moved: a conflict stays an error.
             monkeypatch.setenv("EXPORT_PG_PORT", str(pg_port))
-            with pytest.raises(local_stack.StackError, match=r"already taken.*EXPORT_PG_PORT"):
-                local_stack._choose_ports(p, local_stack.Settings.from_env(p))
+            with pytest.raises(paths.StackError, match=r"already taken.*EXPORT_PG_PORT"):
+                ports.choose_ports(p, paths.Settings.from_env(p))
             monkeypatch.delenv("EXPORT_PG_PORT")
             monkeypatch.setenv("EXPORT_S3_PORT", str(s3_port))
-            with pytest.raises(local_stack.StackError, match=f"{admin_port}.*EXPORT_S3_PORT"):
-                local_stack._choose_ports(p, local_stack.Settings.from_env(p))
+            with pytest.raises(paths.StackError, match=f"{admin_port}.*EXPORT_S3_PORT"):
+                ports.choose_ports(p, paths.Settings.from_env(p))
             assert json.loads(p.ports.read_text())["s3_port"] == chosen.s3_port
         finally:
             for sock in held:
@@ -158,7 +159,7 @@ def test_taken_ports_move_and_are_saved(
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "export_pipelines_dev.local_stack", *args],
+        [sys.executable, "-m", "export_pipelines_dev", "stack", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -169,14 +170,14 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_second_stack_beside_a_running_one(stack: dict[str, str]) -> None:
     """A stack in another state dir (a fresh clone, say) while this one holds its ports."""
-    first = local_stack.Settings.from_env()
-    first_block = set(local_stack.weed_block(first.s3_port).values())
+    first = paths.Settings.from_env()
+    first_block = set(paths.weed_block(first.s3_port).values())
     first_pids = {service.name: service.pid for service in local_stack.status()}
     root = _scratch_dir()
     state = root / "stack"
     env = {k: v for k, v in os.environ.items() if k not in ("EXPORT_PG_PORT", "EXPORT_S3_PORT")}
     env["EXPORT_STACK_DIR"] = str(state)
-    if (first.pg_port, first.s3_port) != (local_stack.DEFAULT_PG_PORT, local_stack.DEFAULT_S3_PORT):
+    if (first.pg_port, first.s3_port) != (paths.DEFAULT_PG_PORT, paths.DEFAULT_S3_PORT):
         # This stack was moved itself; make the second one want the ports this one holds.
         state.mkdir()
         (state / "ports.json").write_text(json.dumps({"pg_port": first.pg_port, "s3_port": first.s3_port}))
@@ -209,7 +210,7 @@ def test_second_stack_beside_a_running_one(stack: dict[str, str]) -> None:
 
         pg_port = int(source_url.rsplit(":", 1)[1].split("/", 1)[0])
         s3_port = int(endpoint.rsplit(":", 1)[1])
-        second_block = set(local_stack.weed_block(s3_port).values())
+        second_block = set(paths.weed_block(s3_port).values())
         assert pg_port != first.pg_port
         assert not second_block & first_block
         assert pg_port not in first_block | second_block
@@ -245,7 +246,7 @@ def test_second_stack_beside_a_running_one(stack: dict[str, str]) -> None:
         client.put_object(Bucket=bucket, Key=key, Body=body)
         assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == body
         with pytest.raises(ClientError):  # a separate server: the first one never saw it
-            local_stack.s3_client().head_object(Bucket=bucket, Key=key)
+            seaweed.s3_client().head_object(Bucket=bucket, Key=key)
 
         # Starting again keeps the saved ports and the running servers, silently.
         again = _cli(env, "start")

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from psycopg.rows import dict_row
 
-from export_pipelines.cli import main
+from export_pipelines.cli.main import main
 from export_pipelines.core.errors import InvalidRequest
 from export_pipelines.core.request_row import monthly_request_id
 from export_pipelines.core.request_store import RequestStore

@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 from dagster._core.execution.backfill import BulkActionStatus
 
-from export_pipelines import cli
+from export_pipelines.cli.main import main
 from export_pipelines_tests.test_monthly import ENTERPRISE
 
 
@@ -24,7 +24,7 @@ from export_pipelines_tests.test_monthly import ENTERPRISE
     ],
 )
 def test_finding_05_failed_partitions_refuses_bad_input(args, flag, allowed, capsys):
-    assert cli.main(["failed-partitions", *args]) == 2
+    assert main(["failed-partitions", *args]) == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert flag in err and allowed in err and args[1] in err
@@ -43,24 +43,24 @@ def dagster_home(tmp_path: Path, monkeypatch, source_url, bucket) -> Iterator[dg
 
 
 def test_finding_05_backfill_failed_launches_nothing_when_nothing_failed(dagster_home, capsys):
-    assert cli.main(["backfill", "--failed", "--month", "2024-05"]) == 0
+    assert main(["backfill", "--failed", "--month", "2024-05"]) == 0
     out, _ = capsys.readouterr()
     assert "nothing failed" in out
     assert dagster_home.get_backfills() == [] and dagster_home.get_runs() == []
 
 
 def test_finding_05_backfill_refuses_bad_input(dagster_home, capsys):
-    assert cli.main(["backfill", "--month", "2026-13"]) == 2
-    assert cli.main(["backfill", "--month", "2024-05", "--job", "nonsense_job"]) == 2
-    assert cli.main(["backfill", "--month", "2024-05", "--tenant", "no-such-tenant"]) == 2
-    assert cli.main(["backfill", "--month", "2023-12"]) == 2  # before EXPORT_MONTHS_FROM
+    assert main(["backfill", "--month", "2026-13"]) == 2
+    assert main(["backfill", "--month", "2024-05", "--job", "nonsense_job"]) == 2
+    assert main(["backfill", "--month", "2024-05", "--tenant", "no-such-tenant"]) == 2
+    assert main(["backfill", "--month", "2023-12"]) == 2  # before EXPORT_MONTHS_FROM
     err = capsys.readouterr().err
     assert "--month" in err and "--job" in err and "--tenant: " in err and "no-such-tenant" in err
     assert dagster_home.get_backfills() == [] and dagster_home.get_runs() == []
 
 
 def test_finding_05_backfill_of_a_month_is_one_backfill_of_exactly_those_partitions(dagster_home, capsys):
-    assert cli.main(["backfill", "--month", "2024-05"]) == 0
+    assert main(["backfill", "--month", "2024-05"]) == 0
     (backfill,) = dagster_home.get_backfills()
     assert sorted(backfill.partition_names) == [f"2024-05-01|{t}" for t in ENTERPRISE]
     # Requested for the daemon, which cuts it into runs of several partitions (BackfillPolicy):
@@ -68,6 +68,6 @@ def test_finding_05_backfill_of_a_month_is_one_backfill_of_exactly_those_partiti
     assert backfill.status == BulkActionStatus.REQUESTED and backfill.partition_set_name
     assert dagster_home.get_runs() == []
     # The list form: only those tenants.
-    assert cli.main(["backfill", "--month", "2024-06", "--tenant", "t-003", "--tenant", "t-big"]) == 0
+    assert main(["backfill", "--month", "2024-06", "--tenant", "t-003", "--tenant", "t-big"]) == 0
     newest = dagster_home.get_backfills()[0]
     assert sorted(newest.partition_names) == ["2024-06-01|t-003", "2024-06-01|t-big"]

@@ -240,12 +240,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         # The bridge exists before the servers start: they bind its address.
         py = str(BIN / "python")
         started = subprocess.run(
-            [py, "-m", "export_pipelines_dev.local_stack", "start"], env=base, cwd=ROOT,
+            [py, "-m", "export_pipelines_dev", "stack", "start"], env=base, cwd=ROOT,
             capture_output=True, text=True, timeout=180, check=False,
         )  # fmt: skip
         assert started.returncode == 0, started.stderr + started.stdout
         stack = subprocess.run(
-            [py, "-m", "export_pipelines_dev.local_stack", "env"], env=base, cwd=ROOT,
+            [py, "-m", "export_pipelines_dev", "stack", "env"], env=base, cwd=ROOT,
             capture_output=True, text=True, timeout=30, check=True,
         ).stdout  # fmt: skip
         broker = subprocess.run(
@@ -306,7 +306,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             check=False,
         )  # fmt: skip
         subprocess.run(
-            [str(BIN / "python"), "-m", "export_pipelines_dev.local_stack", "destroy"], env=base, cwd=ROOT,
+            [str(BIN / "python"), "-m", "export_pipelines_dev", "stack", "destroy"], env=base, cwd=ROOT,
             capture_output=True, timeout=120, check=False,
         )  # fmt: skip
 

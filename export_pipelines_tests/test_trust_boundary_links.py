@@ -28,7 +28,7 @@ import psycopg
 import pytest
 from botocore.credentials import Credentials, RefreshableCredentials
 
-from export_pipelines.cli import main
+from export_pipelines.cli.main import main
 from export_pipelines.core.catalog import parse_catalog
 from export_pipelines.core.errors import ConfigurationError, Rejected
 from export_pipelines.core.exporter import run_export
@@ -232,7 +232,7 @@ def test_finding_09_link_expiry_is_bounded_by_the_signing_credentials(
     # expire in 1 h gives a link of at most 1 h, and says so in expires_at.
     monkeypatch.setenv("EXPORT_BUCKET", bucket)
     monkeypatch.setenv("EXPORT_PREFIX", prefix)
-    monkeypatch.setattr("export_pipelines.cli.s3_client", lambda settings: temp)
+    monkeypatch.setattr("export_pipelines.cli.exports.s3_client", lambda settings: temp)
     own = ExportLocation(prefix, "t-001", "orders", str(uuid.uuid4()))
     rid = insert_row(pg, tenant="t-001", request_id=own.export_id, manifest_key=own.manifest_key)
     put_export(s3_client, bucket, own)

@@ -7,7 +7,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 # shellcheck source=scripts/env.sh
 source "$root/scripts/env.sh"
 export-pipelines migrate
-export-pipelines demo-data
+python -m export_pipelines_dev demo-data
 export-pipelines demo --tenant "${DEMO_TENANT:-t-big}" --format "${DEMO_FORMAT:-csv}"
 
 port="${EXPORT_API_PORT:-8000}"

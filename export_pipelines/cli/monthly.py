@@ -1,6 +1,6 @@
-"""`export-pipelines failed-partitions` and `export-pipelines backfill`: the data team's monthly path
-(README "Monthly enterprise dumps, backfills and retries"). Refuses bad input naming the flag, and
-never launches a backfill of nothing (Dagster reads an empty partition list as every partition)."""
+"""`export-pipelines failed-partitions | backfill`: the data team's monthly path (docs/data-team.md).
+Refuses bad input naming the flag, and never launches a backfill of nothing (Dagster reads an
+empty partition list as every partition)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import argparse
 import sys
 from typing import Any
 
-# The CLI's own ways to read the settings (exit with the message on a bad one).
-from export_pipelines.cli import _settings, _source_url
+from export_pipelines.cli.common import settings_or_exit, source_url_or_exit
 from export_pipelines.core.errors import ExportError
 
 
@@ -30,7 +29,7 @@ def cmd_failed_partitions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backfill_keys(args: argparse.Namespace, instance: Any, month: str) -> list[str]:
+def backfill_keys(args: argparse.Namespace, instance: Any, month: str) -> list[str]:
     """The partition keys `backfill` launches: the month's failed ones (--failed), or the month for
     each --tenant, or for every enterprise tenant (as the monthly schedule does)."""
     from datetime import UTC, datetime
@@ -41,14 +40,14 @@ def _backfill_keys(args: argparse.Namespace, instance: Any, month: str) -> list[
     from export_pipelines.orchestration.backfills import check_month_in_range, failed_partitions
     from export_pipelines.orchestration.partitions import TENANT_PARTITIONS_NAME, monthly_key, partitionable
 
-    settings = _settings()
+    settings = settings_or_exit()
     check_month_in_range(month, settings.months_from, datetime.now(UTC).strftime("%Y-%m-%d"))
     if args.failed:
         if args.tenant:
             raise InvalidRequest("--tenant", "cannot be combined with --failed (it re-runs every failed one)")
         return failed_partitions(instance, args.job, month)
     catalog = load_catalog(settings.catalog_path)
-    known = list_tenants(_source_url(), catalog)
+    known = list_tenants(source_url_or_exit(), catalog)
     if args.tenant:
         tenants = list(dict.fromkeys(args.tenant))
         if unknown := [t for t in tenants if t not in known]:
@@ -56,7 +55,7 @@ def _backfill_keys(args: argparse.Namespace, instance: Any, month: str) -> list[
                 "--tenant", f"must name tenants of the tenants table; unknown: {', '.join(unknown)}"
             )
     else:
-        tenants = list_tenants(_source_url(), catalog, enterprise_only=True)
+        tenants = list_tenants(source_url_or_exit(), catalog, enterprise_only=True)
     # ',' separates keys on Dagster's backfill command line, '|' the dimensions of a key.
     if bad := [t for t in tenants if not partitionable(t) or "," in t]:
         raise InvalidRequest("--tenant", f"ids with '|' or ',' cannot be partitions: {', '.join(bad)}")
@@ -81,7 +80,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         return 2
     with dg.DagsterInstance.get() as instance:
         try:
-            keys = _backfill_keys(args, instance, month)
+            keys = backfill_keys(args, instance, month)
         except ExportError as exc:
             print(f"export-pipelines backfill: {exc}", file=sys.stderr)
             return 2

@@ -1,38 +1,25 @@
-"""`export-pipelines serve` and `export-pipelines api-key create|list|revoke` (README "Export API").
-
-`add_commands(sub)` adds both to the main CLI's subparsers (export_pipelines/cli.py); `main()` runs
-them alone (`python -m export_pipelines.api.cli`)."""
+"""`export-pipelines serve | api-key create|list|revoke`: the tenant HTTP API and its keys
+(docs/api.md)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
 from typing import Any
 
-from export_pipelines.core.errors import ConfigurationError, ExportError
-from export_pipelines.settings import Settings
+from export_pipelines.cli.common import settings_or_exit, source_url_or_exit
+from export_pipelines.core.errors import ExportError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
 
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except ConfigurationError as exc:
-        sys.exit(str(exc))
-
-
-def _key_store() -> Any:
+def key_store() -> Any:
+    """The API key store on the source database, its tables migrated once."""
     from export_pipelines.core.api_keys import ApiKeyStore
 
-    try:
-        url = _settings().require_source_database_url()
-    except ConfigurationError as exc:
-        sys.exit(str(exc))
-    return ApiKeyStore(url).migrate_once()
+    return ApiKeyStore(source_url_or_exit()).migrate_once()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -41,11 +28,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from export_pipelines.api.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         settings.require_source_database_url()
         settings.require_bucket()
-        _key_store().close()  # the tables exist (migrate once), as the sensor's first tick ensures
+        key_store().close()  # the tables exist (migrate once), as the sensor's first tick ensures
         app = create_app(settings)
     except ExportError as exc:
         print(f"export-pipelines serve: {exc}", file=sys.stderr)
@@ -71,7 +58,7 @@ def cmd_key_create(args: argparse.Namespace) -> int:
     if not args.tenant and not args.operator:
         print("export-pipelines api-key create: --tenant T (or --operator)", file=sys.stderr)
         return 2
-    with _key_store() as store:
+    with key_store() as store:
         try:
             token, key = store.create(args.tenant, args.name or "", operator=args.operator)
         except ExportError as exc:
@@ -84,7 +71,7 @@ def cmd_key_create(args: argparse.Namespace) -> int:
 
 
 def cmd_key_list(args: argparse.Namespace) -> int:
-    with _key_store() as store:
+    with key_store() as store:
         keys = store.list(args.tenant, include_revoked=args.all)
     print(f"{'id':>5}  {'prefix':<14} {'tenant':<20} {'name':<20} {'created':<17} {'last used':<17} state")
     for k in keys:
@@ -98,7 +85,7 @@ def cmd_key_list(args: argparse.Namespace) -> int:
 
 
 def cmd_key_revoke(args: argparse.Namespace) -> int:
-    with _key_store() as store:
+    with key_store() as store:
         n = store.revoke(args.key)
     if not n:
         print(f"no active key {args.key!r} (give its id or prefix from `api-key list`)", file=sys.stderr)
@@ -131,14 +118,3 @@ def add_commands(sub: Any) -> None:
     p = ksub.add_parser("revoke", help="revoke a key by id or prefix")
     p.add_argument("key")
     p.set_defaults(func=cmd_key_revoke)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="export-pipelines", description=__doc__)
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

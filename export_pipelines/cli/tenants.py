@@ -1,13 +1,14 @@
-"""`export-pipelines tenant-notify`: a tenant's default notify targets (core/tenant_settings.py),
-used by its monthly dumps and by its requests that name no targets of their own (DESIGN §3.6)."""
+"""`export-pipelines tenant-notify`: show or set a tenant's default notify targets, used by its
+monthly dumps and by its requests that name no targets of their own (docs/requests.md)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from typing import Any
 
-from export_pipelines.cli import _settings, _source_url
+from export_pipelines.cli.common import settings_or_exit, source_url_or_exit
 from export_pipelines.core.errors import ExportError, InvalidRequest
 
 
@@ -18,8 +19,8 @@ def cmd_tenant_notify(args: argparse.Namespace) -> int:
     from export_pipelines.core.tenant_settings import TenantSettingsStore
     from export_pipelines.core.tenants import list_tenants
 
-    settings = _settings()
-    url = _source_url()
+    settings = settings_or_exit()
+    url = source_url_or_exit()
     try:
         if args.clear and (args.webhook_url is not None or args.email is not None):
             raise InvalidRequest("--clear", "cannot be combined with --webhook-url or --email")
@@ -50,7 +51,7 @@ def cmd_tenant_notify(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_commands(sub: Any) -> None:
     p = sub.add_parser(
         "tenant-notify",
         help="show or set a tenant's default notify targets (monthly dumps, requests without targets)",
