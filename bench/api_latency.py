@@ -31,8 +31,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from export_pipelines.core.api_keys import ApiKeyStore
-from export_pipelines.core.migrations import migrate
+from export_pipelines.core.requests.api_keys import ApiKeyStore
+from export_pipelines.core.storage.migrations import migrate
 
 BENCH_DB = "exports_bench_api"
 

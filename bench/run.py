@@ -32,7 +32,7 @@ from pathlib import Path
 
 import psycopg
 
-from export_pipelines.core.s3 import make_s3_client
+from export_pipelines.core.storage.s3 import make_s3_client
 from export_pipelines.settings import Settings
 from export_pipelines_dev.demo_data import BIG_TENANT, DemoSize, load_demo_data
 from export_pipelines_dev.local_stack import api as local_stack

@@ -18,7 +18,7 @@ PROG = "python -m export_pipelines_dev"
 def cmd_demo_data(args: argparse.Namespace) -> int:
     """Create the demo tenants/orders tables and rows in SOURCE_DATABASE_URL (idempotent)."""
     from export_pipelines.core.errors import ConfigurationError
-    from export_pipelines.core.pg_connect import open_connection
+    from export_pipelines.core.storage.pg_connect import open_connection
     from export_pipelines.settings import Settings
 
     size = DemoSize(big_rows=args.big_rows, small_rows=args.small_rows, small_tenants=args.small_tenants)

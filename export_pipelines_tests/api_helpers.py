@@ -13,13 +13,13 @@ from typing import Any
 import uvicorn
 
 from export_pipelines.api.app import create_app
-from export_pipelines.core.api_keys import ApiKeyStore
-from export_pipelines.core.exporter import run_export
-from export_pipelines.core.manifest import clear_success_marker, finalize_export
-from export_pipelines.core.migrations import migrate
-from export_pipelines.core.plan import plan_export
-from export_pipelines.core.request import build_request
-from export_pipelines.core.request_store import RequestStore
+from export_pipelines.core.engine.exporter import run_export
+from export_pipelines.core.engine.manifest import clear_success_marker, finalize_export
+from export_pipelines.core.engine.plan import plan_export
+from export_pipelines.core.requests.api_keys import ApiKeyStore
+from export_pipelines.core.requests.request import build_request
+from export_pipelines.core.requests.request_store import RequestStore
+from export_pipelines.core.storage.migrations import migrate
 from export_pipelines.settings import Settings
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from export_pipelines.core.catalog import Catalog, load_catalog
-from export_pipelines.core.s3 import make_s3_client
+from export_pipelines.core.requests.catalog import Catalog, load_catalog
+from export_pipelines.core.storage.s3 import make_s3_client
 from export_pipelines.settings import Settings
 from export_pipelines_dev.demo_data import DemoSize, load_demo_data
 from export_pipelines_dev.local_stack import api as local_stack
@@ -20,9 +20,9 @@ from export_pipelines_dev.local_stack import api as local_stack
 def code_location(settings: Settings | None = None) -> dict[str, Any]:
     """The code location's jobs, sensors and schedules by name, built from `settings` (default:
     nothing set), without the resources: tests pass their own."""
-    from export_pipelines.orchestration.jobs import janitor_job, tenant_export_job
-    from export_pipelines.orchestration.monthly_asset import build_monthly_job
-    from export_pipelines.orchestration.schedules import build_monthly_schedule, janitor_schedule
+    from export_pipelines.orchestration.jobs import janitor_job, janitor_schedule, tenant_export_job
+    from export_pipelines.orchestration.monthly.monthly_asset import build_monthly_job
+    from export_pipelines.orchestration.monthly.schedules import build_monthly_schedule
     from export_pipelines.orchestration.sensors import build_sensors
 
     settings = settings or Settings()
@@ -127,7 +127,7 @@ def dagster_resources(source_url, s3_client, bucket, prefix, stack_env) -> dict[
 
 @pytest.fixture
 def store(source_url):
-    from export_pipelines.core.request_store import RequestStore
+    from export_pipelines.core.requests.request_store import RequestStore
 
     with RequestStore(source_url).migrate_once() as s:
         # Notifications left by earlier tests would reach this test's receivers.

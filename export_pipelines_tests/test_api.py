@@ -18,9 +18,9 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from export_pipelines.core.catalog import load_catalog
 from export_pipelines.core.errors import ExportError
-from export_pipelines.core.request_row import check_request_fields
+from export_pipelines.core.requests.catalog import load_catalog
+from export_pipelines.core.requests.request_row import check_request_fields
 from export_pipelines_tests.api_helpers import (
     api_settings,
     auth,
@@ -85,7 +85,7 @@ def test_authentication(client, source_url):
     assert no_key.json()["error"]["code"] == "unauthenticated"
     assert client.get("/v1/exports", headers={"Authorization": "Basic abc"}).status_code == 401
 
-    from export_pipelines.core.api_keys import ApiKeyStore, hash_token
+    from export_pipelines.core.requests.api_keys import ApiKeyStore, hash_token
 
     tenant = fresh_tenant()
     with ApiKeyStore(source_url) as keys:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from export_pipelines.core.s3 import open_uploads
+from export_pipelines.core.storage.s3 import open_uploads
 from export_pipelines_tests.api_helpers import api_settings, auth, key_for, migrate_api, serve
 from export_pipelines_tests.daemon import running_daemon
 from export_pipelines_tests.s3_fault_proxy import S3FaultProxy, hang

@@ -30,8 +30,8 @@ import pytest
 from psycopg.rows import dict_row
 
 from export_pipelines.api import stream_tokens
-from export_pipelines.core.api_keys import ApiKeyStore
-from export_pipelines.core.s3 import open_uploads
+from export_pipelines.core.requests.api_keys import ApiKeyStore
+from export_pipelines.core.storage.s3 import open_uploads
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings
 from export_pipelines_tests.api_helpers import api_settings, auth, key_for, migrate_api, serve
 from export_pipelines_tests.conftest import code_location

@@ -22,9 +22,9 @@ import dagster as dg
 import psycopg
 import pytest
 
-from export_pipelines.core.catalog import InvalidRequest
-from export_pipelines.core.request import build_request, check_notify
-from export_pipelines.core.s3 import open_uploads
+from export_pipelines.core.requests.catalog import InvalidRequest
+from export_pipelines.core.requests.request import build_request, check_notify
+from export_pipelines.core.storage.s3 import open_uploads
 from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.resources import ExportSettings
 from export_pipelines_tests.conftest import code_location

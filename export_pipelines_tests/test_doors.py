@@ -18,8 +18,8 @@ import dagster as dg
 import pytest
 
 from export_pipelines.orchestration import tags
+from export_pipelines.orchestration.instance.run_coordinator import export_tags
 from export_pipelines.orchestration.run_config import export_run_config
-from export_pipelines.orchestration.run_coordinator import export_tags
 from export_pipelines_tests.daemon import ROOT, running_daemon
 from export_pipelines_tests.s3_fault_proxy import S3FaultProxy, delay, op
 

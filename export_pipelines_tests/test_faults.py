@@ -13,7 +13,7 @@ import dagster as dg
 import psycopg
 import pytest
 
-from export_pipelines.core.s3 import open_uploads
+from export_pipelines.core.storage.s3 import open_uploads
 from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.resources import ExportSettings
 from export_pipelines.orchestration.run_config import export_run_config

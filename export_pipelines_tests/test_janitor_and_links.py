@@ -7,8 +7,8 @@ import urllib.request
 import psycopg
 
 from export_pipelines.cli.main import main
-from export_pipelines.core.checkpoints import CheckpointStore
-from export_pipelines.core.s3 import open_uploads
+from export_pipelines.core.engine.checkpoints import CheckpointStore
+from export_pipelines.core.storage.s3 import open_uploads
 from export_pipelines.orchestration.jobs import janitor_job, tenant_export_job
 from export_pipelines.orchestration.resources import ExportSettings
 from export_pipelines.orchestration.run_config import export_run_config
@@ -139,8 +139,8 @@ def test_janitor_deletes_old_run_objects_and_never_an_export(s3_client, bucket, 
     an export's objects are not under that folder and stay, however old."""
     from datetime import UTC, datetime, timedelta
 
-    from export_pipelines.core.janitor import delete_old_run_objects
-    from export_pipelines.core.layout import ExportLocation
+    from export_pipelines.core.engine.janitor import delete_old_run_objects
+    from export_pipelines.core.storage.layout import ExportLocation
 
     run_objects = [
         f"{prefix}/_dagster/storage/run-1/count_rows/result",

@@ -24,11 +24,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from export_pipelines.core.exporter import run_export
-from export_pipelines.core.manifest import finalize_export
-from export_pipelines.core.plan import plan_export
-from export_pipelines.core.request import build_request
-from export_pipelines.core.s3 import open_uploads
+from export_pipelines.core.engine.exporter import run_export
+from export_pipelines.core.engine.manifest import finalize_export
+from export_pipelines.core.engine.plan import plan_export
+from export_pipelines.core.requests.request import build_request
+from export_pipelines.core.storage.s3 import open_uploads
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines_tests.daemon import ROOT, running_daemon, wait_for
 from export_pipelines_tests.readback import read_manifest

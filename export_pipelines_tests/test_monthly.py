@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import dagster as dg
 import openpyxl
 
-from export_pipelines.orchestration.backfills import failed_partitions
-from export_pipelines.orchestration.monthly_asset import monthly_job_with
-from export_pipelines.orchestration.partitions import previous_month
+from export_pipelines.orchestration.monthly.backfills import failed_partitions
+from export_pipelines.orchestration.monthly.monthly_asset import monthly_job_with
+from export_pipelines.orchestration.monthly.partitions import previous_month
 from export_pipelines.orchestration.resources import ExportSettings
 from export_pipelines.orchestration.sensors import tenant_partitions_sensor
 from export_pipelines.settings import Settings
@@ -62,7 +62,7 @@ def test_partitions_sensor_adds_every_tenant(dagster_resources, pg):
 
 
 def test_schedule_batches_never_step_over_a_tenant_not_chosen():
-    from export_pipelines.orchestration.partitions import tenant_batches
+    from export_pipelines.orchestration.monthly.partitions import tenant_batches
 
     ordered = ["a", "b", "c", "d", "e", "f", "g"]
     assert tenant_batches(ordered, ["a", "b", "c", "e", "f", "g"], 2) == [

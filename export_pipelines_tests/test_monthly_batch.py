@@ -7,11 +7,11 @@ from __future__ import annotations
 import dagster as dg
 from psycopg.rows import dict_row
 
-from export_pipelines.core.request_row import monthly_request_id
-from export_pipelines.core.request_store import RequestStore
-from export_pipelines.orchestration.backfills import failed_partitions
-from export_pipelines.orchestration.monthly_asset import MONTHLY_ASSET_KEY, monthly_job_with
-from export_pipelines.orchestration.run_coordinator import export_tags
+from export_pipelines.core.requests.request_row import monthly_request_id
+from export_pipelines.core.requests.request_store import RequestStore
+from export_pipelines.orchestration.instance.run_coordinator import export_tags
+from export_pipelines.orchestration.monthly.backfills import failed_partitions
+from export_pipelines.orchestration.monthly.monthly_asset import MONTHLY_ASSET_KEY, monthly_job_with
 from export_pipelines.settings import Settings
 from export_pipelines_tests.readback import csv_rows, read_manifest
 

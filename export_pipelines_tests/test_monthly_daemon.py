@@ -11,8 +11,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from export_pipelines.orchestration.backfills import failed_partitions, launch_backfill
-from export_pipelines.orchestration.monthly_asset import MONTHLY_ASSET_KEY
+from export_pipelines.orchestration.monthly.backfills import failed_partitions, launch_backfill
+from export_pipelines.orchestration.monthly.monthly_asset import MONTHLY_ASSET_KEY
 from export_pipelines_tests.daemon import ROOT, running_daemon
 from export_pipelines_tests.readback import csv_rows, read_manifest
 

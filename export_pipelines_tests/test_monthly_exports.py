@@ -17,10 +17,10 @@ from psycopg.rows import dict_row
 
 from export_pipelines.cli.main import main
 from export_pipelines.core.errors import InvalidRequest
-from export_pipelines.core.request_row import monthly_request_id
-from export_pipelines.core.request_store import RequestStore
-from export_pipelines.core.tenant_settings import TenantSettingsStore
-from export_pipelines.orchestration.monthly_asset import monthly_job_with
+from export_pipelines.core.requests.request_row import monthly_request_id
+from export_pipelines.core.requests.request_store import RequestStore
+from export_pipelines.core.requests.tenant_settings import TenantSettingsStore
+from export_pipelines.orchestration.monthly.monthly_asset import monthly_job_with
 from export_pipelines.orchestration.sensors import record_run_failure
 from export_pipelines.settings import Settings
 from export_pipelines_tests.api_helpers import api_settings, auth, key_for, migrate_api, serve

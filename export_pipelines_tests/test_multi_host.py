@@ -32,12 +32,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from export_pipelines.core.catalog import load_catalog
-from export_pipelines.core.exporter import run_export
-from export_pipelines.core.plan import plan_export
-from export_pipelines.core.request import build_request
-from export_pipelines.core.request_store import RequestStore
-from export_pipelines.core.s3 import make_s3_client, open_uploads
+from export_pipelines.core.engine.exporter import run_export
+from export_pipelines.core.engine.plan import plan_export
+from export_pipelines.core.requests.catalog import load_catalog
+from export_pipelines.core.requests.request import build_request
+from export_pipelines.core.requests.request_store import RequestStore
+from export_pipelines.core.storage.s3 import make_s3_client, open_uploads
 from export_pipelines_dev.demo_data import DemoSize, load_demo_data, tenant_ids
 from export_pipelines_tests.readback import read_manifest
 

@@ -18,9 +18,9 @@ import dagster as dg
 import pytest
 from aiosmtpd.controller import Controller
 
-from export_pipelines.core.delivery import DeliveryPolicy
-from export_pipelines.core.notify import check_webhook_url, verify
-from export_pipelines.core.webhook_client import deliver
+from export_pipelines.core.delivery.drain import DeliveryPolicy
+from export_pipelines.core.delivery.mail import check_webhook_url, verify
+from export_pipelines.core.delivery.webhook_client import deliver
 from export_pipelines.orchestration.delivery_sensor import build_delivery_sensor
 from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.resources import Notifier

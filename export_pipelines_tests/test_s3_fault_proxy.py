@@ -17,7 +17,7 @@ import botocore
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
 
-from export_pipelines.core.s3 import MultipartSink, UploadedPart, make_s3_client
+from export_pipelines.core.storage.s3 import MultipartSink, UploadedPart, make_s3_client
 from export_pipelines_tests.s3_fault_proxy import (
     S3FaultProxy,
     all_of,

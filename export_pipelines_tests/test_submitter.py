@@ -94,7 +94,7 @@ def test_burst_from_many_tenants_gets_one_run_each(submitter, store):
 
 
 def test_a_row_claimed_by_one_door_is_not_started_by_the_other(store, source_url, dagster_resources):
-    from export_pipelines.core.request_store import RequestStore
+    from export_pipelines.core.requests.request_store import RequestStore
 
     rid = store.create(tenant_id="t-004", resource="orders", format="csv")
     (read_by_submitter,) = [r for r in store.to_launch() if r.id == rid]

@@ -12,7 +12,7 @@ import openpyxl
 import pyarrow as pa
 import pytest
 
-from export_pipelines.core.s3 import open_uploads
+from export_pipelines.core.storage.s3 import open_uploads
 from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines_tests.readback import csv_rows, read_manifest

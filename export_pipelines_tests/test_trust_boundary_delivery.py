@@ -20,7 +20,8 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from export_pipelines.core.delivery import (
+from export_pipelines.core.delivery.delivery_store import DeliveryStore
+from export_pipelines.core.delivery.drain import (
     Channels,
     DeliveryPolicy,
     deliver,
@@ -28,10 +29,14 @@ from export_pipelines.core.delivery import (
     enqueue_notification,
     send_webhook,
 )
-from export_pipelines.core.delivery_store import DeliveryStore
+from export_pipelines.core.delivery.mail import check_webhook_url, verify
+from export_pipelines.core.delivery.webhook_client import (
+    ERR_REDIRECT,
+    ERR_REFUSED,
+    ERR_TIMEOUT,
+    check_url_shape,
+)
 from export_pipelines.core.errors import InvalidWebhook
-from export_pipelines.core.notify import check_webhook_url, verify
-from export_pipelines.core.webhook_client import ERR_REDIRECT, ERR_REFUSED, ERR_TIMEOUT, check_url_shape
 from export_pipelines.orchestration.delivery_sensor import build_delivery_sensor
 from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.resources import Notifier

@@ -29,17 +29,17 @@ import pytest
 from botocore.credentials import Credentials, RefreshableCredentials
 
 from export_pipelines.cli.main import main
-from export_pipelines.core.catalog import parse_catalog
+from export_pipelines.core.engine.exporter import run_export
+from export_pipelines.core.engine.janitor import run_janitor
+from export_pipelines.core.engine.manifest import clear_success_marker, finalize_export
+from export_pipelines.core.engine.plan import plan_export
+from export_pipelines.core.engine.query import connect
 from export_pipelines.core.errors import ConfigurationError, Rejected
-from export_pipelines.core.exporter import run_export
-from export_pipelines.core.janitor import run_janitor
-from export_pipelines.core.layout import ExportLocation, attachment, download_name
-from export_pipelines.core.manifest import clear_success_marker, finalize_export
-from export_pipelines.core.plan import plan_export
-from export_pipelines.core.query import connect
-from export_pipelines.core.request import build_request
-from export_pipelines.core.request_store import RequestStore
-from export_pipelines.core.s3 import delete_prefix, make_s3_client
+from export_pipelines.core.requests.catalog import parse_catalog
+from export_pipelines.core.requests.request import build_request
+from export_pipelines.core.requests.request_store import RequestStore
+from export_pipelines.core.storage.layout import ExportLocation, attachment, download_name
+from export_pipelines.core.storage.s3 import delete_prefix, make_s3_client
 
 # --- helpers -------------------------------------------------------------------------------------
 
@@ -243,7 +243,7 @@ def test_finding_09_link_expiry_is_bounded_by_the_signing_credentials(
     with urllib.request.urlopen(url, timeout=10) as resp:
         assert resp.status == 200  # a link, not an error
 
-    from export_pipelines.core.links import MAX_LINK_EXPIRY, link_expiry, presign, presign_link
+    from export_pipelines.core.storage.links import MAX_LINK_EXPIRY, link_expiry, presign, presign_link
 
     assert link_expiry(temp, timedelta(hours=24)) <= timedelta(hours=1)
     loc = ExportLocation(prefix, "t-001", "orders", "creds")
@@ -322,9 +322,9 @@ def test_finding_13_a_malformed_password_escape_never_reaches_the_error(source_u
         assert "zzsecret" not in text and "p%zz" not in text
         assert "SOURCE_DATABASE_URL" in str(info.value) and "password" in str(info.value)
 
-    refused(lambda: connect(bad))  # every export query's connection (core/query.py)
+    refused(lambda: connect(bad))  # every export query's connection (core/engine/query.py)
     refused(lambda: RequestStore(bad).migrate_once().get(str(uuid.uuid4())))  # the stores, the migration
-    from export_pipelines.core.pg_connect import open_connection
+    from export_pipelines.core.storage.pg_connect import open_connection
 
     refused(lambda: open_connection(bad))
     # The CLI says the same, on stderr, without the password.
@@ -445,10 +445,10 @@ def test_finding_09_finalize_promises_only_what_the_credentials_allow(
 ):
     """The export's own links (finalize → request row, webhook) are bounded the same way: with
     credentials that expire in 1 h, a 24 h request gets links and an expires_at of at most 1 h."""
-    from export_pipelines.core.exporter import run_export
-    from export_pipelines.core.manifest import finalize_export
-    from export_pipelines.core.plan import plan_export
-    from export_pipelines.core.request import build_request
+    from export_pipelines.core.engine.exporter import run_export
+    from export_pipelines.core.engine.manifest import finalize_export
+    from export_pipelines.core.engine.plan import plan_export
+    from export_pipelines.core.requests.request import build_request
 
     temp = refreshable_client(stack_env, timedelta(hours=1))
     request = build_request(

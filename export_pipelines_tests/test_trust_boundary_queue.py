@@ -12,16 +12,16 @@ import dagster as dg
 import psycopg
 import pytest
 
+from export_pipelines.core.engine.plan import check_file_count
 from export_pipelines.core.errors import InvalidRequest, error_code
-from export_pipelines.core.migrations import migrate
-from export_pipelines.core.plan import check_file_count
-from export_pipelines.core.request import build_request, parse_instant
-from export_pipelines.core.request_row import OversizedFilters
+from export_pipelines.core.requests.request import build_request, parse_instant
+from export_pipelines.core.requests.request_row import OversizedFilters
+from export_pipelines.core.storage.migrations import migrate
+from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.jobs import tenant_export_job
-from export_pipelines.orchestration.partitions import monthly_partitions
+from export_pipelines.orchestration.monthly.partitions import monthly_partitions
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings
 from export_pipelines.orchestration.run_config import export_run_config
-from export_pipelines.orchestration.run_coordinator import RANGE_END_TAG, RANGE_START_TAG
 from export_pipelines.orchestration.sensors import reap_unfinished_requests, record_run_failure
 from export_pipelines_tests.conftest import code_location
 
@@ -313,7 +313,7 @@ def test_finding_08_pipe_in_tenant_id_is_refused_and_skipped(catalog, dagster_re
                         [r.partition_key]
                         if r.partition_key
                         else partitions.get_partition_keys_in_range(
-                            dg.PartitionKeyRange(r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG]),
+                            dg.PartitionKeyRange(r.tags[tags.RANGE_START], r.tags[tags.RANGE_END]),
                             dynamic_partitions_store=instance,
                         )
                     )

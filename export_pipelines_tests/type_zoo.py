@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from export_pipelines.core.catalog import Catalog, parse_catalog
+from export_pipelines.core.requests.catalog import Catalog, parse_catalog
 
 TENANTS = ("z-1", "z-2", "z-3")
 OTHER_TENANT = "z-other"  # rows that must never appear in the tenants' exports

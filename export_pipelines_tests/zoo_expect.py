@@ -13,10 +13,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from export_pipelines.core.exporter import run_export
-from export_pipelines.core.manifest import clear_success_marker, finalize_export
-from export_pipelines.core.plan import plan_export
-from export_pipelines.core.request import build_request
+from export_pipelines.core.engine.exporter import run_export
+from export_pipelines.core.engine.manifest import clear_success_marker, finalize_export
+from export_pipelines.core.engine.plan import plan_export
+from export_pipelines.core.requests.request import build_request
 from export_pipelines_tests import type_zoo
 from export_pipelines_tests.readback import get_bytes, read_manifest
 

@@ -13,7 +13,7 @@ import psycopg
 from fastapi import Depends, Header, Query, Request
 
 from export_pipelines.api.errors import ApiError, not_found
-from export_pipelines.core.api_keys import ApiKey, lookup_key
+from export_pipelines.core.requests.api_keys import ApiKey, lookup_key
 
 log = logging.getLogger("export_pipelines.api")
 

@@ -17,17 +17,17 @@ from export_pipelines.api.errors import ApiError, not_found
 from export_pipelines.api.schemas import ACTIVE_STATUSES, ERRORS, ErrorBody, ExportId, ExportStatus
 from export_pipelines.api.service import ExportApi
 from export_pipelines.api.status import API_VERSION, json_response, status_document
-from export_pipelines.core.delivery import webhook_payload
-from export_pipelines.core.layout import ExportLocation
-from export_pipelines.core.request_row import folder_export_id, is_request_id
-from export_pipelines.core.s3 import delete_prefix
+from export_pipelines.core.delivery.drain import webhook_payload
+from export_pipelines.core.requests.request_row import folder_export_id, is_request_id
+from export_pipelines.core.storage.layout import ExportLocation
+from export_pipelines.core.storage.s3 import delete_prefix
 
 CANCELED_BEFORE_START = "canceled before it started"
 
 
 def enqueue_canceled(conn: psycopg.Connection[Any], row: dict[str, Any]) -> None:
     """export_deliveries rows (webhook, email) for an export the API canceled before any run:
-    the payload of core.delivery.webhook_payload, event export.canceled."""
+    the payload of core.delivery.drain.webhook_payload, event export.canceled."""
     payload = webhook_payload(
         "export.canceled",
         export_id=str(row["id"]),

@@ -26,8 +26,8 @@ from export_pipelines.api.schemas import (
 from export_pipelines.api.service import DEFAULT_LINK_HOURS, ExportApi
 from export_pipelines.api.status import API_VERSION, json_response, status_document
 from export_pipelines.core.errors import Rejected
-from export_pipelines.core.request import build_request
-from export_pipelines.core.request_row import check_request_fields
+from export_pipelines.core.requests.request import build_request
+from export_pipelines.core.requests.request_row import check_request_fields
 
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 BODY_FIELDS = frozenset(CREATE_BODY_SCHEMA["properties"])

@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
 
 from export_pipelines.api.errors import ApiError
-from export_pipelines.core.request_row import _load_json
+from export_pipelines.core.requests.request_row import _load_json
 
 # The API's statements are all short: a stuck one answers 503 rather than holding a thread.
 API_STATEMENT_TIMEOUT = "-c statement_timeout=5s -c lock_timeout=5s"

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 from fastapi.responses import JSONResponse
 
-# The SQLSTATE of the per-tenant cap trigger (core.migrations.TENANT_CAP_SQLSTATE).
+# The SQLSTATE of the per-tenant cap trigger (core.storage.migrations.TENANT_CAP_SQLSTATE).
 TENANT_CAP_SQLSTATE = "EX429"
 # How long a client told 429 should wait before it tries again (Retry-After, seconds): about the
 # time a small export takes, so a polite client is not turned away twice.

@@ -18,7 +18,7 @@ from export_pipelines.api.errors import ApiError
 from export_pipelines.api.schemas import ERRORS, STATUSES, ExportId, ExportList, ExportStatus
 from export_pipelines.api.service import ExportApi
 from export_pipelines.api.status import API_VERSION, etag_of, json_response, status_document
-from export_pipelines.core.request_row import is_request_id
+from export_pipelines.core.requests.request_row import is_request_id
 
 DEFAULT_LIST_LIMIT = 20
 MAX_LIST_LIMIT = 100

@@ -12,9 +12,9 @@ from export_pipelines.api.schemas import ERRORS, ErrorBody, ExportId, FileList
 from export_pipelines.api.service import ExportApi
 from export_pipelines.api.status import API_VERSION, iso, json_response
 from export_pipelines.core.errors import Rejected
-from export_pipelines.core.layout import ExportLocation
-from export_pipelines.core.links import Link, read_manifest
-from export_pipelines.core.request_row import folder_export_id
+from export_pipelines.core.requests.request_row import folder_export_id
+from export_pipelines.core.storage.layout import ExportLocation
+from export_pipelines.core.storage.links import Link, read_manifest
 
 
 def files_document(links: list[Link]) -> dict[str, Any]:

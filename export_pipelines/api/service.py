@@ -11,12 +11,12 @@ from export_pipelines.api.auth import Principal
 from export_pipelines.api.db import ConnectionPool
 from export_pipelines.api.errors import ApiError, not_found
 from export_pipelines.api.status import QUEUE_POSITION_SQL, status_document
-from export_pipelines.core.catalog import Catalog, load_catalog
 from export_pipelines.core.errors import Rejected
-from export_pipelines.core.layout import ExportLocation
-from export_pipelines.core.links import Link, fresh_links
-from export_pipelines.core.request_row import folder_export_id, is_request_id
-from export_pipelines.core.s3 import make_s3_client
+from export_pipelines.core.requests.catalog import Catalog, load_catalog
+from export_pipelines.core.requests.request_row import folder_export_id, is_request_id
+from export_pipelines.core.storage.layout import ExportLocation
+from export_pipelines.core.storage.links import Link, fresh_links
+from export_pipelines.core.storage.s3 import make_s3_client
 from export_pipelines.settings import Settings
 
 DEFAULT_LINK_HOURS = 24

@@ -1,5 +1,5 @@
 """`GET` and `PUT /v1/notify-settings`: the key's tenant's default notify targets
-(core/tenant_settings.py; DESIGN §3.6), used by its monthly dumps and by requests without targets.
+(core/requests/tenant_settings.py; DESIGN §3.6), used by its monthly dumps and by requests without targets.
 
 PUT replaces both targets: a field left out or null is cleared (`{}` clears both). Targets are
 validated like a request's (`notify`): 422 naming the field.
@@ -18,8 +18,8 @@ from export_pipelines.api.schemas import ERRORS
 from export_pipelines.api.service import ExportApi
 from export_pipelines.api.status import API_VERSION
 from export_pipelines.core.errors import Rejected
-from export_pipelines.core.migrations import MAX_EMAIL_CHARS, MAX_WEBHOOK_URL_CHARS
-from export_pipelines.core.request import check_notify
+from export_pipelines.core.requests.request import check_notify
+from export_pipelines.core.storage.migrations import MAX_EMAIL_CHARS, MAX_WEBHOOK_URL_CHARS
 
 PATH = f"/{API_VERSION}/notify-settings"
 

@@ -28,7 +28,7 @@ from fastapi import Request
 
 from export_pipelines.api.auth import Principal
 from export_pipelines.api.errors import ApiError, not_found
-from export_pipelines.core.api_keys import ApiKey, hash_token
+from export_pipelines.core.requests.api_keys import ApiKey, hash_token
 
 TOKEN_PREFIX = "est_"
 # Long enough to open the stream (and for EventSource's own reconnects after a dropped

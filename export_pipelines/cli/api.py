@@ -17,7 +17,7 @@ DEFAULT_PORT = 8000
 
 def key_store() -> Any:
     """The API key store on the source database, its tables migrated once."""
-    from export_pipelines.core.api_keys import ApiKeyStore
+    from export_pipelines.core.requests.api_keys import ApiKeyStore
 
     return ApiKeyStore(source_url_or_exit()).migrate_once()
 

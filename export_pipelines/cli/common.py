@@ -8,7 +8,7 @@ from typing import Any
 
 from export_pipelines.core.errors import ConfigurationError
 from export_pipelines.core.formats import format_names
-from export_pipelines.core.request_store import RequestStore
+from export_pipelines.core.requests.request_store import RequestStore
 from export_pipelines.settings import Settings
 
 FORMAT_HELP = f"one of: {', '.join(format_names())} (csv_excel: the CSV excel profile)"
@@ -39,6 +39,6 @@ def request_store() -> RequestStore:
 
 
 def s3_client(settings: Settings) -> Any:
-    from export_pipelines.core.s3 import make_s3_client
+    from export_pipelines.core.storage.s3 import make_s3_client
 
     return make_s3_client(**settings.s3_client_options())

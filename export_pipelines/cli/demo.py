@@ -47,7 +47,7 @@ def demo_through_the_queue(instance: Any, run_config: dict[str, Any], timeout: f
     from dagster._cli.job import execute_launch_command
     from dagster._cli.workspace.cli_target import WorkspaceOpts
 
-    from export_pipelines.orchestration.backfills import WORKSPACE
+    from export_pipelines.orchestration.monthly.backfills import WORKSPACE
 
     run = execute_launch_command(
         instance=instance,
@@ -80,9 +80,9 @@ def demo_through_the_queue(instance: Any, run_config: dict[str, Any], timeout: f
 def demo_in_process(instance: Any, run_config: dict[str, Any]) -> int:
     import dagster as dg
 
-    from export_pipelines.core.layout import file_extension
+    from export_pipelines.core.storage.layout import file_extension
     from export_pipelines.definitions import tenant_export_job_with_resources
-    from export_pipelines.orchestration.run_coordinator import export_tags
+    from export_pipelines.orchestration.instance.run_coordinator import export_tags
 
     with dg.execute_job(
         dg.reconstructable(tenant_export_job_with_resources),

@@ -18,7 +18,7 @@ from export_pipelines.core.errors import ConfigurationError, ExportError
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from export_pipelines.core.migrations import migrate
+    from export_pipelines.core.storage.migrations import migrate
 
     migrate(source_url_or_exit(), tenant_max_active=settings_or_exit().tenant_max_active)
     print("export_requests, export_deliveries and the checkpoint tables are up to date")
@@ -45,9 +45,9 @@ def cmd_request(args: argparse.Namespace) -> int:
     # Check before inserting: the caller hears what is wrong now (exit 2), instead of finding a
     # failed row later, or a driver traceback for text PostgreSQL cannot store (NUL, bad UTF-8).
     # The same check the request sensor makes before it launches a row (webhook allowlist included).
-    from export_pipelines.core.catalog import load_catalog
-    from export_pipelines.core.request_row import check_request_fields
-    from export_pipelines.core.tenants import require_tenant
+    from export_pipelines.core.requests.catalog import load_catalog
+    from export_pipelines.core.requests.request_row import check_request_fields
+    from export_pipelines.core.requests.tenants import require_tenant
 
     settings = settings_or_exit()
     fields = {
@@ -105,9 +105,9 @@ def cmd_relink(args: argparse.Namespace) -> int:
     manifest read there, never from the row's `manifest_key` (apps can write rows)."""
     from datetime import UTC, datetime
 
-    from export_pipelines.core.janitor import request_location
-    from export_pipelines.core.links import download_link, fresh_links
-    from export_pipelines.core.request import MAX_LINK_EXPIRY_HOURS
+    from export_pipelines.core.engine.janitor import request_location
+    from export_pipelines.core.requests.request import MAX_LINK_EXPIRY_HOURS
+    from export_pipelines.core.storage.links import download_link, fresh_links
 
     settings = settings_or_exit()
     if not 1 <= args.hours <= MAX_LINK_EXPIRY_HOURS:

@@ -16,7 +16,7 @@ def cmd_failed_partitions(args: argparse.Namespace) -> int:
     """Comma-separated keys of the partitions whose latest run failed (`backfill --failed` launches them)."""
     import dagster as dg
 
-    from export_pipelines.orchestration.backfills import check_job, failed_partitions, parse_month
+    from export_pipelines.orchestration.monthly.backfills import check_job, failed_partitions, parse_month
 
     try:
         job = check_job(args.job)
@@ -34,11 +34,15 @@ def backfill_keys(args: argparse.Namespace, instance: Any, month: str) -> list[s
     each --tenant, or for every enterprise tenant (as the monthly schedule does)."""
     from datetime import UTC, datetime
 
-    from export_pipelines.core.catalog import load_catalog
     from export_pipelines.core.errors import InvalidRequest
-    from export_pipelines.core.tenants import list_tenants
-    from export_pipelines.orchestration.backfills import check_month_in_range, failed_partitions
-    from export_pipelines.orchestration.partitions import TENANT_PARTITIONS_NAME, monthly_key, partitionable
+    from export_pipelines.core.requests.catalog import load_catalog
+    from export_pipelines.core.requests.tenants import list_tenants
+    from export_pipelines.orchestration.monthly.backfills import check_month_in_range, failed_partitions
+    from export_pipelines.orchestration.monthly.partitions import (
+        TENANT_PARTITIONS_NAME,
+        monthly_key,
+        partitionable,
+    )
 
     settings = settings_or_exit()
     check_month_in_range(month, settings.months_from, datetime.now(UTC).strftime("%Y-%m-%d"))
@@ -70,7 +74,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     the partitions whose latest run failed. Nothing to run → says so, launches nothing, exits 0."""
     import dagster as dg
 
-    from export_pipelines.orchestration.backfills import check_job, launch_backfill, parse_month
+    from export_pipelines.orchestration.monthly.backfills import check_job, launch_backfill, parse_month
 
     try:
         check_job(args.job)

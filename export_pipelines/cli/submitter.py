@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from export_pipelines.cli.common import settings_or_exit, source_url_or_exit
-from export_pipelines.core.migrations import PENDING_CHANNEL
-from export_pipelines.orchestration.backfills import WORKSPACE
+from export_pipelines.core.storage.migrations import PENDING_CHANNEL
+from export_pipelines.orchestration.monthly.backfills import WORKSPACE
 from export_pipelines.orchestration.submitter import DEFAULT_SWEEP_SECONDS, request_submitter
 
 log = logging.getLogger("export_pipelines.submitter")

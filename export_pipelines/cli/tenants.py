@@ -15,9 +15,9 @@ from export_pipelines.core.errors import ExportError, InvalidRequest
 def cmd_tenant_notify(args: argparse.Namespace) -> int:
     """Show (no option), set (--webhook-url / --email; an option not given keeps its value, an empty
     one clears it) or --clear a tenant's default targets. Exits 2 naming the flag on bad input."""
-    from export_pipelines.core.catalog import load_catalog
-    from export_pipelines.core.tenant_settings import TenantSettingsStore
-    from export_pipelines.core.tenants import list_tenants
+    from export_pipelines.core.requests.catalog import load_catalog
+    from export_pipelines.core.requests.tenant_settings import TenantSettingsStore
+    from export_pipelines.core.requests.tenants import list_tenants
 
     settings = settings_or_exit()
     url = source_url_or_exit()

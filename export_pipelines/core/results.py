@@ -17,7 +17,7 @@ class FileResult:
     parts: int = 0
     snapshot: str = ""
     resumed_at_part: int | None = None  # continued by a later attempt from this part number
-    # {column: {special-value key: count}}, zero counts left out (core/special_values.py)
+    # {column: {special-value key: count}}, zero counts left out (core/engine/encoders/special_values.py)
     special_values: dict[str, dict[str, int]] = field(default_factory=dict)
     # Some of its rows were written by an earlier attempt and counted again at this one's end.
     special_values_recounted: bool = False

@@ -9,12 +9,12 @@ from typing import Any
 
 import dagster as dg
 
-from export_pipelines.core.delivery import CANCELED
+from export_pipelines.core.delivery.drain import CANCELED
 from export_pipelines.core.errors import tenant_message
-from export_pipelines.core.layout import ExportLocation
-from export_pipelines.core.request_row import StoredRequest
+from export_pipelines.core.requests.request_row import StoredRequest
+from export_pipelines.core.storage.layout import ExportLocation
+from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
-from export_pipelines.orchestration.run_coordinator import RANGE_END_TAG, RANGE_START_TAG
 from export_pipelines.orchestration.sensors import abort_uploads_logged, latest_run, notify_row
 from export_pipelines.settings import Settings
 
@@ -54,7 +54,7 @@ def carry_out_cancels(
 
 def serves_several(run: dg.DagsterRun) -> bool:
     """A run of a range of monthly partitions over more than one tenant (run_coordinator.py)."""
-    start, end = run.tags.get(RANGE_START_TAG, ""), run.tags.get(RANGE_END_TAG, "")
+    start, end = run.tags.get(tags.RANGE_START, ""), run.tags.get(tags.RANGE_END, "")
     return bool(start) and start.split("|", 1)[-1] != end.split("|", 1)[-1]
 
 

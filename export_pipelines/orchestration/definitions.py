@@ -7,10 +7,10 @@ import dagster as dg
 from export_pipelines.orchestration.cancel_sensor import build_cancel_sensor
 from export_pipelines.orchestration.delivery_sensor import build_delivery_sensor
 from export_pipelines.orchestration.io_managers import io_manager_resources
-from export_pipelines.orchestration.jobs import janitor_job, tenant_export_job
-from export_pipelines.orchestration.monthly_asset import build_monthly_job
+from export_pipelines.orchestration.jobs import janitor_job, janitor_schedule, tenant_export_job
+from export_pipelines.orchestration.monthly.monthly_asset import build_monthly_job
+from export_pipelines.orchestration.monthly.schedules import build_monthly_schedule
 from export_pipelines.orchestration.resources import resources_from_settings
-from export_pipelines.orchestration.schedules import build_monthly_schedule, janitor_schedule
 from export_pipelines.orchestration.sensors import build_sensors
 from export_pipelines.settings import Settings
 

@@ -7,15 +7,15 @@ from typing import Any
 
 import dagster as dg
 
-from export_pipelines.core.delivery import (
+from export_pipelines.core.delivery.drain import (
     SUCCEEDED,
     download_url,
     enqueue_notification,
     ready_email_body,
     webhook_payload,
 )
-from export_pipelines.core.manifest import FinalizedExport
-from export_pipelines.core.request_row import is_request_id
+from export_pipelines.core.engine.manifest import FinalizedExport
+from export_pipelines.core.requests.request_row import is_request_id
 from export_pipelines.orchestration.ops import RunPlan
 from export_pipelines.orchestration.resources import SourceDatabase
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from export_pipelines.core.errors import ExportError
-from export_pipelines.core.request_row import StoredRequest, check_request_fields
-from export_pipelines.core.tenants import existing_tenants, unknown_tenant
+from export_pipelines.core.requests.request_row import StoredRequest, check_request_fields
+from export_pipelines.core.requests.tenants import existing_tenants, unknown_tenant
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.resources import ExportSettings, Notifier, SourceDatabase
 from export_pipelines.orchestration.run_config import export_run_config

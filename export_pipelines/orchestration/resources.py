@@ -14,14 +14,14 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
-from export_pipelines.core.catalog import Catalog, load_catalog
-from export_pipelines.core.checkpoints import CheckpointStore
-from export_pipelines.core.delivery import Channels
-from export_pipelines.core.delivery_store import DeliveryStore
+from export_pipelines.core.delivery.delivery_store import DeliveryStore
+from export_pipelines.core.delivery.drain import Channels
+from export_pipelines.core.delivery.mail import parse_allowlist
+from export_pipelines.core.engine.checkpoints import CheckpointStore
 from export_pipelines.core.formats import DEFAULT_PDF_MAX_ROWS
-from export_pipelines.core.notify import parse_allowlist
-from export_pipelines.core.request_store import DEFAULT_STARTS_PER_MINUTE, RequestStore
-from export_pipelines.core.s3 import make_s3_client
+from export_pipelines.core.requests.catalog import Catalog, load_catalog
+from export_pipelines.core.requests.request_store import DEFAULT_STARTS_PER_MINUTE, RequestStore
+from export_pipelines.core.storage.s3 import make_s3_client
 from export_pipelines.settings import Settings
 
 # (database url, cap) pairs this process has written to export_limits.

@@ -12,18 +12,22 @@ from typing import Any
 
 import dagster as dg
 
-from export_pipelines.core.delivery import CANCELED, FAILED, enqueue_notification, webhook_payload
+from export_pipelines.core.delivery.drain import CANCELED, FAILED, enqueue_notification, webhook_payload
+from export_pipelines.core.engine.resume import abandon_open_uploads
 from export_pipelines.core.errors import error_code_of_class_names, tenant_message
-from export_pipelines.core.layout import ExportLocation
-from export_pipelines.core.request_row import StoredRequest
-from export_pipelines.core.request_store import RequestStore
-from export_pipelines.core.resume import abandon_open_uploads
-from export_pipelines.core.tenant_settings import targets as tenant_targets
-from export_pipelines.core.tenants import list_tenants
+from export_pipelines.core.requests.request_row import StoredRequest
+from export_pipelines.core.requests.request_store import RequestStore
+from export_pipelines.core.requests.tenant_settings import targets as tenant_targets
+from export_pipelines.core.requests.tenants import list_tenants
+from export_pipelines.core.storage.layout import ExportLocation
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.jobs import tenant_export_job
+from export_pipelines.orchestration.monthly.partitions import (
+    TENANT_PARTITIONS,
+    TENANT_PARTITIONS_NAME,
+    partitionable,
+)
 from export_pipelines.orchestration.ops import ERROR_CODE_KEY, TENANT_ERROR_KEY
-from export_pipelines.orchestration.partitions import TENANT_PARTITIONS, TENANT_PARTITIONS_NAME, partitionable
 from export_pipelines.orchestration.request_intake import REQUEST_SENSOR_NAME, claim_pending_requests
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, Notifier, SourceDatabase
 from export_pipelines.settings import Settings

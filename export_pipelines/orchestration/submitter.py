@@ -26,7 +26,7 @@ from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
-from export_pipelines.core.migrations import PENDING_CHANNEL, migrate
+from export_pipelines.core.storage.migrations import PENDING_CHANNEL, migrate
 from export_pipelines.orchestration.request_intake import (
     REQUEST_SENSOR_NAME,
     ClaimedRequest,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from export_pipelines.core.catalog import load_catalog, parse_catalog
 from export_pipelines.core.errors import CatalogError, InvalidRequest
-from export_pipelines.core.request import build_request
+from export_pipelines.core.requests.catalog import load_catalog, parse_catalog
+from export_pipelines.core.requests.request import build_request
 
 
 def test_packaged_catalog_loads(catalog):

@@ -14,12 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from export_pipelines.core.columns import ColumnInfo
-from export_pipelines.core.encoders import encoder_class, xlsx, zipstream
-from export_pipelines.core.encoders.csv import CsvEncoder
-from export_pipelines.core.encoders.csv_excel import CsvExcelEncoder
-from export_pipelines.core.encoders.json_array import JsonArrayEncoder
-from export_pipelines.core.encoders.parquet import ParquetEncoder
-from export_pipelines.core.encoders.xlsx import XlsxEncoder
+from export_pipelines.core.engine.encoders import xlsx, zipstream
+from export_pipelines.core.engine.encoders.csv import CsvEncoder
+from export_pipelines.core.engine.encoders.csv_excel import CsvExcelEncoder
+from export_pipelines.core.engine.encoders.json_array import JsonArrayEncoder
+from export_pipelines.core.engine.encoders.parquet import ParquetEncoder
+from export_pipelines.core.engine.encoders.registry import encoder_class
+from export_pipelines.core.engine.encoders.xlsx import XlsxEncoder
 from export_pipelines.core.formats import format_names
 
 COLS = [
@@ -199,7 +200,7 @@ def test_zip_stream_is_a_valid_zip_and_deterministic():
 def test_parquet_writer_writes_what_pyarrow_parquet_writes():
     """The encoder uses pyarrow's writer class without pyarrow.parquet's filesystem layer; the
     file must be the very same bytes as pyarrow.parquet.ParquetWriter's with the same options."""
-    from export_pipelines.core.encoders.parquet import parquet_writer
+    from export_pipelines.core.engine.encoders.parquet import parquet_writer
 
     table = pa.table(
         {
@@ -220,7 +221,7 @@ def test_parquet_writer_writes_what_pyarrow_parquet_writes():
 
 
 def test_dictionary_columns_same_answer_as_counting_the_whole_sample():
-    from export_pipelines.core.encoders.parquet import DISTINCT_PROBE_ROWS, dictionary_columns
+    from export_pipelines.core.engine.encoders.parquet import DISTINCT_PROBE_ROWS, dictionary_columns
 
     n = 20 * DISTINCT_PROBE_ROWS
     sample = pa.table(
@@ -258,7 +259,7 @@ def test_export_core_keeps_unused_libraries_out_of_the_process():
     """Every imported library costs RSS in the export process: pyarrow.fs (S3/GCS/Azure/HDFS)
     ~8 MB, pandas ~55 MB. The core's imports must not pull them in."""
     loaded = modules_loaded_by(
-        "export_pipelines.core.exporter, export_pipelines.core.manifest",
+        "export_pipelines.core.engine.exporter, export_pipelines.core.engine.manifest",
         ("pyarrow.fs", "pyarrow.parquet", "pandas", "dagster"),
     )
     assert sorted(m for m in loaded if m in ("pyarrow.fs", "pyarrow.parquet", "pandas", "dagster")) == []
@@ -267,6 +268,8 @@ def test_export_core_keeps_unused_libraries_out_of_the_process():
 def test_importing_request_validation_does_not_load_pyarrow():
     """The request sensor and the CLI check fields without paying for Parquet (or any encoder)."""
     assert (
-        modules_loaded_by("export_pipelines.core.request", ("pyarrow", "export_pipelines.core.encoders"))
+        modules_loaded_by(
+            "export_pipelines.core.requests.request", ("pyarrow", "export_pipelines.core.engine.encoders")
+        )
         == []
     )

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from export_pipelines.core.columns import ColumnInfo
-from export_pipelines.core.encoders import encoder_class
+from export_pipelines.core.engine.encoders.registry import encoder_class
 from export_pipelines.core.formats import FORMATS, format_names
-from export_pipelines.core.layout import ExportLocation, attachment, download_name, file_extension
-from export_pipelines.core.s3 import delete_prefix
+from export_pipelines.core.storage.layout import ExportLocation, attachment, download_name, file_extension
+from export_pipelines.core.storage.s3 import delete_prefix
 
 COLUMNS = [ColumnInfo("id", "bigint", "int8", -1)]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from export_pipelines.core.engine.plan import plan_export
 from export_pipelines.core.errors import InvalidRequest
-from export_pipelines.core.plan import plan_export
-from export_pipelines.core.request import build_request
+from export_pipelines.core.requests.request import build_request
 from export_pipelines_tests import type_zoo
 from export_pipelines_tests.zoo_expect import export, file_bytes, pg_text
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from export_pipelines.core.checkpoints import CheckpointStore
-from export_pipelines.core.manifest import finalize_export
-from export_pipelines.core.plan import plan_export
-from export_pipelines.core.request import build_request
-from export_pipelines.core.s3 import open_uploads
+from export_pipelines.core.engine.checkpoints import CheckpointStore
+from export_pipelines.core.engine.manifest import finalize_export
+from export_pipelines.core.engine.plan import plan_export
+from export_pipelines.core.requests.request import build_request
+from export_pipelines.core.storage.s3 import open_uploads
 from export_pipelines_tests.core.test_resume import Crash, file_hashes, run
 from export_pipelines_tests.readback import get_bytes, read_manifest
 from export_pipelines_tests.zoo_expect import export, file_bytes

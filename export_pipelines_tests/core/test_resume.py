@@ -15,13 +15,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from export_pipelines.core.checkpoints import CheckpointStore
-from export_pipelines.core.exporter import run_export
-from export_pipelines.core.manifest import clear_success_marker, finalize_export
-from export_pipelines.core.plan import plan_export
-from export_pipelines.core.request import build_request
+from export_pipelines.core.engine.checkpoints import CheckpointStore
+from export_pipelines.core.engine.exporter import run_export
+from export_pipelines.core.engine.manifest import clear_success_marker, finalize_export
+from export_pipelines.core.engine.plan import plan_export
+from export_pipelines.core.requests.request import build_request
 from export_pipelines.core.results import ExportOutcome
-from export_pipelines.core.s3 import open_uploads
+from export_pipelines.core.storage.s3 import open_uploads
 from export_pipelines_tests.readback import read_manifest
 
 BIG = "t-big"
@@ -186,12 +186,12 @@ def test_sigkilled_export_process_resumes(
     script = textwrap.dedent(
         f"""
         import time
-        from export_pipelines.core.catalog import load_catalog
-        from export_pipelines.core.checkpoints import CheckpointStore
-        from export_pipelines.core.exporter import run_export
-        from export_pipelines.core.plan import plan_export
-        from export_pipelines.core.request import build_request
-        from export_pipelines.core.s3 import make_s3_client
+        from export_pipelines.core.requests.catalog import load_catalog
+        from export_pipelines.core.engine.checkpoints import CheckpointStore
+        from export_pipelines.core.engine.exporter import run_export
+        from export_pipelines.core.engine.plan import plan_export
+        from export_pipelines.core.requests.request import build_request
+        from export_pipelines.core.storage.s3 import make_s3_client
         catalog = load_catalog()
         request = build_request(catalog, resource="orders", tenant_id={BIG!r}, export_id="killed",
                                 format="csv", compression="none")

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from export_pipelines.core.checkpoints import CheckpointStore
-from export_pipelines.core.exporter import run_export
-from export_pipelines.core.manifest import clear_success_marker, finalize_export
-from export_pipelines.core.plan import plan_export
-from export_pipelines.core.request import build_request
-from export_pipelines.core.s3 import make_s3_client, open_uploads
+from export_pipelines.core.engine.checkpoints import CheckpointStore
+from export_pipelines.core.engine.exporter import run_export
+from export_pipelines.core.engine.manifest import clear_success_marker, finalize_export
+from export_pipelines.core.engine.plan import plan_export
+from export_pipelines.core.requests.request import build_request
+from export_pipelines.core.storage.s3 import make_s3_client, open_uploads
 from export_pipelines_tests.s3_fault_proxy import (
     S3FaultProxy,
     complete_200_error,

@@ -2,7 +2,7 @@
 encoding (`files[].special_values`), under the keys of the column's rule (`columns[].special_values`).
 
 Expectations are computed here from PostgreSQL's own text of each value (`zoo_expect.load_pg_rows`)
-and from SQL counts written independently of `core/special_values.py`, then compared with what
+and from SQL counts written independently of `core/engine/encoders/special_values.py`, then compared with what
 the exporter put in the manifest, for every format, against the real PostgreSQL and S3.
 """
 
@@ -15,13 +15,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from export_pipelines.core import type_contract as tc
-from export_pipelines.core.catalog import parse_catalog
-from export_pipelines.core.checkpoints import CheckpointStore
-from export_pipelines.core.exporter import run_export
-from export_pipelines.core.manifest import clear_success_marker, finalize_export
-from export_pipelines.core.plan import plan_export
-from export_pipelines.core.request import build_request
+from export_pipelines.core.engine.checkpoints import CheckpointStore
+from export_pipelines.core.engine.encoders import type_contract as tc
+from export_pipelines.core.engine.exporter import run_export
+from export_pipelines.core.engine.manifest import clear_success_marker, finalize_export
+from export_pipelines.core.engine.plan import plan_export
+from export_pipelines.core.requests.catalog import parse_catalog
+from export_pipelines.core.requests.request import build_request
 from export_pipelines_tests.readback import read_manifest
 from export_pipelines_tests.zoo_expect import excel_number_is_exact, export, pg_text
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from export_pipelines.core.type_contract import contract_markdown
+from export_pipelines.core.engine.encoders.type_contract import contract_markdown
 from export_pipelines_tests import type_zoo
 from export_pipelines_tests.readback import csv_rows, get_bytes
 from export_pipelines_tests.zoo_expect import (

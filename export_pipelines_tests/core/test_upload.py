@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from export_pipelines.core.s3 import MultipartSink, UploadedPart, open_uploads
-from export_pipelines.core.upload import MIN_PART_SIZE, PartWriter, part_size_for
+from export_pipelines.core.engine.upload import MIN_PART_SIZE, PartWriter, part_size_for
+from export_pipelines.core.storage.s3 import MultipartSink, UploadedPart, open_uploads
 
 
 def _writer(

@@ -21,9 +21,8 @@ from typing import Any
 
 import pytest
 
-from export_pipelines.core.errors import InvalidWebhook, Rejected
-from export_pipelines.core.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, DeliveryResult, verify
-from export_pipelines.core.webhook_client import (
+from export_pipelines.core.delivery.mail import SIGNATURE_HEADER, TIMESTAMP_HEADER, DeliveryResult, verify
+from export_pipelines.core.delivery.webhook_client import (
     ERR_CERTIFICATE,
     ERR_CONNECT,
     ERR_NOT_ALLOWLISTED,
@@ -37,6 +36,7 @@ from export_pipelines.core.webhook_client import (
     post_json,
     signed_headers,
 )
+from export_pipelines.core.errors import InvalidWebhook, Rejected
 
 PUBLIC = "8.8.8.8"  # any global address: tests never connect to it for real
 NO_SLEEP: Any = lambda _s: None  # noqa: E731
