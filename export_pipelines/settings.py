@@ -13,10 +13,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from export_pipelines.core.delivery.mail import parse_allowlist
+from export_pipelines.core.delivery.webhook_target import parse_allowlist
 from export_pipelines.core.errors import ConfigurationError
 from export_pipelines.core.formats import DEFAULT_PDF_MAX_ROWS
-from export_pipelines.core.requests.request_store import DEFAULT_STARTS_PER_MINUTE
+from export_pipelines.core.requests.queue import DEFAULT_STARTS_PER_MINUTE
 from export_pipelines.core.storage.migrations import DEFAULT_TENANT_MAX_ACTIVE
 
 # PostgreSQL's units for statement_timeout; a bare number is milliseconds, as in PostgreSQL.

@@ -477,7 +477,7 @@ def test_sse_progress_then_final_event_and_resume(api, client, finished, db):
 
 def test_queue_position_is_the_fair_queue_order(db):
     """The cheap aggregate gives the same position as ranking every waiting row."""
-    from export_pipelines.api.app import QUEUE_POSITION_REFERENCE_SQL, QUEUE_POSITION_SQL
+    from export_pipelines.core.requests.queue import QUEUE_POSITION_REFERENCE_SQL, QUEUE_POSITION_SQL
 
     tenants = [fresh_tenant() for _ in range(3)]
     ids = []

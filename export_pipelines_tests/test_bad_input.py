@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 from export_pipelines.core.requests.catalog import InvalidRequest
+from export_pipelines.core.requests.queue import RequestQueue
 from export_pipelines.core.requests.request import build_request, check_notify
 from export_pipelines.core.storage.s3 import open_uploads
 from export_pipelines.orchestration.jobs import tenant_export_job
@@ -463,7 +464,7 @@ def test_a_flood_of_bad_rows_does_not_starve_good_ones(store, dagster_resources,
         launched += [r.run_key for r in tick(dagster_resources, instance)]
     assert sorted(launched) == sorted(f"{g}:1" for g in good)
     assert all(store.get(b).status == "failed" for b in bad_ids)  # type: ignore[union-attr]
-    assert store.to_launch(limit=1000) == []
+    assert RequestQueue.on(store.conn).to_launch(limit=1000) == []
     store.set_tenant_max_active(5)
 
 
@@ -512,7 +513,7 @@ def test_text_postgresql_cannot_store_never_becomes_a_row(
         insert_row(source_url, fields)
     good_id = store.create(tenant_id="t-006", resource="orders")
     assert [r.run_key for r in tick(dagster_resources, instance)] == [f"{good_id}:1"]
-    assert [r.id for r in store.to_launch()] == []
+    assert [r.id for r in RequestQueue.on(store.conn).to_launch()] == []
     with psycopg.connect(source_url) as conn:
         assert conn.execute("SELECT count(*) FROM export_requests").fetchone() == (1,)
 
@@ -735,7 +736,7 @@ def test_cli_refuses_bad_input_before_inserting(store, args, says):
     assert out.returncode == 2, out.stderr[-2000:]
     assert says in out.stderr.decode("utf-8"), out.stderr[-2000:]
     assert b"Traceback" not in out.stderr
-    assert store.to_launch() == []
+    assert RequestQueue.on(store.conn).to_launch() == []
 
 
 def test_cli_queues_a_good_request(store):
@@ -743,3 +744,16 @@ def test_cli_queues_a_good_request(store):
     assert out.returncode == 0, out.stderr[-2000:]
     row = store.get(out.stdout.decode().strip())
     assert row is not None and row.status == "pending" and row.filters == {"status": "' OR 1=1 --"}
+
+
+def test_cli_request_follows_the_one_idempotency_rule(store):
+    """`request --idempotency-key` is the API's Idempotency-Key: the same request again prints the
+    first request's id (no second row); another request with that key is refused, naming it."""
+    args = ("--tenant", "t-004", "--resource", "orders", "--idempotency-key", "nightly-2026-12-01")
+    first, again = cli(*args), cli(*args)
+    assert first.returncode == 0 and again.returncode == 0, (first.stderr[-2000:], again.stderr[-2000:])
+    assert first.stdout.strip() == again.stdout.strip()
+    assert [r.id for r in RequestQueue.on(store.conn).to_launch()] == [first.stdout.decode().strip()]
+    other = cli(*args, "--format", "jsonl")
+    assert other.returncode == 2
+    assert b"Idempotency-Key: already used with a different request body" in other.stderr

@@ -8,6 +8,7 @@ import psycopg
 
 from export_pipelines.cli.main import main
 from export_pipelines.core.engine.checkpoints import CheckpointStore
+from export_pipelines.core.requests.queue import RequestQueue
 from export_pipelines.core.storage.s3 import open_uploads
 from export_pipelines.orchestration.jobs import janitor_job, tenant_export_job
 from export_pipelines.orchestration.resources import ExportSettings
@@ -99,7 +100,7 @@ def test_cli_request_checks_the_webhook_allowlist_like_the_sensor(store, capsys,
     args = ["request", "--tenant", "t-001", "--resource", "orders", "--webhook-url"]
     assert main([*args, "https://evil.test/hook"]) == 2
     assert "webhook_url: host 'evil.test' is not allowed; allowed: .example.com" in capsys.readouterr().err
-    assert store.to_launch() == []
+    assert RequestQueue.on(store.conn).to_launch() == []
     assert main([*args, "https://hooks.example.com/x"]) == 0
     assert store.get(capsys.readouterr().out.strip()).webhook_url == "https://hooks.example.com/x"
 

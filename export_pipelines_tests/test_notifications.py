@@ -18,9 +18,9 @@ import dagster as dg
 import pytest
 from aiosmtpd.controller import Controller
 
-from export_pipelines.core.delivery.drain import DeliveryPolicy
-from export_pipelines.core.delivery.mail import check_webhook_url, verify
-from export_pipelines.core.delivery.webhook_client import deliver
+from export_pipelines.core.delivery.drain import Channels, DeliveryPolicy, send_webhook
+from export_pipelines.core.delivery.webhook_client import verify
+from export_pipelines.core.delivery.webhook_target import check_url_shape
 from export_pipelines.orchestration.delivery_sensor import build_delivery_sensor
 from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.resources import Notifier
@@ -83,7 +83,9 @@ def smtp() -> Iterator[tuple[Inbox, str]]:
 def test_webhook_is_signed_and_retried_with_backoff(receiver):
     rec, url, _ = receiver
     rec.fail_first = 2
-    result = deliver(url, {"event": "export.succeeded"}, "s3cret", allow_private=True, base_delay=0.01)
+    result = send_webhook(
+        Channels("s3cret", allow_private=True), url, {"event": "export.succeeded"}, budget=10.0, attempts=4
+    )
     assert result.ok and result.attempts == 3
     headers, body = rec.calls[-1]
     assert verify("s3cret", headers["X-Export-Timestamp"], body, headers["X-Export-Signature"])
@@ -93,17 +95,17 @@ def test_webhook_is_signed_and_retried_with_backoff(receiver):
 def test_webhook_4xx_is_not_retried(receiver):
     rec, url, _ = receiver
     rec.fail_first, rec.status = 10, 410
-    result = deliver(url, {}, "s", allow_private=True, base_delay=0.01)
+    result = send_webhook(Channels("s", allow_private=True), url, {}, budget=10.0, attempts=4)
     assert not result.ok and result.attempts == 1 and result.error == "HTTP 410"
 
 
 def test_webhook_url_rules():
-    check_webhook_url("https://hooks.example.com/x", (".example.com",))
+    check_url_shape("https://hooks.example.com/x", (".example.com",))
     for bad in ("ftp://x/y", "javascript:alert(1)", "http:///nohost"):
         with pytest.raises(ValueError, match="http"):
-            check_webhook_url(bad)
+            check_url_shape(bad)
     with pytest.raises(ValueError, match=r"not allowed; allowed: \.example\.com"):
-        check_webhook_url("https://evil.test/x", (".example.com",))
+        check_url_shape("https://evil.test/x", (".example.com",))
 
 
 def run_job(resources, store, **notify):

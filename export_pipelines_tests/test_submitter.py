@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from export_pipelines.core.requests.queue import RequestQueue
 from export_pipelines.orchestration import tags
 from export_pipelines_tests.daemon import ROOT, running_daemon, wait_for
 from export_pipelines_tests.readback import csv_rows, read_manifest
@@ -97,11 +98,13 @@ def test_a_row_claimed_by_one_door_is_not_started_by_the_other(store, source_url
     from export_pipelines.core.requests.request_store import RequestStore
 
     rid = store.create(tenant_id="t-004", resource="orders", format="csv")
-    (read_by_submitter,) = [r for r in store.to_launch() if r.id == rid]
+    (read_by_submitter,) = [r for r in RequestQueue.on(store.conn).to_launch() if r.id == rid]
     with RequestStore(source_url) as other:
-        (read_by_sensor,) = [r for r in other.to_launch() if r.id == rid]
-        assert store.claim(read_by_submitter)
-        assert not other.claim(read_by_sensor)  # read the same pending row; lost the race
+        (read_by_sensor,) = [r for r in RequestQueue.on(other.conn).to_launch() if r.id == rid]
+        assert RequestQueue.on(store.conn).claim(read_by_submitter)
+        assert not RequestQueue.on(other.conn).claim(
+            read_by_sensor
+        )  # read the same pending row; lost the race
     # The sensor, ticking now, sees a fresh queued row (not stale): no second run request.
     assert tick(dagster_resources) == []
     assert store.get(rid).status == "queued"

@@ -20,22 +20,17 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from export_pipelines.core.delivery.delivery_store import DeliveryStore
+from export_pipelines.core.delivery.delivery_store import DeliveryStore, GroupMember
 from export_pipelines.core.delivery.drain import (
     Channels,
     DeliveryPolicy,
-    deliver,
     drain_deliveries,
-    enqueue_notification,
+    group_error,
     send_webhook,
 )
-from export_pipelines.core.delivery.mail import check_webhook_url, verify
-from export_pipelines.core.delivery.webhook_client import (
-    ERR_REDIRECT,
-    ERR_REFUSED,
-    ERR_TIMEOUT,
-    check_url_shape,
-)
+from export_pipelines.core.delivery.notices import Notice, enqueue
+from export_pipelines.core.delivery.webhook_client import ERR_REDIRECT, ERR_TIMEOUT, verify
+from export_pipelines.core.delivery.webhook_target import ERR_REFUSED, check_url_shape
 from export_pipelines.core.errors import InvalidWebhook
 from export_pipelines.orchestration.delivery_sensor import build_delivery_sensor
 from export_pipelines.orchestration.jobs import tenant_export_job
@@ -201,8 +196,10 @@ LOOPBACK_FORMS = [
 def test_finding_05_loopback_forms_never_reach_the_receiver(receivers, form):
     rec = receivers()
     url = form.format(port=rec.port)
-    problem = deliver(LOG, Channels(WEBHOOK_SECRET), {"event": "export.failed"}, url, None, "", "")
+    result = send_webhook(Channels(WEBHOOK_SECRET), url, {"event": "export.failed"}, budget=10.0)
     assert rec.calls == []
+    # What the request row's notify_error says of it.
+    problem = group_error([GroupMember("webhook", "failed", result.attempts, result.error)])
     assert problem == f"webhook not sent: {ERR_REFUSED}"
 
 
@@ -265,7 +262,7 @@ def test_request_time_check_needs_no_dns_and_refuses_literal_internal_addresses(
             check_url_shape(internal, allow_private=False)
     with pytest.raises(InvalidWebhook, match="target address not allowed"):
         check_url_shape("http://169.254.169.254/", allow_private=True)
-    check_webhook_url("https://hooks.example.com/x", (".example.com",))  # the wrapper callers use
+    check_url_shape("https://hooks.example.com/x", (".example.com",))  # a subdomain of the allowlist
 
 
 # ------------------------------------------------------------------------------------------- finding 6
@@ -306,16 +303,13 @@ def test_finding_16_hanging_webhook_holds_neither_the_notify_op_nor_the_sensor(
 def test_sensor_tick_stays_within_its_budget_with_many_hanging_receivers(receivers, deliveries, store):
     rec = receivers(mode="hang")
     for n in range(12):
-        enqueue_notification(
+        enqueue(
             deliveries,
+            Notice("export.succeeded", {"n": n}, "", ""),
             request_id=None,
             tenant_id=f"t-{n:03d}",
-            event="export.succeeded",
-            payload={"n": n},
             webhook_url=rec.url,
             email=None,
-            email_subject="",
-            email_body="",
         )
     policy = DeliveryPolicy(attempt_budget_seconds=1.0, tick_budget_seconds=2.5, parallel=3)
     channels = Channels(WEBHOOK_SECRET, allow_private=True)
@@ -342,16 +336,13 @@ def test_default_policy_bounds_each_tick():
 def test_retries_with_backoff_then_delivered_once_and_the_row_says_so(receivers, deliveries, store, pg):
     rec = receivers(fail_first=2)
     rid = store.create(tenant_id="t-001", resource="orders", webhook_url=rec.url)
-    enqueue_notification(
+    enqueue(
         deliveries,
+        Notice("export.succeeded", {"event": "export.succeeded", "export_id": rid}, "", ""),
         request_id=rid,
         tenant_id="t-001",
-        event="export.succeeded",
-        payload={"event": "export.succeeded", "export_id": rid},
         webhook_url=rec.url,
         email=None,
-        email_subject="",
-        email_body="",
     )
     channels = Channels(WEBHOOK_SECRET, allow_private=True)
     slow = DeliveryPolicy(base_delay_seconds=60.0)
@@ -373,16 +364,13 @@ def test_retries_with_backoff_then_delivered_once_and_the_row_says_so(receivers,
 
 def test_one_tenants_backlog_does_not_delay_another_tenants_first_delivery(deliveries):
     def add(tenant: str) -> None:
-        enqueue_notification(
+        enqueue(
             deliveries,
+            Notice("export.succeeded", {}, "", ""),
             request_id=None,
             tenant_id=tenant,
-            event="export.succeeded",
-            payload={},
             webhook_url="https://hooks.example.com/x",
             email=None,
-            email_subject="",
-            email_body="",
         )
 
     for _ in range(20):

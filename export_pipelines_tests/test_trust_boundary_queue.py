@@ -14,6 +14,7 @@ import pytest
 
 from export_pipelines.core.engine.plan import check_file_count
 from export_pipelines.core.errors import InvalidRequest, error_code
+from export_pipelines.core.requests.queue import RequestQueue
 from export_pipelines.core.requests.request import build_request, parse_instant
 from export_pipelines.core.requests.request_row import OversizedFilters
 from export_pipelines.core.storage.migrations import migrate
@@ -135,7 +136,7 @@ def test_finding_02_one_tenants_backlog_does_not_delay_anothers_first_request(st
     cap(1000)
     backlog = [store.create(tenant_id="t-001", resource="orders") for _ in range(60)]
     other = store.create(tenant_id="t-002", resource="orders")
-    picked = [r.id for r in store.to_launch(limit=50, starts_per_minute=1000)]
+    picked = [r.id for r in RequestQueue.on(store.conn).to_launch(limit=50, starts_per_minute=1000)]
     assert other in picked[:2] and backlog[0] in picked[:2]
     launched = [r.tags["export/request_id"] for r in tick(dagster_resources)]
     assert other in launched
@@ -151,7 +152,7 @@ def test_finding_02_queued_row_that_turned_invalid_is_failed_not_picked_forever(
     assert tick(dagster_resources) == []
     row = store.get(rid)
     assert row.status == "failed" and row.error_code == "invalid_request" and "format" in row.error
-    assert store.to_launch() == []
+    assert RequestQueue.on(store.conn).to_launch() == []
 
 
 def test_finding_02_fifty_stuck_rows_do_not_stop_intake(store, dagster_resources, pg, cap):
@@ -278,7 +279,7 @@ def test_finding_07_sensor_does_not_load_huge_filters(store, dagster_resources, 
     finally:
         migrate(source_url)
     good = store.create(tenant_id="t-002", resource="orders")
-    (row,) = [r for r in store.to_launch() if r.id == rid]
+    (row,) = [r for r in RequestQueue.on(store.conn).to_launch() if r.id == rid]
     assert isinstance(row.filters, OversizedFilters) and row.filters.size > 200_000
     assert [r.tags["export/request_id"] for r in tick(dagster_resources)] == [good]
     failed = store.get(rid)

@@ -1,12 +1,11 @@
 """`POST /v1/exports`: validate the body with the request sensor's own checks (so both doors say
-the same thing), honour `Idempotency-Key` (same body → the first response, another body → 422,
-in flight → 409) and insert the request row; the per-tenant cap trigger answers 429.
+the same thing) and create the request through the request store, whose one idempotency rule
+answers `Idempotency-Key` (same body → the first response, another body → 422, in flight → 409)
+and whose database refuses a tenant over its cap (429).
 
 (No `from __future__ import annotations`: FastAPI resolves the handler's annotations.)"""
 
-import hashlib
 import json
-import uuid
 from typing import Annotated, Any
 
 import psycopg
@@ -15,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from export_pipelines.api.auth import Auth, Principal
-from export_pipelines.api.errors import ApiError, insert_error
+from export_pipelines.api.errors import ApiError
 from export_pipelines.api.schemas import (
     CREATE_BODY_SCHEMA,
     ERRORS,
@@ -28,15 +27,11 @@ from export_pipelines.api.status import API_VERSION, json_response, status_docum
 from export_pipelines.core.errors import Rejected
 from export_pipelines.core.requests.request import build_request
 from export_pipelines.core.requests.request_row import check_request_fields
+from export_pipelines.core.requests.request_store import RequestStore, request_fingerprint
 
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 BODY_FIELDS = frozenset(CREATE_BODY_SCHEMA["properties"])
 NOTIFY_FIELDS = frozenset({"webhook_url", "email"})
-
-
-def _fingerprint(tenant_id: str, body: Any) -> str:
-    canonical = json.dumps([tenant_id, body], sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def router(api: ExportApi) -> APIRouter:
@@ -156,89 +151,17 @@ def router(api: ExportApi) -> APIRouter:
             if field in ("webhook_url", "email"):
                 field = f"notify.{field}"
             raise ApiError(422, "invalid_request", str(exc), field) from None
-        fingerprint = _fingerprint(tenant_id, body)
-        params = {
+        created = RequestStore.on(conn).submit(
             **fields,
-            "filters": json.dumps(fields["filters"]),
-            "id": uuid.uuid4(),
-            "idem": idempotency_key,
-            "fp": fingerprint,
-            "hours": link_hours,
-            "max_rows": max_rows,
-        }
-        for _ in range(2):
-            try:
-                result = _insert(conn, tenant_id, idempotency_key, fingerprint, params)
-                break
-            except psycopg.errors.UniqueViolation:
-                # Another door (SQL) inserted the same key between our look and our insert: look again.
-                continue
-        else:
-            raise ApiError(409, "idempotency_in_flight", "a request with this Idempotency-Key is in flight")
-        row, replayed = result
-        doc = status_document(row, None)
+            idempotency_key=idempotency_key,
+            fingerprint=request_fingerprint(tenant_id, body),
+            link_expiry_hours=link_hours,
+            max_rows_per_file=max_rows,
+        )
+        doc = status_document(created.row, None)
         headers = {"Location": doc["links"]["self"]}
-        if replayed:
+        if created.replayed:
             headers["Idempotent-Replayed"] = "true"
         return json_response(doc, 202, headers)
-
-    def _insert(
-        conn: psycopg.Connection[Any],
-        tenant_id: str,
-        idempotency_key: str | None,
-        fingerprint: str,
-        params: dict[str, Any],
-    ) -> tuple[dict[str, Any], bool]:
-        try:
-            with conn.transaction():
-                if idempotency_key is not None:
-                    got = conn.execute(
-                        "SELECT pg_try_advisory_xact_lock(hashtext('export_api_idempotency'), "
-                        "hashtext(%s || E'\\n' || %s)) AS ok",
-                        [tenant_id, idempotency_key],
-                    ).fetchone()
-                    if not got or not got["ok"]:
-                        raise ApiError(
-                            409,
-                            "idempotency_in_flight",
-                            "a request with this Idempotency-Key is still being created; retry in a moment",
-                            "Idempotency-Key",
-                            {"Retry-After": "1"},
-                        )
-                    first = conn.execute(
-                        "SELECT * FROM export_requests WHERE tenant_id = %s AND idempotency_key = %s",
-                        [tenant_id, idempotency_key],
-                    ).fetchone()
-                    if first is not None:
-                        if first.get("idempotency_fingerprint") != fingerprint:
-                            raise ApiError(
-                                422,
-                                "idempotency_conflict",
-                                "Idempotency-Key: already used with a different request body",
-                                "Idempotency-Key",
-                            )
-                        return first, True
-                row = conn.execute(
-                    """
-                    INSERT INTO export_requests
-                        (id, tenant_id, resource, format, compression, filters, columns, webhook_url,
-                         email, idempotency_key, idempotency_fingerprint, link_expiry_hours,
-                         max_rows_per_file)
-                    VALUES (%(id)s, %(tenant_id)s, %(resource)s, %(format)s, %(compression)s,
-                            %(filters)s::jsonb, %(columns)s, %(webhook_url)s, %(email)s, %(idem)s,
-                            %(fp)s, %(hours)s, %(max_rows)s)
-                    RETURNING *
-                    """,
-                    params,
-                ).fetchone()
-                assert row is not None
-                return row, False
-        except psycopg.errors.UniqueViolation:
-            raise
-        except psycopg.Error as exc:
-            mapped = insert_error(exc)
-            if mapped is None:
-                raise
-            raise mapped from None
 
     return router

@@ -22,7 +22,7 @@ from export_pipelines.api.auth import Auth, Principal, principal
 from export_pipelines.api.errors import ApiError
 from export_pipelines.api.files import files_document
 from export_pipelines.api.schemas import ERRORS, ExportId, StreamToken
-from export_pipelines.api.service import ExportApi
+from export_pipelines.api.service import ExportApi, Loaded
 from export_pipelines.api.status import API_VERSION, iso_unix, json_response
 from export_pipelines.api.stream_tokens import MAX_TOKEN_CHARS, TokenPrincipal, mint
 
@@ -69,7 +69,7 @@ def router(api: ExportApi) -> APIRouter:
     def create_events_token(export_id: ExportId, who: Auth) -> JSONResponse:
         """A short-lived token that opens this export's event stream without an Authorization
         header (`GET …/events?access_token=…`), for a browser's EventSource."""
-        doc = api.load(who, export_id, position=False)["doc"]
+        doc = api.load(who, export_id, position=False).doc
         token, expires = mint(who, doc["id"])
         body = {
             "token": token,
@@ -109,11 +109,11 @@ def router(api: ExportApi) -> APIRouter:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    def _final_doc(loaded: dict[str, Any]) -> dict[str, Any]:
-        doc = dict(loaded["doc"])
+    def _final_doc(loaded: Loaded) -> dict[str, Any]:
+        doc = dict(loaded.doc)
         if doc["status"] == "succeeded":
             try:
-                files = files_document(api.links(loaded["row"]))
+                files = files_document(api.links(loaded.row))
                 doc["files"] = files["data"]
                 doc["links"] = {**doc["links"], "manifest_url": files["manifest_url"]}
             except ApiError:
@@ -121,14 +121,14 @@ def router(api: ExportApi) -> APIRouter:
         return doc
 
     async def _stream(
-        request: Request, who: Principal, export_id: str, loaded: dict[str, Any], resume: int
+        request: Request, who: Principal, export_id: str, loaded: Loaded, resume: int
     ) -> AsyncIterator[bytes]:
         last_id = resume
         last_sent: str | None = None
         last_write = time.monotonic()
         while True:
-            row, doc = loaded["row"], loaded["doc"]
-            version = int(row["updated_at"].timestamp() * 1_000_000)
+            row, doc = loaded.row, loaded.doc
+            version = int((row.updated_at or row.created_at).timestamp() * 1_000_000)
             final = doc["status"] in ("succeeded", "failed", "canceled") or (doc["status"] == "expired")
             if final:
                 if resume and resume >= version:

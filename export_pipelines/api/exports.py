@@ -8,7 +8,7 @@ import base64
 import binascii
 import json
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, Response
@@ -18,14 +18,15 @@ from export_pipelines.api.errors import ApiError
 from export_pipelines.api.schemas import ERRORS, STATUSES, ExportId, ExportList, ExportStatus
 from export_pipelines.api.service import ExportApi
 from export_pipelines.api.status import API_VERSION, etag_of, json_response, status_document
-from export_pipelines.core.requests.request_row import is_request_id
+from export_pipelines.core.requests.request_reads import RequestReads
+from export_pipelines.core.requests.request_row import StoredRequest, is_request_id
 
 DEFAULT_LIST_LIMIT = 20
 MAX_LIST_LIMIT = 100
 
 
-def _cursor_encode(row: dict[str, Any]) -> str:
-    raw = json.dumps([row["created_at"].isoformat(), str(row["id"])]).encode()
+def _cursor_encode(row: StoredRequest) -> str:
+    raw = json.dumps([row.created_at.isoformat(), str(row.id)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -62,7 +63,7 @@ def router(api: ExportApi) -> APIRouter:
         if_none_match: Annotated[str | None, Header(include_in_schema=False)] = None,
     ) -> Response:
         """The export's status document: status, progress, queue position, timestamps, error."""
-        doc = api.load(who, export_id)["doc"]
+        doc = api.load(who, export_id).doc
         etag = etag_of(doc)
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
         if if_none_match and etag in [t.strip().removeprefix("W/") for t in if_none_match.split(",")]:
@@ -96,23 +97,7 @@ def router(api: ExportApi) -> APIRouter:
                     "status",
                 )
             after = _cursor_decode(cursor) if cursor else None
-            rows = conn.execute(
-                """
-                SELECT * FROM export_requests
-                WHERE (%(t)s::text IS NULL OR tenant_id = %(t)s)
-                  AND (%(s)s::text IS NULL OR status = %(s)s)
-                  AND (%(c)s::timestamptz IS NULL OR (created_at, id) < (%(c)s, %(i)s::uuid))
-                ORDER BY created_at DESC, id DESC
-                LIMIT %(n)s
-                """,
-                {
-                    "t": who.tenant_id,
-                    "s": status,
-                    "c": after[0] if after else None,
-                    "i": after[1] if after else None,
-                    "n": limit + 1,
-                },
-            ).fetchall()
+            rows = RequestReads.on(conn).page(who.tenant_id, status=status, after=after, limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         return json_response(

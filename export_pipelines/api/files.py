@@ -12,8 +12,6 @@ from export_pipelines.api.schemas import ERRORS, ErrorBody, ExportId, FileList
 from export_pipelines.api.service import ExportApi
 from export_pipelines.api.status import API_VERSION, iso, json_response
 from export_pipelines.core.errors import Rejected
-from export_pipelines.core.requests.request_row import folder_export_id
-from export_pipelines.core.storage.layout import ExportLocation
 from export_pipelines.core.storage.links import Link, read_manifest
 
 
@@ -55,7 +53,7 @@ def router(api: ExportApi) -> APIRouter:
     )
     def list_files(export_id: ExportId, who: Auth) -> JSONResponse:
         """The manifest's files in order (numbered from 1), each with a fresh presigned URL."""
-        row = api.load(who, export_id, position=False)["row"]
+        row = api.load(who, export_id, position=False).row
         return json_response(files_document(api.links(row)), headers={"Cache-Control": "no-store"})
 
     @router.get(
@@ -74,7 +72,7 @@ def router(api: ExportApi) -> APIRouter:
         export_id: ExportId, number: Annotated[int, Path(ge=1, le=1_000_000)], who: Auth
     ) -> RedirectResponse:
         """302 to a fresh presigned URL of file `number` (from 1, manifest order)."""
-        row = api.load(who, export_id, position=False)["row"]
+        row = api.load(who, export_id, position=False).row
         links = api.links(row)
         if number >= len(links):
             raise not_found("file")
@@ -93,16 +91,10 @@ def router(api: ExportApi) -> APIRouter:
     )
     def get_manifest(export_id: ExportId, who: Auth) -> JSONResponse:
         """The export's manifest.json (files, rows, bytes, sha256, columns and types, snapshot)."""
-        row = api.load(who, export_id, position=False)["row"]
+        row = api.load(who, export_id, position=False).row
         api.links(row)  # same status checks as /files
-        location = ExportLocation(
-            settings.prefix,
-            row["tenant_id"],
-            row["resource"],
-            folder_export_id(row.get("export_id"), row["id"]),
-        )
         try:
-            return json_response(read_manifest(api.s3, api.bucket, location))
+            return json_response(read_manifest(api.s3, api.bucket, row.location(settings.prefix)))
         except Rejected as exc:
             raise ApiError(410, "export_expired", str(exc)) from exc
 

@@ -12,6 +12,7 @@ from export_pipelines.api.schemas import Health
 from export_pipelines.api.service import ExportApi
 from export_pipelines.api.status import json_response
 from export_pipelines.core.errors import ExportError
+from export_pipelines.core.requests.request_reads import RequestReads
 
 
 def router(api: ExportApi) -> APIRouter:
@@ -33,7 +34,7 @@ def router(api: ExportApi) -> APIRouter:
         checks: dict[str, str] = {}
         try:
             with api.pool.connection() as conn:
-                conn.execute("SELECT 1 FROM export_requests LIMIT 1")
+                RequestReads.on(conn).check_readable()
             checks["database"] = "ok"
         except (ApiError, psycopg.Error) as exc:
             checks["database"] = f"unavailable: {type(exc).__name__}"

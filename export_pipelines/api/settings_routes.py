@@ -1,5 +1,5 @@
-"""`GET` and `PUT /v1/notify-settings`: the key's tenant's default notify targets
-(core/requests/tenant_settings.py; DESIGN §3.6), used by its monthly dumps and by requests without targets.
+"""`GET` and `PUT /v1/notify-settings`: the key's tenant's default notify targets (the tenant
+settings store; docs/api.md), used by its monthly dumps and by requests without targets.
 
 PUT replaces both targets: a field left out or null is cleared (`{}` clears both). Targets are
 validated like a request's (`notify`): 422 naming the field.
@@ -19,6 +19,7 @@ from export_pipelines.api.service import ExportApi
 from export_pipelines.api.status import API_VERSION
 from export_pipelines.core.errors import Rejected
 from export_pipelines.core.requests.request import check_notify
+from export_pipelines.core.requests.tenant_settings import TenantSettingsStore
 from export_pipelines.core.storage.migrations import MAX_EMAIL_CHARS, MAX_WEBHOOK_URL_CHARS
 
 PATH = f"/{API_VERSION}/notify-settings"
@@ -44,11 +45,6 @@ def _tenant(who: Any) -> str:
     return tenant
 
 
-def _document(tenant: str, row: dict[str, Any] | None) -> dict[str, Any]:
-    row = row or {}
-    return {"tenant_id": tenant, "webhook_url": row.get("webhook_url"), "email": row.get("email")}
-
-
 def router(api: ExportApi) -> APIRouter:
     router = APIRouter()
 
@@ -57,11 +53,8 @@ def router(api: ExportApi) -> APIRouter:
         """The tenant's default notify targets (nulls when none are set)."""
         with api.pool.connection() as conn:
             who.resolve(conn)
-            tenant = _tenant(who)
-            row = conn.execute(
-                "SELECT webhook_url, email FROM export_tenant_settings WHERE tenant_id = %s", [tenant]
-            ).fetchone()
-        return JSONResponse(_document(tenant, row))
+            targets = TenantSettingsStore.on(conn).get(_tenant(who))
+        return JSONResponse(targets.as_dict())
 
     @router.put(PATH, tags=["settings"], responses={200: {"model": NotifySettingsDocument}, **ERRORS})
     def put_notify_settings(body: NotifySettings, who: Auth) -> JSONResponse:
@@ -74,18 +67,9 @@ def router(api: ExportApi) -> APIRouter:
             raise ApiError(422, "invalid_request", str(exc), exc.field) from None
         with api.pool.connection() as conn:
             who.resolve(conn)
-            tenant = _tenant(who)
-            if webhook_url is None and email is None:
-                conn.execute("DELETE FROM export_tenant_settings WHERE tenant_id = %s", [tenant])
-            else:
-                conn.execute(
-                    """
-                    INSERT INTO export_tenant_settings (tenant_id, webhook_url, email) VALUES (%s, %s, %s)
-                    ON CONFLICT (tenant_id) DO UPDATE SET webhook_url = excluded.webhook_url,
-                        email = excluded.email, updated_at = now()
-                    """,
-                    [tenant, webhook_url, email],
-                )
-        return JSONResponse(_document(tenant, {"webhook_url": webhook_url, "email": email}))
+            targets = TenantSettingsStore.on(conn).set(
+                _tenant(who), webhook_url=webhook_url, email=email, allowlist=api.settings.webhook_allowlist
+            )
+        return JSONResponse(targets.as_dict())
 
     return router

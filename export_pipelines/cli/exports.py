@@ -65,8 +65,9 @@ def cmd_request(args: argparse.Namespace) -> int:
         check_request_fields(catalog, settings.webhook_allowlist, **fields)
         require_tenant(source_url_or_exit(), catalog, args.tenant)
         with request_store() as store:
-            # The database answers the per-tenant cap and the size limits (InvalidRequest).
-            request_id = store.create(**fields)
+            # The database answers the per-tenant cap and the size limits; the key the store's one
+            # idempotency rule (the API's): the same request again prints the first one's id.
+            request_id = store.create(**fields, idempotency_key=args.idempotency_key)
     except ExportError as exc:
         print(f"export-pipelines request: {exc}", file=sys.stderr)
         return 2
@@ -105,7 +106,6 @@ def cmd_relink(args: argparse.Namespace) -> int:
     manifest read there, never from the row's `manifest_key` (apps can write rows)."""
     from datetime import UTC, datetime
 
-    from export_pipelines.core.engine.janitor import request_location
     from export_pipelines.core.requests.request import MAX_LINK_EXPIRY_HOURS
     from export_pipelines.core.storage.links import download_link, fresh_links
 
@@ -132,7 +132,7 @@ def cmd_relink(args: argparse.Namespace) -> int:
             return 1
         try:
             client, bucket = s3_client(settings), settings.require_bucket()
-            links = fresh_links(client, bucket, request_location(settings.prefix, row), args.hours)
+            links = fresh_links(client, bucket, row.location(settings.prefix), args.hours)
         except ConfigurationError as exc:
             print(f"export-pipelines relink: {exc}", file=sys.stderr)
             return 2
@@ -166,6 +166,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--date-to", help="exclusive, ISO 8601")
     p.add_argument("--webhook-url")
     p.add_argument("--email")
+    p.add_argument(
+        "--idempotency-key",
+        help="the same key with the same request prints the first request's id; with another request "
+        "it is refused (as the API's Idempotency-Key)",
+    )
     p.set_defaults(func=cmd_request)
 
     p = sub.add_parser("status", help="status, progress and link of a request")

@@ -9,13 +9,13 @@ from typing import Any
 
 import dagster as dg
 
-from export_pipelines.core.delivery.drain import CANCELED
+from export_pipelines.core.delivery.notices import CANCELED
 from export_pipelines.core.errors import tenant_message
 from export_pipelines.core.requests.request_row import StoredRequest
-from export_pipelines.core.storage.layout import ExportLocation
 from export_pipelines.orchestration import tags
+from export_pipelines.orchestration.notify_op import abort_uploads_logged, notify_row
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
-from export_pipelines.orchestration.sensors import abort_uploads_logged, latest_run, notify_row
+from export_pipelines.orchestration.sensors import latest_run
 from export_pipelines.settings import Settings
 
 NOT_STARTED = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED)
@@ -29,9 +29,8 @@ def carry_out_cancels(
     log: Any,
 ) -> int:
     """One pass over the rows with a cancel request; returns how many rows became `canceled`."""
-    store = source.requests()
     canceled = 0
-    for row in store.cancel_requested():
+    for row in source.queue().cancel_requested():
         run = latest_run(instance, row)
         if run is not None and serves_several(run) and not run.is_finished:
             # A monthly run of several tenants: stopping it would stop the others' exports too.
@@ -71,8 +70,7 @@ def resolve_canceled(
         return False
     notify_row(source, log, row, CANCELED, tenant_message("canceled"))
     if s3 is not None and export_settings is not None:
-        location = ExportLocation(export_settings.prefix, row.tenant_id, row.resource, row.folder_export_id)
-        abort_uploads_logged(s3, export_settings, source, location.folder, log)
+        abort_uploads_logged(s3, export_settings, source, row.location(export_settings.prefix).folder, log)
     return True
 
 

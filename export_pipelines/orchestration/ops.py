@@ -18,7 +18,7 @@ import dagster as dg
 from export_pipelines.core.engine.checkpoints import CheckpointStore
 from export_pipelines.core.engine.exporter import run_export
 from export_pipelines.core.engine.janitor import run_janitor
-from export_pipelines.core.engine.manifest import FinalizedExport, clear_success_marker, finalize_export
+from export_pipelines.core.engine.manifest import clear_success_marker, finalize_export
 from export_pipelines.core.engine.plan import ExportPlan, plan_export
 from export_pipelines.core.engine.resume import abandon_open_uploads
 from export_pipelines.core.errors import (
@@ -34,7 +34,7 @@ from export_pipelines.core.requests.request import ExportRequest, build_request,
 from export_pipelines.core.requests.request_store import RequestStore
 from export_pipelines.core.requests.tenant_settings import targets as tenant_targets
 from export_pipelines.core.requests.tenants import require_tenant
-from export_pipelines.core.results import ExportOutcome, ExportProgress
+from export_pipelines.core.results import ExportOutcome, ExportProgress, FinalizedExport
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
 

@@ -21,20 +21,25 @@ from typing import Any
 
 import pytest
 
-from export_pipelines.core.delivery.mail import SIGNATURE_HEADER, TIMESTAMP_HEADER, DeliveryResult, verify
+from export_pipelines.core.delivery.drain import Channels, send_webhook
 from export_pipelines.core.delivery.webhook_client import (
     ERR_CERTIFICATE,
     ERR_CONNECT,
-    ERR_NOT_ALLOWLISTED,
     ERR_REDIRECT,
-    ERR_REFUSED,
     ERR_TIMEOUT,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    DeliveryResult,
+    post_json,
+    signed_headers,
+    verify,
+)
+from export_pipelines.core.delivery.webhook_target import (
+    ERR_NOT_ALLOWLISTED,
+    ERR_REFUSED,
     Target,
     address_allowed,
     check_target,
-    deliver,
-    post_json,
-    signed_headers,
 )
 from export_pipelines.core.errors import InvalidWebhook, Rejected
 
@@ -370,15 +375,13 @@ def test_post_reaches_the_receiver_signed_and_verifiable():
 def test_deliver_signs_the_payload_and_refuses_internal_targets():
     with receiver() as server:
         url = f"http://127.0.0.1:{server.server_address[1]}/h"
-        assert deliver(url, {"event": "export.failed"}, "k", sleep=NO_SLEEP) == DeliveryResult(
-            False, 0, ERR_REFUSED
-        )
+        refused = send_webhook(Channels("k"), url, {"event": "export.failed"}, budget=10.0, sleep=NO_SLEEP)
+        assert refused == DeliveryResult(False, 0, ERR_REFUSED)
         assert server.requests == []
-        result = deliver(url, {"event": "export.failed", "n": 1}, "k", allow_private=True, sleep=NO_SLEEP)
-        assert (
-            deliver(url, {}, "k", allowlist=("hooks.acme.io",), allow_private=True).error
-            == ERR_NOT_ALLOWLISTED
-        )
+        private = Channels("k", allow_private=True)
+        result = send_webhook(private, url, {"event": "export.failed", "n": 1}, budget=10.0, sleep=NO_SLEEP)
+        listed = Channels("k", ("hooks.acme.io",), allow_private=True)
+        assert send_webhook(listed, url, {}, budget=10.0).error == ERR_NOT_ALLOWLISTED
     assert result.ok
     [request] = server.requests
     assert json.loads(request["body"]) == {"event": "export.failed", "n": 1}

@@ -1,5 +1,5 @@
-"""The `export_deliveries` table: notifications (webhook, email) recorded by the run and sent by
-the delivery sensor, so a slow receiver never holds a run's slot (README "Notifications").
+"""The `export_deliveries` table's only SQL: notifications (webhook, email) recorded by a run, a
+sensor or the API, and sent by the delivery sensor, so a slow receiver never holds a run's slot.
 
 A delivery is `pending` until it is `delivered` or `failed` (given up). Claiming one counts the
 attempt and moves `next_attempt_at` a lease ahead, so a tick that dies mid-send leaves it due again
@@ -85,10 +85,9 @@ class DeliveryStore(PgStore):
     def enqueue_many(self, deliveries: list[dict[str, Any]]) -> list[int]:
         """Insert deliveries in one transaction (so they share created_at: one group)."""
         ids: list[int] = []
-        conn = self.conn
-        with conn.transaction():
+        with self.transaction() as cur:
             for d in deliveries:
-                row = conn.execute(
+                row = cur.execute(
                     f"INSERT INTO export_deliveries ({_COLUMNS}) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
                     [
@@ -109,9 +108,10 @@ class DeliveryStore(PgStore):
     def claim_due(self, limit: int, lease_seconds: float) -> list[Delivery]:
         """Up to `limit` due deliveries, the oldest of each tenant first (round robin across tenants,
         so one tenant's backlog of failing receivers never delays another tenant's first one)."""
-        cur = self.conn.cursor(row_factory=dict_row)
-        rows = cur.execute(
-            """
+        rows = (
+            self.conn.cursor(row_factory=dict_row)
+            .execute(
+                """
             UPDATE export_deliveries d
             SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => %s)
             WHERE d.id IN (
@@ -131,8 +131,10 @@ class DeliveryStore(PgStore):
             )
             RETURNING d.*
             """,
-            [lease_seconds, limit],
-        ).fetchall()
+                [lease_seconds, limit],
+            )
+            .fetchall()
+        )
         return [
             Delivery(
                 id=r["id"],

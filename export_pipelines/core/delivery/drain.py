@@ -1,9 +1,8 @@
-"""Telling the requester an export is done: the webhook payload (one shape for success and
-failure, README "Notifications"), recording it (`enqueue_notification`, what runs and sensors call:
-it returns at once) and sending it (`drain_deliveries`, what the delivery sensor calls: bounded
-time per tick, retries with backoff, then the outcome on the request row).
+"""Sending recorded notifications (what the delivery sensor calls): due deliveries claimed, sent
+with retries, backoff and a time budget per tick, then the outcome on the request row
+(docs/operations.md).
 
-Every webhook goes through core/delivery/webhook_client.py: the target is resolved and checked (no internal
+Every webhook goes through webhook_client.py: the target is resolved and checked (no internal
 addresses unless `allow_private`), the checked address is the one connected to, redirects are not
 followed, and each attempt has a total time budget. What tenants read (`notify_error`) is built from
 that module's short stable texts only. A notification failure never fails the export.
@@ -19,7 +18,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Protocol
 
 from export_pipelines.core.delivery.delivery_store import Delivery, DeliveryStore, GroupMember
@@ -27,22 +25,16 @@ from export_pipelines.core.delivery.mail import send_email
 from export_pipelines.core.delivery.webhook_client import (
     ERR_CONNECT,
     ERR_INVALID_RESPONSE,
-    ERR_REFUSED,
     ERR_TIMEOUT,
     ERR_TLS,
     DeliveryResult,
-    check_target,
     post_json,
     signed_headers,
 )
-from export_pipelines.core.engine.manifest import FinalizedExport
+from export_pipelines.core.delivery.webhook_target import ERR_REFUSED, check_target
 from export_pipelines.core.errors import InvalidWebhook
 
 _LOG = logging.getLogger(__name__)
-
-SUCCEEDED = "export.succeeded"
-FAILED = "export.failed"
-CANCELED = "export.canceled"
 
 # Email texts tenants may read (stable, like webhook_client's ERR_*): never the SMTP server's words.
 ERR_EMAIL_RECIPIENT = "recipient refused"
@@ -86,78 +78,6 @@ class DeliveryPolicy:
     def backoff(self, attempts: int) -> float:
         delay = self.base_delay_seconds * 2 ** max(0, attempts - 1)
         return min(self.max_delay_seconds, delay) * random.uniform(0.75, 1.25)
-
-
-def webhook_payload(
-    event: str,
-    *,
-    export_id: str,
-    tenant_id: str,
-    resource: str,
-    rows: int,
-    bytes_written: int,
-    done: FinalizedExport | None = None,
-    error: str | None = None,
-) -> dict[str, Any]:
-    """The JSON body of every webhook; links and expiry only when the export succeeded."""
-    expires_at: datetime | None = done.expires_at if done else None
-    return {
-        "event": event,
-        "export_id": export_id,
-        "tenant_id": tenant_id,
-        "resource": resource,
-        "rows": rows,
-        "bytes": bytes_written,
-        "files": [{"url": f.url, "rows": f.rows, "bytes": f.bytes} for f in done.files] if done else [],
-        "manifest_url": done.manifest_url if done else None,
-        "expires_at": expires_at.isoformat() if expires_at else None,
-        "error": error,
-    }
-
-
-def download_url(done: FinalizedExport) -> str:
-    """One link for the request row: the file, or the manifest when there are several files."""
-    return done.files[0].url if len(done.files) == 1 else done.manifest_url
-
-
-def ready_email_body(resource: str, done: FinalizedExport) -> str:
-    return (
-        f"Your export of {resource} is ready: {done.rows} rows in {len(done.files)} file(s).\n\n"
-        + "\n".join(f.url for f in done.files)
-        + f"\n\nThe link(s) expire at {done.expires_at:%Y-%m-%d %H:%M} UTC.\n"
-    )
-
-
-def enqueue_notification(
-    deliveries: DeliveryStore,
-    *,
-    request_id: str | None,
-    tenant_id: str,
-    event: str,
-    payload: dict[str, Any],
-    webhook_url: str | None,
-    email: str | None,
-    email_subject: str,
-    email_body: str,
-) -> None:
-    """Record one delivery per target (one transaction: one group); the delivery sensor sends them.
-    Never sends, never raises for a bad target (the sensor records why it was not delivered)."""
-    rows: list[dict[str, Any]] = []
-    common = {"request_id": request_id, "tenant_id": tenant_id, "event": event, "payload": payload}
-    if webhook_url:
-        rows.append({**common, "channel": "webhook", "target": webhook_url})
-    if email:
-        rows.append(
-            {
-                **common,
-                "channel": "email",
-                "target": email,
-                "email_subject": email_subject,
-                "email_body": email_body,
-            }
-        )
-    if rows:
-        deliveries.enqueue_many(rows)
 
 
 # ----------------------------------------------------------------------------------------- sending
@@ -229,37 +149,6 @@ def send_mail(
 
 def _permanent(exc: smtplib.SMTPRecipientsRefused) -> bool:
     return all(500 <= code < 600 for code, _msg in exc.recipients.values())
-
-
-def deliver(
-    log: logging.Logger | Any,
-    channels: Channels,
-    payload: dict[str, Any],
-    webhook_url: str | None,
-    email: str | None,
-    email_subject: str,
-    email_body: str,
-    *,
-    budget: float = 10.0,
-) -> str | None:
-    """Send webhook and email now (at most about `budget` s each); return what went wrong for the
-    request row (None if all went well). Never raises. Runs and sensors should record deliveries with
-    `enqueue_notification` instead: this holds its caller while it sends."""
-    problems = []
-    if webhook_url:
-        result = send_webhook(channels, webhook_url, payload, budget=budget, attempts=3)
-        if not result.ok:
-            problems.append(_problem("webhook", result.attempts, result.error))
-    if email:
-        if not channels.smtp_url:
-            log.info("email skipped: SMTP_URL is not set")
-        else:
-            result = send_mail(channels, email, email_subject, email_body, timeout=budget, log=log)
-            if not result.ok:
-                problems.append(_problem("email", result.attempts, result.error))
-    for p in problems:
-        log.warning(p)
-    return "; ".join(problems) or None
 
 
 def _problem(channel: str, attempts: int, error: str | None) -> str:

@@ -1,12 +1,12 @@
-"""A webhook client that a tenant cannot point at our own network (issue 12: findings 5, 6, 16).
+"""A webhook client that a tenant cannot point at our own network (docs/security.md).
 
 Two steps, so that what is checked is what is used:
 
     target = check_target(url, allow_private=..., allowlist=...)   # raises InvalidWebhook
     result = post_json(target, body, headers)                      # never raises for delivery failures
 
-`check_target` (core/delivery/webhook_target.py, re-exported here) resolves the host once and refuses the URL
-unless every address is a public internet address; the `Target` it returns is what `post_json` uses.
+`check_target` (webhook_target.py) resolves the host once and refuses the URL unless every address is
+a public internet address; the `Target` it returns is what `post_json` uses.
 
 `post_json` connects to the addresses that were checked (no second DNS lookup, so DNS rebinding has no
 gap), sends the URL's host in `Host` and, for https, as SNI with the certificate verified for that name.
@@ -23,51 +23,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import random
 import re
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from export_pipelines.core.delivery.webhook_target import (
-    ERR_INVALID_URL,
-    ERR_NOT_ALLOWLISTED,
     ERR_REFUSED,
-    Resolver,
     Target,
     address_allowed,
-    check_target,
-    check_url_shape,
 )
-from export_pipelines.core.errors import InvalidWebhook
-
-__all__ = [
-    "ERR_CERTIFICATE",
-    "ERR_CONNECT",
-    "ERR_INVALID_RESPONSE",
-    "ERR_INVALID_URL",
-    "ERR_NOT_ALLOWLISTED",
-    "ERR_REDIRECT",
-    "ERR_REFUSED",
-    "ERR_TIMEOUT",
-    "ERR_TLS",
-    "SIGNATURE_HEADER",
-    "TIMESTAMP_HEADER",
-    "DeliveryResult",
-    "Target",
-    "address_allowed",
-    "check_target",
-    "check_url_shape",
-    "deliver",
-    "post_json",
-    "sign",
-    "signed_headers",
-    "verify",
-]
 
 SIGNATURE_HEADER = "X-Export-Signature"
 TIMESTAMP_HEADER = "X-Export-Timestamp"
@@ -323,22 +291,3 @@ def signed_headers(secret: str, body: bytes, timestamp: str | None = None) -> di
     """The DESIGN 3.6 signature: X-Export-Signature = sha256=<hex HMAC(secret, timestamp.body)>."""
     timestamp = timestamp or str(int(time.time()))
     return {SIGNATURE_HEADER: sign(secret, timestamp, body), TIMESTAMP_HEADER: timestamp}
-
-
-def deliver(
-    url: str,
-    payload: Mapping[str, Any],
-    secret: str,
-    *,
-    allow_private: bool = False,
-    allowlist: Iterable[str] = (),
-    resolver: Resolver | None = None,
-    **post: Any,
-) -> DeliveryResult:
-    """check_target + post_json of the signed payload; a refused target is a failed delivery (0 attempts)."""
-    try:
-        target = check_target(url, allow_private=allow_private, allowlist=allowlist, resolver=resolver)
-    except InvalidWebhook as exc:
-        return DeliveryResult(False, 0, getattr(exc, "delivery_error", ERR_REFUSED))
-    body = json.dumps(dict(payload), separators=(",", ":"), default=str).encode()
-    return post_json(target, body, lambda: signed_headers(secret, body), **post)

@@ -261,6 +261,11 @@ def _is_localhost(host: str) -> bool:
     return host == "localhost" or host.endswith(".localhost")
 
 
+def parse_allowlist(text: str) -> tuple[str, ...]:
+    """EXPORT_WEBHOOK_ALLOWLIST: comma-separated hosts; ".example.com" allows its subdomains."""
+    return tuple(h.strip().lower() for h in text.split(",") if h.strip())
+
+
 def check_url_shape(url: str, allowlist: Iterable[str] = (), *, allow_private: bool | None = None) -> None:
     """The rules of check_target that need no DNS, for request time (so a tenant hears at once).
 

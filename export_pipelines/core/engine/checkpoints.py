@@ -181,13 +181,12 @@ class CheckpointStore(PgStore):
         return list(files.values())
 
     def start_file(self, folder: str, f: FileCheckpoint) -> None:
-        conn = self.conn  # both statements on one connection, in one transaction
-        with conn.transaction():
-            conn.execute(
+        with self.transaction() as cur:  # both statements in one transaction
+            cur.execute(
                 "DELETE FROM export_checkpoint_files WHERE folder = %s AND file_number >= %s",
                 [folder, f.number],
             )
-            conn.execute(
+            cur.execute(
                 """
                 INSERT INTO export_checkpoint_files (folder, file_number, fingerprint, object_key,
                     upload_id, upload_token, part_size, start_after, start_batch_rows, snapshot)

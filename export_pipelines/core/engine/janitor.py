@@ -10,9 +10,7 @@ from typing import Any
 
 from export_pipelines.core.engine.checkpoints import CheckpointStore
 from export_pipelines.core.errors import Rejected
-from export_pipelines.core.requests.request_row import StoredRequest
 from export_pipelines.core.requests.request_store import RequestStore
-from export_pipelines.core.storage.layout import ExportLocation
 from export_pipelines.core.storage.s3 import DELETE_BATCH, abort_uploads, delete_export
 
 log = logging.getLogger(__name__)
@@ -52,16 +50,6 @@ def delete_old_run_objects(client: Any, bucket: str, prefix: str, older_than: da
     return len(old)
 
 
-def request_location(prefix: str, req: StoredRequest) -> ExportLocation:
-    """The folder a request's export was written to: (prefix, tenant, resource, export id), the
-    export id being the row's id, or a monthly row's month (StoredRequest.folder_export_id).
-
-    Never a column such as `manifest_key`: apps can write rows, and a row naming another folder
-    must not make the service delete or sign it. Rejected when the row cannot name a folder
-    (a resource no export could have been written under)."""
-    return ExportLocation(prefix, req.tenant_id, req.resource, req.folder_export_id)
-
-
 def run_janitor(
     store: RequestStore,
     client: Any,
@@ -73,7 +61,7 @@ def run_janitor(
     expired = deleted = 0
     for req in store.expired():
         try:
-            location = request_location(prefix, req)
+            location = req.location(prefix)  # never a column such as manifest_key
         except Rejected as exc:
             # No export was ever written for such a row (the request checks refuse the resource):
             # there is nothing of its own to delete, and nothing else may be.

@@ -8,7 +8,6 @@ presence means the folder holds exactly the files the manifest names, all comple
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,30 +19,12 @@ from export_pipelines.core.engine.encoders.type_contract import describe
 from export_pipelines.core.engine.encoders.xlsx import sheet_layout
 from export_pipelines.core.engine.plan import ExportPlan
 from export_pipelines.core.formats import format_spec
-from export_pipelines.core.results import ExportOutcome, FileResult
+from export_pipelines.core.results import ExportOutcome, FileLink, FileResult, FinalizedExport
 from export_pipelines.core.storage.layout import ExportLocation, download_name, file_extension
 from export_pipelines.core.storage.links import link_expiry, presign_link
 from export_pipelines.core.storage.s3 import abort_uploads, delete_prefix, explain
 
 MANIFEST_VERSION = 1
-
-
-@dataclass(frozen=True)
-class FileLink:
-    key: str
-    url: str
-    rows: int
-    bytes: int
-
-
-@dataclass(frozen=True)
-class FinalizedExport:
-    manifest_key: str
-    manifest_url: str
-    files: list[FileLink]
-    expires_at: datetime
-    rows: int
-    bytes: int
 
 
 def _json_value(value: Any) -> Any:

@@ -1,5 +1,6 @@
-"""API keys of the export API (README "Export API"): one tenant each, or an operator key that may act
-for any tenant. Only a SHA-256 of the token is stored, with a short prefix people can recognise.
+"""The only SQL on export_api_keys: the export API's keys (docs/api.md), one tenant each, or an
+operator key that may act for any tenant. Only a SHA-256 of the token is stored, with a short prefix
+people can recognise.
 
 A token is `exp_` + 43 url-safe characters (32 random bytes). It is shown once, at creation.
 
@@ -13,13 +14,12 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
-import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import RowFactory, dict_row
 
 from export_pipelines.core.errors import Rejected
-from export_pipelines.core.storage.pg_store import STORE_STATEMENT_TIMEOUT, PgStore
+from export_pipelines.core.storage.pg_store import PgStore
 
 TOKEN_PREFIX = "exp_"
 DISPLAY_PREFIX_CHARS = 12  # "exp_" + 8 characters of the random part
@@ -53,10 +53,7 @@ class ApiKey:
 class ApiKeyStore(PgStore):
     """Create, list, revoke and look up API keys (each method one short transaction)."""
 
-    def _open(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(
-            self.conninfo, autocommit=True, row_factory=dict_row, options=STORE_STATEMENT_TIMEOUT
-        )
+    row_factory: ClassVar[RowFactory[Any]] = dict_row
 
     def create(self, tenant_id: str | None, name: str = "", *, operator: bool = False) -> tuple[str, ApiKey]:
         """A new key: (the token, shown once; the stored key)."""
@@ -101,26 +98,29 @@ class ApiKeyStore(PgStore):
         return cur.rowcount
 
     def authenticate(self, token: str) -> ApiKey | None:
-        return lookup_key(self.conn, token)
+        """The live key for `token` (None: unknown or revoked). Notes the use at most once a minute,
+        so that 50 concurrent requests of one key never queue on its row lock."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+            return None
+        row = self.execute(
+            "SELECT *, (last_used_at IS NULL OR last_used_at < now() - interval '1 minute') AS stale "
+            "FROM export_api_keys WHERE key_hash = %s AND revoked_at IS NULL",
+            [hash_token(token)],
+        ).fetchone()
+        if row is None:
+            return None
+        if row["stale"]:
+            self.execute(
+                "UPDATE export_api_keys SET last_used_at = now() WHERE id = %s "
+                "AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+                [row["id"]],
+            )
+        return ApiKey.from_row(row)
 
-
-def lookup_key(conn: psycopg.Connection[Any], token: str) -> ApiKey | None:
-    """The live key for `token` (None: unknown or revoked). Notes the use at most once a minute,
-    so that 50 concurrent requests of one key never queue on its row lock."""
-    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
-        return None
-    cur = conn.cursor(row_factory=dict_row)
-    row = cur.execute(
-        "SELECT *, (last_used_at IS NULL OR last_used_at < now() - interval '1 minute') AS stale "
-        "FROM export_api_keys WHERE key_hash = %s AND revoked_at IS NULL",
-        [hash_token(token)],
-    ).fetchone()
-    if row is None:
-        return None
-    if row["stale"]:
-        cur.execute(
-            "UPDATE export_api_keys SET last_used_at = now() WHERE id = %s "
-            "AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
-            [row["id"]],
-        )
-    return ApiKey.from_row(row)
+    def live(self, key_id: int) -> tuple[ApiKey, str] | None:
+        """A key that is not revoked, by id, with its stored hash (what event-stream tokens are signed
+        with); None when there is no such live key."""
+        row = self.execute(
+            "SELECT * FROM export_api_keys WHERE id = %s AND revoked_at IS NULL", [key_id]
+        ).fetchone()
+        return (ApiKey.from_row(row), row["key_hash"]) if row else None

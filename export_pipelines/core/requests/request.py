@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from export_pipelines.core.delivery.mail import check_webhook_url
+from export_pipelines.core.delivery.webhook_target import check_url_shape
 from export_pipelines.core.errors import InvalidRequest, InvalidWebhook
 from export_pipelines.core.formats import format_names, format_spec
 from export_pipelines.core.requests.catalog import Catalog, allowed, shown
@@ -316,7 +316,7 @@ def check_notify(webhook_url: Any, email: Any, allowlist: tuple[str, ...] = ()) 
         if any(ch.isspace() or not ch.isprintable() for ch in webhook_url):
             raise InvalidRequest("webhook_url", "must not contain spaces or control characters")
         try:
-            check_webhook_url(webhook_url, allowlist)
+            check_url_shape(webhook_url, allowlist)  # the address itself is checked at send time
         except InvalidWebhook as exc:
             raise InvalidRequest("webhook_url", str(exc).removeprefix("webhook_url: ")) from None
         parts = urlsplit(webhook_url)

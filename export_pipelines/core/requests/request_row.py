@@ -1,6 +1,7 @@
 """One row of `export_requests` as the service reads it, and the rules about rows that need no
-database: field checks before a row is queued or launched, the folder id of a row, the id of a
-monthly partition's row. The store that reads and writes rows is core/requests/request_store.py."""
+database: field checks before a row is queued or launched, the folder a row's export is written
+to, the id of a monthly partition's row. The stores of the table are request_store.py (writes),
+queue.py (the fair queue) and request_reads.py (a tenant's reads)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 from export_pipelines.core.errors import InvalidRequest
 from export_pipelines.core.requests.catalog import Catalog
 from export_pipelines.core.requests.request import build_request, check_notify
+from export_pipelines.core.storage.layout import ExportLocation
 from export_pipelines.core.storage.migrations import MAX_FILTERS_BYTES
 
 
@@ -25,7 +27,7 @@ class UnreadableJson:
     reason: str
 
 
-def _load_json(data: bytes | str) -> Any:
+def load_json(data: bytes | str) -> Any:
     try:
         return json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -75,11 +77,21 @@ class StoredRequest:
     # A monthly partition's row (origin 'monthly') names its folder by month; others by their id.
     export_id: str | None = None
     origin: str = "request"
+    updated_at: datetime | None = None
 
     @property
     def folder_export_id(self) -> str:
         """The export id of this row's S3 folder: export_id (a monthly row's YYYY-MM) or the row id."""
-        return folder_export_id(self.export_id, self.id)
+        return self.export_id or self.id
+
+    def location(self, prefix: str) -> ExportLocation:
+        """The folder this row's export is written to: (prefix, tenant, resource, export id), the
+        export id being the row's id, or a monthly row's month.
+
+        Never a column such as `manifest_key`: apps can write rows, and a row naming another folder
+        must not make the service delete or sign it. Rejected when the row cannot name a folder (a
+        resource no export could have been written under)."""
+        return ExportLocation(prefix, self.tenant_id, self.resource, self.folder_export_id)
 
     @property
     def run_key(self) -> str:
@@ -124,11 +136,6 @@ def check_request_fields(
         export_id=export_id,
     )
     check_notify(webhook_url, email, webhook_allowlist)
-
-
-def folder_export_id(export_id: str | None, request_id: str) -> str:
-    """The one rule for the folder id of a row (dict rows of the API included)."""
-    return export_id or str(request_id)
 
 
 def monthly_request_id(tenant_id: str, resource: str, month: str) -> str:

@@ -1,8 +1,12 @@
-"""The `export_requests` table (README "Requesting exports"; schema in core/storage/migrations.py): the
-queue apps write to and the status they read.
+"""Every write of `export_requests` (schema in core/storage/migrations.py): a request created with
+the one idempotency rule every door shares, the monthly partitions' rows, each status transition
+(queued, running, succeeded, failed, canceled, expired), progress, links and the tenant's cancel.
+The fair queue's reads and claims are queue.py's, a tenant's reads request_reads.py's
+(docs/requests.md).
 
 Status: pending → queued → running → succeeded | failed | canceled; succeeded → expired when the
-janitor removes the files; a failed row set back to pending with attempt + 1 runs again.
+janitor (or the tenant's DELETE) removes the files; a failed row set back to pending with
+attempt + 1 runs again.
 
 What tenants read of a failure is `error_code` (core.errors.ERROR_CODES) and a short `error`
 (core.errors.tenant_message); the full error stays in the Dagster run.
@@ -10,53 +14,89 @@ What tenants read of a failure is `error_code` (core.errors.ERROR_CODES) and a s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 import psycopg.errors
-from psycopg.rows import dict_row
+from psycopg.rows import RowFactory, dict_row
 from psycopg.types.json import set_json_loads
 
-from export_pipelines.core.errors import ERROR_CODES, InvalidRequest
+from export_pipelines.core.delivery.delivery_store import DeliveryStore
+from export_pipelines.core.delivery.notices import CANCELED, ended, enqueue
+from export_pipelines.core.errors import ERROR_CODES, IdempotencyConflict, IdempotencyInFlight
 from export_pipelines.core.requests.request_row import (
-    OversizedFilters,
     StoredRequest,
-    _load_json,
     is_request_id,
+    load_json,
     monthly_request_id,
 )
-from export_pipelines.core.storage.migrations import (
-    MAX_COLUMNS,
-    MAX_EMAIL_CHARS,
-    MAX_FILTERS_BYTES,
-    MAX_TENANT_ID_CHARS,
-    MAX_WEBHOOK_URL_CHARS,
-    TENANT_CAP_SQLSTATE,
-    set_tenant_max_active,
-)
-from export_pipelines.core.storage.pg_connect import open_connection
-from export_pipelines.core.storage.pg_store import STORE_STATEMENT_TIMEOUT, PgStore
+from export_pipelines.core.storage.migrations import set_tenant_max_active
+from export_pipelines.core.storage.pg_errors import refusal
+from export_pipelines.core.storage.pg_store import PgStore
 
 MAX_ERROR_CHARS = 4000
 ACTIVE = ("pending", "queued", "running")
-DEFAULT_STARTS_PER_MINUTE = 10
+# What the tenant reads of an export it canceled before any run took it.
+CANCELED_BEFORE_START = "canceled before it started"
+# Held while a request with an idempotency key is created: the same key sent twice at once waits
+# for neither, the second is told the first is in flight.
+IDEMPOTENCY_LOCK = (
+    "SELECT pg_try_advisory_xact_lock(hashtext('export_api_idempotency'), hashtext(%s || E'\\n' || %s)) AS ok"
+)
 
 
-class RequestStore(PgStore):
-    """Every read and write of export_requests, on the store's one connection; each method is one
-    short transaction."""
+class RequestRows(PgStore):
+    """The base of export_requests' stores: dict rows whose jsonb values load without raising
+    (request_row.load_json), read as StoredRequest."""
 
-    def _open(self) -> psycopg.Connection[Any]:
-        conn = open_connection(
-            self.conninfo, autocommit=True, row_factory=dict_row, options=STORE_STATEMENT_TIMEOUT
-        )
-        set_json_loads(_load_json, conn)
-        return conn
+    row_factory: ClassVar[RowFactory[Any]] = dict_row
 
-    def create(
+    def cursor(self) -> psycopg.Cursor[Any]:
+        cur = super().cursor()
+        set_json_loads(load_json, cur)
+        return cur
+
+    def fetch_one(self, query: str, params: Any) -> StoredRequest | None:
+        row = self.execute(query, params).fetchone()
+        return as_request(row) if row else None
+
+    def fetch_all(self, query: str, params: Any) -> list[StoredRequest]:
+        return [as_request(r) for r in self.execute(query, params).fetchall()]
+
+
+def as_request(row: dict[str, Any]) -> StoredRequest:
+    """A row of export_requests (uuid id) as StoredRequest (text id)."""
+    return StoredRequest.from_row({**row, "id": str(row["id"])})
+
+
+def request_fingerprint(tenant_id: str, body: Any) -> str:
+    """What an idempotency key is bound to: the tenant and the request as sent (a JSON value)."""
+    canonical = json.dumps([tenant_id, body], sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Created:
+    """The row of a created request; `replayed` when the idempotency key named an earlier one."""
+
+    row: StoredRequest
+    replayed: bool
+
+
+class RequestStore(RequestRows):
+    """Every write of export_requests; each method is one short transaction on the store's
+    connection (its own, or the one it is lent)."""
+
+    def create(self, **fields: Any) -> str:
+        """`submit`, for callers that need the id only (the id of the first row on a replay)."""
+        return self.submit(**fields).row.id
+
+    def submit(
         self,
         *,
         tenant_id: str,
@@ -68,42 +108,83 @@ class RequestStore(PgStore):
         webhook_url: str | None = None,
         email: str | None = None,
         idempotency_key: str | None = None,
-    ) -> str:
-        """Insert a pending request and return its id (the existing row's id when the tenant
-        already sent this idempotency key). Raises InvalidRequest when the database refuses it:
-        the tenant's cap of active requests (SQLSTATE EX429) or a size limit (a CHECK)."""
+        fingerprint: str | None = None,
+        link_expiry_hours: int | None = None,
+        max_rows_per_file: int | None = None,
+    ) -> Created:
+        """Insert a pending request, or find the one this idempotency key made.
+
+        The one idempotency rule of every door: a key is the tenant's; the same key with the same
+        request (`fingerprint`, by default the fields given here) answers the first row
+        (replayed), with another request IdempotencyConflict, while the first is still being
+        created IdempotencyInFlight. The database refuses what no door may insert: over the
+        tenant's cap of active requests (TooManyActive) or a size limit (RequestTooLarge)."""
+        fields = {
+            "tenant_id": tenant_id,
+            "resource": resource,
+            "format": format,
+            "compression": compression,
+            "filters": json.dumps(filters or {}),
+            "columns": columns,
+            "webhook_url": webhook_url,
+            "email": email,
+            "idempotency_key": idempotency_key,
+            "link_expiry_hours": link_expiry_hours,
+            "max_rows_per_file": max_rows_per_file,
+        }
+        if fingerprint is None:
+            fingerprint = request_fingerprint(
+                tenant_id, {k: v for k, v in fields.items() if k != "tenant_id"}
+            )
+        params = {**fields, "id": uuid.uuid4(), "fingerprint": fingerprint}
+        for _ in range(2):
+            try:
+                return self.insert_once(params)
+            except psycopg.errors.UniqueViolation:
+                # Another door (SQL) inserted the same key between our look and our insert: look again.
+                continue
+        raise IdempotencyInFlight()
+
+    def insert_once(self, params: dict[str, Any]) -> Created:
+        """One attempt of `submit`, in one transaction."""
+        key, tenant_id = params["idempotency_key"], params["tenant_id"]
         try:
-            row = self.execute(
-                """
-                    INSERT INTO export_requests (id, tenant_id, resource, format, compression, filters,
-                                                 columns, webhook_url, email, idempotency_key)
-                    VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s)
-                    ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL
-                    DO NOTHING
-                    RETURNING id
+            with self.transaction() as cur:
+                if key is not None:
+                    got = cur.execute(IDEMPOTENCY_LOCK, [tenant_id, key]).fetchone()
+                    if not got or not got["ok"]:
+                        raise IdempotencyInFlight()
+                    first = cur.execute(
+                        "SELECT * FROM export_requests WHERE tenant_id = %s AND idempotency_key = %s",
+                        [tenant_id, key],
+                    ).fetchone()
+                    if first is not None:
+                        if first["idempotency_fingerprint"] != params["fingerprint"]:
+                            raise IdempotencyConflict()
+                        return Created(as_request(first), replayed=True)
+                row = cur.execute(
+                    """
+                    INSERT INTO export_requests
+                        (id, tenant_id, resource, format, compression, filters, columns, webhook_url,
+                         email, idempotency_key, idempotency_fingerprint, link_expiry_hours,
+                         max_rows_per_file)
+                    VALUES (%(id)s, %(tenant_id)s, %(resource)s, %(format)s, %(compression)s,
+                            %(filters)s::jsonb, %(columns)s, %(webhook_url)s, %(email)s,
+                            %(idempotency_key)s, %(fingerprint)s, %(link_expiry_hours)s,
+                            %(max_rows_per_file)s)
+                    RETURNING *
                     """,
-                [
-                    uuid.uuid4(),
-                    tenant_id,
-                    resource,
-                    format,
-                    compression,
-                    json.dumps(filters or {}),
-                    columns,
-                    webhook_url,
-                    email,
-                    idempotency_key,
-                ],
-            ).fetchone()
+                    params,
+                ).fetchone()
+                assert row is not None
+                return Created(as_request(row), replayed=False)
+        except psycopg.errors.UniqueViolation:
+            raise
         except psycopg.Error as exc:
-            raise refusal(exc) from exc
-        if row is None:  # the idempotency key was used before: the same request
-            row = self.execute(
-                "SELECT id FROM export_requests WHERE tenant_id = %s AND idempotency_key = %s",
-                [tenant_id, idempotency_key],
-            ).fetchone()
-        assert row is not None
-        return str(row["id"])
+            mapped = refusal(exc)
+            if mapped is exc:
+                raise
+            raise mapped from None
 
     def upsert_monthly(
         self,
@@ -160,92 +241,10 @@ class RequestStore(PgStore):
         set_tenant_max_active(self.conn, value)
 
     def get(self, request_id: str) -> StoredRequest | None:
+        """The row, whoever's it is (the service's own doors); None for an id that names no row."""
         if not is_request_id(request_id):
             return None
-        row = self.execute("SELECT * FROM export_requests WHERE id = %s", [request_id]).fetchone()
-        return StoredRequest.from_row(_stringify_id(row)) if row else None
-
-    def to_launch(
-        self,
-        limit: int = 50,
-        requeue_after_seconds: int = 120,
-        starts_per_minute: int = DEFAULT_STARTS_PER_MINUTE,
-    ) -> list[StoredRequest]:
-        """Pending rows, plus queued rows whose run never started (a tick that died after
-        marking them; re-requesting those is safe because run keys are deduplicated).
-
-        Fair across tenants: rows are taken round-robin, every tenant's oldest row first, then
-        every tenant's second, so one tenant's backlog never delays another tenant's first request
-        beyond this tick. At most `starts_per_minute` rows per tenant are started (queued) per
-        minute: the rest wait, in the same order. A `filters` value over MAX_FILTERS_BYTES is not
-        read: it comes back as OversizedFilters (the sensor fails the row)."""
-        columns = ", ".join(f"r.{c}" for c in StoredRequest.__dataclass_fields__ if c != "filters")
-        rows = self.execute(
-            f"""
-                WITH candidates AS (
-                    SELECT id, tenant_id, created_at,
-                           row_number() OVER (PARTITION BY tenant_id ORDER BY created_at, id) AS turn
-                    FROM export_requests
-                    WHERE status = 'pending'
-                       OR (status = 'queued' AND run_id IS NULL
-                           AND queued_at < now() - make_interval(secs => %(requeue)s))
-                ), started AS (
-                    SELECT tenant_id, count(*) AS n FROM export_requests
-                    WHERE queued_at >= now() - interval '1 minute'
-                      AND tenant_id IN (SELECT tenant_id FROM candidates)
-                    GROUP BY tenant_id
-                )
-                SELECT {columns}, octet_length(r.filters::text) AS filters_bytes,
-                       CASE WHEN octet_length(r.filters::text) <= %(max_filters)s
-                            THEN r.filters END AS filters
-                FROM candidates c
-                JOIN export_requests r ON r.id = c.id
-                LEFT JOIN started s ON s.tenant_id = c.tenant_id
-                WHERE c.turn <= %(per_minute)s - coalesce(s.n, 0)
-                ORDER BY c.turn, c.created_at, c.id
-                LIMIT %(limit)s
-                """,
-            {
-                "requeue": requeue_after_seconds,
-                "max_filters": MAX_FILTERS_BYTES,
-                "per_minute": starts_per_minute,
-                "limit": limit,
-            },
-        ).fetchall()
-        out = []
-        for r in rows:
-            if r["filters"] is None and r["filters_bytes"] is not None:
-                r = {**r, "filters": OversizedFilters(r["filters_bytes"])}
-            out.append(StoredRequest.from_row(_stringify_id(r)))
-        return out
-
-    def unfinished(self, limit: int = 200, older_than_seconds: int = 0) -> list[StoredRequest]:
-        """Queued and running rows not touched for `older_than_seconds`, oldest first: what the
-        reaper checks against the runs Dagster still has."""
-        rows = self.execute(
-            """
-                SELECT * FROM export_requests
-                WHERE status IN ('queued', 'running')
-                  AND updated_at < now() - make_interval(secs => %s)
-                ORDER BY updated_at, id
-                LIMIT %s
-                """,
-            [older_than_seconds, limit],
-        ).fetchall()
-        return [StoredRequest.from_row(_stringify_id(r)) for r in rows]
-
-    def cancel_requested(self, limit: int = 200) -> list[StoredRequest]:
-        """Queued and running rows someone asked to cancel (the API's POST …/cancel), oldest first."""
-        rows = self.execute(
-            """
-                SELECT * FROM export_requests
-                WHERE cancel_requested_at IS NOT NULL AND status IN ('queued', 'running')
-                ORDER BY cancel_requested_at, id
-                LIMIT %s
-                """,
-            [limit],
-        ).fetchall()
-        return [StoredRequest.from_row(_stringify_id(r)) for r in rows]
+        return self.fetch_one("SELECT * FROM export_requests WHERE id = %s", [request_id])
 
     def _update(self, request_id: str, sql: str, params: list[Any], only_if: tuple[str, ...] = ()) -> bool:
         if not is_request_id(request_id):
@@ -265,21 +264,6 @@ class RequestStore(PgStore):
                 WHERE id = %s AND attempt = %s AND status IN ('pending', 'queued')
                 """,
             [request_id, attempt],
-        )
-        return cur.rowcount == 1
-
-    def claim(self, row: StoredRequest) -> bool:
-        """Mark a row `to_launch` returned as queued, only if nobody else did since it was read
-        (same status, same queued_at): the request sensor and the request submitter may read the
-        same pending row at once, and only the one that claims it may start its run."""
-        cur = self.execute(
-            """
-                UPDATE export_requests SET status = 'queued', queued_at = now(), error = NULL,
-                       error_code = NULL, updated_at = now()
-                WHERE id = %s AND attempt = %s AND status = %s
-                  AND queued_at IS NOT DISTINCT FROM %s
-                """,
-            [row.id, row.attempt, row.status, row.queued_at],
         )
         return cur.rowcount == 1
 
@@ -371,36 +355,82 @@ class RequestStore(PgStore):
         )
 
     def expired(self, limit: int = 500) -> list[StoredRequest]:
-        rows = self.execute(
+        """Succeeded rows past their links' expiry, oldest first: what the janitor deletes."""
+        return self.fetch_all(
             "SELECT * FROM export_requests WHERE status = 'succeeded' AND expires_at < now() "
             "ORDER BY expires_at LIMIT %s",
             [limit],
-        ).fetchall()
-        return [StoredRequest.from_row(_stringify_id(r)) for r in rows]
+        )
 
     def mark_expired(self, request_id: str) -> bool:
-        return self._update(request_id, "status = 'expired', download_url = NULL", [], only_if=("succeeded",))
-
-
-def refusal(exc: psycopg.Error) -> Exception:
-    """What an insert refused by the database means for the requester; other errors unchanged."""
-    diag = exc.diag
-    if exc.sqlstate == TENANT_CAP_SQLSTATE:
-        return InvalidRequest("tenant_id", diag.message_primary or "too many active export requests")
-    if isinstance(exc, psycopg.errors.CheckViolation):
-        return InvalidRequest(
-            "request",
-            f"refused by the database constraint {diag.constraint_name}: filters at most "
-            f"{MAX_FILTERS_BYTES} bytes, columns at most {MAX_COLUMNS} names, webhook_url at most "
-            f"{MAX_WEBHOOK_URL_CHARS} and email at most {MAX_EMAIL_CHARS} characters, tenant_id at "
-            f"most {MAX_TENANT_ID_CHARS} characters",
+        """A succeeded row whose files were deleted (the janitor, the tenant's DELETE): no link, and
+        expired by now at the latest."""
+        return self._update(
+            request_id,
+            "status = 'expired', download_url = NULL, expires_at = least(expires_at, now())",
+            [],
+            only_if=("succeeded",),
         )
-    return exc
+
+    def cancel(self, request_id: str, tenant_id: str | None) -> StoredRequest | None:
+        """The tenant's cancel (`tenant_id` None: an operator's, any tenant). A pending row no run has
+        taken is canceled at once, and its export.canceled notices recorded in the same transaction
+        (no run will tell anyone); a queued or running one is marked (`cancel_requested_at`) for the
+        cancel sensor, which stops its run. Returns the row as it is now (a finished row unchanged),
+        None when the tenant has no such export."""
+        if not is_request_id(request_id):
+            return None
+        scope = {"id": request_id, "t": tenant_id}
+        with self.transaction() as cur:
+            row = cur.execute(
+                """
+                UPDATE export_requests
+                SET status = 'canceled', error_code = 'canceled', error = %(error)s,
+                    cancel_requested_at = coalesce(cancel_requested_at, now()), completed_at = now(),
+                    updated_at = now()
+                WHERE id = %(id)s AND (%(t)s::text IS NULL OR tenant_id = %(t)s)
+                  AND status = 'pending' AND run_id IS NULL
+                RETURNING *
+                """,
+                {**scope, "error": CANCELED_BEFORE_START},
+            ).fetchone()
+            if row is not None:
+                canceled = as_request(row)
+                notice = ended(
+                    CANCELED,
+                    export_id=canceled.id,
+                    tenant_id=canceled.tenant_id,
+                    resource=canceled.resource,
+                    rows=0,
+                    bytes_written=0,
+                    error=CANCELED_BEFORE_START,
+                )
+                enqueue(
+                    DeliveryStore.on(self.conn),
+                    notice,
+                    request_id=canceled.id,
+                    tenant_id=canceled.tenant_id,
+                    webhook_url=canceled.webhook_url,
+                    email=canceled.email,
+                )
+                return canceled
+        marked = self.fetch_one(
+            """
+            UPDATE export_requests
+            SET cancel_requested_at = coalesce(cancel_requested_at, now()), updated_at = now()
+            WHERE id = %(id)s AND (%(t)s::text IS NULL OR tenant_id = %(t)s)
+              AND status IN ('pending', 'queued', 'running')
+            RETURNING *
+            """,
+            scope,
+        )
+        if marked is not None:
+            return marked
+        return self.fetch_one(
+            "SELECT * FROM export_requests WHERE id = %(id)s AND (%(t)s::text IS NULL OR tenant_id = %(t)s)",
+            scope,
+        )
 
 
 def _known_code(code: str) -> str:
     return code if code in ERROR_CODES else "internal"
-
-
-def _stringify_id(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, "id": str(row["id"])}

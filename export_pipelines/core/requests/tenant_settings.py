@@ -1,8 +1,7 @@
-"""Tenants' default notify targets (table export_tenant_settings, core/storage/migrations.py).
-
-DESIGN §3.6: tenants can hold default targets (webhook, email) that monthly dumps and requests
-without their own targets use. Written by `export-pipelines tenant-notify` and the API's
-`PUT /v1/notify-settings`; validated like a request's targets (core.requests.request.check_notify).
+"""The only SQL on export_tenant_settings: tenants' default notify targets (webhook, email), used
+by their monthly dumps and by requests without targets of their own. Written by `export-pipelines
+tenant-notify` and the API's `PUT /v1/notify-settings`; validated like a request's targets
+(request.check_notify; docs/requests.md).
 """
 
 from __future__ import annotations
@@ -45,9 +44,12 @@ class TenantSettingsStore(PgStore):
         email: str | None,
         allowlist: tuple[str, ...] = (),
     ) -> TenantTargets:
-        """Store both targets (None or "" clears one). Raises InvalidRequest naming the field."""
+        """Store both targets (None or "" clears one; both cleared: no row). Raises InvalidRequest
+        naming the field."""
         check_notify(webhook_url, email, allowlist)
         webhook_url, email = _clean(webhook_url), _clean(email)
+        if webhook_url is None and email is None:
+            return self.clear(tenant_id)
         self.execute(
             """
             INSERT INTO export_tenant_settings (tenant_id, webhook_url, email) VALUES (%s, %s, %s)

@@ -18,15 +18,15 @@ from typing import Any
 
 import dagster as dg
 
-from export_pipelines.core.delivery.drain import CANCELED, FAILED
-from export_pipelines.core.engine.manifest import FinalizedExport, finalize_export
+from export_pipelines.core.delivery.notices import CANCELED, FAILED
+from export_pipelines.core.engine.manifest import finalize_export
 from export_pipelines.core.errors import ExportError, TransientError, error_code, tenant_message
 from export_pipelines.core.requests.request_row import monthly_request_id
 from export_pipelines.core.requests.tenant_settings import targets as tenant_targets
-from export_pipelines.core.results import ExportProgress
+from export_pipelines.core.results import ExportProgress, FinalizedExport
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.monthly.partitions import month_range
-from export_pipelines.orchestration.notify_op import record_success
+from export_pipelines.orchestration.notify_op import abort_uploads_logged, notify_row, record_success
 from export_pipelines.orchestration.ops import (
     NETWORK_RETRY,
     RunPlan,
@@ -35,7 +35,6 @@ from export_pipelines.orchestration.ops import (
     write_export,
 )
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
-from export_pipelines.orchestration.sensors import abort_uploads_logged, notify_row
 
 
 class MonthlyConfig(dg.Config):
