@@ -127,7 +127,7 @@ class Settings:
         )
 
     def s3_client_options(self) -> dict[str, str | None]:
-        """Keyword arguments of core.storage.s3.make_s3_client for these settings."""
+        """Keyword arguments of core.s3.make_s3_client for these settings."""
         return {
             "endpoint_url": self.aws_endpoint_url,
             "region_name": self.aws_region,

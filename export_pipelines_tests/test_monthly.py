@@ -10,9 +10,8 @@ import openpyxl
 
 from export_pipelines.orchestration.monthly.backfills import failed_partitions
 from export_pipelines.orchestration.monthly.monthly_asset import monthly_job_with
-from export_pipelines.orchestration.monthly.partitions import previous_month
+from export_pipelines.orchestration.monthly.partitions import previous_month, tenant_partitions_sensor
 from export_pipelines.orchestration.resources import ExportSettings
-from export_pipelines.orchestration.sensors import tenant_partitions_sensor
 from export_pipelines.settings import Settings
 from export_pipelines_tests.conftest import code_location
 from export_pipelines_tests.readback import csv_rows, read_manifest

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# README command (b): set everything up (and LibreOffice Calc for one test), then lint and run the whole
-# test suite.
+# Set everything up (and LibreOffice Calc for one test), then lint (ruff, the import contracts) and
+# run the whole test suite.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/scripts/setup.sh"
@@ -12,5 +12,7 @@ cd "$root"
 echo "==> ruff"
 ruff check .
 ruff format --check .
+echo "==> import contracts (pyproject.toml [tool.importlinter])"
+lint-imports
 echo "==> pytest"
 pytest "$@"

@@ -44,9 +44,21 @@ class Principal:
             if self.acting_for is not None and not key.is_operator and self.acting_for != key.tenant_id:
                 # A tenant key names its tenant already; another tenant's exports do not exist for it.
                 raise not_found("tenant")
-            self._key = key
-            self.request.state.principal = self
+            self.authenticated(key)
         return self
+
+    def authenticated(self, key: ApiKey, acting_for: str | None = None) -> "Principal":
+        """Who is calling, now that `key` vouched for it (for an operator key, acting for
+        `acting_for` when given); the request log names them."""
+        if acting_for is not None:
+            self.acting_for = acting_for
+        self._key = key
+        self.request.state.principal = self
+        return self
+
+    @property
+    def resolved(self) -> bool:
+        return self._key is not None
 
     @property
     def key(self) -> ApiKey:

@@ -94,7 +94,7 @@ class TokenPrincipal(Principal):
         self.export_id = export_id
 
     def resolve(self, conn: psycopg.Connection[Any]) -> Principal:
-        if self._key is not None:
+        if self.resolved:
             return self
         key_id, scope, export_id, expires, payload, signature = _claims(self.access_token)
         if expires < time.time():
@@ -108,7 +108,4 @@ class TokenPrincipal(Principal):
         key = live[0]
         if not key.is_operator and scope != key.tenant_id:
             raise _invalid("not valid (wrong tenant)")
-        self.acting_for = scope
-        self._key = key
-        self.request.state.principal = self
-        return self
+        return self.authenticated(key, scope)

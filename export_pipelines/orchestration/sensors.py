@@ -1,6 +1,7 @@
 # No `from __future__ import annotations` here: Dagster reads the sensors' annotations at runtime.
-"""Sensors: export_requests rows → runs; tenants table → partitions; failed runs → request rows;
-the reaper: rows whose runs were canceled or no longer exist → canceled / failed.
+"""Sensors: export_requests rows → runs; failed runs → request rows; the reaper: rows whose runs
+were canceled or no longer exist → canceled / failed. (The tenants table → partitions sensor is the
+monthly dumps': monthly/partitions.py.)
 
 The request, failure and reaper sensors tick every settings.sensor_interval_seconds, so they are
 built by `build_sensors(settings, monthly_job)` when the definitions are built.
@@ -16,14 +17,9 @@ from export_pipelines.core.delivery.notices import CANCELED, FAILED
 from export_pipelines.core.errors import error_code_of_class_names, tenant_message
 from export_pipelines.core.requests.request_row import StoredRequest
 from export_pipelines.core.requests.request_store import RequestStore
-from export_pipelines.core.requests.tenants import list_tenants
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.jobs import tenant_export_job
-from export_pipelines.orchestration.monthly.partitions import (
-    TENANT_PARTITIONS,
-    TENANT_PARTITIONS_NAME,
-    partitionable,
-)
+from export_pipelines.orchestration.monthly.partitions import tenant_partitions_sensor
 from export_pipelines.orchestration.notify_op import abort_uploads_logged, notify_row
 from export_pipelines.orchestration.ops import ERROR_CODE_KEY, TENANT_ERROR_KEY
 from export_pipelines.orchestration.request_intake import REQUEST_SENSOR_NAME, claim_pending_requests
@@ -52,27 +48,6 @@ def launch_pending_requests(
     claimed = claim_pending_requests(source, export_settings, notifier, context.log)
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=c.run_key, run_config=c.run_config, tags=c.tags) for c in claimed]
-    )
-
-
-@dg.sensor(
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Keeps the 'tenants' dynamic partitions in sync with the catalog's tenants table.",
-)
-def tenant_partitions_sensor(
-    context: dg.SensorEvaluationContext, source: SourceDatabase, export_settings: ExportSettings
-) -> dg.SensorResult:
-    wanted = set()
-    for tenant in list_tenants(source.conninfo, export_settings.catalog()):
-        if partitionable(tenant):
-            wanted.add(tenant)
-        else:
-            context.log.warning(f"tenant {tenant!r} skipped: its id cannot be a partition key")
-    have = set(context.instance.get_dynamic_partitions(TENANT_PARTITIONS_NAME))
-    missing = sorted(wanted - have)
-    return dg.SensorResult(
-        dynamic_partitions_requests=[TENANT_PARTITIONS.build_add_request(missing)] if missing else []
     )
 
 

@@ -1,13 +1,15 @@
-"""Tenant x month partitions: their definitions, keys, and the month a key stands for."""
-
-from __future__ import annotations
+# No `from __future__ import annotations` here: Dagster reads the sensor's annotations at runtime.
+"""Tenant x month partitions: their definitions, keys, the month a key stands for, and the sensor
+that keeps the tenant partitions in step with the tenants table."""
 
 from datetime import UTC, datetime
 
 import dagster as dg
 
 from export_pipelines.core.requests.request import PARTITION_KEY_SEPARATOR
+from export_pipelines.core.requests.tenants import list_tenants
 from export_pipelines.orchestration import tags
+from export_pipelines.orchestration.resources import ExportSettings, SourceDatabase
 
 TENANT_PARTITIONS = dg.DynamicPartitionsDefinition(name="tenants")
 TENANT_PARTITIONS_NAME = TENANT_PARTITIONS.name or "tenants"
@@ -64,3 +66,24 @@ def tenant_batches(ordered: list[str], chosen: list[str], size: int) -> list[lis
     if current:
         batches.append(current)
     return batches
+
+
+@dg.sensor(
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Keeps the 'tenants' dynamic partitions in sync with the catalog's tenants table.",
+)
+def tenant_partitions_sensor(
+    context: dg.SensorEvaluationContext, source: SourceDatabase, export_settings: ExportSettings
+) -> dg.SensorResult:
+    wanted = set()
+    for tenant in list_tenants(source.conninfo, export_settings.catalog()):
+        if partitionable(tenant):
+            wanted.add(tenant)
+        else:
+            context.log.warning(f"tenant {tenant!r} skipped: its id cannot be a partition key")
+    have = set(context.instance.get_dynamic_partitions(TENANT_PARTITIONS_NAME))
+    missing = sorted(wanted - have)
+    return dg.SensorResult(
+        dynamic_partitions_requests=[TENANT_PARTITIONS.build_add_request(missing)] if missing else []
+    )

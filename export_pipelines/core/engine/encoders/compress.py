@@ -93,17 +93,17 @@ class CompressedTextEncoder(Encoder):
 
     def __init__(self, columns: Any, compression: str) -> None:
         super().__init__(columns, compression)
-        self._compressor = Compressor(compression)
+        self.compressor = Compressor(compression)
 
     def resume(self) -> bytes:
-        self._compressor.continue_file()
+        self.compressor.continue_file()
         return b""
 
     def encode(self, batch: bytes | memoryview) -> bytes:
-        return self._compressor.write(batch)
+        return self.compressor.write(batch)
 
     def cut(self) -> bytes:
-        return self._compressor.cut()
+        return self.compressor.cut()
 
     def finish(self) -> bytes:
-        return self._compressor.finish()
+        return self.compressor.finish()

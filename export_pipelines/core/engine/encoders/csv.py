@@ -32,4 +32,4 @@ class CsvEncoder(CompressedTextEncoder):
     def begin(self) -> bytes:
         # Catalog columns are plain identifiers, so the header needs no quoting.
         header = ",".join(c.name for c in self.columns) + "\n"
-        return self._compressor.write(header.encode())
+        return self.compressor.write(header.encode())

@@ -39,7 +39,7 @@ class CsvExcelEncoder(CsvEncoder):
 
     def begin(self) -> bytes:
         header = BOM + ",".join(c.name for c in self.columns) + "\r\n"
-        return self._compressor.write(header.encode())
+        return self.compressor.write(header.encode())
 
     def encode(self, batch: bytes | memoryview) -> bytes:
         # Splitting on '"' alternates outside/inside quoted values ('""' escapes toggle twice).
@@ -48,4 +48,4 @@ class CsvExcelEncoder(CsvEncoder):
         pieces[first_outside::2] = [p.replace(b"\n", b"\r\n") for p in pieces[first_outside::2]]
         if len(pieces) % 2 == 0:  # an odd number of quotes: the state flips
             self._in_quotes = not self._in_quotes
-        return self._compressor.write(b'"'.join(pieces))
+        return self.compressor.write(b'"'.join(pieces))

@@ -22,7 +22,7 @@ class JsonArrayEncoder(JsonlEncoder):
         self._partial = b""  # an unfinished line (sources hand over whole rows; this is a safety net)
 
     def begin(self) -> bytes:
-        return self._compressor.write(b"[")
+        return self.compressor.write(b"[")
 
     def resume(self) -> bytes:
         # Earlier parts hold "[" and at least one row (a part always ends after a whole range).
@@ -38,8 +38,8 @@ class JsonArrayEncoder(JsonlEncoder):
         separator = b",\n" if self._wrote_row else b"\n"
         self._wrote_row = True
         # Whole lines ending in "\n": drop the last one, join the rest with ",".
-        return self._compressor.write(separator + lines[:-1].replace(b"\n", b",\n"))
+        return self.compressor.write(separator + lines[:-1].replace(b"\n", b",\n"))
 
     def finish(self) -> bytes:
         closing = b"\n]\n" if self._wrote_row else b"]\n"
-        return self._compressor.write(closing) + self._compressor.finish()
+        return self.compressor.write(closing) + self.compressor.finish()

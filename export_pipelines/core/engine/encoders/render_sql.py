@@ -72,7 +72,7 @@ def _significant_digits(text: sql.Composable) -> sql.Composable:
     return sql.SQL("length(ltrim(translate(split_part({t}, 'e', 1), '-.', ''), '0'))").format(t=text)
 
 
-def _number_is_exact_in_excel(col: ColumnInfo) -> sql.Composable:
+def number_is_exact_in_excel(col: ColumnInfo) -> sql.Composable:
     """True when Excel shows and keeps the number exactly as PostgreSQL wrote it."""
     c, kind = column_ref(col), category(col)
     if kind == "integer":
@@ -103,7 +103,7 @@ def excel_csv(col: ColumnInfo) -> sql.Composable:
         # NaN / Infinity are text to Excel anyway; the rest either stays a number or becomes
         # the formula ="digits", which Excel shows as that text instead of rounding it.
         return sql.SQL("CASE WHEN {exact} THEN {t} ELSE '=\"' || {t} || '\"' END").format(
-            exact=_number_is_exact_in_excel(col), t=sql.SQL("{}::text").format(c)
+            exact=number_is_exact_in_excel(col), t=sql.SQL("{}::text").format(c)
         )
     text = as_text(col)
     # Text that Excel would read as a number (a JSON number, "00123", a 20-digit account
@@ -141,7 +141,7 @@ def xlsx_tagged(col: ColumnInfo) -> sql.Composable:
         return sql.SQL("'n' || {}::text").format(c)
     if kind in ("bigint", "numeric", "decimal", "float"):
         return sql.SQL("CASE WHEN {exact} THEN 'n' ELSE 's' END || {c}::text").format(
-            exact=_number_is_exact_in_excel(col), c=c
+            exact=number_is_exact_in_excel(col), c=c
         )
     if kind == "boolean":
         return sql.SQL("CASE WHEN {c} THEN 'b1' WHEN NOT {c} THEN 'b0' END").format(c=c)

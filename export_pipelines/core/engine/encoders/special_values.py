@@ -19,10 +19,10 @@ from export_pipelines.core.columns import ColumnInfo
 from export_pipelines.core.engine.encoders import type_contract as tc
 from export_pipelines.core.engine.encoders.render_sql import (
     EXCEL_NUMBER_TEXT,
-    _number_is_exact_in_excel,  # the excel profile's own test: counts match what is written
     as_text,
     column_ref,
     formula_text,
+    number_is_exact_in_excel,  # the excel profile's own test: counts match what is written
 )
 from export_pipelines.core.engine.encoders.type_contract import category, rule_for
 
@@ -115,7 +115,7 @@ def _predicate(col: ColumnInfo, key: str, fmt: str) -> sql.Composable | None:
             others += [sql.SQL("{} NOT IN ('Infinity', '-Infinity')").format(c)]
         if kind == "float":
             others.append(sql.SQL("NOT {}").format(neg_zero()))
-        return sql.SQL(" AND ").join([sql.SQL("NOT {}").format(_number_is_exact_in_excel(col)), *others])
+        return sql.SQL(" AND ").join([sql.SQL("NOT {}").format(number_is_exact_in_excel(col)), *others])
     if key in (tc.DATE_INFINITY, tc.DATE_MINUS_INFINITY):
         return sql.SQL("{} = {}").format(c, typed(_lit(key), pg_type))
     if key == tc.YEARS_OUTSIDE:

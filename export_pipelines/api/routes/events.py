@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from export_pipelines.api.auth import Auth, Principal, principal
 from export_pipelines.api.errors import ApiError
-from export_pipelines.api.files import files_document
+from export_pipelines.api.routes.files import files_document
 from export_pipelines.api.schemas import ERRORS, ExportId, StreamToken
 from export_pipelines.api.service import ExportApi, Loaded
 from export_pipelines.api.status import API_VERSION, iso_unix, json_response
