@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from export_pipelines.cli.common import FORMAT_HELP
@@ -22,15 +25,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     other door (the per-tenant and global caps of dagster.yaml apply, and the run coordinator tags
     it); without one (the first command a newcomer runs) it runs in this process, where no queued
     run can start beside it."""
-    import dagster as dg
 
     from export_pipelines.orchestration.run_config import export_run_config
 
     run_config = export_run_config(tenant_id=args.tenant, resource=args.resource, format=args.format)
-    with dg.DagsterInstance.get() as instance:
+    with demo_instance(args.verbose) as instance:
         if queue_is_served(instance):
             return demo_through_the_queue(instance, run_config, args.timeout)
         return demo_in_process(instance, run_config)
+
+
+def demo_instance(verbose: bool) -> Any:
+    """The Dagster instance of DAGSTER_HOME. Unless verbose, a run it executes in this process logs
+    to the console at WARNING only (Dagster's `python_logs: python_log_level`): the run's events
+    still all go to the instance's event log, which the demo writes to a file it names."""
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef
+
+    instance = dg.DagsterInstance.get()
+    if verbose:
+        return instance
+    home = instance.root_directory
+    instance.dispose()
+    quiet = {"python_logs": {"python_log_level": "WARNING"}}
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(home, overrides=quiet))
+
+
+def write_event_log(instance: Any, run_id: str) -> Path:
+    """Every event of the run, one line each, in `<DAGSTER_HOME>/logs/demo-<run id>.log`."""
+    path = Path(instance.root_directory) / "logs" / f"demo-{run_id}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        for entry in instance.all_logs(run_id):
+            when = datetime.fromtimestamp(entry.timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            kind = entry.dagster_event_type.name if entry.dagster_event_type else "-"
+            level = logging.getLevelName(entry.level)
+            out.write(f"{when} {level:<7} {entry.step_key or '-'} {kind} {entry.message}\n")
+    return path
 
 
 def queue_is_served(instance: Any) -> bool:
@@ -74,6 +105,7 @@ def demo_through_the_queue(instance: Any, run_config: dict[str, Any], timeout: f
     print(f"  folder:    {meta['folder'].value}")
     print(f"  link (expires {meta['expires_at'].value}):")
     print(f"  {url}")
+    print(f"  event log: {write_event_log(instance, run.run_id)}")
     return 0
 
 
@@ -90,8 +122,9 @@ def demo_in_process(instance: Any, run_config: dict[str, Any]) -> int:
         run_config=run_config,
         tags=export_tags({}, run_config),  # as the run coordinator tags queued runs
     ) as result:
+        log = write_event_log(instance, result.run_id)
         if not result.success:
-            print(f"run {result.run_id} failed; see `dagster dev` UI or the log above", file=sys.stderr)
+            print(f"run {result.run_id} failed; its event log: {log} (or the Dagster UI)", file=sys.stderr)
             return 1
         done = result.output_for_node("finalize")
     print(f"run {result.run_id} succeeded: {done.rows} rows, {done.bytes} bytes in {len(done.files)} file(s)")
@@ -101,6 +134,7 @@ def demo_in_process(instance: Any, run_config: dict[str, Any]) -> int:
     print(f"  link (expires {done.expires_at:%Y-%m-%d %H:%M} UTC):")
     print(f"  {done.files[0].url}")
     print(f"download it: curl -fSs -o export.{file_extension(done.files[0].key)} '{done.files[0].url}'")
+    print(f"  event log: {log}")
     return 0
 
 

@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Any
 
-from export_pipelines.cli.common import settings_or_exit, source_url_or_exit
+from export_pipelines.cli.common import code_server_log_level, settings_or_exit, source_url_or_exit
 from export_pipelines.core.errors import ExportError
 
 
@@ -95,7 +95,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         print(f"backfill of {len(keys)} partition(s) of {args.job}: {', '.join(keys)}")
         if args.dry_run:
             return 0
-        launch_backfill(instance, keys, job_name=args.job)
+        launch_backfill(
+            instance, keys, job_name=args.job, code_server_log_level=code_server_log_level(args.verbose)
+        )
     return 0
 
 

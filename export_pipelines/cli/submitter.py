@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from export_pipelines.cli.common import settings_or_exit, source_url_or_exit
+from export_pipelines.cli.common import code_server_log_level, settings_or_exit, source_url_or_exit
 from export_pipelines.core.storage.migrations import PENDING_CHANNEL
 from export_pipelines.orchestration.monthly.backfills import WORKSPACE
 from export_pipelines.orchestration.submitter import DEFAULT_SWEEP_SECONDS, request_submitter
@@ -22,7 +22,7 @@ def cmd_submitter(args: argparse.Namespace) -> int:
     settings = settings_or_exit()
     conninfo = source_url_or_exit()
     stop = threading.Event()
-    with request_submitter(settings, Path(args.workspace)) as submitter:
+    with request_submitter(settings, Path(args.workspace), code_server_log_level(args.verbose)) as submitter:
         log.info("listening on %s; sweeping every %.1f s", PENDING_CHANNEL, args.sweep_seconds)
         try:
             submitter.serve(conninfo, stop, args.sweep_seconds)

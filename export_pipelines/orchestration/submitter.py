@@ -141,13 +141,20 @@ class RequestSubmitter:
 
 
 @contextmanager
-def request_submitter(settings: Settings, workspace_file: Path) -> Iterator[RequestSubmitter]:
+def request_submitter(
+    settings: Settings, workspace_file: Path, code_server_log_level: str = "INFO"
+) -> Iterator[RequestSubmitter]:
     """A submitter on the current Dagster instance (DAGSTER_HOME), with its own code server
-    for `workspace_file`, and the resources the definitions bind from settings."""
+    for `workspace_file` (logging at `code_server_log_level`), and the resources the definitions
+    bind from settings."""
     migrate(settings.require_source_database_url())  # the notify trigger, on a database nobody migrated yet
     with (
         DagsterInstance.get() as instance,
-        WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(workspace_file)])) as workspace,
+        WorkspaceProcessContext(
+            instance,
+            WorkspaceFileTarget(paths=[str(workspace_file)]),
+            code_server_log_level=code_server_log_level,
+        ) as workspace,
         build_resources(resources_from_settings(settings)) as resources,
     ):
         yield RequestSubmitter(instance, workspace, resources)

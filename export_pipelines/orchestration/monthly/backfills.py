@@ -74,13 +74,14 @@ def launch_backfill(
     job_name: str = MONTHLY_JOB,
     workspace: Path = WORKSPACE,
     print_fn: Callable[[str], None] = print,
+    code_server_log_level: str = "INFO",
 ) -> str:
     """ONE Dagster backfill (a PartitionBackfill the UI lists) of exactly these partitions, handed
     to the daemon's backfill loop: that loop cuts them into runs as the job's BackfillPolicy says
     (up to EXPORT_MONTHLY_BATCH_SIZE partitions per run, monthly_asset.py), and queues them like
     any other run (tenant cap included). `dagster job backfill` would not do: it submits one run
     per partition itself, whatever the policy. This is the backfill the UI's dialog makes.
-    Returns the backfill id."""
+    `code_server_log_level`: what the code server it starts logs. Returns the backfill id."""
     from dagster import __version__
     from dagster._cli.workspace.cli_target import (
         WorkspaceOpts,
@@ -96,7 +97,9 @@ def launch_backfill(
     if not partition_keys:  # an empty list would mean every partition to Dagster
         raise ValueError("launch_backfill needs at least one partition key")
     opts = WorkspaceOpts(workspace=[str(workspace)])
-    with get_workspace_from_cli_opts(instance, version=__version__, workspace_opts=opts) as context:
+    with get_workspace_from_cli_opts(
+        instance, version=__version__, workspace_opts=opts, log_level=code_server_log_level
+    ) as context:
         repo = get_remote_repository_from_code_location(get_code_location_from_workspace(context, None), None)
         job = get_remote_job_from_remote_repo(repo, job_name)
         partition_set = next(ps for ps in repo.get_partition_sets() if ps.job_name == job.name)
