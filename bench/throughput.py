@@ -1,4 +1,4 @@
-"""Throughput of many small exports (issue 14 item 3): today's set-up against the Celery one.
+"""Throughput of many small exports (docs/operations.md): today's set-up against the Celery one.
 
     source scripts/env.sh
     python bench/throughput.py                       # A and B, scenarios 1-4, N=100 for scenario 4

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set everything up (and LibreOffice Calc for one test), then lint (ruff, the import contracts) and
-# run the whole test suite.
+# README command (b): set everything up (and LibreOffice Calc for one test), then lint and run the whole
+# test suite.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/scripts/setup.sh"

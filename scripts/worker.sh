@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start a Celery worker host for deploy/celery/dagster.yaml (README "Running on several machines").
+# Start a Celery worker host for deploy/celery/dagster.yaml (docs/operations.md).
 # Runs in the foreground (exec): run it under systemd, supervisord or a container runtime, and stop
 # it with SIGTERM, which waits for the runs in progress (a warm shutdown).
 #

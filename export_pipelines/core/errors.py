@@ -27,7 +27,7 @@ from __future__ import annotations
 class ExportError(Exception):
     """Root of every error the project raises on purpose."""
 
-    code = "internal"  # the stable code tenants read (DESIGN §3.3)
+    code = "internal"  # the stable code tenants read (docs/requests.md)
 
 
 class Rejected(ExportError, ValueError):

@@ -1,7 +1,7 @@
 """Cancels asked for through the export API (`cancel_requested_at` on the row) carried out through
 Dagster: a queued run is canceled in the queue, a started one is terminated by the run launcher;
 once the run is canceled the row becomes `canceled`, the requester is told (`export.canceled`) and
-the export's open uploads are aborted. The API itself never touches Dagster (README "Export API")."""
+the export's open uploads are aborted. The API itself never touches Dagster (docs/api.md)."""
 
 from __future__ import annotations
 

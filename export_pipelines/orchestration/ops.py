@@ -104,7 +104,7 @@ class ExportConfig(dg.Config):
 
     tenant_id: str
     resource: str
-    # csv | csv_excel (the CSV excel profile) | jsonl | json | parquet | xlsx; see README "Formats".
+    # csv | csv_excel (the CSV excel profile) | jsonl | json | parquet | xlsx; see docs/formats.md.
     format: str = "csv"
     # Per format (default first): csv, jsonl, json: gzip | zstd | none; csv_excel: none | gzip | zstd;
     # parquet: zstd | snappy | none; xlsx: none.

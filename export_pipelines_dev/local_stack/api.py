@@ -15,7 +15,7 @@ from export_pipelines_dev.local_stack.seaweed import ensure_s3, weed_pid, weed_s
 
 
 def stack_env() -> dict[str, str]:
-    """The variables (README: Configuration) that point the code at the local stack; starts nothing."""
+    """The variables (docs/configuration.md) that point the code at the local stack; starts nothing."""
     s = Settings.from_env()
     return {
         "SOURCE_DATABASE_URL": f"postgresql://{PG_USER}@{s.host}:{s.pg_port}/exports",

@@ -1,4 +1,4 @@
-"""Cancel through the API, carried out by Dagster (issue 13): a running export is terminated by the
+"""Cancel through the API, carried out by Dagster: a running export is terminated by the
 run launcher, its open upload is aborted, the row ends `canceled` and `export.canceled` is recorded
 for the requester — with the real daemon, API server, PostgreSQL and S3."""
 
@@ -13,9 +13,9 @@ import psycopg
 import pytest
 
 from export_pipelines.core.storage.s3 import open_uploads
-from export_pipelines_tests.api_helpers import api_settings, auth, key_for, migrate_api, serve
-from export_pipelines_tests.daemon import running_daemon
-from export_pipelines_tests.s3_fault_proxy import S3FaultProxy, hang
+from export_pipelines_tests.support.api_helpers import api_settings, auth, key_for, migrate_api, serve
+from export_pipelines_tests.support.daemon import running_daemon
+from export_pipelines_tests.support.s3_fault_proxy import S3FaultProxy, hang
 
 BIG = "t-big"
 

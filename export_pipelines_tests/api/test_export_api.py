@@ -1,4 +1,4 @@
-"""The export API against the real service (uvicorn), PostgreSQL and S3 server (DESIGN §3.7)."""
+"""The export API against the real service (uvicorn), PostgreSQL and S3 server (docs/api.md)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 from export_pipelines.core.errors import ExportError
 from export_pipelines.core.requests.catalog import load_catalog
 from export_pipelines.core.requests.request_row import check_request_fields
-from export_pipelines_tests.api_helpers import (
+from export_pipelines_tests.support.api_helpers import (
     api_settings,
     auth,
     complete_export,

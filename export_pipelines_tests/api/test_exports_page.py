@@ -1,4 +1,4 @@
-"""The /exports web page in a real headless browser (issue 13, item 5), against the real service
+"""The /exports web page in a real headless browser, against the real service
 (uvicorn), PostgreSQL, S3 server, request sensor and export job:
 
 sign in with a key → request an export through the form → the sensor and the real job run it →
@@ -33,9 +33,9 @@ from export_pipelines.api import stream_tokens
 from export_pipelines.core.requests.api_keys import ApiKeyStore
 from export_pipelines.core.storage.s3 import open_uploads
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings
-from export_pipelines_tests.api_helpers import api_settings, auth, key_for, migrate_api, serve
-from export_pipelines_tests.conftest import code_location
-from export_pipelines_tests.s3_fault_proxy import S3FaultProxy, delay, op
+from export_pipelines_tests.support.api_helpers import api_settings, auth, key_for, migrate_api, serve
+from export_pipelines_tests.support.s3_fault_proxy import S3FaultProxy, delay, op
+from export_pipelines_tests.support.services import code_location
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

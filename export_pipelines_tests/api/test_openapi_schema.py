@@ -16,7 +16,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from export_pipelines_tests.api_helpers import api_settings, auth, key_for, migrate_api, serve
+from export_pipelines_tests.support.api_helpers import api_settings, auth, key_for, migrate_api, serve
 
 MAX_EXAMPLES = 30
 CHECKS = [

@@ -1,4 +1,4 @@
-"""Issue 14 item 5: the data team's monthly path. `failed-partitions` refuses bad input; `backfill
+"""The data team's monthly path on the command line. `failed-partitions` refuses bad input; `backfill
 --failed` launches nothing when nothing failed; `backfill --month` makes ONE Dagster backfill of
 exactly the month's enterprise (or listed) tenants' partitions."""
 
@@ -12,7 +12,7 @@ import pytest
 from dagster._core.execution.backfill import BulkActionStatus
 
 from export_pipelines.cli.main import main
-from export_pipelines_tests.test_monthly import ENTERPRISE
+from export_pipelines_tests.support.services import ENTERPRISE
 
 
 @pytest.mark.parametrize(
@@ -23,7 +23,7 @@ from export_pipelines_tests.test_monthly import ENTERPRISE
         (["--job", "nonsense_job"], "--job", "monthly_tenant_export_job"),
     ],
 )
-def test_finding_05_failed_partitions_refuses_bad_input(args, flag, allowed, capsys):
+def test_failed_partitions_refuses_bad_input(args, flag, allowed, capsys):
     assert main(["failed-partitions", *args]) == 2
     out, err = capsys.readouterr()
     assert out == ""
@@ -42,14 +42,14 @@ def dagster_home(tmp_path: Path, monkeypatch, source_url, bucket) -> Iterator[dg
         yield instance
 
 
-def test_finding_05_backfill_failed_launches_nothing_when_nothing_failed(dagster_home, capsys):
+def test_backfill_failed_launches_nothing_when_nothing_failed(dagster_home, capsys):
     assert main(["backfill", "--failed", "--month", "2024-05"]) == 0
     out, _ = capsys.readouterr()
     assert "nothing failed" in out
     assert dagster_home.get_backfills() == [] and dagster_home.get_runs() == []
 
 
-def test_finding_05_backfill_refuses_bad_input(dagster_home, capsys):
+def test_backfill_refuses_bad_input(dagster_home, capsys):
     assert main(["backfill", "--month", "2026-13"]) == 2
     assert main(["backfill", "--month", "2024-05", "--job", "nonsense_job"]) == 2
     assert main(["backfill", "--month", "2024-05", "--tenant", "no-such-tenant"]) == 2
@@ -59,7 +59,7 @@ def test_finding_05_backfill_refuses_bad_input(dagster_home, capsys):
     assert dagster_home.get_backfills() == [] and dagster_home.get_runs() == []
 
 
-def test_finding_05_backfill_of_a_month_is_one_backfill_of_exactly_those_partitions(dagster_home, capsys):
+def test_backfill_of_a_month_is_one_backfill_of_exactly_those_partitions(dagster_home, capsys):
     assert main(["backfill", "--month", "2024-05"]) == 0
     (backfill,) = dagster_home.get_backfills()
     assert sorted(backfill.partition_names) == [f"2024-05-01|{t}" for t in ENTERPRISE]

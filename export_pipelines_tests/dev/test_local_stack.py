@@ -1,4 +1,4 @@
-"""The local stack really serves PostgreSQL and an S3 that checks signatures (README: The local servers)."""
+"""The local stack really serves PostgreSQL and an S3 that checks signatures (docs/development.md)."""
 
 from __future__ import annotations
 

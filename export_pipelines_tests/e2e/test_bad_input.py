@@ -1,4 +1,4 @@
-"""Bad input never loses data or wedges the system (issue 6, item 6).
+"""Bad input never loses data or wedges the system.
 
 One table of malformed requests, driven through every door a request comes in by:
 `build_request` itself, a row in export_requests picked up by the real sensor (a good row beside
@@ -28,8 +28,8 @@ from export_pipelines.core.requests.request import build_request, check_notify
 from export_pipelines.core.storage.s3 import open_uploads
 from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.resources import ExportSettings
-from export_pipelines_tests.conftest import code_location
-from export_pipelines_tests.readback import csv_rows, read_manifest
+from export_pipelines_tests.support.readback import csv_rows, read_manifest
+from export_pipelines_tests.support.services import code_location
 
 export_request_sensor = code_location()["export_request_sensor"]
 
@@ -360,7 +360,7 @@ def storable(fields: dict[str, Any]) -> bool:
 ROW_CASES = [c for c in CASES if storable(c.fields)]
 
 
-# Rows the database refuses at insert (issue 12: CHECK constraints on sizes).
+# Rows the database refuses at insert (CHECK constraints on sizes).
 REFUSED_AT_INSERT = {
     "100k-filter-values",
     "10k-columns",
@@ -423,7 +423,7 @@ def test_sensor_fails_the_bad_row_and_still_runs_the_good_one(
     try:
         bad_id = insert_row(source_url, case.fields)
     except psycopg.errors.CheckViolation as exc:
-        # Issue 12: sizes are CHECK constraints now, refused at insert for every door (these
+        # Sizes are CHECK constraints, refused at insert for every door (these
         # rows used to be inserted and failed by the sensor).
         assert case.id in REFUSED_AT_INSERT and "export_requests_size_check" in str(exc)
         good_id = store.create(tenant_id="t-006", resource="orders")
@@ -444,7 +444,7 @@ def test_a_flood_of_bad_rows_does_not_starve_good_ones(store, dagster_resources,
     gets exactly one run within a few ticks, every bad row ends failed, nothing stays pending."""
     good: list[str] = []
     bad_ids: list[str] = []
-    # The bad rows are one tenant's: lift its cap of active requests (issue 12) for the flood,
+    # The bad rows are one tenant's: lift its cap of active requests for the flood,
     # and its start rate (the bad rows never start, but they take their tenant's turns).
     store.set_tenant_max_active(10_000)
     dagster_resources["export_settings"] = ExportSettings(
@@ -662,7 +662,7 @@ def test_sql_in_values_is_a_literal_through_sensor_and_run(
     rid = insert_row(source_url, case.fields)
     tenant = {**GOOD, **case.fields}["tenant_id"]
     if not pg.execute("SELECT 1 FROM tenants WHERE id = %s", [tenant]).fetchone():
-        # Issue 12: a tenant the tenants table does not list is refused (it used to run and export
+        # A tenant the tenants table does not list is refused (it used to run and export
         # nothing); the id is still only ever a literal.
         assert tick(dagster_resources, instance) == []
         row = store.get(rid)

@@ -1,4 +1,4 @@
-"""Issue 14 items 4 and 6: one per-tenant cap for every door, and every run tagged the same way.
+"""One per-tenant cap for every door, and every run tagged the same way.
 
 A real daemon with the project's dagster.yaml; the same tenant is launched from several doors at
 once (a request row for the sensor, `dagster job launch` as the launchpad does, `export-pipelines
@@ -20,8 +20,8 @@ import pytest
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.instance.run_coordinator import export_tags
 from export_pipelines.orchestration.run_config import export_run_config
-from export_pipelines_tests.daemon import ROOT, running_daemon
-from export_pipelines_tests.s3_fault_proxy import S3FaultProxy, delay, op
+from export_pipelines_tests.support.daemon import ROOT, running_daemon
+from export_pipelines_tests.support.s3_fault_proxy import S3FaultProxy, delay, op
 
 TENANT = "t-big"  # enterprise in the demo data, and big: its runs last long enough to overlap
 OTHER = "t-010"
@@ -102,7 +102,7 @@ def overlaps(runs: list[dg.RunRecord]) -> int:
     return most
 
 
-def test_finding_04_one_tenant_cap_for_every_door(daemon, store, monkeypatch):
+def test_one_tenant_cap_for_every_door(daemon, store, monkeypatch):
     env, home = daemon
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", env["DAGSTER_POSTGRES_URL"])
     with dg.DagsterInstance.from_config(str(home)) as instance:

@@ -18,7 +18,7 @@ from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.resources import ExportSettings
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines.settings import Settings
-from export_pipelines_tests.readback import read_manifest
+from export_pipelines_tests.support.readback import read_manifest
 
 BIG = "t-big"
 

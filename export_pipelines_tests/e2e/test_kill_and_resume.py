@@ -30,9 +30,9 @@ from export_pipelines.core.engine.plan import plan_export
 from export_pipelines.core.requests.request import build_request
 from export_pipelines.core.storage.s3 import open_uploads
 from export_pipelines.orchestration.run_config import export_run_config
-from export_pipelines_tests.daemon import ROOT, running_daemon, wait_for
-from export_pipelines_tests.readback import read_manifest
-from export_pipelines_tests.s3_fault_proxy import S3FaultProxy, hang
+from export_pipelines_tests.support.daemon import ROOT, running_daemon, wait_for
+from export_pipelines_tests.support.readback import read_manifest
+from export_pipelines_tests.support.s3_fault_proxy import S3FaultProxy, hang
 
 BIG = "t-big"
 CONFIG = {"tenant_id": BIG, "resource": "orders", "format": "csv", "compression": "none"}

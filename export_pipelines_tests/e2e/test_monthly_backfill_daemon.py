@@ -1,4 +1,4 @@
-"""Issue 14 item 3 through a real dagster-daemon: ONE backfill of a month (what `export-pipelines
+"""Monthly batches through a real dagster-daemon: ONE backfill of a month (what `export-pipelines
 backfill` hands the daemon) runs several tenants' partitions in one run; every tenant's bytes in
 S3 are its rows of the month in PostgreSQL; a tenant failing inside the batch leaves the others
 materialized and itself a failed partition. (One partition re-run alone: test_monthly_batch.py in
@@ -13,8 +13,8 @@ import dagster as dg
 
 from export_pipelines.orchestration.monthly.backfills import failed_partitions, launch_backfill
 from export_pipelines.orchestration.monthly.monthly_asset import MONTHLY_ASSET_KEY
-from export_pipelines_tests.daemon import ROOT, running_daemon
-from export_pipelines_tests.readback import csv_rows, read_manifest
+from export_pipelines_tests.support.daemon import ROOT, running_daemon
+from export_pipelines_tests.support.readback import csv_rows, read_manifest
 
 MONTH = "2024-04-01"
 GONE = "t-gone-monthly"  # a partition whose tenant is not in the tenants table

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from export_pipelines_tests.daemon import running_daemon, wait_for
-from export_pipelines_tests.readback import csv_rows, read_manifest
+from export_pipelines_tests.support.daemon import running_daemon, wait_for
+from export_pipelines_tests.support.readback import csv_rows, read_manifest
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Issue 14: the Celery set-up (deploy/celery/dagster.yaml) as several machines.
+"""The Celery set-up (deploy/celery/dagster.yaml) as several machines.
 
 The test makes a bridge and network namespaces: one "host" for the daemon and its code server, two
 worker hosts (scripts/worker.sh). PostgreSQL and S3 (a scratch local_stack on the bridge address,
@@ -39,9 +39,9 @@ from export_pipelines.core.requests.request import build_request
 from export_pipelines.core.requests.request_store import RequestStore
 from export_pipelines.core.storage.s3 import make_s3_client, open_uploads
 from export_pipelines_dev.demo_data import DemoSize, load_demo_data, tenant_ids
-from export_pipelines_tests.readback import read_manifest
+from export_pipelines_tests.support.readback import read_manifest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SUBNET = "10.99.77"  # away from the research's 10.99.0.0/24 and from anything this machine uses
 HOST_ADDR = f"{SUBNET}.1"
@@ -270,7 +270,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         env.update(
             DAGSTER_HOME=str(home),
             EXPORT_PREFIX=PREFIX,
-            # Every host's (README "What each host needs"): the daemon's sensors log through it.
+            # Every host's (docs/operations.md): the daemon's sensors log through it.
             DAGSTER_COMPUTE_LOGS_PREFIX=f"{PREFIX}/_dagster/compute_logs",
             EXPORT_IO_MANAGER="s3",
             EXPORT_WEBHOOK_SECRET=WEBHOOK_SECRET,

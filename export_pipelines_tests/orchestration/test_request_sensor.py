@@ -18,8 +18,8 @@ from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines.orchestration.sensors import record_run_failure
 from export_pipelines.settings import Settings
-from export_pipelines_tests.conftest import code_location
-from export_pipelines_tests.readback import read_manifest
+from export_pipelines_tests.support.readback import read_manifest
+from export_pipelines_tests.support.services import code_location
 
 export_request_sensor = code_location()["export_request_sensor"]
 
@@ -189,7 +189,7 @@ def test_failed_run_marks_the_row_failed_unless_it_will_be_retried(store, dagste
         final, "S3 NoSuchBucket", dagster_resources["source"], dagster_resources["notifier"], None
     )
     row = store.get(rid)
-    # Issue 12 finding 17: the tenant reads a code and a short stable message, not the internal
+    # The tenant reads a code and a short stable message, not the internal
     # error (which stays in the run's log); this test used to assert the internal text reached the row.
     assert row.status == "failed" and row.error_code == "internal"
     assert "S3 NoSuchBucket" not in row.error and "internal error" in row.error

@@ -18,9 +18,9 @@ import pytest
 
 from export_pipelines.core.requests.queue import RequestQueue
 from export_pipelines.orchestration import tags
-from export_pipelines_tests.daemon import ROOT, running_daemon, wait_for
-from export_pipelines_tests.readback import csv_rows, read_manifest
-from export_pipelines_tests.test_request_sensor import tick
+from export_pipelines_tests.orchestration.test_request_sensor import tick
+from export_pipelines_tests.support.daemon import ROOT, running_daemon, wait_for
+from export_pipelines_tests.support.readback import csv_rows, read_manifest
 
 BIN = Path(sys.executable).parent
 SWEEP_SECONDS = 120

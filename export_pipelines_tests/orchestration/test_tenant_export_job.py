@@ -15,7 +15,7 @@ import pytest
 from export_pipelines.core.storage.s3 import open_uploads
 from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.run_config import export_run_config
-from export_pipelines_tests.readback import csv_rows, read_manifest
+from export_pipelines_tests.support.readback import csv_rows, read_manifest
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def test_every_format_from_run_config(resources, s3_client, bucket, pg, fmt, com
     assert columns["note"]["postgres_type"] == "text" and columns["note"]["representation"]
 
 
-def test_finding_06_links_one_click_from_the_run_and_progress_as_people_read_it(resources, prefix):
+def test_links_one_click_from_the_run_and_progress_as_people_read_it(resources, prefix):
     result = run(resources, tenant_id="t-005", resource="orders", request_id="req-606")
     assert result.success
     done = result.output_for_node("finalize")
@@ -152,7 +152,7 @@ def test_finding_06_links_one_click_from_the_run_and_progress_as_people_read_it(
     assert "rows/s" in fin["finalize"]["throughput"].value
 
 
-def test_finding_06_launchpad_opens_with_the_export_config_block_only():
+def test_launchpad_opens_with_the_export_config_block_only():
     """What the launchpad pre-fills (GraphQL runConfigSchema.rootDefaultYaml): the export's config
     block, no resource settings; and the run config keeps its shape (ops: count_rows: config:)."""
     import warnings

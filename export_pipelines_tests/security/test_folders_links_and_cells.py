@@ -1,6 +1,6 @@
-"""Issue 12, the LINKS part of the trust boundary: folders, links, keys and SQL-rendered cells.
+"""The trust boundary of exports' folders and links: folders, links, keys and SQL-rendered cells.
 
-Each test is named after the finding it pins down, and runs against the real PostgreSQL and S3
+Each test is named after the rule it pins down, and runs against the real PostgreSQL and S3
 server of the dev stack. Rows are inserted the way an app (or an attacker with the app's access)
 could before the app role existed: straight into export_requests.
 """
@@ -113,10 +113,10 @@ def url_expires_in(url: str) -> int:
     return int(parse_qs(urlsplit(url).query)["X-Amz-Expires"][0])
 
 
-# --- finding 1: the janitor ----------------------------------------------------------------------
+# --- the janitor ----------------------------------------------------------------------
 
 
-def test_finding_01_janitor_never_deletes_outside_the_exports_folder(store, pg, s3_client, bucket, prefix):
+def test_janitor_never_deletes_outside_the_exports_folder(store, pg, s3_client, bucket, prefix):
     # Two tenants' live exports, and objects at the prefix root (what 'exports/' held).
     victim_a = ExportLocation(prefix, "t-002", "orders", str(uuid.uuid4()))
     victim_b = ExportLocation(prefix, "t-003", "orders", str(uuid.uuid4()))
@@ -177,10 +177,10 @@ def test_delete_prefix_refuses_anything_but_an_export_folder(s3_client, bucket, 
     assert len(keys_under(s3_client, bucket, prefix + "/")) == 1
 
 
-# --- finding 4: relink ---------------------------------------------------------------------------
+# --- relink ---------------------------------------------------------------------------
 
 
-def test_finding_04_relink_signs_only_the_rows_own_folder_and_never_an_expired_export(
+def test_relink_signs_only_the_rows_own_folder_and_never_an_expired_export(
     store, pg, s3_client, bucket, prefix, monkeypatch, capsys
 ):
     monkeypatch.setenv("EXPORT_BUCKET", bucket)
@@ -221,10 +221,10 @@ def test_finding_04_relink_signs_only_the_rows_own_folder_and_never_an_expired_e
     assert "status: failed" in capsys.readouterr().err
 
 
-# --- finding 9: link expiry bounded by the credentials ------------------------------------------
+# --- link expiry bounded by the credentials ------------------------------------------
 
 
-def test_finding_09_link_expiry_is_bounded_by_the_signing_credentials(
+def test_link_expiry_is_bounded_by_the_signing_credentials(
     store, pg, s3_client, bucket, prefix, stack_env, monkeypatch, capsys
 ):
     temp = refreshable_client(stack_env, timedelta(hours=1))
@@ -265,7 +265,7 @@ def test_finding_09_link_expiry_is_bounded_by_the_signing_credentials(
         link_expiry(refreshable_client(stack_env, timedelta(seconds=-5)), timedelta(hours=1))
 
 
-# --- finding 12: Content-Disposition -------------------------------------------------------------
+# --- Content-Disposition -------------------------------------------------------------
 
 
 def parsed_filename(header: str) -> str | None:
@@ -281,7 +281,7 @@ def parsed_filename(header: str) -> str | None:
     return None if chosen is None else email.utils.collapse_rfc2231_value(chosen)
 
 
-def test_finding_12_download_names_are_ascii_headers_with_the_utf8_name(s3_client, bucket, prefix):
+def test_download_names_are_ascii_headers_with_the_utf8_name(s3_client, bucket, prefix):
     loc = ExportLocation(prefix, "Müller & Söhne 東京", "orders", "e-1")
     name = download_name(loc, 1, "csv.gz")
     assert name == "orders-Müller___Söhne_東京-e-1-00001.csv.gz"
@@ -308,10 +308,10 @@ def test_finding_12_download_names_are_ascii_headers_with_the_utf8_name(s3_clien
     assert hostile == "orders-a_b_c_d__e_-x-00001.csv"
 
 
-# --- finding 13: the database URL's password -----------------------------------------------------
+# --- the database URL's password -----------------------------------------------------
 
 
-def test_finding_13_a_malformed_password_escape_never_reaches_the_error(source_url, monkeypatch, capsys):
+def test_a_malformed_password_escape_never_reaches_the_error(source_url, monkeypatch, capsys):
     host = source_url.split("@", 1)[1]
     bad = f"postgresql://postgres:p%zzsecret@{host}"
 
@@ -342,7 +342,7 @@ def test_finding_13_a_malformed_password_escape_never_reaches_the_error(source_u
     assert "s3cretpw" not in text and "***" in str(info.value)
 
 
-# --- finding 15: csv_excel formulas behind whitespace and invisible characters -------------------
+# --- csv_excel formulas behind whitespace and invisible characters -------------------
 
 HIDDEN_FORMULAS = [
     " =1+1",
@@ -407,7 +407,7 @@ def formula_csv(source_url, s3_client, bucket, prefix) -> bytes:
     return gzip.decompress(raw) if link.key.endswith(".gz") else raw
 
 
-def test_finding_15_csv_excel_neutralises_formulas_behind_invisible_characters(formula_csv):
+def test_csv_excel_neutralises_formulas_behind_invisible_characters(formula_csv):
     header, *rows = list(csv.reader(io.StringIO(formula_csv.decode("utf-8-sig"), newline="")))
     assert header == ["tenant_id", "id", "note"]
     got = {int(r[1]): r[2] for r in rows}
@@ -417,12 +417,12 @@ def test_finding_15_csv_excel_neutralises_formulas_behind_invisible_characters(f
         assert got[number] == want, (number, value)
 
 
-def test_finding_15_libreoffice_reads_those_cells_as_text(formula_csv, tmp_path):
+def test_libreoffice_reads_those_cells_as_text(formula_csv, tmp_path):
     """LibreOffice Calc imports the file as a user opening it would (formulas evaluated): every
     hidden formula arrives as text starting with the apostrophe, none as a formula or its value."""
     import openpyxl
 
-    from export_pipelines_tests.core.test_libreoffice import CSV_IMPORT, convert
+    from export_pipelines_tests.core.engine.encoders.test_libreoffice import CSV_IMPORT, convert
 
     soffice = shutil.which("soffice")
     if soffice is None:
@@ -440,7 +440,7 @@ def test_finding_15_libreoffice_reads_those_cells_as_text(formula_csv, tmp_path)
             assert isinstance(note, str) and note.startswith("'"), (value, note)
 
 
-def test_finding_09_finalize_promises_only_what_the_credentials_allow(
+def test_finalize_promises_only_what_the_credentials_allow(
     source_url, catalog, s3_client, bucket, prefix, stack_env
 ):
     """The export's own links (finalize → request row, webhook) are bounded the same way: with

@@ -1,5 +1,5 @@
-"""Issue 12, the request table and the queue: the app role, CHECKs, per-tenant caps, the fair and
-rate-limited queue, the reaper, tenant ids that cannot be partitions or keys, error codes."""
+"""The trust boundary of the request table and the queue: the app role, CHECKs, per-tenant caps, the
+fair and rate-limited queue, the reaper, tenant ids that cannot be partitions or keys, error codes."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from export_pipelines.orchestration.monthly.partitions import monthly_partitions
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines.orchestration.sensors import reap_unfinished_requests, record_run_failure
-from export_pipelines_tests.conftest import code_location
+from export_pipelines_tests.support.services import code_location
 
 LOCATION = code_location()
 export_request_sensor = LOCATION["export_request_sensor"]
@@ -114,10 +114,10 @@ def test_migration_stays_idempotent_with_the_trust_boundary(store, source_url):
     migrate(source_url)
 
 
-# ------------------------------------------------------------------------ finding 2: the queue
+# ------------------------------------------------------------------------ the queue
 
 
-def test_finding_02_cap_refused_at_insert_for_every_door(store, pg, cap):
+def test_cap_refused_at_insert_for_every_door(store, pg, cap):
     cap(3)
     for _ in range(3):
         store.create(tenant_id="t-001", resource="orders")
@@ -132,7 +132,7 @@ def test_finding_02_cap_refused_at_insert_for_every_door(store, pg, cap):
     store.create(tenant_id="t-002", resource="orders")  # another tenant is not affected
 
 
-def test_finding_02_one_tenants_backlog_does_not_delay_anothers_first_request(store, dagster_resources, cap):
+def test_one_tenants_backlog_does_not_delay_anothers_first_request(store, dagster_resources, cap):
     cap(1000)
     backlog = [store.create(tenant_id="t-001", resource="orders") for _ in range(60)]
     other = store.create(tenant_id="t-002", resource="orders")
@@ -142,7 +142,7 @@ def test_finding_02_one_tenants_backlog_does_not_delay_anothers_first_request(st
     assert other in launched
 
 
-def test_finding_02_queued_row_that_turned_invalid_is_failed_not_picked_forever(store, dagster_resources, pg):
+def test_queued_row_that_turned_invalid_is_failed_not_picked_forever(store, dagster_resources, pg):
     rid = store.create(tenant_id="t-001", resource="orders")
     store.mark_queued(rid, 1)
     pg.execute(
@@ -155,7 +155,7 @@ def test_finding_02_queued_row_that_turned_invalid_is_failed_not_picked_forever(
     assert RequestQueue.on(store.conn).to_launch() == []
 
 
-def test_finding_02_fifty_stuck_rows_do_not_stop_intake(store, dagster_resources, pg, cap):
+def test_fifty_stuck_rows_do_not_stop_intake(store, dagster_resources, pg, cap):
     cap(1000)
     stuck = [store.create(tenant_id=f"t-{i % 20 + 1:03d}", resource="orders") for i in range(55)]
     pg.execute(
@@ -170,7 +170,7 @@ def test_finding_02_fifty_stuck_rows_do_not_stop_intake(store, dagster_resources
     assert fresh in launched
 
 
-def test_finding_02_start_rate_per_tenant(store, dagster_resources, cap):
+def test_start_rate_per_tenant(store, dagster_resources, cap):
     cap(100)
     ids = [store.create(tenant_id="t-001", resource="orders") for _ in range(5)]
     other = store.create(tenant_id="t-002", resource="orders")
@@ -189,12 +189,10 @@ def test_finding_02_start_rate_per_tenant(store, dagster_resources, cap):
     assert all(store.get(i).status == "pending" for i in ids[2:])
 
 
-# ------------------------------------------------------------- finding 3: failures and the reaper
+# ------------------------------------------------------------- failures and the reaper
 
 
-def test_finding_03_failure_sensor_marks_the_row_failed_before_an_abort_that_raises(
-    store, dagster_resources, stack_env
-):
+def test_failure_sensor_marks_the_row_failed_before_an_abort_that_raises(store, dagster_resources, stack_env):
     rid = store.create(tenant_id="t-007", resource="orders")
     store.mark_queued(rid, 1)
     store.mark_running(rid, "run-1", 10)
@@ -225,9 +223,7 @@ def test_finding_03_failure_sensor_marks_the_row_failed_before_an_abort_that_rai
     assert "s3://" not in row.error
 
 
-def test_finding_03_reaper_resolves_canceled_and_vanished_runs(
-    store, dagster_resources, s3_client, bucket, prefix
-):
+def test_reaper_resolves_canceled_and_vanished_runs(store, dagster_resources, s3_client, bucket, prefix):
     instance = dg.DagsterInstance.ephemeral()
     canceled = store.create(tenant_id="t-007", resource="orders")
     store.mark_queued(canceled, 1)
@@ -263,10 +259,10 @@ def test_finding_03_reaper_resolves_canceled_and_vanished_runs(
     assert upload["UploadId"] not in [u["UploadId"] for u in uploads]
 
 
-# ------------------------------------------------------------------ finding 7: huge filters
+# ------------------------------------------------------------------ huge filters
 
 
-def test_finding_07_sensor_does_not_load_huge_filters(store, dagster_resources, pg, source_url):
+def test_sensor_does_not_load_huge_filters(store, dagster_resources, pg, source_url):
     rid = store.create(tenant_id="t-001", resource="orders")
     # A row from before the CHECK existed: drop it for a moment, as an old database had none.
     pg.execute("ALTER TABLE export_requests DROP CONSTRAINT export_requests_size_check")
@@ -287,10 +283,10 @@ def test_finding_07_sensor_does_not_load_huge_filters(store, dagster_resources, 
     assert "filters: at most 65536 bytes" in failed.error
 
 
-# ------------------------------------------------------------- finding 8: '|' in a tenant id
+# ------------------------------------------------------------- '|' in a tenant id
 
 
-def test_finding_08_pipe_in_tenant_id_is_refused_and_skipped(catalog, dagster_resources, pg, tmp_path):
+def test_pipe_in_tenant_id_is_refused_and_skipped(catalog, dagster_resources, pg, tmp_path):
     with pytest.raises(InvalidRequest, match=r"tenant_id.*'\|'"):
         build_request(catalog, tenant_id="acme|eu", resource="orders")
     pg.execute(
@@ -330,20 +326,20 @@ def test_finding_08_pipe_in_tenant_id_is_refused_and_skipped(catalog, dagster_re
         pg.execute("DELETE FROM tenants WHERE id = 'acme|eu'")
 
 
-# ------------------------------------------------------------- finding 10: S3 key length
+# ------------------------------------------------------------- S3 key length
 
 
-def test_finding_10_tenant_id_too_long_for_an_s3_key_is_refused(catalog):
+def test_tenant_id_too_long_for_an_s3_key_is_refused(catalog):
     tenant = "ü" * 256  # 256 characters, 512 bytes of UTF-8, 1,536 percent-encoded
     with pytest.raises(InvalidRequest) as info:
         build_request(catalog, tenant_id=tenant, resource="orders")
     assert info.value.field == "tenant_id" and "1024" in str(info.value) and "512" in str(info.value)
 
 
-# -------------------------------------------------------- finding 11: file floor and cap
+# -------------------------------------------------------- file floor and cap
 
 
-def test_finding_11_rows_per_file_floor_and_file_cap(catalog):
+def test_rows_per_file_floor_and_file_cap(catalog):
     with pytest.raises(InvalidRequest, match="max_rows_per_file: must be at least 100"):
         build_request(catalog, tenant_id="t-001", resource="orders", max_rows_per_file=1)
     build_request(catalog, tenant_id="t-001", resource="orders", max_rows_per_file=100)
@@ -352,18 +348,18 @@ def test_finding_11_rows_per_file_floor_and_file_cap(catalog):
     check_file_count(1_000_000, 100)
 
 
-# ------------------------------------------------------------ finding 14: validation gaps
+# ------------------------------------------------------------ validation gaps
 
 
 @pytest.mark.parametrize(
     "tenant", ["t-\x85", "t-\u2028", "t-\u2029", "t-\u202e", "t-\u200b", "t-\ufeff", "t-\u00ad"]
 )
-def test_finding_14_tenant_id_refuses_control_and_format_characters(catalog, tenant):
+def test_tenant_id_refuses_control_and_format_characters(catalog, tenant):
     with pytest.raises(InvalidRequest, match="tenant_id: must be printable"):
         build_request(catalog, tenant_id=tenant, resource="orders")
 
 
-def test_finding_14_export_id_and_dates_match_exactly(catalog):
+def test_export_id_and_dates_match_exactly(catalog):
     with pytest.raises(InvalidRequest, match="export_id"):
         build_request(catalog, tenant_id="t-001", resource="orders", export_id="abc\n")
     for text in ("2024-01-01ZZ", "2024-01-01Z+00:00", "20240101"):
@@ -372,10 +368,10 @@ def test_finding_14_export_id_and_dates_match_exactly(catalog):
     assert parse_instant("2024-01-01Z", "x") == datetime(2024, 1, 1, tzinfo=UTC)
 
 
-# ---------------------------------------------------- finding 17: errors and request_id ownership
+# ---------------------------------------------------- errors and request_id ownership
 
 
-def test_finding_17_run_config_request_id_of_another_tenant_is_refused(store, dagster_resources):
+def test_run_config_request_id_of_another_tenant_is_refused(store, dagster_resources):
     victim = store.create(tenant_id="t-002", resource="orders")
     result = tenant_export_job.execute_in_process(
         run_config=export_run_config(tenant_id="t-001", resource="orders", request_id=victim),
@@ -387,7 +383,7 @@ def test_finding_17_run_config_request_id_of_another_tenant_is_refused(store, da
     assert row.status == "pending" and row.run_id is None and row.manifest_key is None
 
 
-def test_finding_17_tenants_read_short_coded_errors(store, dagster_resources):
+def test_tenants_read_short_coded_errors(store, dagster_resources):
     assert error_code(psycopg.errors.QueryCanceled("canceling statement due to statement timeout")) == (
         "source_timeout"
     )

@@ -1,5 +1,5 @@
-"""Issue 12, webhooks: findings 5 (SSRF), 6 (redirects), 16 (a hanging receiver) and deliveries
-that do not block a run's slot, against the real PostgreSQL and S3 server.
+"""The trust boundary of webhooks: no internal targets (SSRF), no redirects followed, and deliveries
+that a hanging receiver cannot make block a run's slot, against the real PostgreSQL and S3 server.
 
 Receivers are local HTTP servers on 127.0.0.1 in threads. The export job records its notification
 in export_deliveries; the delivery sensor (one tick, `build_sensor_context`) sends it.
@@ -37,7 +37,7 @@ from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.resources import Notifier
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines.settings import Settings
-from export_pipelines_tests.conftest import WEBHOOK_SECRET
+from export_pipelines_tests.support.services import WEBHOOK_SECRET
 
 LOG = logging.getLogger("test-delivery")
 FAST = DeliveryPolicy(base_delay_seconds=0.0, attempt_budget_seconds=3.0, tick_budget_seconds=10.0)
@@ -157,10 +157,10 @@ def notified(pg: Any, rid: str) -> tuple[datetime | None, str | None]:
     return pg.execute("SELECT notified_at, notify_error FROM export_requests WHERE id = %s", [rid]).fetchone()
 
 
-# ------------------------------------------------------------------------------------------- finding 5
+# --------------------------------------------------------------------------------- no internal targets
 
 
-def test_finding_05_loopback_webhook_refused_by_default_and_notify_error_is_stable(
+def test_loopback_webhook_refused_by_default_and_notify_error_is_stable(
     receivers, dagster_resources, store, pg, deliveries
 ):
     """The export's webhook to a loopback receiver is never sent by default, and what the tenant
@@ -193,7 +193,7 @@ LOOPBACK_FORMS = [
 
 
 @pytest.mark.parametrize("form", LOOPBACK_FORMS)
-def test_finding_05_loopback_forms_never_reach_the_receiver(receivers, form):
+def test_loopback_forms_never_reach_the_receiver(receivers, form):
     rec = receivers()
     url = form.format(port=rec.port)
     result = send_webhook(Channels(WEBHOOK_SECRET), url, {"event": "export.failed"}, budget=10.0)
@@ -219,14 +219,14 @@ def test_finding_05_loopback_forms_never_reach_the_receiver(receivers, form):
         "http://0xa9fea9fe/",  # 169.254.169.254 again
     ],
 )
-def test_finding_05_internal_addresses_refused_at_once(url):
+def test_internal_addresses_refused_at_once(url):
     started = time.monotonic()
     result = send_webhook(Channels(WEBHOOK_SECRET), url, {}, budget=5.0)
     assert (result.ok, result.attempts, result.error) == (False, 0, ERR_REFUSED)
     assert time.monotonic() - started < 1.0  # nothing was connected to
 
 
-def test_finding_05_allow_private_lets_the_dev_receiver_through_but_never_metadata(receivers):
+def test_allow_private_lets_the_dev_receiver_through_but_never_metadata(receivers):
     rec = receivers()
     dev = Channels(WEBHOOK_SECRET, allow_private=True)
     assert send_webhook(dev, rec.url, {"event": "x"}, budget=5.0).ok
@@ -237,7 +237,7 @@ def test_finding_05_allow_private_lets_the_dev_receiver_through_but_never_metada
         assert send_webhook(dev, url, {}, budget=5.0).error == ERR_REFUSED
 
 
-def test_finding_05_settings_and_resources_default_to_refusing_private_targets(monkeypatch):
+def test_settings_and_resources_default_to_refusing_private_targets(monkeypatch):
     assert Settings.from_env({}).webhook_allow_private is False
     assert Settings.from_env({"EXPORT_WEBHOOK_ALLOW_PRIVATE": "1"}).webhook_allow_private is True
     assert Notifier(webhook_secret="s").allow_private is False
@@ -265,10 +265,10 @@ def test_request_time_check_needs_no_dns_and_refuses_literal_internal_addresses(
     check_url_shape("https://hooks.example.com/x", (".example.com",))  # a subdomain of the allowlist
 
 
-# ------------------------------------------------------------------------------------------- finding 6
+# ---------------------------------------------------------------------------------------- no redirects
 
 
-def test_finding_06_redirect_from_allowlisted_receiver_is_not_followed(
+def test_redirect_from_allowlisted_receiver_is_not_followed(
     receivers, dagster_resources, store, pg, deliveries
 ):
     other = receivers()
@@ -282,10 +282,10 @@ def test_finding_06_redirect_from_allowlisted_receiver_is_not_followed(
     assert notified(pg, rid)[1] == f"webhook failed after 1 attempt(s): {ERR_REDIRECT}"
 
 
-# ------------------------------------------------------------------------------------------- finding 16
+# ---------------------------------------------------------------------------------- a hanging receiver
 
 
-def test_finding_16_hanging_webhook_holds_neither_the_notify_op_nor_the_sensor(
+def test_hanging_webhook_holds_neither_the_notify_op_nor_the_sensor(
     receivers, dagster_resources, store, pg, deliveries
 ):
     rec = receivers(mode="hang")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import psycopg
 
-from export_pipelines_tests.conftest import WEBHOOK_SECRET, _with_db
+from export_pipelines_tests.support.services import WEBHOOK_SECRET, with_db
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"succeeded", "failed"}
 
 
@@ -31,7 +31,7 @@ def running_daemon(
     **extra_env: str,
 ) -> Iterator[dict[str, str]]:
     """Start the daemon on a fresh instance database; yield the environment its runs see."""
-    admin = _with_db(stack_env["SOURCE_DATABASE_URL"], "postgres")
+    admin = with_db(stack_env["SOURCE_DATABASE_URL"], "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{dagster_db}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{dagster_db}"')
@@ -40,7 +40,7 @@ def running_daemon(
         **os.environ,
         **stack_env,
         "DAGSTER_HOME": str(home),
-        "DAGSTER_POSTGRES_URL": _with_db(stack_env["SOURCE_DATABASE_URL"], dagster_db),
+        "DAGSTER_POSTGRES_URL": with_db(stack_env["SOURCE_DATABASE_URL"], dagster_db),
         "SOURCE_DATABASE_URL": source_url,
         "EXPORT_BUCKET": bucket,
         "EXPORT_PREFIX": f"e2e-{uuid.uuid4().hex[:8]}",

@@ -18,7 +18,7 @@ import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
 
 from export_pipelines.core.storage.s3 import MultipartSink, UploadedPart, make_s3_client
-from export_pipelines_tests.s3_fault_proxy import (
+from export_pipelines_tests.support.s3_fault_proxy import (
     S3FaultProxy,
     all_of,
     complete_200_error,

@@ -1,5 +1,5 @@
 # ruff: noqa: RUF001 - the ambiguous characters are the point of this table
-"""`type_zoo`: one table holding every PostgreSQL type of the README's type contract, with the
+"""`type_zoo`: one table holding every PostgreSQL type of the type contract (docs/formats.md), with the
 values that break exporters, spread over several tenants.
 
 Every column cycles through its own list of SQL literals (lists have different lengths, so rows

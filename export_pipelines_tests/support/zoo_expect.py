@@ -17,8 +17,8 @@ from export_pipelines.core.engine.exporter import run_export
 from export_pipelines.core.engine.manifest import clear_success_marker, finalize_export
 from export_pipelines.core.engine.plan import plan_export
 from export_pipelines.core.requests.request import build_request
-from export_pipelines_tests import type_zoo
-from export_pipelines_tests.readback import get_bytes, read_manifest
+from export_pipelines_tests.support import type_zoo
+from export_pipelines_tests.support.readback import get_bytes, read_manifest
 
 EXCEL_CELL_UNITS = 32_767
 

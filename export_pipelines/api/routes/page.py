@@ -1,4 +1,4 @@
-"""`GET /exports`: the tenants' web page (README "The exports page") — static HTML, CSS and plain
+"""`GET /exports`: the tenants' web page (docs/api.md) — static HTML, CSS and plain
 JavaScript from export_pipelines/api/static/, no build step and no framework. The page talks to
 the same /v1 API with the key the user signs in with (kept in sessionStorage)."""
 

@@ -288,6 +288,7 @@ def post_json(
 
 
 def signed_headers(secret: str, body: bytes, timestamp: str | None = None) -> dict[str, str]:
-    """The DESIGN 3.6 signature: X-Export-Signature = sha256=<hex HMAC(secret, timestamp.body)>."""
+    """The signature receivers check (docs/requests.md):
+    X-Export-Signature = sha256=<hex HMAC(secret, timestamp.body)>."""
     timestamp = timestamp or str(int(time.time()))
     return {SIGNATURE_HEADER: sign(secret, timestamp, body), TIMESTAMP_HEADER: timestamp}

@@ -1,4 +1,4 @@
-"""Where a webhook may go: the check half of the webhook client (issue 12: findings 5, 6).
+"""Where a webhook may go: the check half of the webhook client (docs/security.md).
 
 `check_target` resolves the host once (every address it resolves to) and refuses the URL unless each
 address is a public internet address (`ipaddress`'s `is_global`, and none of loopback, private,

@@ -77,7 +77,7 @@ def build_manifest(plan: ExportPlan, outcome: ExportOutcome) -> dict[str, Any]:
                 "name": c.name,
                 "postgres_type": c.pg_type,
                 "output_type": outcome.output_types.get(c.name, "text"),
-                # The README's type contract for this column in this format, including what is
+                # The type contract (docs/formats.md) for this column in this format, including what is
                 # written for values the format cannot hold as they are.
                 **describe(c, req.format),
             }

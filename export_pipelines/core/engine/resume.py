@@ -1,5 +1,5 @@
 """Resuming an export from its checkpoint: keep the complete files, continue the open upload
-where a format allows it (README "Crashes and resume"), restart the rest; and abandoning the
+where a format allows it (docs/operations.md), restart the rest; and abandoning the
 open uploads of an export that will not be retried."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The catalog: the only tables, columns and filters an export may touch (README "The catalog")."""
+"""The catalog: the only tables, columns and filters an export may touch (docs/requests.md)."""
 
 from __future__ import annotations
 

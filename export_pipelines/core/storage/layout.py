@@ -1,10 +1,10 @@
 """Where an export's objects live and what they are called: one folder per tenant/resource/export id
-(README "Output layout"), and the names a browser saves the files under.
+(docs/formats.md), and the names a browser saves the files under.
 
 The folder is the trust boundary for objects: whatever deletes, lists or presigns derives it from
 (prefix, tenant, resource, export id) with `ExportLocation` and refuses a key outside it
-(`owns` / `require_own`); no key is ever taken from a column a tenant can write (README "Trust
-boundary").
+(`owns` / `require_own`); no key is ever taken from a column a tenant can write
+(docs/security.md).
 """
 
 from __future__ import annotations

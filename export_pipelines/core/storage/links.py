@@ -1,5 +1,5 @@
 """Presigned download links: bounded by what the signing credentials allow, and only for objects of
-the export's own folder (README "Link expiry and hygiene", "Trust boundary").
+the export's own folder (docs/operations.md, docs/security.md).
 
 A SigV4 presigned URL stops working when its `X-Amz-Expires` runs out (at most 7 days) *or* when the
 credentials that signed it expire, whichever comes first. With temporary credentials (an assumed

@@ -5,7 +5,7 @@
   durably uploaded, so a retry resumes (core/engine/checkpoints.py).
 - `export_deliveries`: notifications waiting to be sent, sent, or given up (core/delivery/delivery_store.py).
 - `export_limits`: the per-tenant caps the insert trigger enforces (written by `migrate`).
-- the role `export_app`: what apps may do with export_requests (README "Trust boundary").
+- the role `export_app`: what apps may do with export_requests (docs/security.md).
 
 Each statement may run again (IF NOT EXISTS, DROP CONSTRAINT IF EXISTS + ADD, CREATE OR REPLACE,
 guarded role creation), so migrating an up-to-date database changes nothing.
@@ -118,7 +118,7 @@ CREATE TABLE IF NOT EXISTS public.export_deliveries (
     event            text NOT NULL,             -- export.succeeded | export.failed | export.canceled
     channel          text NOT NULL CHECK (channel IN ('webhook', 'email')),
     target           text NOT NULL,             -- the webhook URL or the email address
-    payload          jsonb NOT NULL,            -- the webhook body (README "Notifications")
+    payload          jsonb NOT NULL,            -- the webhook body (docs/requests.md)
     email_subject    text,
     email_body       text,
     status           text NOT NULL DEFAULT 'pending'
@@ -146,7 +146,7 @@ DEFAULT_TENANT_MAX_ACTIVE = 5
 # its own ("EX"), so apps can tell it from every PostgreSQL error and answer HTTP 429.
 TENANT_CAP_SQLSTATE = "EX429"
 APP_ROLE = "export_app"
-# The columns an app may write; everything else is the service's (DESIGN §3.3).
+# The columns an app may write; everything else is the service's (docs/security.md).
 APP_INSERT_COLUMNS = (
     "tenant_id",
     "resource",
@@ -272,7 +272,7 @@ CREATE TABLE IF NOT EXISTS public.export_api_keys (
     last_used_at  timestamptz,
     CONSTRAINT export_api_keys_tenant_check CHECK (is_operator OR tenant_id IS NOT NULL)
 );
--- Written by the API only (DESIGN §3.3: the service's columns).
+-- Written by the API only (the service's columns, docs/security.md).
 ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS cancel_requested_at timestamptz;
 ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS idempotency_fingerprint text;
 ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS link_expiry_hours int;
@@ -286,8 +286,8 @@ CREATE INDEX IF NOT EXISTS export_requests_cancel_idx
     WHERE cancel_requested_at IS NOT NULL AND status IN ('queued', 'running');
 """
 
-# Tenants' default notify targets (README "Monthly exports delivered"): used by monthly partitions'
-# rows and by requests without targets of their own (DESIGN §3.6).
+# Tenants' default notify targets (docs/data-team.md): used by monthly partitions'
+# rows and by requests without targets of their own.
 TENANT_SETTINGS_TABLE = f"""
 CREATE TABLE IF NOT EXISTS public.export_tenant_settings (
     tenant_id    text PRIMARY KEY,

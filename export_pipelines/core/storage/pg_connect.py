@@ -1,6 +1,6 @@
 """The one way the project opens a connection to the source database (export queries, the stores,
 the migration, tenant lookups): the URL is checked before libpq sees it, and no error that leaves
-here quotes the password (README "Configuration").
+here quotes the password (docs/configuration.md).
 
 No project imports, so every module (migrations included) can use it without an import cycle.
 """

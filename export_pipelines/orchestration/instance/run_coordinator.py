@@ -1,4 +1,4 @@
-"""The run queue with one tagging rule for every door (issue 14, item 4).
+"""The run queue with one tagging rule for every door (docs/operations.md).
 
 Dagster's `QueuedRunCoordinator` limits runs per unique value of the `tenant` tag, but only runs
 that carry the tag: the request sensor and the schedule set it, the launchpad, `dagster job

@@ -1,5 +1,5 @@
 """The data team's monthly path: which partitions to (re-)run, checked, and ONE Dagster backfill of
-exactly those (issue 14, item 5). Never an empty partition list: `dagster job backfill` reads an
+exactly those (docs/data-team.md). Never an empty partition list: `dagster job backfill` reads an
 empty `--partitions` as "every partition"."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 # No `from __future__ import annotations` here: Dagster reads the asset's annotations at runtime.
 """`monthly_tenant_export_job`: the monthly dumps as ONE partitioned asset, `monthly_export`,
-tenant x month, whose runs may cover several partitions (issue 14, item 3).
+tenant x month, whose runs may cover several partitions (docs/data-team.md).
 
 Why an asset: Dagster keeps a partitioned asset's status per partition from the materializations
 and the runs that planned them, whatever run covered it, so a run that exports 25 tenants still

@@ -3,7 +3,7 @@ export_files → finalize → notify do for one partition, as one function, so a
 several tenants one after another and keep each one's outcome apart.
 
 Same semantics as the one-partition graph: keys idempotent per partition (export id = the month),
-the month's request row (README "Monthly dumps are exports of their tenant"), checkpoints (a retry
+the month's request row (docs/data-team.md), checkpoints (a retry
 continues the cut and the parts of an earlier attempt), notification through the delivery table.
 A failure is final for that tenant only: its row failed, the tenant told, its open uploads
 aborted; the caller goes on with the next tenant.
@@ -41,7 +41,7 @@ class MonthlyConfig(dg.Config):
     """What every partition of a monthly run exports (tenant and month come from the partition)."""
 
     resource: str
-    # csv | csv_excel | jsonl | json | parquet | xlsx (README "Formats"); default EXPORT_MONTHLY_FORMAT.
+    # csv | csv_excel | jsonl | json | parquet | xlsx (docs/formats.md); default EXPORT_MONTHLY_FORMAT.
     format: str = "csv"
     compression: str | None = None
     columns: list[str] | None = None

@@ -1,7 +1,7 @@
 """Webhook (HMAC-signed, retried) and email (SMTP) against real local receivers.
 
 The receivers listen on 127.0.0.1, so every send here runs with allow_private (what
-EXPORT_WEBHOOK_ALLOW_PRIVATE=1 sets): by default loopback targets are refused (issue 12, finding 5).
+EXPORT_WEBHOOK_ALLOW_PRIVATE=1 sets): by default loopback targets are refused.
 The export job records its notifications; one tick of the delivery sensor sends them.
 """
 
@@ -26,7 +26,7 @@ from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.resources import Notifier
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines.settings import Settings
-from export_pipelines_tests.conftest import WEBHOOK_SECRET
+from export_pipelines_tests.support.services import WEBHOOK_SECRET
 
 # Retries at once, so one sensor tick shows the whole retry sequence.
 NO_WAIT = DeliveryPolicy(base_delay_seconds=0.0, max_attempts=4)

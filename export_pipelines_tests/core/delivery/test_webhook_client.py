@@ -1,4 +1,4 @@
-"""The webhook client refuses internal targets and cannot be steered or held (issue 12: findings 5, 6, 16).
+"""The webhook client refuses internal targets and cannot be steered or held (docs/security.md).
 
 No database, no S3, no internet: receivers are local HTTP servers on 127.0.0.1 / ::1 run in threads, and
 "public" names reach them only through an injected resolver (with allow_private) or an injected connector

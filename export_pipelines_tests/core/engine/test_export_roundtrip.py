@@ -18,7 +18,7 @@ from export_pipelines.core.engine.manifest import clear_success_marker, finalize
 from export_pipelines.core.engine.plan import plan_export
 from export_pipelines.core.requests.request import build_request
 from export_pipelines.core.storage.s3 import make_s3_client, open_uploads
-from export_pipelines_tests.readback import csv_rows, get_bytes, parquet_table, read_manifest
+from export_pipelines_tests.support.readback import csv_rows, get_bytes, parquet_table, read_manifest
 
 BIG = "t-big"
 TEXT_COLUMNS = [
@@ -82,7 +82,7 @@ def test_csv_roundtrip_big_tenant_value_for_value(catalog, source_url, s3_client
 
 def test_csv_gzip_matches_psql_copy_bytes(catalog, source_url, s3_client, bucket, prefix, pg):
     _, _, _, manifest, _ = export(catalog, source_url, s3_client, bucket, prefix, tenant_id="t-001")
-    from export_pipelines_tests.readback import csv_text
+    from export_pipelines_tests.support.readback import csv_text
 
     (text,) = csv_text(s3_client, bucket, manifest)
     cur = pg.cursor()

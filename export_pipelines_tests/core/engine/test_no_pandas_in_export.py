@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from export_pipelines_tests.zoo_expect import export
+from export_pipelines_tests.support.zoo_expect import export
 
 FORMATS = ["csv", "csv_excel", "jsonl", "json", "parquet", "xlsx", "pdf"]
 

@@ -22,7 +22,7 @@ from export_pipelines.core.engine.plan import plan_export
 from export_pipelines.core.requests.request import build_request
 from export_pipelines.core.results import ExportOutcome
 from export_pipelines.core.storage.s3 import open_uploads
-from export_pipelines_tests.readback import read_manifest
+from export_pipelines_tests.support.readback import read_manifest
 
 BIG = "t-big"
 PART = 5 << 20  # the S3 minimum: the most parts per file

@@ -18,7 +18,7 @@ from export_pipelines.core.engine.manifest import clear_success_marker, finalize
 from export_pipelines.core.engine.plan import plan_export
 from export_pipelines.core.requests.request import build_request
 from export_pipelines.core.storage.s3 import make_s3_client, open_uploads
-from export_pipelines_tests.s3_fault_proxy import (
+from export_pipelines_tests.support.s3_fault_proxy import (
     S3FaultProxy,
     complete_200_error,
     delay,

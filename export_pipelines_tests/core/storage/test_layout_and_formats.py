@@ -84,7 +84,7 @@ def test_delete_prefix_deletes_more_than_one_batch(s3_client: Any, bucket: str, 
     assert delete_prefix(s3_client, bucket, folder) == 1
     with pytest.raises(ValueError, match="must end with '/'"):
         delete_prefix(s3_client, bucket, folder[:-1])
-    # Only an export's folder: never a tenant's, the exports prefix or the bucket (issue 12).
+    # Only an export's folder: never a tenant's, the exports prefix or the bucket.
     for wide in (f"{prefix}/", f"{prefix}/tenant=t-001/", f"{prefix}/tenant=t-001/orders/"):
         with pytest.raises(ValueError, match="is not an export folder"):
             delete_prefix(s3_client, bucket, wide)

@@ -1,4 +1,4 @@
-"""Issue 14 item 3: one run of monthly_tenant_export_job exports several tenant x month partitions
+"""One run of monthly_tenant_export_job exports several tenant x month partitions
 (a range, as Dagster's backfills cut them under the asset's BackfillPolicy), and each partition
 keeps its own outcome: bytes, request row, materialization, failed status, re-run alone."""
 
@@ -13,7 +13,7 @@ from export_pipelines.orchestration.instance.run_coordinator import export_tags
 from export_pipelines.orchestration.monthly.backfills import failed_partitions
 from export_pipelines.orchestration.monthly.monthly_asset import MONTHLY_ASSET_KEY, monthly_job_with
 from export_pipelines.settings import Settings
-from export_pipelines_tests.readback import csv_rows, read_manifest
+from export_pipelines_tests.support.readback import csv_rows, read_manifest
 
 MONTH = "2024-05-01"
 # In the order the tenants partitions get them: a range from the first to the last covers all.
@@ -106,7 +106,7 @@ def test_batch_run_isolates_a_failing_tenant_and_reruns_one_alone(
 
 def test_run_tags_of_a_batch():
     """What the per-tenant cap sees: a one-tenant range keeps its tenant; a range over several
-    tenants gets one value of its own (DESIGN: a batch never runs two exports of one tenant)."""
+    tenants gets one value of its own (a batch never runs two exports of one tenant)."""
     config = {"ops": {"monthly_export": {"config": {"resource": "orders", "format": "csv"}}}}
     one = export_tags(
         {

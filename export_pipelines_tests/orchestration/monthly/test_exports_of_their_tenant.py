@@ -1,4 +1,4 @@
-"""Monthly partitions delivered as exports of their tenant (issue 13 item 4): one request row per
+"""Monthly partitions delivered as exports of their tenant: one request row per
 (tenant, resource, month), listed by the API, notified to the tenant's default targets, updated by
 re-runs, never refused by the tenant's cap; the tenant-notify CLI and /v1/notify-settings."""
 
@@ -23,7 +23,7 @@ from export_pipelines.core.requests.tenant_settings import TenantSettingsStore
 from export_pipelines.orchestration.monthly.monthly_asset import monthly_job_with
 from export_pipelines.orchestration.sensors import record_run_failure
 from export_pipelines.settings import Settings
-from export_pipelines_tests.api_helpers import api_settings, auth, key_for, migrate_api, serve
+from export_pipelines_tests.support.api_helpers import api_settings, auth, key_for, migrate_api, serve
 
 HOOK = "https://hooks.example.com/monthly-dumps"
 

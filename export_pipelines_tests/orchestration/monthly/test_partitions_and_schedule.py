@@ -13,13 +13,11 @@ from export_pipelines.orchestration.monthly.monthly_asset import monthly_job_wit
 from export_pipelines.orchestration.monthly.partitions import previous_month, tenant_partitions_sensor
 from export_pipelines.orchestration.resources import ExportSettings
 from export_pipelines.settings import Settings
-from export_pipelines_tests.conftest import code_location
-from export_pipelines_tests.readback import csv_rows, read_manifest
+from export_pipelines_tests.support.readback import csv_rows, read_manifest
+from export_pipelines_tests.support.services import ENTERPRISE, code_location
 
 CODE_LOCATION = code_location()
 monthly_enterprise_export_schedule = CODE_LOCATION["monthly_enterprise_export_schedule"]
-
-ENTERPRISE = ["t-005", "t-010", "t-015", "t-020", "t-big"]  # plan = 'enterprise' in the demo data
 
 
 def test_previous_month():

@@ -1,6 +1,6 @@
 """CSV, `excel` profile (format `csv_excel`): a file that double-clicks into Excel safely.
 
-What it changes against plain CSV (README, "CSV excel profile"):
+What it changes against plain CSV (docs/formats.md):
 - a UTF-8 byte order mark, so Excel reads UTF-8;
 - CRLF between records (line breaks inside quoted values stay as they are);
 - formula injection neutralised: a text value starting with `=`, `+`, `-`, `@`, tab or CR gets

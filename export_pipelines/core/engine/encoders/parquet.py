@@ -4,7 +4,7 @@ numeric(p,s) with p <= 38 becomes a Parquet decimal(p,s); numeric without a prec
 string (never a float); json/jsonb are JSON text. A Parquet file cannot be restarted mid-file,
 so the file, not the part, is its unit of restart.
 
-Values Parquet or ADBC cannot carry as they are (README type contract): intervals and
+Values Parquet or ADBC cannot carry as they are (the type contract, docs/formats.md): intervals and
 unconstrained numerics are rendered as text by PostgreSQL; NaN in a decimal column becomes
 null; ±infinity timestamps and dates, which ADBC wraps around to garbage, become DuckDB's
 infinity values (±(2^63-1) µs, ±(2^31-1) days). Those fixes run only on a batch that needs them.

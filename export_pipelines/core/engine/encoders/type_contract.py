@@ -1,8 +1,8 @@
-"""The type contract: how each PostgreSQL type is written in each format (README table, manifest).
+"""The type contract: how each PostgreSQL type is written in each format (docs/formats.md, the manifest).
 
 One row per type family. `special` lists, per format, the values that format cannot hold as
 they are and what is written instead; the manifest repeats the row of every exported column, so
-a reader knows the rule without reading this file. The README table is generated from
+a reader knows the rule without reading this file. The docs/formats.md table is generated from
 `contract_markdown()` and a test keeps the two identical.
 """
 
@@ -53,7 +53,7 @@ PDF_MANY_LINES = f"more than {PDF_MAX_CELL_LINES} wrapped lines"
 @dataclass(frozen=True)
 class TypeRule:
     family: str  # category() value
-    postgres: str  # how the README names the types
+    postgres: str  # how docs/formats.md names the types
     csv: str
     csv_excel: str
     json: str
@@ -385,7 +385,7 @@ def describe(col: ColumnInfo, fmt: str) -> dict[str, object]:
 
 
 def contract_markdown() -> str:
-    """The README's type-contract table."""
+    """The type-contract table of docs/formats.md."""
 
     def cell(text: str) -> str:
         return text.replace("|", "\\|")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from export_pipelines_tests import type_zoo
-from export_pipelines_tests.zoo_expect import NUMBERS, export, file_bytes
+from export_pipelines_tests.support import type_zoo
+from export_pipelines_tests.support.zoo_expect import NUMBERS, export, file_bytes
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[4]
 READERS_PY = ROOT / ".venv-readers" / "bin" / "python"
 # On CI the customer readers must be there (scripts/test_readers.sh, test_tools.sh): a missing one fails, never skips.
 ON_CI = os.environ.get("CI") == "true"

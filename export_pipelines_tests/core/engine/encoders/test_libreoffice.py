@@ -22,8 +22,8 @@ from typing import Any
 import openpyxl
 import pytest
 
-from export_pipelines_tests import type_zoo
-from export_pipelines_tests.zoo_expect import (
+from export_pipelines_tests.support import type_zoo
+from export_pipelines_tests.support.zoo_expect import (
     excel_csv_value,
     excel_cut,
     export,

@@ -17,13 +17,13 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from export_pipelines_tests import type_zoo
-from export_pipelines_tests.core.test_type_contract import (
-    _json_timestamp,
-    _parquet_value,
+from export_pipelines_tests.core.engine.encoders.test_type_contract import (
+    json_timestamp,
     parquet_expected,
+    parquet_value,
 )
-from export_pipelines_tests.zoo_expect import (
+from export_pipelines_tests.support import type_zoo
+from export_pipelines_tests.support.zoo_expect import (
     NUMBERS,
     excel_csv_value,
     excel_unescape,
@@ -33,7 +33,7 @@ from export_pipelines_tests.zoo_expect import (
     xlsx_expected,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[4]
 READERS_PY = ROOT / ".venv-readers" / "bin" / "python"
 # On CI the customer readers must be there (scripts/test_readers.sh, test_tools.sh): a missing one fails, never skips.
 ON_CI = os.environ.get("CI") == "true"
@@ -161,7 +161,7 @@ def check_json(got: dict[str, Any], rows: list[dict[str, Any]]) -> None:
             elif col == "c_boolean":
                 assert value is row["c_boolean:py"], (col, row["id"])
             elif col in ("c_timestamp", "c_timestamptz"):
-                assert value == _json_timestamp(text), (col, row["id"], value)
+                assert value == json_timestamp(text), (col, row["id"], value)
             elif col in ("c_jsonb", "c_json"):
                 # Nested numbers are JSON numbers as stored: pandas reads them as doubles
                 # (12345678901234567890.5 -> 1.2345678901234567e19), as the contract says.
@@ -220,7 +220,7 @@ def check_parquet(got: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     for col in type_zoo.COLUMNS:
         array = table.column(col)
         for i, row in enumerate(rows):
-            have, want = _parquet_value(col, array, i), parquet_expected(row, col)
+            have, want = parquet_value(col, array, i), parquet_expected(row, col)
             if isinstance(want, float) and math.isnan(want):
                 assert isinstance(have, float) and math.isnan(have), (col, row["id"])
             elif isinstance(want, float):

@@ -13,8 +13,8 @@ import pytest
 from export_pipelines.core.engine.plan import plan_export
 from export_pipelines.core.errors import InvalidRequest
 from export_pipelines.core.requests.request import build_request
-from export_pipelines_tests import type_zoo
-from export_pipelines_tests.zoo_expect import export, file_bytes, pg_text
+from export_pipelines_tests.support import type_zoo
+from export_pipelines_tests.support.zoo_expect import export, file_bytes, pg_text
 
 # On CI the customer readers must be there (scripts/test_readers.sh, test_tools.sh): a missing one fails, never skips.
 ON_CI = os.environ.get("CI") == "true"

@@ -18,9 +18,9 @@ from export_pipelines.core.engine.manifest import finalize_export
 from export_pipelines.core.engine.plan import plan_export
 from export_pipelines.core.requests.request import build_request
 from export_pipelines.core.storage.s3 import open_uploads
-from export_pipelines_tests.core.test_resume import Crash, file_hashes, run
-from export_pipelines_tests.readback import get_bytes, read_manifest
-from export_pipelines_tests.zoo_expect import export, file_bytes
+from export_pipelines_tests.core.engine.test_resume import Crash, file_hashes, run
+from export_pipelines_tests.support.readback import get_bytes, read_manifest
+from export_pipelines_tests.support.zoo_expect import export, file_bytes
 
 TENANT = "t-001"  # a small demo tenant (6,707 orders in the test data: 14 files)
 ROWS_PER_FILE = 500

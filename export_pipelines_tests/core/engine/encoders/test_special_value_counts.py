@@ -1,4 +1,4 @@
-"""Issue 15 item 3: the manifest counts, per file and column, the values that took a special
+"""The manifest counts, per file and column, the values that took a special
 encoding (`files[].special_values`), under the keys of the column's rule (`columns[].special_values`).
 
 Expectations are computed here from PostgreSQL's own text of each value (`zoo_expect.load_pg_rows`)
@@ -22,8 +22,8 @@ from export_pipelines.core.engine.manifest import clear_success_marker, finalize
 from export_pipelines.core.engine.plan import plan_export
 from export_pipelines.core.requests.catalog import parse_catalog
 from export_pipelines.core.requests.request import build_request
-from export_pipelines_tests.readback import read_manifest
-from export_pipelines_tests.zoo_expect import excel_number_is_exact, export, pg_text
+from export_pipelines_tests.support.readback import read_manifest
+from export_pipelines_tests.support.zoo_expect import excel_number_is_exact, export, pg_text
 
 FORMATS = ("csv", "csv_excel", "jsonl", "json", "parquet", "xlsx", "pdf")
 TENANT = "z-2"
@@ -105,7 +105,7 @@ def rows_of_file(rows: list[dict[str, Any]], f: dict[str, Any]) -> list[dict[str
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_finding_15_3_manifest_counts_special_values_per_file_and_column(
+def test_manifest_counts_special_values_per_file_and_column(
     fmt, zoo, pg_rows, source_url, s3_client, bucket, prefix
 ):
     rows = pg_rows[TENANT]
@@ -146,9 +146,7 @@ def test_finding_15_3_manifest_counts_special_values_per_file_and_column(
         assert total["c_text"][tc.PDF_LONG_TEXT] == 2 and total["c_bytea"][tc.PDF_LONG_TEXT] > 0
 
 
-def test_finding_15_3_export_without_special_columns_counts_nothing(
-    zoo, source_url, s3_client, bucket, prefix
-):
+def test_export_without_special_columns_counts_nothing(zoo, source_url, s3_client, bucket, prefix):
     columns = ["id", "tenant_id", "c_integer", "c_boolean", "c_uuid"]
     manifest = export(zoo, source_url, s3_client, bucket, prefix, tenant_id=TENANT, columns=columns)
     assert all(c["special_values"] == {} for c in manifest["columns"])
@@ -244,7 +242,7 @@ def _run(catalog, source_url, client, bucket, prefix, export_id, store=None, cra
     ],
     ids=["csv-excel-mid-file", "jsonl-files", "parquet-files"],
 )
-def test_finding_15_3_resumed_file_counts_equal_an_uninterrupted_run(
+def test_resumed_file_counts_equal_an_uninterrupted_run(
     kwargs, big_catalog, source_url, s3_client, bucket, prefix, checkpoints
 ):
     clean = _run(big_catalog, source_url, s3_client, bucket, prefix, "clean", **kwargs)

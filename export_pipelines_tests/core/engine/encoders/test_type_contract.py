@@ -25,9 +25,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from export_pipelines.core.engine.encoders.type_contract import contract_markdown
-from export_pipelines_tests import type_zoo
-from export_pipelines_tests.readback import csv_rows, get_bytes
-from export_pipelines_tests.zoo_expect import (
+from export_pipelines_tests.support import type_zoo
+from export_pipelines_tests.support.readback import csv_rows, get_bytes
+from export_pipelines_tests.support.zoo_expect import (
     NUMBERS,
     excel_csv_value,
     excel_unescape,
@@ -37,7 +37,7 @@ from export_pipelines_tests.zoo_expect import (
     xlsx_expected,
 )
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[4] / "README.md"
 INT64_MAX, INT32_MAX = 2**63 - 1, 2**31 - 1
 EXCEL_CELL_UNITS = 32_767
 
@@ -126,7 +126,7 @@ def _json_loads(text: str) -> Any:
     return json.loads(text, parse_float=Decimal, parse_int=Decimal, object_pairs_hook=list)
 
 
-def _json_timestamp(text: str) -> str:
+def json_timestamp(text: str) -> str:
     """PostgreSQL's JSON style for a timestamp text: 'T' between date and time, +00 as +00:00."""
     if text in ("infinity", "-infinity"):
         return text
@@ -151,7 +151,7 @@ def json_expected(row: dict[str, Any], col: str) -> Any:
     if col == "c_boolean":
         return py
     if col in ("c_timestamp", "c_timestamptz"):
-        return _json_timestamp(text)
+        return json_timestamp(text)
     if col in ("c_jsonb", "c_json"):
         return _json_loads(text)
     if col in ("c_int_array", "c_text_array"):
@@ -228,7 +228,7 @@ def parquet_expected(row: dict[str, Any], col: str) -> Any:
     return text  # text, numeric as exact text, interval ISO 8601, json as written, enum
 
 
-def _parquet_value(col: str, array: pa.ChunkedArray, i: int) -> Any:
+def parquet_value(col: str, array: pa.ChunkedArray, i: int) -> Any:
     scalar = array[i]
     if not scalar.is_valid:
         return None
@@ -260,7 +260,7 @@ def test_parquet(zoo, pg_rows, source_url, s3_client, bucket, prefix):
         for col in type_zoo.COLUMNS:
             array = table.column(col)
             for i, row in enumerate(rows):
-                got, want = _parquet_value(col, array, i), parquet_expected(row, col)
+                got, want = parquet_value(col, array, i), parquet_expected(row, col)
                 if isinstance(want, float) and math.isnan(want):
                     assert isinstance(got, float) and math.isnan(got), (col, row["id"])
                 elif isinstance(want, float):
