@@ -25,6 +25,12 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*; touch "$stamp"
 fi
 
+# The wheel holds the runtime package only: the development tooling (export_pipelines_dev) and the
+# tests come from the checkout, which goes on the venv's path (python -m export_pipelines_dev,
+# bench/, from any directory).
+site="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+echo "$root" >"$site/export_pipelines_checkout.pth"
+
 echo "==> starting local PostgreSQL and S3 (python -m export_pipelines_dev stack)"
 .venv/bin/python -m export_pipelines_dev stack start
 
