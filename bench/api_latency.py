@@ -4,7 +4,7 @@
     python bench/api_latency.py [--clients 50] [--requests 1000] [--streams 100] [--stream-seconds 20]
                                 [--rate 400] [--workers 1]
 
-Starts `export-pipelines serve` (python -m export_pipelines.api.cli serve) as a child process on a
+Starts `export-pipelines serve` (python -m export_pipelines.cli serve) as a child process on a
 database of its own (exports_bench_api, created and migrated here), then measures with httpx:
 0. POST /v1/exports from one client, one after another (the unloaded latency).
 1. POST /v1/exports: `--requests` creates from `--clients` concurrent clients, each with its own
@@ -31,8 +31,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from export_pipelines.core.api_keys import ApiKeyStore
-from export_pipelines.core.migrations import migrate
+from export_pipelines.core.requests.api_keys import ApiKeyStore
+from export_pipelines.core.storage.migrations import migrate
 
 BENCH_DB = "exports_bench_api"
 
@@ -358,7 +358,7 @@ def main() -> int:
         [
             sys.executable,
             "-m",
-            "export_pipelines.api.cli",
+            "export_pipelines.cli",
             "serve",
             "--port",
             str(port),

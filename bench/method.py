@@ -15,12 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from export_pipelines.core.catalog import load_catalog
-from export_pipelines.core.exporter import run_export
-from export_pipelines.core.manifest import clear_success_marker, finalize_export
-from export_pipelines.core.plan import plan_export
-from export_pipelines.core.request import build_request
-from export_pipelines.core.s3 import make_s3_client
+from export_pipelines.core.engine.exporter import run_export
+from export_pipelines.core.engine.manifest import clear_success_marker, finalize_export
+from export_pipelines.core.engine.plan import plan_export
+from export_pipelines.core.requests.catalog import load_catalog
+from export_pipelines.core.requests.request import build_request
+from export_pipelines.core.storage.s3 import make_s3_client
 from export_pipelines.settings import Settings
 
 COLUMNS = ["id", "tenant_id", "created_at", "status", "amount", "currency", "customer_email", "note", "attrs"]

@@ -21,8 +21,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from export_pipelines_dev import local_stack
 from export_pipelines_dev.demo_data import BIG_TENANT
+from export_pipelines_dev.local_stack import api as local_stack
 
 HERE = Path(__file__).resolve().parent
 IDLE = "idle: waiting on a lock, queue or future"

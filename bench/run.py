@@ -32,10 +32,11 @@ from pathlib import Path
 
 import psycopg
 
-from export_pipelines.core.s3 import make_s3_client
+from export_pipelines.core.storage.s3 import make_s3_client
 from export_pipelines.settings import Settings
-from export_pipelines_dev import local_stack
 from export_pipelines_dev.demo_data import BIG_TENANT, DemoSize, load_demo_data
+from export_pipelines_dev.local_stack import api as local_stack
+from export_pipelines_dev.local_stack.postgres import pg_bin
 
 HERE = Path(__file__).resolve().parent
 BENCH_DB = "exports_bench"
@@ -158,7 +159,7 @@ def run_method(method: str, env: dict[str, str], prefix: str) -> Sample:
     bucket = env["EXPORT_BUCKET"]
     if method == "ref_csv":
         key = f"{prefix}/ref.csv.gz"
-        psql = local_stack.pg_bin("psql")
+        psql = pg_bin("psql")
         copy = (
             f"\\copy (SELECT {COLUMNS} FROM orders WHERE tenant_id = '{BIG_TENANT}' ORDER BY id) "
             "TO STDOUT (FORMAT csv, HEADER)"

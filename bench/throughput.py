@@ -1,4 +1,4 @@
-"""Throughput of many small exports (issue 14 item 3): today's set-up against the Celery one.
+"""Throughput of many small exports (docs/operations.md): today's set-up against the Celery one.
 
     source scripts/env.sh
     python bench/throughput.py                       # A and B, scenarios 1-4, N=100 for scenario 4
@@ -54,10 +54,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
-from export_pipelines.core.request_store import RequestStore  # noqa: E402
-from export_pipelines.core.s3 import make_s3_client  # noqa: E402
-from export_pipelines.orchestration.backfills import failed_partitions, launch_backfill  # noqa: E402
-from export_pipelines.orchestration.monthly_asset import MONTHLY_ASSET_KEY  # noqa: E402
+from export_pipelines.core.requests.request_store import RequestStore  # noqa: E402
+from export_pipelines.core.storage.s3 import make_s3_client  # noqa: E402
+from export_pipelines.orchestration.monthly.backfills import failed_partitions, launch_backfill  # noqa: E402
+from export_pipelines.orchestration.monthly.monthly_asset import MONTHLY_ASSET_KEY  # noqa: E402
 from export_pipelines_dev.demo_data import DemoSize, load_demo_data  # noqa: E402
 
 SRC_DB = "bench_tp_src"

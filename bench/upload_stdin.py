@@ -10,7 +10,7 @@ import sys
 
 from boto3.s3.transfer import TransferConfig
 
-from export_pipelines.core.s3 import make_s3_client
+from export_pipelines.core.storage.s3 import make_s3_client
 from export_pipelines.settings import Settings
 
 

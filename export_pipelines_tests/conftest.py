@@ -10,43 +10,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from export_pipelines.core.catalog import Catalog, load_catalog
-from export_pipelines.core.s3 import make_s3_client
+from export_pipelines.core.requests.catalog import Catalog, load_catalog
+from export_pipelines.core.storage.s3 import make_s3_client
 from export_pipelines.settings import Settings
-from export_pipelines_dev import local_stack
-from export_pipelines_dev.demo_data import DemoSize, load_demo_data
-
-
-def code_location(settings: Settings | None = None) -> dict[str, Any]:
-    """The code location's jobs, sensors and schedules by name, built from `settings` (default:
-    nothing set), without the resources: tests pass their own."""
-    from export_pipelines.orchestration.jobs import janitor_job, tenant_export_job
-    from export_pipelines.orchestration.monthly_asset import build_monthly_job
-    from export_pipelines.orchestration.schedules import build_monthly_schedule, janitor_schedule
-    from export_pipelines.orchestration.sensors import build_sensors
-
-    settings = settings or Settings()
-    _, monthly_job = build_monthly_job(settings)
-    defs = [
-        tenant_export_job,
-        monthly_job,
-        janitor_job,
-        build_monthly_schedule(monthly_job, settings.monthly_batch_size),
-        janitor_schedule,
-    ]
-    return {d.name: d for d in [*defs, *build_sensors(settings, monthly_job)]}
-
-
-# Each concurrent test session (e.g. parallel checkouts) can use its own database.
-TEST_DB = os.environ.get("EXPORT_TEST_DB", "exports_test")
-TEST_BUCKET = "exports-test"
-WEBHOOK_SECRET = "test-webhook-secret"
-# Big enough for the "at least 100,000 nasty rows" requirement, small enough for CI.
-TEST_SIZE = DemoSize(big_rows=120_000, small_rows=30_000, small_tenants=20)
-
-
-def _with_db(url: str, db: str) -> str:
-    return url.rsplit("/", 1)[0] + "/" + db
+from export_pipelines_dev.demo_data import load_demo_data
+from export_pipelines_dev.local_stack import api as local_stack
+from export_pipelines_tests.support.services import TEST_BUCKET, TEST_DB, TEST_SIZE, WEBHOOK_SECRET, with_db
 
 
 @pytest.fixture(scope="session")
@@ -58,12 +27,12 @@ def stack_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def source_url(stack_env: dict[str, str]) -> str:
-    admin = _with_db(stack_env["SOURCE_DATABASE_URL"], "postgres")
+    admin = with_db(stack_env["SOURCE_DATABASE_URL"], "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [TEST_DB]).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{TEST_DB}"')
-    url = _with_db(stack_env["SOURCE_DATABASE_URL"], TEST_DB)
+    url = with_db(stack_env["SOURCE_DATABASE_URL"], TEST_DB)
     with psycopg.connect(url, autocommit=True) as conn:
         have = conn.execute("SELECT to_regclass('public.orders') IS NOT NULL").fetchone()
         count = conn.execute("SELECT count(*) FROM public.orders").fetchone() if have and have[0] else None
@@ -127,7 +96,7 @@ def dagster_resources(source_url, s3_client, bucket, prefix, stack_env) -> dict[
 
 @pytest.fixture
 def store(source_url):
-    from export_pipelines.core.request_store import RequestStore
+    from export_pipelines.core.requests.request_store import RequestStore
 
     with RequestStore(source_url).migrate_once() as s:
         # Notifications left by earlier tests would reach this test's receivers.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A Redis server as the Celery broker and result backend, for the tests and the demo of running on
-# several machines (README "Running on several machines"). In production use a managed Redis.
+# several machines (docs/operations.md). In production use a managed Redis.
 #
 #   scripts/broker.sh start     # prints DAGSTER_CELERY_BROKER_URL / _BACKEND_URL export lines
 #   scripts/broker.sh stop | url | status

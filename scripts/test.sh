@@ -12,6 +12,8 @@ cd "$root"
 echo "==> ruff"
 ruff check .
 ruff format --check .
+echo "==> import contracts (pyproject.toml [tool.importlinter])"
+lint-imports
 echo "==> docs (mkdocs build --strict)"
 site="$(mktemp -d)"
 # Not --quiet: it hides the warnings that --strict turns into a failure.

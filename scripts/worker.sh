@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start a Celery worker host for deploy/celery/dagster.yaml (README "Running on several machines").
+# Start a Celery worker host for deploy/celery/dagster.yaml (docs/operations.md).
 # Runs in the foreground (exec): run it under systemd, supervisord or a container runtime, and stop
 # it with SIGTERM, which waits for the runs in progress (a warm shutdown).
 #
@@ -35,7 +35,7 @@ celery="$root/.venv/bin/celery"
 # -n NAME@%h: every node needs its own name (hosts on one machine share %h), and the launcher's
 # liveness check finds a run's host by it. --disable-prefetch (Redis broker): a busy host reserves
 # no runs that another host could start now.
-exec "$celery" -A export_pipelines.orchestration.celery_app worker \
+exec "$celery" -A export_pipelines.orchestration.instance.celery_app worker \
   -Q dagster -n "$name@%h" --concurrency="$concurrency" \
   --prefetch-multiplier=1 --disable-prefetch \
   --loglevel INFO

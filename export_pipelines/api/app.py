@@ -1,14 +1,14 @@
-"""`create_app(settings)`: the export API (DESIGN §3.7, README "Export API") — the FastAPI app,
-its error answers and the request log, wired to one router per job:
+"""`create_app(settings)`: the export API (docs/api.md) — the FastAPI app,
+its error answers and the request log, wired to one router per resource (routes/):
 
-health.py (/healthz, /readyz) · create.py (POST /v1/exports, idempotency) · exports.py (status
-document, list) · files.py (files, /files/{n}, manifest) · events.py (SSE, and its token) ·
-cancel.py (cancel, delete) · resources.py (GET /v1/resources, the catalog) · page.py (the /exports
-web page). auth.py is who is calling, stream_tokens.py the event-stream tokens; status.py the
-status document; service.py the shared state.
+health.py (/healthz, /readyz) · create.py (POST /v1/exports) · exports.py (status document, list)
+· files.py (files, /files/{n}, manifest) · events.py (SSE, and its token) · cancel.py (cancel,
+delete) · catalog.py (GET /v1/resources) · settings.py (/v1/notify-settings) · page.py (the
+/exports web page). auth.py is who is calling, stream_tokens.py the event-stream tokens; status.py
+the status document; service.py the shared state; db.py the connection pool.
 
-Thin on purpose: every handler is a few short statements on export_requests (through a small
-connection pool) or a presign; nothing here imports Dagster or launches a run. Handlers are plain
+Thin on purpose: every handler is a call or two of core's stores on a connection lent from a small
+pool, or a presign; no SQL text here, nothing imports Dagster or launches a run. Handlers are plain
 `def` functions, run in Starlette's thread pool; the SSE stream is the one async handler.
 """
 
@@ -25,28 +25,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from export_pipelines.api import (
-    cancel,
-    create,
-    events,
-    exports,
-    files,
-    health,
-    page,
-    resources,
-    settings_routes,
-)
 from export_pipelines.api.auth import RequestLog
 from export_pipelines.api.db import ConnectionPool
-from export_pipelines.api.errors import ApiError, error_response
+from export_pipelines.api.errors import ApiError, error_response, export_error_response
+from export_pipelines.api.routes import cancel, catalog, create, events, exports, files, health, page
+from export_pipelines.api.routes import settings as notify_settings
 from export_pipelines.api.service import ExportApi
-
-# The fair queue's position SQL lives with the status document; re-exported for its tests.
-from export_pipelines.api.status import QUEUE_POSITION_REFERENCE_SQL, QUEUE_POSITION_SQL
-from export_pipelines.core.errors import ExportError, Rejected
+from export_pipelines.core.errors import ExportError
 from export_pipelines.settings import Settings
-
-__all__ = ["QUEUE_POSITION_REFERENCE_SQL", "QUEUE_POSITION_SQL", "app_from_env", "create_app"]
 
 log = logging.getLogger("export_pipelines.api")
 
@@ -74,14 +60,14 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
     app.add_middleware(RequestLog)
     add_error_handlers(app)
     # The order of the original single module, so /openapi.json lists the paths as before.
-    for module in (health, create, exports, files, events, cancel, resources, settings_routes):
+    for module in (health, create, exports, files, events, cancel, catalog, notify_settings):
         app.include_router(module.router(api))
     app.include_router(page.router())
     return app
 
 
 def add_error_handlers(app: FastAPI) -> None:
-    """Every error answers `{"error": {"code", "message", "field"?}}` (DESIGN §3.7)."""
+    """Every error answers `{"error": {"code", "message", "field"?}}` (docs/api.md)."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -112,8 +98,9 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ExportError)
     async def _export_error(request: Request, exc: ExportError) -> JSONResponse:
-        if isinstance(exc, Rejected):
-            return error_response(422, "invalid_request", str(exc), exc.field)
+        answer = export_error_response(exc)
+        if answer is not None:
+            return answer
         log.warning("service error: %s", exc)
         return error_response(503, exc.code if exc.code != "internal" else "unavailable", str(exc))
 

@@ -1,6 +1,6 @@
 """Who is calling: bearer API keys (a tenant key, or an operator key acting for a tenant), the
 tenant scope every handler applies, and the one request-log line that names the key and, for
-operator keys, the tenant they acted for (DESIGN §3.7).
+operator keys, the tenant they acted for (docs/api.md).
 
 (No `from __future__ import annotations`: FastAPI resolves the dependency's annotations.)"""
 
@@ -13,7 +13,7 @@ import psycopg
 from fastapi import Depends, Header, Query, Request
 
 from export_pipelines.api.errors import ApiError, not_found
-from export_pipelines.core.api_keys import ApiKey, lookup_key
+from export_pipelines.core.requests.api_keys import ApiKey, ApiKeyStore
 
 log = logging.getLogger("export_pipelines.api")
 
@@ -33,7 +33,7 @@ class Principal:
 
     def resolve(self, conn: psycopg.Connection[Any]) -> "Principal":
         if self._key is None:
-            key = lookup_key(conn, self.token)
+            key = ApiKeyStore.on(conn).authenticate(self.token)
             if key is None:
                 raise ApiError(
                     401,
@@ -44,9 +44,21 @@ class Principal:
             if self.acting_for is not None and not key.is_operator and self.acting_for != key.tenant_id:
                 # A tenant key names its tenant already; another tenant's exports do not exist for it.
                 raise not_found("tenant")
-            self._key = key
-            self.request.state.principal = self
+            self.authenticated(key)
         return self
+
+    def authenticated(self, key: ApiKey, acting_for: str | None = None) -> "Principal":
+        """Who is calling, now that `key` vouched for it (for an operator key, acting for
+        `acting_for` when given); the request log names them."""
+        if acting_for is not None:
+            self.acting_for = acting_for
+        self._key = key
+        self.request.state.principal = self
+        return self
+
+    @property
+    def resolved(self) -> bool:
+        return self._key is not None
 
     @property
     def key(self) -> ApiKey:

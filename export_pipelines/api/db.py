@@ -1,7 +1,8 @@
 """A small pool of autocommit PostgreSQL connections for the API's worker threads.
 
-Each request borrows one connection for a few short statements; a connection that broke is
-dropped, not returned. (psycopg_pool would do; this keeps the service's dependencies to FastAPI.)"""
+Each request borrows one connection and lends it to core's stores (`Store.on(conn)`) for a few
+short statements; a connection that broke is dropped, not returned. (psycopg_pool would do; this
+keeps the service's dependencies to FastAPI.)"""
 
 from __future__ import annotations
 
@@ -12,11 +13,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
-from psycopg.types.json import set_json_loads
 
 from export_pipelines.api.errors import ApiError
-from export_pipelines.core.request_row import _load_json
 
 # The API's statements are all short: a stuck one answers 503 rather than holding a thread.
 API_STATEMENT_TIMEOUT = "-c statement_timeout=5s -c lock_timeout=5s"
@@ -35,11 +33,9 @@ class ConnectionPool:
         conn = psycopg.connect(
             self.conninfo,
             autocommit=True,
-            row_factory=dict_row,
             options=API_STATEMENT_TIMEOUT,
             connect_timeout=5,
         )
-        set_json_loads(_load_json, conn)
         conn.execute("SET TimeZone = 'UTC'")
         return conn
 

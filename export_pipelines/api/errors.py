@@ -1,15 +1,21 @@
 """Error answers of the API: `{"error": {"code", "message", "field"?}}` with stable codes
-(DESIGN §3.7), and the one place that maps database errors to HTTP."""
+(docs/api.md), and the HTTP answer for each of the project's errors (what a database refusal means
+is core/storage/pg_errors.py's to say)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import psycopg
 from fastapi.responses import JSONResponse
 
-# The SQLSTATE of the per-tenant cap trigger (core.migrations.TENANT_CAP_SQLSTATE).
-TENANT_CAP_SQLSTATE = "EX429"
+from export_pipelines.core.errors import (
+    ExportError,
+    IdempotencyConflict,
+    IdempotencyInFlight,
+    Rejected,
+    TooManyActive,
+)
+
 # How long a client told 429 should wait before it tries again (Retry-After, seconds): about the
 # time a small export takes, so a polite client is not turned away twice.
 CAP_RETRY_AFTER_SECONDS = 30
@@ -53,19 +59,22 @@ def not_found(what: str = "export") -> ApiError:
     return ApiError(404, "not_found", f"no such {what}")
 
 
-def insert_error(exc: psycopg.Error) -> ApiError | None:
-    """The API answer for a database error raised by inserting a request, or None (a real fault).
+def export_error_response(exc: ExportError) -> JSONResponse | None:
+    """The answer to a project error a handler let through; None for a service fault (503).
 
-    Over the tenant's cap of active exports, the insert trigger raises SQLSTATE EX429 with a
-    message naming the cap: that is 429 + Retry-After (DESIGN §3.3, §3.7)."""
-    if exc.sqlstate == TENANT_CAP_SQLSTATE:
-        message = (exc.diag.message_primary or "too many active exports").strip()
-        return ApiError(
+    Over the tenant's cap of active exports: 429 + Retry-After, with the message naming the cap. An
+    idempotency key used for another body: 422; its first request still being created: 409."""
+    if isinstance(exc, TooManyActive):
+        return error_response(
             429,
             "too_many_active_exports",
-            message,
+            exc.reason,
             headers={"Retry-After": str(CAP_RETRY_AFTER_SECONDS)},
         )
-    if exc.sqlstate == "23514":  # check_violation: a size CHECK of the trust boundary
-        return ApiError(422, "invalid_request", f"the request is too large: {exc.diag.message_primary}")
+    if isinstance(exc, IdempotencyConflict):
+        return error_response(422, "idempotency_conflict", str(exc), exc.field)
+    if isinstance(exc, IdempotencyInFlight):
+        return error_response(409, "idempotency_in_flight", str(exc), exc.field, {"Retry-After": "1"})
+    if isinstance(exc, Rejected):
+        return error_response(422, "invalid_request", str(exc), exc.field)
     return None

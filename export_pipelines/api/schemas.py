@@ -103,7 +103,7 @@ class Health(BaseModel):
     checks: dict[str, str] = {}
 
 
-# The POST /v1/exports body, as documented (DESIGN §3.7). The handler validates with the same
+# The POST /v1/exports body, as documented (docs/api.md). The handler validates with the same
 # functions the request sensor uses, so messages match the sensor's; this is the documentation.
 CREATE_BODY_SCHEMA: dict[str, Any] = {
     "type": "object",

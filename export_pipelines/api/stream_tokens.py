@@ -28,7 +28,7 @@ from fastapi import Request
 
 from export_pipelines.api.auth import Principal
 from export_pipelines.api.errors import ApiError, not_found
-from export_pipelines.core.api_keys import ApiKey, hash_token
+from export_pipelines.core.requests.api_keys import ApiKeyStore, hash_token
 
 TOKEN_PREFIX = "est_"
 # Long enough to open the stream (and for EventSource's own reconnects after a dropped
@@ -94,7 +94,7 @@ class TokenPrincipal(Principal):
         self.export_id = export_id
 
     def resolve(self, conn: psycopg.Connection[Any]) -> Principal:
-        if self._key is not None:
+        if self.resolved:
             return self
         key_id, scope, export_id, expires, payload, signature = _claims(self.access_token)
         if expires < time.time():
@@ -102,15 +102,10 @@ class TokenPrincipal(Principal):
         if export_id != self.export_id:
             # A token opens only the stream it was made for; any other export does not exist for it.
             raise not_found()
-        row = conn.execute(
-            "SELECT * FROM export_api_keys WHERE id = %s AND revoked_at IS NULL", [key_id]
-        ).fetchone()
-        if row is None or not hmac.compare_digest(_signature(row["key_hash"], payload), signature):
+        live = ApiKeyStore.on(conn).live(key_id)
+        if live is None or not hmac.compare_digest(_signature(live[1], payload), signature):
             raise _invalid("not valid (wrong signature, or the key was revoked)")
-        key = ApiKey.from_row(row)
+        key = live[0]
         if not key.is_operator and scope != key.tenant_id:
             raise _invalid("not valid (wrong tenant)")
-        self.acting_for = scope
-        self._key = key
-        self.request.state.principal = self
-        return self
+        return self.authenticated(key, scope)

@@ -3,11 +3,19 @@
     ExportError                      anything the project raises on purpose
     ├── Rejected                     the input is wrong (a request field, a webhook target): never retried
     │   ├── InvalidRequest           a request field; `.field` names it, the message lists what is allowed
-    │   └── InvalidWebhook           a notification target
+    │   │   └── TooManyActive        the tenant already has its cap of active exports
+    │   ├── InvalidWebhook           a notification target
+    │   ├── RequestTooLarge          a request over the sizes the database accepts
+    │   └── IdempotencyConflict      an idempotency key already used for another request
     ├── ConfigurationError           the deployment is wrong (catalog, bucket, credentials): never retried
     │   ├── CatalogError             the catalog file itself
     │   └── S3ConfigurationError     S3 refused us for a reason retrying cannot fix
     └── TransientError               worth another attempt (the source or S3 briefly unavailable)
+        ├── SourceTimeout            the source database cancelled a statement
+        └── IdempotencyInFlight      the first request with this idempotency key is still being made
+
+What a database refusal means (a SQLSTATE) is decided once, in core/storage/pg_errors.py; the API
+only chooses the HTTP answer for each class.
 
 Callers catch the root or the one class they mean. `Rejected` also subclasses ValueError and
 `ConfigurationError` RuntimeError, as the classes they replace did.
@@ -19,7 +27,7 @@ from __future__ import annotations
 class ExportError(Exception):
     """Root of every error the project raises on purpose."""
 
-    code = "internal"  # the stable code tenants read (DESIGN §3.3)
+    code = "internal"  # the stable code tenants read (docs/requests.md)
 
 
 class Rejected(ExportError, ValueError):
@@ -44,6 +52,26 @@ class InvalidWebhook(Rejected):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, "webhook_url")
+
+
+class TooManyActive(InvalidRequest):
+    """The tenant already has as many active (pending, queued, running) exports as it may: worth
+    trying again once one has finished. `reason` is the database's message without the field."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("tenant_id", reason)
+        self.reason = reason
+
+
+class RequestTooLarge(Rejected):
+    """A request over the sizes the database accepts (filters, columns, notify targets, tenant id)."""
+
+
+class IdempotencyConflict(Rejected):
+    """The idempotency key was used before, for another request of the tenant."""
+
+    def __init__(self) -> None:
+        super().__init__("Idempotency-Key: already used with a different request body", "Idempotency-Key")
 
 
 class ConfigurationError(ExportError, RuntimeError):
@@ -72,6 +100,14 @@ class SourceTimeout(TransientError):
     """The source database cancelled a statement (statement_timeout)."""
 
     code = "source_timeout"
+
+
+class IdempotencyInFlight(TransientError):
+    """The first request with this idempotency key is still being created: retry in a moment."""
+
+    def __init__(self) -> None:
+        super().__init__("a request with this Idempotency-Key is still being created; retry in a moment")
+        self.field = "Idempotency-Key"
 
 
 # What tenants read (the request row's `error_code` and `error`, the webhook's `error`): a short,

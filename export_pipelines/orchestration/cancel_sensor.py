@@ -1,7 +1,7 @@
 """Cancels asked for through the export API (`cancel_requested_at` on the row) carried out through
 Dagster: a queued run is canceled in the queue, a started one is terminated by the run launcher;
 once the run is canceled the row becomes `canceled`, the requester is told (`export.canceled`) and
-the export's open uploads are aborted. The API itself never touches Dagster (README "Export API")."""
+the export's open uploads are aborted. The API itself never touches Dagster (docs/api.md)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from typing import Any
 
 import dagster as dg
 
-from export_pipelines.core.delivery import CANCELED
+from export_pipelines.core.delivery.notices import CANCELED
 from export_pipelines.core.errors import tenant_message
-from export_pipelines.core.layout import ExportLocation
-from export_pipelines.core.request_row import StoredRequest
+from export_pipelines.core.requests.request_row import StoredRequest
+from export_pipelines.orchestration import tags
+from export_pipelines.orchestration.notify_op import abort_uploads_logged, notify_row
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
-from export_pipelines.orchestration.run_coordinator import RANGE_END_TAG, RANGE_START_TAG
-from export_pipelines.orchestration.sensors import abort_uploads_logged, latest_run, notify_row
+from export_pipelines.orchestration.sensors import latest_run
 from export_pipelines.settings import Settings
 
 NOT_STARTED = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED)
@@ -29,9 +29,8 @@ def carry_out_cancels(
     log: Any,
 ) -> int:
     """One pass over the rows with a cancel request; returns how many rows became `canceled`."""
-    store = source.requests()
     canceled = 0
-    for row in store.cancel_requested():
+    for row in source.queue().cancel_requested():
         run = latest_run(instance, row)
         if run is not None and serves_several(run) and not run.is_finished:
             # A monthly run of several tenants: stopping it would stop the others' exports too.
@@ -54,7 +53,7 @@ def carry_out_cancels(
 
 def serves_several(run: dg.DagsterRun) -> bool:
     """A run of a range of monthly partitions over more than one tenant (run_coordinator.py)."""
-    start, end = run.tags.get(RANGE_START_TAG, ""), run.tags.get(RANGE_END_TAG, "")
+    start, end = run.tags.get(tags.RANGE_START, ""), run.tags.get(tags.RANGE_END, "")
     return bool(start) and start.split("|", 1)[-1] != end.split("|", 1)[-1]
 
 
@@ -71,8 +70,7 @@ def resolve_canceled(
         return False
     notify_row(source, log, row, CANCELED, tenant_message("canceled"))
     if s3 is not None and export_settings is not None:
-        location = ExportLocation(export_settings.prefix, row.tenant_id, row.resource, row.folder_export_id)
-        abort_uploads_logged(s3, export_settings, source, location.folder, log)
+        abort_uploads_logged(s3, export_settings, source, row.location(export_settings.prefix).folder, log)
     return True
 
 

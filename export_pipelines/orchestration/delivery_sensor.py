@@ -1,13 +1,13 @@
 # No `from __future__ import annotations` here: Dagster reads the sensor's annotations at runtime.
 """The delivery sensor: sends the notifications runs recorded in export_deliveries (webhook,
-email), off the runs' slots, with retries and a bounded time per tick (core.delivery.DeliveryPolicy:
+email), off the runs' slots, with retries and a bounded time per tick (core.delivery.drain.DeliveryPolicy:
 at most about 20 s of sending per tick, each attempt within its own budget)."""
 
 import dataclasses
 
 import dagster as dg
 
-from export_pipelines.core.delivery import Channels, DeliveryPolicy, drain_deliveries
+from export_pipelines.core.delivery.drain import Channels, DeliveryPolicy, drain_deliveries
 from export_pipelines.orchestration.resources import Notifier, SourceDatabase
 from export_pipelines.settings import Settings
 

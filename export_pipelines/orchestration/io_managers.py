@@ -14,7 +14,7 @@ from typing import Any
 import dagster as dg
 from dagster_aws.s3 import S3PickleIOManager, S3Resource
 
-from export_pipelines.core.janitor import RUN_OBJECTS_FOLDER
+from export_pipelines.core.engine.janitor import RUN_OBJECTS_FOLDER
 from export_pipelines.settings import Settings
 
 IO_MANAGERS = ("fs", "s3")

@@ -1,5 +1,5 @@
-"""Jobs: the one export graph as the ad-hoc job; the janitor. (The tenant x month job is the
-monthly_export asset's: monthly_asset.py.)"""
+"""Jobs: the one export graph as the ad-hoc job; the janitor and its daily schedule. (The tenant x
+month job is the monthly_export asset's: monthly/monthly_asset.py.)"""
 
 from __future__ import annotations
 
@@ -57,3 +57,13 @@ tenant_export_job = export_graph.to_job(
 @dg.job(description="Daily hygiene: expire old exports, abort abandoned multipart uploads.")
 def janitor_job() -> None:
     clean_up_exports()
+
+
+janitor_schedule = dg.ScheduleDefinition(
+    name="janitor_schedule",
+    job=janitor_job,
+    cron_schedule="0 3 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Daily at 03:00 UTC: expire old exports and abort abandoned multipart uploads.",
+)

@@ -1,23 +1,20 @@
 # No `from __future__ import annotations` here: Dagster reads these annotations at runtime.
-"""The export graph's last op: mark the request row succeeded, then record the notifications
-(webhook, email) for the delivery sensor. It never sends: a receiver that hangs must not hold the
-run's slot (issue 12, finding 16)."""
+"""An export's outcome on its row and to its requester: the export graph's last op (row succeeded,
+then the notifications recorded for the delivery sensor), the notices of a row that ended without
+files (failed, canceled), and aborting a dead export's open uploads. Nothing here sends: a receiver
+that hangs must not hold the run's slot, nor a sensor's tick (docs/architecture.md)."""
 
 from typing import Any
 
 import dagster as dg
 
-from export_pipelines.core.delivery import (
-    SUCCEEDED,
-    download_url,
-    enqueue_notification,
-    ready_email_body,
-    webhook_payload,
-)
-from export_pipelines.core.manifest import FinalizedExport
-from export_pipelines.core.request_row import is_request_id
+from export_pipelines.core.delivery import notices
+from export_pipelines.core.engine.resume import abandon_open_uploads
+from export_pipelines.core.requests.request_row import StoredRequest, is_request_id
+from export_pipelines.core.requests.tenant_settings import targets as tenant_targets
+from export_pipelines.core.results import FinalizedExport
 from export_pipelines.orchestration.ops import RunPlan
-from export_pipelines.orchestration.resources import SourceDatabase
+from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
 
 
 @dg.op(tags={"kind": "notify"})
@@ -41,35 +38,69 @@ def record_success(log: Any, source: SourceDatabase, run_plan: RunPlan, done: Fi
             rows=done.rows,
             bytes_written=done.bytes,
             manifest_key=done.manifest_key,
-            download_url=download_url(done),
+            download_url=done.download_url,
             expires_at=done.expires_at,
         )
     if run_plan.webhook_url or run_plan.email:
-        payload = webhook_payload(
-            SUCCEEDED,
+        notice = notices.succeeded(
             # The id the API knows the export by (a monthly row's id, not its month).
             export_id=run_plan.request_id or req.export_id,
             tenant_id=req.tenant_id,
             resource=req.resource,
-            rows=done.rows,
-            bytes_written=done.bytes,
             done=done,
         )
         try:
-            enqueue_notification(
+            notices.enqueue(
                 source.deliveries(),
+                notice,
                 # An ad-hoc run's request_id may be any text: only a row id goes in the uuid column.
                 request_id=run_plan.request_id if is_request_id(run_plan.request_id or "") else None,
                 tenant_id=req.tenant_id,
-                event=SUCCEEDED,
-                payload=payload,
                 webhook_url=run_plan.webhook_url,
                 email=run_plan.email,
-                email_subject=f"Your {req.resource} export is ready",
-                email_body=ready_email_body(req.resource, done),
             )
         except Exception as exc:  # noqa: BLE001 - a notification never fails the export
             log.warning(f"notification not queued: {type(exc).__name__}: {exc}")
         else:
             log.info("notification queued for the delivery sensor")
     log.info(f"export ready: {done.rows} rows in {len(done.files)} file(s); manifest {done.manifest_key}")
+
+
+def notify_row(source: SourceDatabase, log: Any, row: StoredRequest, event: str, error: str) -> None:
+    """Record the notifications of a row that ended without files (failed, canceled); the delivery
+    sensor sends them, so a slow receiver never holds this sensor. Never raises."""
+    webhook_url, email = tenant_targets(source.conninfo, row.tenant_id, row.webhook_url, row.email)
+    if not (webhook_url or email):
+        return
+    try:
+        notice = notices.ended(
+            event,
+            export_id=row.id,
+            tenant_id=row.tenant_id,
+            resource=row.resource,
+            rows=row.rows_exported,
+            bytes_written=row.bytes_written,
+            error=error,
+        )
+        notices.enqueue(
+            source.deliveries(),
+            notice,
+            request_id=row.id,
+            tenant_id=row.tenant_id,
+            webhook_url=webhook_url,
+            email=email,
+        )
+    except Exception as exc:  # noqa: BLE001 - a notification never undoes the row's new state
+        log.warning(f"notification for request {row.id} not sent: {type(exc).__name__}: {exc}")
+
+
+def abort_uploads_logged(
+    s3: ExportS3, export_settings: ExportSettings, source: SourceDatabase, folder: str, log: Any
+) -> None:
+    try:
+        aborted = abandon_open_uploads(s3.get_client(), export_settings.bucket, folder, source.checkpoints())
+    except Exception as exc:  # noqa: BLE001 - S3 down or a wrong key: the janitor aborts them later
+        log.warning(f"could not abort the open uploads under {folder}: {type(exc).__name__}: {exc}")
+        return
+    if aborted:
+        log.info(f"aborted {aborted} open upload(s) under {folder}")

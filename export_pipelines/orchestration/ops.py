@@ -15,8 +15,12 @@ from typing import Any
 
 import dagster as dg
 
-from export_pipelines.core.catalog import Catalog
-from export_pipelines.core.checkpoints import CheckpointStore
+from export_pipelines.core.engine.checkpoints import CheckpointStore
+from export_pipelines.core.engine.exporter import run_export
+from export_pipelines.core.engine.janitor import run_janitor
+from export_pipelines.core.engine.manifest import clear_success_marker, finalize_export
+from export_pipelines.core.engine.plan import ExportPlan, plan_export
+from export_pipelines.core.engine.resume import abandon_open_uploads
 from export_pipelines.core.errors import (
     ExportError,
     InvalidRequest,
@@ -25,16 +29,12 @@ from export_pipelines.core.errors import (
     error_code,
     tenant_message,
 )
-from export_pipelines.core.exporter import run_export
-from export_pipelines.core.janitor import run_janitor
-from export_pipelines.core.manifest import FinalizedExport, clear_success_marker, finalize_export
-from export_pipelines.core.plan import ExportPlan, plan_export
-from export_pipelines.core.request import ExportRequest, build_request, check_notify
-from export_pipelines.core.request_store import RequestStore
-from export_pipelines.core.results import ExportOutcome, ExportProgress
-from export_pipelines.core.resume import abandon_open_uploads
-from export_pipelines.core.tenant_settings import targets as tenant_targets
-from export_pipelines.core.tenants import require_tenant
+from export_pipelines.core.requests.catalog import Catalog
+from export_pipelines.core.requests.request import ExportRequest, build_request, check_notify
+from export_pipelines.core.requests.request_store import RequestStore
+from export_pipelines.core.requests.tenant_settings import targets as tenant_targets
+from export_pipelines.core.requests.tenants import require_tenant
+from export_pipelines.core.results import ExportOutcome, ExportProgress, FinalizedExport
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
 
@@ -104,7 +104,7 @@ class ExportConfig(dg.Config):
 
     tenant_id: str
     resource: str
-    # csv | csv_excel (the CSV excel profile) | jsonl | json | parquet | xlsx; see README "Formats".
+    # csv | csv_excel (the CSV excel profile) | jsonl | json | parquet | xlsx; see docs/formats.md.
     format: str = "csv"
     # Per format (default first): csv, jsonl, json: gzip | zstd | none; csv_excel: none | gzip | zstd;
     # parquet: zstd | snappy | none; xlsx: none.

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from export_pipelines.core.errors import ExportError
-from export_pipelines.core.request_row import StoredRequest, check_request_fields
-from export_pipelines.core.tenants import existing_tenants, unknown_tenant
+from export_pipelines.core.requests.request_row import StoredRequest, check_request_fields
+from export_pipelines.core.requests.tenants import existing_tenants, unknown_tenant
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.resources import ExportSettings, Notifier, SourceDatabase
 from export_pipelines.orchestration.run_config import export_run_config
@@ -74,12 +74,12 @@ def claim_pending_requests(
     pending_only: bool = False,
 ) -> list[ClaimedRequest]:
     """Rows to start now, fair across tenants and at most EXPORT_TENANT_STARTS_PER_MINUTE per
-    tenant (RequestStore.to_launch), each claimed (pending/queued → queued) before it is returned:
+    tenant (RequestQueue.to_launch), each claimed (pending/queued → queued) before it is returned:
     a row another door claimed first is skipped. A row that is invalid, or names no tenant, is
     failed now (invalid_request) and never picked again. `pending_only` leaves queued rows whose
     run never started to the sensor, whose run-key check makes re-requesting them safe."""
-    store = source.requests()
-    rows = store.to_launch(starts_per_minute=export_settings.tenant_starts_per_minute)
+    store, queue = source.requests(), source.queue()
+    rows = queue.to_launch(starts_per_minute=export_settings.tenant_starts_per_minute)
     if pending_only:
         rows = [r for r in rows if r.status == "pending"]
     if not rows:
@@ -103,7 +103,7 @@ def claim_pending_requests(
         except Exception as exc:  # noqa: BLE001 - one bad row must never stop the others
             store.mark_invalid(row.id, row.attempt, f"invalid request: {type(exc).__name__}: {exc}"[:500])
             continue
-        if not store.claim(row):
+        if not queue.claim(row):
             continue  # the other door took it (or the tenant canceled it) since it was read
         run_tags = {tags.TENANT: row.tenant_id, tags.REQUEST_ID: row.id, tags.ATTEMPT: str(row.attempt)}
         claimed.append(ClaimedRequest(row, request_run_config(row), run_tags))

@@ -14,14 +14,15 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
-from export_pipelines.core.catalog import Catalog, load_catalog
-from export_pipelines.core.checkpoints import CheckpointStore
-from export_pipelines.core.delivery import Channels
-from export_pipelines.core.delivery_store import DeliveryStore
+from export_pipelines.core.delivery.delivery_store import DeliveryStore
+from export_pipelines.core.delivery.drain import Channels
+from export_pipelines.core.delivery.webhook_target import parse_allowlist
+from export_pipelines.core.engine.checkpoints import CheckpointStore
 from export_pipelines.core.formats import DEFAULT_PDF_MAX_ROWS
-from export_pipelines.core.notify import parse_allowlist
-from export_pipelines.core.request_store import DEFAULT_STARTS_PER_MINUTE, RequestStore
-from export_pipelines.core.s3 import make_s3_client
+from export_pipelines.core.requests.catalog import Catalog, load_catalog
+from export_pipelines.core.requests.queue import DEFAULT_STARTS_PER_MINUTE, RequestQueue
+from export_pipelines.core.requests.request_store import RequestStore
+from export_pipelines.core.storage.s3 import make_s3_client
 from export_pipelines.settings import Settings
 
 # (database url, cap) pairs this process has written to export_limits.
@@ -56,6 +57,10 @@ class SourceDatabase(dg.ConfigurableResource):
                     _caps_written.add(key)
             self._requests = store
         return self._requests
+
+    def queue(self) -> RequestQueue:
+        """The fair queue, on the request store's connection."""
+        return RequestQueue.on(self.requests().conn)
 
     def checkpoints(self) -> CheckpointStore:
         if self._checkpoints is None:

@@ -1,6 +1,7 @@
 # No `from __future__ import annotations` here: Dagster reads the sensors' annotations at runtime.
-"""Sensors: export_requests rows → runs; tenants table → partitions; failed runs → request rows;
-the reaper: rows whose runs were canceled or no longer exist → canceled / failed.
+"""Sensors: export_requests rows → runs; failed runs → request rows; the reaper: rows whose runs
+were canceled or no longer exist → canceled / failed. (The tenants table → partitions sensor is the
+monthly dumps': monthly/partitions.py.)
 
 The request, failure and reaper sensors tick every settings.sensor_interval_seconds, so they are
 built by `build_sensors(settings, monthly_job)` when the definitions are built.
@@ -12,18 +13,15 @@ from typing import Any
 
 import dagster as dg
 
-from export_pipelines.core.delivery import CANCELED, FAILED, enqueue_notification, webhook_payload
+from export_pipelines.core.delivery.notices import CANCELED, FAILED
 from export_pipelines.core.errors import error_code_of_class_names, tenant_message
-from export_pipelines.core.layout import ExportLocation
-from export_pipelines.core.request_row import StoredRequest
-from export_pipelines.core.request_store import RequestStore
-from export_pipelines.core.resume import abandon_open_uploads
-from export_pipelines.core.tenant_settings import targets as tenant_targets
-from export_pipelines.core.tenants import list_tenants
+from export_pipelines.core.requests.request_row import StoredRequest
+from export_pipelines.core.requests.request_store import RequestStore
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.jobs import tenant_export_job
+from export_pipelines.orchestration.monthly.partitions import tenant_partitions_sensor
+from export_pipelines.orchestration.notify_op import abort_uploads_logged, notify_row
 from export_pipelines.orchestration.ops import ERROR_CODE_KEY, TENANT_ERROR_KEY
-from export_pipelines.orchestration.partitions import TENANT_PARTITIONS, TENANT_PARTITIONS_NAME, partitionable
 from export_pipelines.orchestration.request_intake import REQUEST_SENSOR_NAME, claim_pending_requests
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, Notifier, SourceDatabase
 from export_pipelines.settings import Settings
@@ -50,27 +48,6 @@ def launch_pending_requests(
     claimed = claim_pending_requests(source, export_settings, notifier, context.log)
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=c.run_key, run_config=c.run_config, tags=c.tags) for c in claimed]
-    )
-
-
-@dg.sensor(
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Keeps the 'tenants' dynamic partitions in sync with the catalog's tenants table.",
-)
-def tenant_partitions_sensor(
-    context: dg.SensorEvaluationContext, source: SourceDatabase, export_settings: ExportSettings
-) -> dg.SensorResult:
-    wanted = set()
-    for tenant in list_tenants(source.conninfo, export_settings.catalog()):
-        if partitionable(tenant):
-            wanted.add(tenant)
-        else:
-            context.log.warning(f"tenant {tenant!r} skipped: its id cannot be a partition key")
-    have = set(context.instance.get_dynamic_partitions(TENANT_PARTITIONS_NAME))
-    missing = sorted(wanted - have)
-    return dg.SensorResult(
-        dynamic_partitions_requests=[TENANT_PARTITIONS.build_add_request(missing)] if missing else []
     )
 
 
@@ -227,11 +204,7 @@ def record_run_failure(
         return
     # The folder from (prefix, tenant, resource, export id), never from a row's column; a run
     # without a row (monthly) has the folder count_rows derived the same way in its tag.
-    folder = (
-        ExportLocation(export_settings.prefix, row.tenant_id, row.resource, row.folder_export_id).folder
-        if row is not None
-        else run.tags.get(tags.FOLDER)
-    )
+    folder = row.location(export_settings.prefix).folder if row is not None else run.tags.get(tags.FOLDER)
     if folder:
         abort_uploads_logged(s3, export_settings, source, folder, log)
 
@@ -243,51 +216,6 @@ def own_row(store: RequestStore, run: dg.DagsterRun) -> StoredRequest | None:
     if row is None or row.tenant_id != run.tags.get(tags.TENANT, row.tenant_id):
         return None
     return row
-
-
-def notify_row(source: SourceDatabase, log: Any, row: StoredRequest, event: str, error: str) -> None:
-    """Record the notifications of a row that ended without files (failed, canceled); the delivery
-    sensor sends them, so a slow receiver never holds this sensor. Never raises."""
-    webhook_url, email = tenant_targets(source.conninfo, row.tenant_id, row.webhook_url, row.email)
-    if not (webhook_url or email):
-        return
-    try:
-        payload = webhook_payload(
-            FAILED,
-            export_id=row.id,
-            tenant_id=row.tenant_id,
-            resource=row.resource,
-            rows=row.rows_exported,
-            bytes_written=row.bytes_written,
-            error=error,
-        )
-        payload["event"] = event
-        verb = "was canceled" if event == CANCELED else "failed"
-        enqueue_notification(
-            source.deliveries(),
-            request_id=row.id,
-            tenant_id=row.tenant_id,
-            event=event,
-            payload=payload,
-            webhook_url=webhook_url,
-            email=email,
-            email_subject=f"Your {row.resource} export {verb}",
-            email_body=error,
-        )
-    except Exception as exc:  # noqa: BLE001 - a notification never undoes the row's new state
-        log.warning(f"notification for request {row.id} not sent: {type(exc).__name__}: {exc}")
-
-
-def abort_uploads_logged(
-    s3: ExportS3, export_settings: ExportSettings, source: SourceDatabase, folder: str, log: Any
-) -> None:
-    try:
-        aborted = abandon_open_uploads(s3.get_client(), export_settings.bucket, folder, source.checkpoints())
-    except Exception as exc:  # noqa: BLE001 - S3 down or a wrong key: the janitor aborts them later
-        log.warning(f"could not abort the open uploads under {folder}: {type(exc).__name__}: {exc}")
-        return
-    if aborted:
-        log.info(f"aborted {aborted} open upload(s) under {folder}")
 
 
 def latest_run(instance: dg.DagsterInstance, row: StoredRequest) -> dg.DagsterRun | None:
@@ -318,7 +246,7 @@ def reap_unfinished_requests(
     store = source.requests()
     resolved = 0
     now = time.time()
-    for row in store.unfinished(older_than_seconds=older_than_seconds):
+    for row in source.queue().unfinished(older_than_seconds=older_than_seconds):
         run = latest_run(instance, row)
         if run is None:
             if row.status != "running":
@@ -340,10 +268,9 @@ def reap_unfinished_requests(
         log.info(f"request {row.id}: {error} (run {run.run_id if run else 'gone'})")
         notify_row(source, log, row, event, error)
         if s3 is not None and export_settings is not None:
-            folder = ExportLocation(
-                export_settings.prefix, row.tenant_id, row.resource, row.folder_export_id
-            ).folder
-            abort_uploads_logged(s3, export_settings, source, folder, log)
+            abort_uploads_logged(
+                s3, export_settings, source, row.location(export_settings.prefix).folder, log
+            )
     return resolved
 
 

@@ -12,7 +12,6 @@ fallback when no submitter runs, never starts a second run of a row the submitte
 
 from __future__ import annotations
 
-import argparse
 import logging
 import threading
 from collections.abc import Iterator
@@ -27,8 +26,7 @@ from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
-from export_pipelines.core.migrations import PENDING_CHANNEL, migrate
-from export_pipelines.orchestration.backfills import WORKSPACE
+from export_pipelines.core.storage.migrations import PENDING_CHANNEL, migrate
 from export_pipelines.orchestration.request_intake import (
     REQUEST_SENSOR_NAME,
     ClaimedRequest,
@@ -143,44 +141,20 @@ class RequestSubmitter:
 
 
 @contextmanager
-def request_submitter(settings: Settings, workspace_file: Path) -> Iterator[RequestSubmitter]:
+def request_submitter(
+    settings: Settings, workspace_file: Path, code_server_log_level: str = "INFO"
+) -> Iterator[RequestSubmitter]:
     """A submitter on the current Dagster instance (DAGSTER_HOME), with its own code server
-    for `workspace_file`, and the resources the definitions bind from settings."""
+    for `workspace_file` (logging at `code_server_log_level`), and the resources the definitions
+    bind from settings."""
     migrate(settings.require_source_database_url())  # the notify trigger, on a database nobody migrated yet
     with (
         DagsterInstance.get() as instance,
-        WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(workspace_file)])) as workspace,
+        WorkspaceProcessContext(
+            instance,
+            WorkspaceFileTarget(paths=[str(workspace_file)]),
+            code_server_log_level=code_server_log_level,
+        ) as workspace,
         build_resources(resources_from_settings(settings)) as resources,
     ):
         yield RequestSubmitter(instance, workspace, resources)
-
-
-def cmd_submitter(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings.from_env()
-    settings.require_source_database_url()
-    stop = threading.Event()
-    with request_submitter(settings, Path(args.workspace)) as submitter:
-        _LOG.info("listening on %s; sweeping every %.1f s", PENDING_CHANNEL, args.sweep_seconds)
-        try:
-            submitter.serve(settings.require_source_database_url(), stop, args.sweep_seconds)
-        except KeyboardInterrupt:
-            stop.set()
-    return 0
-
-
-def add_commands(sub: Any) -> None:
-    """`export-pipelines submitter`: run beside dagster-daemon (same DAGSTER_HOME and settings)."""
-    p = sub.add_parser(
-        "submitter",
-        help="start export requests' runs as their rows are inserted (LISTEN/NOTIFY), not at the "
-        "request sensor's next tick",
-    )
-    p.add_argument("-w", "--workspace", default=str(WORKSPACE), help="workspace.yaml of the code location")
-    p.add_argument(
-        "--sweep-seconds",
-        type=float,
-        default=DEFAULT_SWEEP_SECONDS,
-        help="also look for pending rows this often (rows over a tenant's start rate wait for this)",
-    )
-    p.set_defaults(func=cmd_submitter)

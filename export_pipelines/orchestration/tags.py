@@ -13,3 +13,9 @@ ATTEMPT = "export/attempt"
 FOLDER = "export/folder"
 # Dagster's own: set on a failed run once the daemon decided whether it will be retried.
 WILL_RETRY = "dagster/will_retry"
+# Dagster's own: a run's partition key (tenant x month keys read "YYYY-MM-01|tenant").
+PARTITION = "dagster/partition"
+# Dagster's own: the first and last partition of a run covering a range of partitions (a monthly
+# batch, a backfill under a BackfillPolicy).
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from export_pipelines.settings import Settings
-from export_pipelines_tests import type_zoo
-from export_pipelines_tests.zoo_expect import load_pg_rows
+from export_pipelines_tests.support import type_zoo
+from export_pipelines_tests.support.zoo_expect import load_pg_rows
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,120 @@
+"""`export-pipelines serve | api-key create|list|revoke`: the tenant HTTP API and its keys
+(docs/api.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from export_pipelines.cli.common import settings_or_exit, source_url_or_exit
+from export_pipelines.core.errors import ExportError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+def key_store() -> Any:
+    """The API key store on the source database, its tables migrated once."""
+    from export_pipelines.core.requests.api_keys import ApiKeyStore
+
+    return ApiKeyStore(source_url_or_exit()).migrate_once()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from export_pipelines.api.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = settings_or_exit()
+    try:
+        settings.require_source_database_url()
+        settings.require_bucket()
+        key_store().close()  # the tables exist (migrate once), as the sensor's first tick ensures
+        app = create_app(settings)
+    except ExportError as exc:
+        print(f"export-pipelines serve: {exc}", file=sys.stderr)
+        return 2
+    base = f"http://{args.host}:{args.port}"
+    print(f"export API on {base}  (docs: {base}/docs; the exports page: {base}/exports)", flush=True)
+    common = {
+        "host": args.host,
+        "port": args.port,
+        "access_log": False,  # the app logs each request itself, with the key and tenant
+        "log_level": args.log_level,
+        "timeout_graceful_shutdown": 5,
+    }
+    if args.workers > 1:
+        # Each worker process builds its own app (and pool) from the environment.
+        uvicorn.run("export_pipelines.api.app:app_from_env", factory=True, workers=args.workers, **common)
+    else:
+        uvicorn.run(app, **common)
+    return 0
+
+
+def cmd_key_create(args: argparse.Namespace) -> int:
+    if not args.tenant and not args.operator:
+        print("export-pipelines api-key create: --tenant T (or --operator)", file=sys.stderr)
+        return 2
+    with key_store() as store:
+        try:
+            token, key = store.create(args.tenant, args.name or "", operator=args.operator)
+        except ExportError as exc:
+            print(f"export-pipelines api-key create: {exc}", file=sys.stderr)
+            return 2
+    who = "operator (any tenant)" if key.is_operator else f"tenant {key.tenant_id}"
+    print(token)
+    print(f"key {key.id} ({key.key_prefix}…) for {who}; shown once, stored hashed", file=sys.stderr)
+    return 0
+
+
+def cmd_key_list(args: argparse.Namespace) -> int:
+    with key_store() as store:
+        keys = store.list(args.tenant, include_revoked=args.all)
+    print(f"{'id':>5}  {'prefix':<14} {'tenant':<20} {'name':<20} {'created':<17} {'last used':<17} state")
+    for k in keys:
+        state = "revoked" if k.revoked_at else ("operator" if k.is_operator else "active")
+        used = f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "-"
+        print(
+            f"{k.id:>5}  {k.key_prefix:<14} {k.tenant_id or '*':<20} {k.name[:20]:<20} "
+            f"{k.created_at:%Y-%m-%d %H:%M} {used:<17} {state}"
+        )
+    return 0
+
+
+def cmd_key_revoke(args: argparse.Namespace) -> int:
+    with key_store() as store:
+        n = store.revoke(args.key)
+    if not n:
+        print(f"no active key {args.key!r} (give its id or prefix from `api-key list`)", file=sys.stderr)
+        return 1
+    print(f"revoked {n} key(s)")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the export HTTP API (uvicorn)")
+    p.add_argument("--host", default=DEFAULT_HOST)
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--workers", type=int, default=1, help="uvicorn worker processes (one Python process uses one core)"
+    )
+    p.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("api-key", help="create, list or revoke API keys of the export API")
+    ksub = keys.add_subparsers(dest="key_command", required=True)
+    p = ksub.add_parser("create", help="a new key (printed once)")
+    p.add_argument("--tenant", help="the tenant the key acts for")
+    p.add_argument("--name", help="a label, e.g. the app using it")
+    p.add_argument("--operator", action="store_true", help="the data team's key: may act for any tenant")
+    p.set_defaults(func=cmd_key_create)
+    p = ksub.add_parser("list", help="keys (prefix, tenant, name, last use)")
+    p.add_argument("--tenant")
+    p.add_argument("--all", action="store_true", help="revoked keys too")
+    p.set_defaults(func=cmd_key_list)
+    p = ksub.add_parser("revoke", help="revoke a key by id or prefix")
+    p.add_argument("key")
+    p.set_defaults(func=cmd_key_revoke)

@@ -1,0 +1,171 @@
+"""Planning an export: validate against the live schema, fix the cut (row count and high-water
+mark) in one snapshot, and fingerprint what decides the bytes so a retry reuses only its own cut."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from export_pipelines.core.columns import ColumnInfo
+from export_pipelines.core.engine.checkpoints import CheckpointStore, Cut
+from export_pipelines.core.engine.query import ExportQuery, connect, introspect_columns
+from export_pipelines.core.errors import InvalidRequest
+from export_pipelines.core.formats import DEFAULT_PDF_MAX_ROWS
+from export_pipelines.core.requests.catalog import Catalog
+from export_pipelines.core.requests.request import S3_MAX_KEY_BYTES, ExportRequest
+from export_pipelines.core.storage.layout import ExportLocation
+
+# How many files one export may make: each is a multipart upload, a manifest entry and a presigned
+# link in the webhook. 10,000 is far above any real split, far below 10M objects for a big tenant.
+MAX_FILES_PER_EXPORT = 10_000
+# The longest name a file of the folder gets ("part-00001.parquet", "manifest.json", ...), with room.
+_LONGEST_FILE_NAME_BYTES = 32
+
+# Bump when an encoder's bytes change: old checkpoints are then not reused
+# (2: JSON bigint, numeric and floats as strings).
+CHECKPOINT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """What plan_export decided: the validated request, column types, the cut, the place."""
+
+    request: ExportRequest
+    types: dict[str, ColumnInfo]  # every catalog column of the resource
+    rows_total: int
+    high_water_mark: Any  # max key at plan time: rows with a larger key are out
+    location: ExportLocation
+    key_column: str
+    # When the first attempt planned the export (epoch seconds): a resumed PDF keeps its title.
+    planned_at: float = 0.0
+    fingerprint: str = ""  # what shapes the bytes: a checkpoint is reused only for the same one
+    resumed: bool = False  # the cut (and maybe files) came from an earlier attempt's checkpoint
+
+    @property
+    def columns(self) -> list[ColumnInfo]:
+        """The exported columns, in output order."""
+        return [self.types[c] for c in self.request.columns]
+
+    @property
+    def key_type(self) -> str:
+        return self.types[self.key_column].pg_type
+
+
+def request_fingerprint(request: ExportRequest, key_column: str, types: dict[str, ColumnInfo]) -> str:
+    """A digest of everything that decides an export's bytes (not its id or link expiry)."""
+    fields = {k: v for k, v in asdict(request).items() if k not in ("export_id", "link_expiry_hours")}
+    shape = {
+        "version": CHECKPOINT_VERSION,
+        "request": fields,
+        "key": key_column,
+        "types": [types[c].pg_type for c in request.columns],
+    }
+    return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def plan_export(
+    conninfo: str,
+    catalog: Catalog,
+    request: ExportRequest,
+    prefix: str,
+    checkpoints: CheckpointStore | None = None,
+    *,
+    statement_timeout_seconds: float | None = None,
+    pdf_max_rows: int = DEFAULT_PDF_MAX_ROWS,
+) -> ExportPlan:
+    """Count the rows (progress denominator) and fix the high-water mark, in one snapshot.
+
+    With a checkpoint store, a retry of the same export reuses the cut its first attempt fixed,
+    so rows inserted between a crash and the resume stay out, as they would have.
+    """
+    spec = catalog.resource(request.resource)
+    location = ExportLocation(prefix, request.tenant_id, request.resource, request.export_id)
+    check_key_length(location)
+    with (
+        connect(conninfo, statement_timeout_seconds=statement_timeout_seconds) as conn,
+        conn.transaction(),
+    ):
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        types = introspect_columns(conn, spec)
+        fingerprint = request_fingerprint(request, spec.key, types)
+        cut = checkpoints.cut(location.folder, types[spec.key].pg_type) if checkpoints else None
+        resumed = cut is not None and cut.fingerprint == fingerprint
+        if not resumed:
+            query = ExportQuery(spec, request, types)
+            stmt, params = query.count_and_high_water_mark()
+            row = conn.execute(stmt, params).fetchone()
+            rows_total, hwm = (int(row[0]), row[1]) if row else (0, None)
+            cut = Cut(fingerprint, rows_total, hwm, time.time())
+    assert cut is not None
+    check_file_count(cut.rows_total, request.max_rows_per_file)
+    if request.format == "pdf":
+        check_pdf_rows(cut.rows_total, pdf_max_rows)  # refused before anything is written
+    if checkpoints and not resumed:
+        checkpoints.save_cut(location.folder, cut)
+    if checkpoints:
+        checkpoints.claim(location.folder)
+    return ExportPlan(
+        request=request,
+        types=types,
+        rows_total=cut.rows_total,
+        high_water_mark=cut.high_water_mark,
+        location=location,
+        key_column=spec.key,
+        planned_at=cut.planned_at if cut.planned_at is not None else time.time(),
+        fingerprint=fingerprint,
+        resumed=resumed,
+    )
+
+
+def check_key_length(location: ExportLocation) -> None:
+    """An S3 key over 1,024 bytes is refused by S3 on every attempt: refuse the request instead."""
+    longest = len(location.folder.encode()) + _LONGEST_FILE_NAME_BYTES
+    if longest > S3_MAX_KEY_BYTES:
+        raise InvalidRequest(
+            "tenant_id",
+            f"makes S3 keys of up to {longest} bytes with this prefix, resource and export id; "
+            f"S3 allows at most {S3_MAX_KEY_BYTES}: use a shorter tenant id",
+        )
+
+
+def check_file_count(rows_total: int, max_rows_per_file: int | None) -> None:
+    """At most MAX_FILES_PER_EXPORT files: refused before anything is written."""
+    if not max_rows_per_file:
+        return
+    files = -(-rows_total // max_rows_per_file)
+    if files > MAX_FILES_PER_EXPORT:
+        raise InvalidRequest(
+            "max_rows_per_file",
+            f"{max_rows_per_file:,} rows per file would make {files:,} files for {rows_total:,} rows; "
+            f"an export makes at most {MAX_FILES_PER_EXPORT:,} files: raise max_rows_per_file to at "
+            f"least {-(-rows_total // MAX_FILES_PER_EXPORT):,} or leave it empty",
+        )
+
+
+def check_pdf_rows(rows_total: int, cap: int) -> None:
+    """A PDF is a report for people: more rows than the cap belong in a machine format."""
+    if rows_total > cap:
+        raise InvalidRequest(
+            "format",
+            f"a pdf export holds at most {cap:,} rows (EXPORT_PDF_MAX_ROWS); this request matches "
+            f"{rows_total:,}: use csv or xlsx, or narrow the filters",
+        )
+
+
+def report_context(plan: ExportPlan) -> dict[str, str]:
+    """What a report's title shows (PDF): tenant, resource, filters, when the export was planned."""
+    req = plan.request
+    filters = [f"{k} = {', '.join(v)}" for k, v in sorted(req.filters.items())]
+    if req.date_from:
+        filters.append(f"from {req.date_from.isoformat()}")
+    if req.date_to:
+        filters.append(f"before {req.date_to.isoformat()}")
+    return {
+        "tenant": req.tenant_id,
+        "resource": req.resource,
+        "filters": "; ".join(filters),
+        "generated_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(plan.planned_at)),
+    }

@@ -1,0 +1,214 @@
+"""SQL for one export: every statement built with psycopg.sql, always with the tenant predicate.
+
+Parameters are compared against the column's own type (`col = %s::coltype`), never by casting
+the column, so the (tenant, key) index serves every statement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+
+from export_pipelines.core.columns import ColumnInfo
+from export_pipelines.core.errors import InvalidRequest
+from export_pipelines.core.requests.catalog import ResourceSpec
+from export_pipelines.core.storage.pg_connect import open_connection
+
+if TYPE_CHECKING:  # request imports the encoders, which import ColumnInfo from here
+    from export_pipelines.core.requests.request import ExportRequest
+
+DEFAULT_STATEMENT_TIMEOUT_SECONDS = 300
+
+# Session settings every export connection uses: UTC instants, ISO dates, and bounds that
+# protect the database from a runaway export.
+SESSION_SETTINGS: dict[str, str] = {
+    "TimeZone": "UTC",
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "iso_8601",
+    "extra_float_digits": "1",
+    "bytea_output": "hex",
+    "statement_timeout": f"{DEFAULT_STATEMENT_TIMEOUT_SECONDS}s",
+    "idle_in_transaction_session_timeout": "600s",
+    "application_name": "export_pipelines",
+}
+
+
+def session_settings(statement_timeout_seconds: float | None = None) -> dict[str, str]:
+    """SESSION_SETTINGS, with the statement timeout an operator chose (None: the default)."""
+    if statement_timeout_seconds is None:
+        return dict(SESSION_SETTINGS)
+    return {**SESSION_SETTINGS, "statement_timeout": f"{round(statement_timeout_seconds * 1000)}ms"}
+
+
+def session_options(settings: dict[str, str]) -> str:
+    """libpq `options` string that applies the session settings at connect time."""
+    return " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in settings.items())
+
+
+def connect(
+    conninfo: str, *, autocommit: bool = True, statement_timeout_seconds: float | None = None
+) -> psycopg.Connection:
+    """A source connection with the export session settings, through `pg_connect.open_connection`
+    (the URL checked first; the password never in an error)."""
+    options = session_options(session_settings(statement_timeout_seconds))
+    return open_connection(conninfo, autocommit=autocommit, options=options)
+
+
+def introspect_columns(conn: psycopg.Connection, spec: ResourceSpec) -> dict[str, ColumnInfo]:
+    """Types of the catalog's columns, read from PostgreSQL; a missing table/column is an error."""
+    table = sql.Identifier(spec.table.schema, spec.table.name).as_string(conn)
+    rows = conn.execute(
+        """
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname, a.atttypmod
+        FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+        WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
+        """,
+        [table],
+    ).fetchall()
+    if not rows:
+        raise InvalidRequest("resource", f"table {spec.table} of resource {spec.name!r} does not exist")
+    found = {r[0]: ColumnInfo(r[0], r[1], r[2], r[3]) for r in rows}
+    missing = [c for c in spec.columns if c not in found]
+    if missing:
+        raise InvalidRequest(
+            "resource", f"catalog columns {missing} are not in table {spec.table}; fix the catalog"
+        )
+    return {c: found[c] for c in spec.columns}
+
+
+@dataclass(frozen=True)
+class ExportQuery:
+    """The statements of one export. `high_water_mark` bounds every range once it is known."""
+
+    spec: ResourceSpec
+    request: ExportRequest
+    types: dict[str, ColumnInfo]
+
+    def where(self, after: Any = None, upto: Any = None) -> tuple[sql.Composable, list[Any]]:
+        """Tenant predicate, filters, and the keyset window (after, upto]."""
+        spec, req = self.spec, self.request
+        parts: list[sql.Composable] = [
+            sql.SQL("{} = {}").format(
+                sql.Identifier(spec.tenant_column), self._placeholder(spec.tenant_column)
+            )
+        ]
+        params: list[Any] = [req.tenant_id]
+        if req.date_from is not None and spec.time_column:
+            parts.append(
+                sql.SQL("{} >= {}").format(
+                    sql.Identifier(spec.time_column), self._placeholder(spec.time_column)
+                )
+            )
+            params.append(req.date_from)
+        if req.date_to is not None and spec.time_column:
+            parts.append(
+                sql.SQL("{} < {}").format(
+                    sql.Identifier(spec.time_column), self._placeholder(spec.time_column)
+                )
+            )
+            params.append(req.date_to)
+        for column, values in req.filters.items():
+            parts.append(sql.SQL("{} = ANY(%s::{}[])").format(sql.Identifier(column), self._type(column)))
+            params.append(list(values))
+        if after is not None:
+            parts.append(sql.SQL("{} > {}").format(sql.Identifier(spec.key), self._placeholder(spec.key)))
+            params.append(after)
+        if upto is not None:
+            parts.append(sql.SQL("{} <= {}").format(sql.Identifier(spec.key), self._placeholder(spec.key)))
+            params.append(upto)
+        return sql.SQL(" AND ").join(parts), params
+
+    def _placeholder(self, column: str) -> sql.Composable:
+        return sql.SQL("%s::{}").format(self._type(column))
+
+    def _type(self, column: str) -> sql.Composable:
+        # format_type() output is a valid, already-quoted type name: it comes from PostgreSQL.
+        return sql.SQL(self.types[column].pg_type)  # type: ignore[arg-type]
+
+    @property
+    def table(self) -> sql.Identifier:
+        return sql.Identifier(self.spec.table.schema, self.spec.table.name)
+
+    @property
+    def select_list(self) -> sql.Composable:
+        return sql.SQL(", ").join(sql.Identifier(c) for c in self.request.columns)
+
+    def count_and_high_water_mark(self) -> tuple[sql.Composable, list[Any]]:
+        where, params = self.where()
+        return (
+            sql.SQL("SELECT count(*), max({key}) FROM {table} WHERE {where}").format(
+                key=sql.Identifier(self.spec.key), table=self.table, where=where
+            ),
+            params,
+        )
+
+    def next_range(self, after: Any, upto: Any, limit: int) -> tuple[sql.Composable, list[Any]]:
+        """Rows and last key of the next keyset batch: `WHERE key > after ORDER BY key LIMIT n`."""
+        where, params = self.where(after, upto)
+        return (
+            sql.SQL(
+                "SELECT count(*), min(k), max(k) FROM (SELECT {key} AS k FROM {table} WHERE {where} "
+                "ORDER BY {key} LIMIT %s) AS batch"
+            ).format(key=sql.Identifier(self.spec.key), table=self.table, where=where),
+            [*params, limit],
+        )
+
+    def select_range(self, after: Any, upto: Any) -> tuple[sql.Composable, list[Any]]:
+        where, params = self.where(after, upto)
+        return (
+            sql.SQL("SELECT {cols} FROM {table} WHERE {where} ORDER BY {key}").format(
+                cols=self.select_list, table=self.table, where=where, key=sql.Identifier(self.spec.key)
+            ),
+            params,
+        )
+
+    def copy_range(self, after: Any, upto: Any) -> tuple[sql.Composable, list[Any]]:
+        select, params = self.select_range(after, upto)
+        return sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(select), params
+
+
+@dataclass(frozen=True)
+class RenderedQuery(ExportQuery):
+    """The same rows and keyset windows, with each column rendered by an SQL expression.
+
+    Formats use it to let PostgreSQL do per-value work at C speed (bytea as base64, Excel-safe
+    text, JSON objects) instead of Python. `expressions` is one expression per requested column,
+    in order; with `json_rows`, each row is one JSON object (`row_to_json`) and COPY emits the
+    JSON text unchanged, one object per line.
+    """
+
+    expressions: tuple[sql.Composable, ...] = ()
+    json_rows: bool = False
+
+    @property
+    def select_list(self) -> sql.Composable:
+        return sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(expr, sql.Identifier(name))
+            for expr, name in zip(self.expressions, self.request.columns, strict=True)
+        )
+
+    def select_range(self, after: Any, upto: Any) -> tuple[sql.Composable, list[Any]]:
+        where, params = self.where(after, upto)
+        # ORDER BY the table's key column, qualified: a bare name would mean the rendered
+        # output column of the same name (text order instead of key order).
+        select = sql.SQL("SELECT {cols} FROM {table} WHERE {where} ORDER BY {table}.{key}").format(
+            cols=self.select_list, table=self.table, where=where, key=sql.Identifier(self.spec.key)
+        )
+        if not self.json_rows:
+            return select, params
+        # A subquery with ORDER BY is never flattened, so rows keep the key order.
+        return sql.SQL("SELECT row_to_json(r) FROM ({}) AS r").format(select), params
+
+    def copy_range(self, after: Any, upto: Any) -> tuple[sql.Composable, list[Any]]:
+        if not self.json_rows:
+            return super().copy_range(after, upto)
+        select, params = self.select_range(after, upto)
+        # CSV mode with quote and delimiter bytes that JSON text never contains raw (JSON escapes
+        # every control character): COPY writes each object as is, no quoting, no escaping.
+        return (
+            sql.SQL("COPY ({}) TO STDOUT (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')").format(select),
+            params,
+        )

@@ -1,0 +1,73 @@
+"""The data team's monthly path on the command line. `failed-partitions` refuses bad input; `backfill
+--failed` launches nothing when nothing failed; `backfill --month` makes ONE Dagster backfill of
+exactly the month's enterprise (or listed) tenants' partitions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.execution.backfill import BulkActionStatus
+
+from export_pipelines.cli.main import main
+from export_pipelines_tests.support.services import ENTERPRISE
+
+
+@pytest.mark.parametrize(
+    ("args", "flag", "allowed"),
+    [
+        (["--month", "nonsense"], "--month", "YYYY-MM"),
+        (["--month", "2026-13"], "--month", "YYYY-MM"),
+        (["--job", "nonsense_job"], "--job", "monthly_tenant_export_job"),
+    ],
+)
+def test_failed_partitions_refuses_bad_input(args, flag, allowed, capsys):
+    assert main(["failed-partitions", *args]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert flag in err and allowed in err and args[1] in err
+
+
+@pytest.fixture
+def dagster_home(tmp_path: Path, monkeypatch, source_url, bucket) -> Iterator[dg.DagsterInstance]:
+    """A throw-away instance (sqlite, the stock queue: nothing runs without a daemon)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("EXPORT_MONTHS_FROM", "2024-01-01")
+    with dg.DagsterInstance.get() as instance:
+        yield instance
+
+
+def test_backfill_failed_launches_nothing_when_nothing_failed(dagster_home, capsys):
+    assert main(["backfill", "--failed", "--month", "2024-05"]) == 0
+    out, _ = capsys.readouterr()
+    assert "nothing failed" in out
+    assert dagster_home.get_backfills() == [] and dagster_home.get_runs() == []
+
+
+def test_backfill_refuses_bad_input(dagster_home, capsys):
+    assert main(["backfill", "--month", "2026-13"]) == 2
+    assert main(["backfill", "--month", "2024-05", "--job", "nonsense_job"]) == 2
+    assert main(["backfill", "--month", "2024-05", "--tenant", "no-such-tenant"]) == 2
+    assert main(["backfill", "--month", "2023-12"]) == 2  # before EXPORT_MONTHS_FROM
+    err = capsys.readouterr().err
+    assert "--month" in err and "--job" in err and "--tenant: " in err and "no-such-tenant" in err
+    assert dagster_home.get_backfills() == [] and dagster_home.get_runs() == []
+
+
+def test_backfill_of_a_month_is_one_backfill_of_exactly_those_partitions(dagster_home, capsys):
+    assert main(["backfill", "--month", "2024-05"]) == 0
+    (backfill,) = dagster_home.get_backfills()
+    assert sorted(backfill.partition_names) == [f"2024-05-01|{t}" for t in ENTERPRISE]
+    # Requested for the daemon, which cuts it into runs of several partitions (BackfillPolicy):
+    # no run yet (test_monthly_daemon.py runs one through a daemon).
+    assert backfill.status == BulkActionStatus.REQUESTED and backfill.partition_set_name
+    assert dagster_home.get_runs() == []
+    # The list form: only those tenants.
+    assert main(["backfill", "--month", "2024-06", "--tenant", "t-003", "--tenant", "t-big"]) == 0
+    newest = dagster_home.get_backfills()[0]
+    assert sorted(newest.partition_names) == ["2024-06-01|t-003", "2024-06-01|t-big"]

@@ -1,0 +1,189 @@
+"""tenant_export_job through Dagster (execute_in_process) against the real services."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+
+import dagster as dg
+import openpyxl
+import pyarrow as pa
+import pytest
+
+from export_pipelines.core.storage.s3 import open_uploads
+from export_pipelines.orchestration.jobs import tenant_export_job
+from export_pipelines.orchestration.run_config import export_run_config
+from export_pipelines_tests.support.readback import csv_rows, read_manifest
+
+
+@pytest.fixture
+def resources(dagster_resources):
+    return dagster_resources
+
+
+def run(resources, **config):
+    instance = dg.DagsterInstance.ephemeral()
+    result = tenant_export_job.execute_in_process(
+        run_config=export_run_config(**config),
+        resources=resources,
+        raise_on_error=False,
+        instance=instance,
+    )
+    result.logs = [e.user_message for e in instance.all_logs(result.run_id)]  # as the UI shows them
+    return result
+
+
+def test_job_exports_and_reports_metadata(resources, s3_client, bucket, prefix, pg):
+    result = run(resources, tenant_id="t-005", resource="orders", request_id="req-123")
+    assert result.success
+    done = result.output_for_node("finalize")
+    expected = pg.execute("SELECT count(*) FROM orders WHERE tenant_id = 't-005'").fetchone()[0]
+    assert done.rows == expected > 0
+    assert done.manifest_key == f"{prefix}/tenant=t-005/orders/req-123/manifest.json"
+    manifest = read_manifest(s3_client, bucket, done.manifest_key)
+    _, rows = csv_rows(s3_client, bucket, manifest)
+    assert len(rows) == expected and {r[1] for r in rows} == {"t-005"}
+
+    outputs = {e.step_key: e.step_output_data.metadata for e in result.all_events if e.is_successful_output}
+    assert outputs["count_rows"]["rows_total"].value == expected
+    fin = outputs["finalize"]
+    assert fin["rows"].value == expected and fin["files"].value == 1
+    assert fin["rows_per_second"].value > 0 and fin["seconds"].value > 0
+    assert isinstance(fin["file_00001_url"], dg.UrlMetadataValue)
+    assert isinstance(fin["manifest_url"], dg.UrlMetadataValue)
+    progress = [m for m in result.logs if m.startswith("progress:")]
+    assert progress and progress[-1].startswith(f"progress: {expected}/{expected} rows (100.0%)")
+
+
+def test_invalid_config_fails_with_the_allowed_values(resources, s3_client, bucket, prefix):
+    result = run(resources, tenant_id="t-005", resource="orders", columns=["id", "secret"])
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    assert "columns: unknown column(s) 'secret'" in failure.message
+    assert "allowed: amount, attrs, created_at" in failure.message
+    assert open_uploads(s3_client, bucket, prefix) == []
+
+
+def test_definitions_load_as_dagster_loads_them():
+    # In a fresh process, as `dagster dev` / the daemon load the code location (and free of
+    # the process-wide state other tests leave behind).
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dagster = Path(sys.executable).parent / "dagster"
+    out = subprocess.run(
+        [str(dagster), "definitions", "validate", "-m", "export_pipelines.definitions"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "All code locations passed validation" in out.stderr + out.stdout
+
+
+@pytest.mark.parametrize(
+    ("fmt", "compression", "extension"),
+    [
+        ("jsonl", "zstd", "jsonl.zst"),
+        ("json", None, "json.gz"),
+        ("xlsx", None, "xlsx"),
+        ("csv_excel", None, "csv"),
+    ],
+)
+def test_every_format_from_run_config(resources, s3_client, bucket, pg, fmt, compression, extension):
+    result = run(
+        resources,
+        tenant_id="t-005",
+        resource="orders",
+        format=fmt,
+        compression=compression,
+        columns=["id", "note"],
+    )
+    assert result.success
+    done = result.output_for_node("finalize")
+    manifest = read_manifest(s3_client, bucket, done.manifest_key)
+    (f,) = manifest["files"]
+    assert f["key"].endswith("part-00001." + extension) and manifest["format"] == fmt
+    raw = s3_client.get_object(Bucket=bucket, Key=f["key"])["Body"].read()
+    expected = pg.execute("SELECT id, note FROM orders WHERE tenant_id = 't-005' ORDER BY id").fetchall()
+    if fmt == "xlsx":
+        sheet = openpyxl.load_workbook(io.BytesIO(raw)).active
+        got = [(r[0], r[1]) for r in sheet.iter_rows(min_row=2, values_only=True)]
+        assert f["sheets"] == [{"name": "Sheet1", "rows": len(expected)}]
+        # Excel strips nothing, but XML turns CR into LF unless it is a reference: all kept.
+        assert got == [(i, n) for i, n in expected]
+    elif fmt == "csv_excel":
+        rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")))[1:]
+        assert [int(r[0]) for r in rows] == [i for i, _ in expected]
+    else:
+        if compression == "zstd":
+            with pa.input_stream(pa.py_buffer(raw), compression="zstd") as stream:
+                text = stream.read().decode()
+        else:
+            text = gzip.decompress(raw).decode()
+        objects = [json.loads(line) for line in text.splitlines()] if fmt == "jsonl" else json.loads(text)
+        # bigint is a JSON string of its digits (type contract: no reader rounds it).
+        assert [(o["id"], o["note"]) for o in objects] == [(str(i), n) for i, n in expected]
+    columns = {c["name"]: c for c in manifest["columns"]}
+    assert columns["note"]["postgres_type"] == "text" and columns["note"]["representation"]
+
+
+def test_links_one_click_from_the_run_and_progress_as_people_read_it(resources, prefix):
+    result = run(resources, tenant_id="t-005", resource="orders", request_id="req-606")
+    assert result.success
+    done = result.output_for_node("finalize")
+    # The download links: a materialization of exports/orders in the run's own event log.
+    (event,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION]
+    materialization = event.event_specific_data.materialization
+    assert materialization.asset_key == dg.AssetKey(["exports", "orders"])
+    meta = materialization.metadata
+    assert meta["download"] == dg.MetadataValue.url(done.files[0].url)
+    assert meta["manifest"] == dg.MetadataValue.url(done.manifest_url)
+    assert meta["tenant"].value == "t-005" and meta["export_id"].value == "req-606"
+    assert "t-005" in materialization.description and "MB" in materialization.description
+    # Progress: percent, MB written, rows/s and an ETA, not raw byte counts.
+    last = [m for m in result.logs if m.startswith("progress:")][-1]
+    assert " MB written, " in last and " rows/s, ETA " in last and " bytes" not in last, last
+    fin = {e.step_key: e.step_output_data.metadata for e in result.all_events if e.is_successful_output}
+    assert fin["export_files"]["size"].value.endswith(" MB")
+    assert "rows/s" in fin["finalize"]["throughput"].value
+
+
+def test_launchpad_opens_with_the_export_config_block_only():
+    """What the launchpad pre-fills (GraphQL runConfigSchema.rootDefaultYaml): the export's config
+    block, no resource settings; and the run config keeps its shape (ops: count_rows: config:)."""
+    import warnings
+
+    import yaml
+    from dagster._core.snap import JobSnap
+    from dagster_graphql.schema.run_config import default_values_yaml_from_type_snap
+
+    from export_pipelines.orchestration.definitions import build_definitions
+    from export_pipelines.settings import Settings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        defs = build_definitions(Settings.from_env())
+        snap = JobSnap.from_job_def(defs.resolve_job_def("tenant_export_job"))
+    schema = snap.config_schema_snapshot
+    root = schema.get_config_snap(snap.mode_def_snaps[0].root_config_key)
+    scaffold = yaml.safe_load(default_values_yaml_from_type_snap(schema, root))
+    assert list(scaffold) == ["ops"], scaffold
+    config = scaffold["ops"]["count_rows"]["config"]
+    assert config["tenant_id"] == "" and config["resource"] == "orders" and config["format"] == "csv"
+
+
+def test_the_launchpad_default_empty_tenant_is_refused(resources, s3_client, bucket, prefix):
+    result = tenant_export_job.execute_in_process(
+        run_config={"ops": {"count_rows": {"config": {}}}},
+        resources=resources,
+        raise_on_error=False,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert not result.success
+    message = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "tenant_id" in message
+    assert open_uploads(s3_client, bucket, prefix) == []
