@@ -1,4 +1,4 @@
-// The exports page (README "The exports page"): plain JavaScript, no build step, no framework.
+// The exports page (docs/api.md, "The exports page"): plain JavaScript, no build step, no framework.
 // Everything goes through the /v1 API of the service that served this page, with the API key the
 // user signed in with. API data is only ever put into the page as text (textContent), never as HTML.
 "use strict";
