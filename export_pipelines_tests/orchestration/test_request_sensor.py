@@ -11,6 +11,8 @@ import dagster as dg
 import psycopg
 import pytest
 
+from export_pipelines.core.requests.queue import RequestQueue
+from export_pipelines.core.requests.request_store import RequestStore
 from export_pipelines.core.storage.migrations import migrate
 from export_pipelines.core.storage.s3 import open_uploads
 from export_pipelines.orchestration.definitions import build_definitions
@@ -277,3 +279,19 @@ def test_failure_seen_before_dagster_tags_it_gets_dagsters_retry_decision():
         decided = with_retry_decision(instance, died)
         assert decided.tags["dagster/will_retry"] == "true"
         assert instance.get_run_by_id("died").tags["dagster/will_retry"] == "true"
+
+
+# Here, not beside the submitter test: that module's running submitter hears the insert's NOTIFY
+# and claims the row itself before either read below.
+def test_a_row_claimed_by_one_door_is_not_started_by_the_other(store, source_url, dagster_resources):
+    rid = store.create(tenant_id="t-004", resource="orders", format="csv")
+    (read_by_submitter,) = [r for r in RequestQueue.on(store.conn).to_launch() if r.id == rid]
+    with RequestStore(source_url) as other:
+        (read_by_sensor,) = [r for r in RequestQueue.on(other.conn).to_launch() if r.id == rid]
+        assert RequestQueue.on(store.conn).claim(read_by_submitter)
+        assert not RequestQueue.on(other.conn).claim(
+            read_by_sensor
+        )  # read the same pending row; lost the race
+    # The sensor, ticking now, sees a fresh queued row (not stale): no second run request.
+    assert tick(dagster_resources) == []
+    assert store.get(rid).status == "queued"

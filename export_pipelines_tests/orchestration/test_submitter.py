@@ -1,6 +1,6 @@
 """The request submitter (`export-pipelines submitter`): a request's run is queued the moment its
-row is inserted, not at the request sensor's next tick; sensor and submitter never both start a row.
-
+row is inserted, not at the request sensor's next tick. That the two never both start a row is checked
+in test_request_sensor.py, where no submitter runs.
 The daemon here ticks its sensors once an hour, so whatever starts within the test was started by
 the submitter, on the insert trigger's NOTIFY (its own sweep is slower than the bound asserted).
 """
@@ -16,9 +16,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from export_pipelines.core.requests.queue import RequestQueue
 from export_pipelines.orchestration import tags
-from export_pipelines_tests.orchestration.test_request_sensor import tick
 from export_pipelines_tests.support.daemon import ROOT, running_daemon, wait_for
 from export_pipelines_tests.support.readback import csv_rows, read_manifest
 
@@ -92,19 +90,3 @@ def test_burst_from_many_tenants_gets_one_run_each(submitter, store):
         row, _ = wait_for(store, rid, timeout=SWEEP_SECONDS - 30)
         assert row.status == "succeeded", row.error
         assert len(runs_of(home, env, rid)) == 1
-
-
-def test_a_row_claimed_by_one_door_is_not_started_by_the_other(store, source_url, dagster_resources):
-    from export_pipelines.core.requests.request_store import RequestStore
-
-    rid = store.create(tenant_id="t-004", resource="orders", format="csv")
-    (read_by_submitter,) = [r for r in RequestQueue.on(store.conn).to_launch() if r.id == rid]
-    with RequestStore(source_url) as other:
-        (read_by_sensor,) = [r for r in RequestQueue.on(other.conn).to_launch() if r.id == rid]
-        assert RequestQueue.on(store.conn).claim(read_by_submitter)
-        assert not RequestQueue.on(other.conn).claim(
-            read_by_sensor
-        )  # read the same pending row; lost the race
-    # The sensor, ticking now, sees a fresh queued row (not stale): no second run request.
-    assert tick(dagster_resources) == []
-    assert store.get(rid).status == "queued"
