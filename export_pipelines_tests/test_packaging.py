@@ -117,3 +117,26 @@ def test_the_wheel_holds_the_runtime_package_only(tmp_path: Path) -> None:
     assert data <= set(names), sorted(data - set(names))
     entry = zipfile.ZipFile(wheel).read(wheel.name.split("-py3")[0] + ".dist-info/entry_points.txt").decode()
     assert "export-pipelines = export_pipelines.cli.main:main" in entry
+
+
+# The oldest Python 3.11 a user's fresh machine may have: Debian 12's python3 is 3.11.2.
+OLDEST_PYTHON = "3.11.2"
+
+
+def test_every_locked_distribution_installs_on_the_oldest_python_3_11() -> None:
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    from packaging.specifiers import SpecifierSet
+
+    refused = []
+    for line in LOCK.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name = _distribution_name(line)
+        try:
+            requires = metadata(name).get("Requires-Python")
+        except PackageNotFoundError:
+            continue  # not for this platform (a marker), or an extra this venv lacks
+        if requires and not SpecifierSet(requires).contains(OLDEST_PYTHON):
+            refused.append(f"{name} (Requires-Python {requires})")
+    assert not refused, f"pinned versions a Python {OLDEST_PYTHON} machine cannot install: {refused}"
