@@ -10,168 +10,46 @@ export answers 409; a second cancel changes nothing."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from export_pipelines.core.requests.request_store import RequestStore
-from export_pipelines_tests.support.api_helpers import api_settings, key_for, migrate_api, serve
 from export_pipelines_tests.support.cancel_moments import (
     FINISHED,
-    assert_never_produced,
-    call,
+    Stack,
+    cancel_stack,
+    counting_is_blocked,
     events_of,
     history,
+    never_produced_check,
+    of_tenant,
     request_row,
     run_status,
     runs_of,
+    source_table_locked,
+    wait_stopping,
     wait_until,
 )
-from export_pipelines_tests.support.daemon import ROOT, running_daemon, wait_for
-from export_pipelines_tests.support.s3_fault_proxy import S3FaultProxy, error, hang
+from export_pipelines_tests.support.daemon import wait_for
+from export_pipelines_tests.support.s3_fault_proxy import error, hang
 
-BIN = Path(sys.executable).parent
 BIG = "t-big"  # several 8 MiB parts: an export that is mid-upload for as long as a part hangs
-NOTIFY = {"notify": {"email": "ops@example.com"}}
-
-
-@dataclass
-class Stack:
-    api_url: str
-    source_url: str
-    dagster_url: str
-    prefix: str
-    submitter: subprocess.Popen
-    proxy: S3FaultProxy
-    tokens: dict[str, str]
-
-    def token(self, tenant: str) -> str:
-        if tenant not in self.tokens:
-            self.tokens[tenant] = key_for(self.source_url, tenant)
-        return self.tokens[tenant]
-
-    def create(self, tenant: str, **extra: object) -> str:
-        status, doc = call(
-            "POST",
-            f"{self.api_url}/v1/exports",
-            self.token(tenant),
-            {"resource": "orders", "format": "csv", "compression": "none", **NOTIFY, **extra},
-        )
-        assert status == 202, doc
-        return doc["id"]
-
-    def cancel(self, tenant: str, rid: str) -> tuple[int, dict]:
-        return call("POST", f"{self.api_url}/v1/exports/{rid}/cancel", self.token(tenant))
-
-    def folder(self, tenant: str, rid: str) -> str:
-        return f"{self.prefix}/tenant={tenant}/orders/{rid}/"
 
 
 @pytest.fixture(scope="module")
 def stack(stack_env, source_url, bucket, tmp_path_factory) -> Iterator[Stack]:
-    migrate_api(source_url)
     home = tmp_path_factory.mktemp("dagster_home_cancel")
-    with (
-        S3FaultProxy(stack_env["AWS_ENDPOINT_URL"]) as proxy,
-        running_daemon(
-            stack_env,
-            source_url,
-            bucket,
-            home,
-            "dagster_cancel",
-            AWS_ENDPOINT_URL=proxy.endpoint_url,
-            EXPORT_TENANT_STARTS_PER_MINUTE="100",
-        ) as env,
-    ):
-        log = open(home / "submitter.log", "wb")  # noqa: SIM115 - closed below
-        submitter = subprocess.Popen(
-            [str(BIN / "export-pipelines"), "submitter", "--sweep-seconds", "120"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until(
-                lambda: (
-                    b"listening on" in (home / "submitter.log").read_bytes() or submitter.poll() is not None
-                ),
-                300,  # it starts a code server first: slow on a loaded machine
-                "the submitter to listen",
-            )
-            assert submitter.poll() is None, (home / "submitter.log").read_text()
-            settings = api_settings(stack_env, source_url, bucket, env["EXPORT_PREFIX"])
-            with serve(settings) as api:
-                yield Stack(
-                    api.url,
-                    source_url,
-                    env["DAGSTER_POSTGRES_URL"],
-                    env["EXPORT_PREFIX"],
-                    submitter,
-                    proxy,
-                    {},
-                )
-        finally:
-            submitter.terminate()
-            submitter.wait(timeout=30)
-            log.close()
+    with cancel_stack(stack_env, source_url, bucket, home, "dagster_cancel") as (stack, _):
+        yield stack
 
 
 @pytest.fixture
 def check(stack, s3_client, bucket):
-    def never_produced(tenant: str, rid: str, *, notified: bool) -> list[str]:
-        return assert_never_produced(
-            source_url=stack.source_url,
-            dagster_url=stack.dagster_url,
-            s3_client=s3_client,
-            bucket=bucket,
-            folder=stack.folder(tenant, rid),
-            request_id=rid,
-            notified=notified,
-        )
-
-    return never_produced
-
-
-@contextlib.contextmanager
-def source_table_locked(source_url: str) -> Iterator[None]:
-    """Every export's count waits on this lock until the block ends."""
-    with psycopg.connect(source_url) as conn:
-        conn.execute("LOCK TABLE public.orders IN ACCESS EXCLUSIVE MODE")
-        try:
-            yield
-        finally:
-            conn.rollback()
-
-
-def counting_is_blocked(source_url: str) -> bool:
-    with psycopg.connect(source_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE '%orders%' "
-            "AND pid <> pg_backend_pid()"
-        ).fetchone()
-    return bool(row and row[0])
-
-
-def of_tenant(operation: str, tenant: str, suffix: str = ""):
-    return lambda r: (
-        r.operation == operation and f"tenant={tenant}/" in (r.key or "") and (r.key or "").endswith(suffix)
-    )
-
-
-def wait_stopping(stack: Stack, rid: str) -> None:
-    """Until the cancel sensor has asked the run to stop (or it already ended)."""
-    wait_until(
-        lambda: run_status(stack.dagster_url, rid) in FINISHED | {"CANCELING"}, 120, "the run to be stopped"
-    )
+    return never_produced_check(stack, s3_client, bucket)
 
 
 def test_pending_cancel_is_at_once_and_tells_nobody(stack, store, check):

@@ -3,19 +3,28 @@ export is never produced, whatever the moment it arrived."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
 from export_pipelines.core.storage.s3 import open_uploads
-from export_pipelines_tests.support.api_helpers import auth
+from export_pipelines_tests.support.api_helpers import api_settings, auth, key_for, migrate_api, serve
+from export_pipelines_tests.support.daemon import ROOT, running_daemon
+from export_pipelines_tests.support.s3_fault_proxy import S3FaultProxy
 
+BIN = Path(sys.executable).parent
+NOTIFY = {"notify": {"email": "ops@example.com"}}
 # Dagster run statuses of a run that has finished.
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 
@@ -128,3 +137,147 @@ def assert_never_produced(
     assert history(source_url, request_id) == seen
     assert s3_client.list_objects_v2(Bucket=bucket, Prefix=folder).get("KeyCount", 0) == 0
     return seen
+
+
+@dataclass
+class Stack:
+    api_url: str
+    source_url: str
+    dagster_url: str
+    prefix: str
+    submitter: subprocess.Popen
+    proxy: S3FaultProxy
+    tokens: dict[str, str]
+
+    def token(self, tenant: str) -> str:
+        if tenant not in self.tokens:
+            self.tokens[tenant] = key_for(self.source_url, tenant)
+        return self.tokens[tenant]
+
+    def create(self, tenant: str, **extra: object) -> str:
+        status, doc = call(
+            "POST",
+            f"{self.api_url}/v1/exports",
+            self.token(tenant),
+            {"resource": "orders", "format": "csv", "compression": "none", **NOTIFY, **extra},
+        )
+        assert status == 202, doc
+        return doc["id"]
+
+    def cancel(self, tenant: str, rid: str) -> tuple[int, dict]:
+        return call("POST", f"{self.api_url}/v1/exports/{rid}/cancel", self.token(tenant))
+
+    def folder(self, tenant: str, rid: str) -> str:
+        return f"{self.prefix}/tenant={tenant}/orders/{rid}/"
+
+
+@contextlib.contextmanager
+def source_table_locked(source_url: str) -> Iterator[None]:
+    """Every export's count waits on this lock until the block ends."""
+    with psycopg.connect(source_url) as conn:
+        conn.execute("LOCK TABLE public.orders IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            conn.rollback()
+
+
+def counting_is_blocked(source_url: str) -> bool:
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE '%orders%' "
+            "AND pid <> pg_backend_pid()"
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def of_tenant(operation: str, tenant: str, suffix: str = ""):
+    return lambda r: (
+        r.operation == operation and f"tenant={tenant}/" in (r.key or "") and (r.key or "").endswith(suffix)
+    )
+
+
+def wait_stopping(stack: Stack, rid: str) -> None:
+    """Until the cancel sensor has asked the run to stop (or it already ended)."""
+    wait_until(
+        lambda: run_status(stack.dagster_url, rid) in FINISHED | {"CANCELING"}, 120, "the run to be stopped"
+    )
+
+
+@contextlib.contextmanager
+def cancel_stack(
+    stack_env: dict[str, str],
+    source_url: str,
+    bucket: str,
+    home: Path,
+    dagster_db: str,
+    dagster_yaml: Path = ROOT / "dagster.yaml",
+    **extra_env: str,
+) -> Iterator[tuple[Stack, dict[str, str]]]:
+    """The daemon (its S3 behind a fault proxy), the request submitter and the API server; yields
+    the stack and the environment the runs see."""
+    migrate_api(source_url)
+    with (
+        S3FaultProxy(stack_env["AWS_ENDPOINT_URL"]) as proxy,
+        running_daemon(
+            stack_env,
+            source_url,
+            bucket,
+            home,
+            dagster_db,
+            dagster_yaml,
+            AWS_ENDPOINT_URL=proxy.endpoint_url,
+            EXPORT_TENANT_STARTS_PER_MINUTE="100",
+            **extra_env,
+        ) as env,
+    ):
+        log = open(home / "submitter.log", "wb")  # noqa: SIM115 - closed below
+        submitter = subprocess.Popen(
+            [str(BIN / "export-pipelines"), "submitter", "--sweep-seconds", "120"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until(
+                lambda: (
+                    b"listening on" in (home / "submitter.log").read_bytes() or submitter.poll() is not None
+                ),
+                300,  # it starts a code server first: slow on a loaded machine
+                "the submitter to listen",
+            )
+            assert submitter.poll() is None, (home / "submitter.log").read_text()
+            settings = api_settings(stack_env, source_url, bucket, env["EXPORT_PREFIX"])
+            with serve(settings) as api:
+                yield (
+                    Stack(
+                        api.url,
+                        source_url,
+                        env["DAGSTER_POSTGRES_URL"],
+                        env["EXPORT_PREFIX"],
+                        submitter,
+                        proxy,
+                        {},
+                    ),
+                    env,
+                )
+        finally:
+            submitter.terminate()
+            submitter.wait(timeout=30)
+            log.close()
+
+
+def never_produced_check(stack: Stack, s3_client: Any, bucket: str) -> Callable[..., list[str]]:
+    def never_produced(tenant: str, rid: str, *, notified: bool) -> list[str]:
+        return assert_never_produced(
+            source_url=stack.source_url,
+            dagster_url=stack.dagster_url,
+            s3_client=s3_client,
+            bucket=bucket,
+            folder=stack.folder(tenant, rid),
+            request_id=rid,
+            notified=notified,
+        )
+
+    return never_produced
