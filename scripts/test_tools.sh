@@ -6,7 +6,10 @@
 # - Chromium (`/usr/bin/chromium`): the real browser the /exports page test drives with playwright
 #   (the dev extra); `playwright install` is never used;
 # - Node.js (`node`): JavaScript's JSON.parse, one of the customer readers of the JSON exports;
-# - poppler-utils (`pdftotext`, `pdftoppm`): reads and renders the PDF exports.
+# - poppler-utils (`pdftotext`, `pdftoppm`): reads and renders the PDF exports;
+# - iproute2 (`ip netns`): the several-machines test makes its hosts as network namespaces;
+# - redis-server: the Celery broker of the several-machines and Celery cancel tests (scripts/broker.sh
+#   would install it itself; here it is installed with the rest, before the tests start).
 # Without them those tests skip, except on CI (CI=true), where they fail.
 set -euo pipefail
 missing=()
@@ -14,6 +17,8 @@ command -v soffice >/dev/null 2>&1 || missing+=(libreoffice-calc)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v pdftotext >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 || missing+=(poppler-utils)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

@@ -99,6 +99,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """The operator's cancel: the same store method as the API's (the row is canceled at once; the
+    cancel sensor stops its run and empties its folder)."""
+    with request_store() as store:
+        row = store.cancel(args.id, None)
+    if row is None:
+        print(f"no export request {args.id!r}", file=sys.stderr)
+        return 1
+    if row.status != "canceled":
+        print(
+            f"the export is {row.status}; only pending, queued or running exports can be canceled",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"canceled: {row.id} ({row.error})")
+    return 0
+
+
 def cmd_relink(args: argparse.Namespace) -> int:
     """Fresh presigned links for a succeeded export that has not expired.
 
@@ -176,6 +194,10 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("status", help="status, progress and link of a request")
     p.add_argument("id")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("cancel", help="cancel a pending, queued or running export (as the API's cancel)")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("relink", help="issue a fresh download link for an unexpired export")
     p.add_argument("id")

@@ -102,6 +102,13 @@ class SourceTimeout(TransientError):
     code = "source_timeout"
 
 
+class ExportCanceled(ExportError):
+    """The export's row was canceled (the API's or the CLI's cancel) while a run worked on it: the
+    run stops and commits nothing (no manifest, no `_SUCCESS`, no `succeeded`)."""
+
+    code = "canceled"
+
+
 class IdempotencyInFlight(TransientError):
     """The first request with this idempotency key is still being created: retry in a moment."""
 

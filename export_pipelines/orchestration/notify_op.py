@@ -13,7 +13,7 @@ from export_pipelines.core.engine.resume import abandon_open_uploads
 from export_pipelines.core.requests.request_row import StoredRequest, is_request_id
 from export_pipelines.core.requests.tenant_settings import targets as tenant_targets
 from export_pipelines.core.results import FinalizedExport
-from export_pipelines.orchestration.ops import RunPlan
+from export_pipelines.orchestration.ops import RunPlan, canceled_failure
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
 
 
@@ -24,16 +24,20 @@ def notify(
     done: FinalizedExport,
     source: SourceDatabase,
 ) -> FinalizedExport:
-    """Mark the request row succeeded, then queue webhook and email. Failures here are logged only."""
-    record_success(context.log, source, run_plan, done)
+    """Mark the request row succeeded, then queue webhook and email. The commit point of an export:
+    the row becomes `succeeded` only if it is still running, in one statement, so a cancel that
+    came first wins (the run fails as canceled; nobody is told of a success)."""
+    if not record_success(context.log, source, run_plan, done):
+        raise canceled_failure(run_plan.request_id or "")
     return done
 
 
-def record_success(log: Any, source: SourceDatabase, run_plan: RunPlan, done: FinalizedExport) -> None:
-    """What `notify` does, also called per tenant by the monthly batch (monthly_export.py)."""
+def record_success(log: Any, source: SourceDatabase, run_plan: RunPlan, done: FinalizedExport) -> bool:
+    """What `notify` does, also called per tenant by the monthly batch (monthly_export.py). False
+    (and nothing recorded) when the row was canceled before it could become succeeded."""
     req = run_plan.plan.request
     if run_plan.request_id:
-        source.requests().mark_succeeded(
+        marked = source.requests().mark_succeeded(
             run_plan.request_id,
             rows=done.rows,
             bytes_written=done.bytes,
@@ -41,6 +45,9 @@ def record_success(log: Any, source: SourceDatabase, run_plan: RunPlan, done: Fi
             download_url=done.download_url,
             expires_at=done.expires_at,
         )
+        if not marked and source.requests().is_canceled(run_plan.request_id):
+            log.warning(f"request {run_plan.request_id} was canceled: the export is not committed")
+            return False
     if run_plan.webhook_url or run_plan.email:
         notice = notices.succeeded(
             # The id the API knows the export by (a monthly row's id, not its month).
@@ -64,6 +71,7 @@ def record_success(log: Any, source: SourceDatabase, run_plan: RunPlan, done: Fi
         else:
             log.info("notification queued for the delivery sensor")
     log.info(f"export ready: {done.rows} rows in {len(done.files)} file(s); manifest {done.manifest_key}")
+    return True
 
 
 def notify_row(source: SourceDatabase, log: Any, row: StoredRequest, event: str, error: str) -> None:

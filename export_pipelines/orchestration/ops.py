@@ -22,6 +22,7 @@ from export_pipelines.core.engine.manifest import clear_success_marker, finalize
 from export_pipelines.core.engine.plan import ExportPlan, plan_export
 from export_pipelines.core.engine.resume import abandon_open_uploads
 from export_pipelines.core.errors import (
+    ExportCanceled,
     ExportError,
     InvalidRequest,
     S3ConfigurationError,
@@ -57,6 +58,18 @@ def failure(exc: BaseException, description: str) -> dg.Failure:
     )
 
 
+def canceled_failure(request_id: str) -> dg.Failure:
+    """The run found its request canceled before a commit point: it stops, commits nothing, and is
+    not retried (the cancel sensor empties the folder)."""
+    return failure(ExportCanceled(f"request {request_id} was canceled"), "the export was canceled")
+
+
+def stop_if_canceled(source: SourceDatabase, request_id: str | None) -> None:
+    """A commit point's check: a canceled request is never produced."""
+    if request_id and source.requests().is_canceled(request_id):
+        raise canceled_failure(request_id)
+
+
 # Network ops ride over transient failures; invalid input is raised with allow_retries=False.
 NETWORK_RETRY = dg.RetryPolicy(
     max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
@@ -75,6 +88,8 @@ def explained_on_last_attempt(context: dg.OpExecutionContext) -> Iterator[None]:
         yield
     except dg.Failure:
         raise
+    except ExportCanceled as exc:  # the request was canceled: stop, never retry
+        raise failure(exc, "the export was canceled") from exc
     except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
         # Dagster retries an interrupted op that has a retry policy (it may have been preempted);
         # a run being canceled (the API's cancel, the UI's terminate) must stop instead.
@@ -259,8 +274,9 @@ def count_rows(
             code = error_code(exc)
             source.requests().mark_failed(request_id, tenant_message(code, exc), code)
         raise failure(exc, str(exc)) from exc
-    if request_id:
-        source.requests().mark_running(request_id, context.run_id, plan.rows_total)
+    # The row becomes running only if it was not canceled meanwhile (the store's guard).
+    if request_id and not source.requests().mark_running(request_id, context.run_id, plan.rows_total):
+        stop_if_canceled(source, request_id)
     # The export id too: a run executed in-process (the demo without a daemon) never passed the
     # run coordinator, which tags queued runs before they start.
     context.instance.add_run_tags(
@@ -293,6 +309,8 @@ def own_request_row(
     row = store.get(request_id)
     if row is None:
         return None
+    if row.status == "canceled" and row.tenant_id == tenant_id and row.resource == resource:
+        raise canceled_failure(request_id)  # canceled before this run (or its retry) started
     if row.tenant_id != tenant_id or row.resource != resource or row.status not in LAUNCHABLE:
         context.log.error(
             f"request_id {request_id} names a {row.status} request of another tenant or resource "
@@ -323,8 +341,15 @@ def export_files(
 
     def on_progress(p: ExportProgress) -> None:
         context.log.info(progress_line(p, time.monotonic() - started))
-        if run_plan.request_id:
-            source.requests().update_progress(run_plan.request_id, p.rows_exported, p.bytes_written)
+        rid = run_plan.request_id
+        store = source.requests()
+        # A canceled row takes no progress: stop at this part rather than at the next op.
+        if (
+            rid
+            and not store.update_progress(rid, p.rows_exported, p.bytes_written)
+            and store.is_canceled(rid)
+        ):
+            raise ExportCanceled(f"request {rid} was canceled")
 
     try:
         # The last attempt aborts its upload on error; earlier ones leave it for the retry to continue.
@@ -361,6 +386,9 @@ def finalize(
     export_settings: ExportSettings,
 ) -> FinalizedExport:
     """Write manifest.json, drop stale objects, write _SUCCESS, presign the links."""
+    # A commit point: a canceled request gets no manifest and no _SUCCESS (the cancel sensor
+    # deletes whatever the run wrote once it has finished).
+    stop_if_canceled(source, run_plan.request_id)
     with explained_on_last_attempt(context):
         done = finalize_export(
             s3.get_client(), export_settings.bucket, run_plan.plan, outcome, source.checkpoints()

@@ -13,6 +13,8 @@ ATTEMPT = "export/attempt"
 FOLDER = "export/folder"
 # Dagster's own: set on a failed run once the daemon decided whether it will be retried.
 WILL_RETRY = "dagster/will_retry"
+# Dagster's per-run cap on run retries: the cancel sensor sets 0 before it stops a canceled export's run.
+MAX_RETRIES = "dagster/max_retries"
 # Dagster's own: a run's partition key (tenant x month keys read "YYYY-MM-01|tenant").
 PARTITION = "dagster/partition"
 # Dagster's own: the first and last partition of a run covering a range of partitions (a monthly

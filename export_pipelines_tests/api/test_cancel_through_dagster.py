@@ -1,100 +1,216 @@
-"""Cancel through the API, carried out by Dagster: a running export is terminated by the
-run launcher, its open upload is aborted, the row ends `canceled` and `export.canceled` is recorded
-for the requester — with the real daemon, API server, PostgreSQL and S3."""
+"""A canceled export is never produced, whatever the moment the cancel arrives: with the real
+daemon (sensors, run queue, run monitoring, run retries), the real request submitter, the API
+server, PostgreSQL and S3 behind a fault proxy (its hangs hold an export at a chosen step; an
+`ACCESS EXCLUSIVE` lock on the source table holds one while it counts).
+
+For each moment: the row ends `canceled` and stays so (status history), no run is retried after
+the cancel (runs per request), nothing is left in the export's folder and no multipart upload stays
+open (S3), and `export.canceled` is recorded only for an export canceled while running. A finished
+export answers 409; a second cancel changes nothing."""
 
 from __future__ import annotations
 
-import json
-import time
-import urllib.request
+import os
+import signal
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from export_pipelines.core.storage.s3 import open_uploads
-from export_pipelines_tests.support.api_helpers import api_settings, auth, key_for, migrate_api, serve
-from export_pipelines_tests.support.daemon import running_daemon
-from export_pipelines_tests.support.s3_fault_proxy import S3FaultProxy, hang
+from export_pipelines.core.requests.request_store import RequestStore
+from export_pipelines_tests.support.cancel_moments import (
+    FINISHED,
+    Stack,
+    cancel_stack,
+    counting_is_blocked,
+    events_of,
+    history,
+    never_produced_check,
+    of_tenant,
+    request_row,
+    run_status,
+    runs_of,
+    source_table_locked,
+    wait_stopping,
+    wait_until,
+)
+from export_pipelines_tests.support.daemon import wait_for
+from export_pipelines_tests.support.s3_fault_proxy import error, hang
 
-BIG = "t-big"
+BIG = "t-big"  # several 8 MiB parts: an export that is mid-upload for as long as a part hangs
 
 
 @pytest.fixture(scope="module")
-def proxy(stack_env) -> Iterator[S3FaultProxy]:
-    with S3FaultProxy(stack_env["AWS_ENDPOINT_URL"]) as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def daemon(stack_env, source_url, bucket, proxy, tmp_path_factory) -> Iterator[dict[str, str]]:
+def stack(stack_env, source_url, bucket, tmp_path_factory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("dagster_home_cancel")
-    with running_daemon(
-        stack_env, source_url, bucket, home, "dagster_cancel", AWS_ENDPOINT_URL=proxy.endpoint_url
-    ) as env:
-        yield env
+    with cancel_stack(stack_env, source_url, bucket, home, "dagster_cancel") as (stack, _):
+        yield stack
 
 
-def call(method: str, url: str, token: str, body: dict | None = None) -> tuple[int, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers=auth(token))
-    req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return resp.status, json.loads(resp.read() or b"{}")
+@pytest.fixture
+def check(stack, s3_client, bucket):
+    return never_produced_check(stack, s3_client, bucket)
 
 
-def run_status(daemon: dict[str, str], run_id: str | None) -> str | None:
-    with psycopg.connect(daemon["DAGSTER_POSTGRES_URL"], autocommit=True) as conn:
-        row = conn.execute("SELECT status FROM runs WHERE run_id = %s", [run_id]).fetchone()
-    return row[0] if row else None
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def test_cancel_of_a_running_export_terminates_the_run_and_leaves_no_open_upload(
-    daemon, proxy, stack_env, source_url, s3_client, bucket, pg, store
-):
-    migrate_api(source_url)
-    token = key_for(source_url, BIG)
-    settings = api_settings(stack_env, source_url, bucket, daemon["EXPORT_PREFIX"])
-    action = hang()  # part 2 of the export waits here: the run is running, mid-upload
-    rule = proxy.add_fault(lambda r: r.operation == "UploadPart" and r.part_number == 2, action)
+def test_pending_cancel_is_at_once_and_tells_nobody(stack, store, check):
+    # The submitter paused: the row stays pending until the request sensor's next tick (2 s).
+    os.kill(stack.submitter.pid, signal.SIGSTOP)
     try:
-        with serve(settings) as api:
-            status, doc = call(
-                "POST",
-                f"{api.url}/v1/exports",
-                token,
-                {"resource": "orders", "format": "csv", "compression": "none",
-                 "notify": {"email": "ops@example.com"}},
-            )  # fmt: skip
-            assert status == 202
-            rid = doc["id"]
-            folder = f"{daemon['EXPORT_PREFIX']}/tenant={BIG}/orders/{rid}/"
-            wait_until(lambda: rule.fired >= 1, 180, "the export to upload part 2")
-            assert store.get(rid).status == "running"
-            assert open_uploads(s3_client, bucket, folder), "the export should be mid-upload"
+        rid = stack.create("t-001")
+        status, doc = stack.cancel("t-001", rid)
+    finally:
+        os.kill(stack.submitter.pid, signal.SIGCONT)
+    assert status == 202 and doc["status"] == "canceled", doc
+    assert doc["error"]["message"] == "canceled before it started"
+    assert check("t-001", rid, notified=False) == ["pending", "canceled"]
+    assert runs_of(stack.dagster_url, rid) == []
 
-            status, doc = call("POST", f"{api.url}/v1/exports/{rid}/cancel", token)
-            assert status == 202 and doc["cancel_requested_at"] is not None
-            wait_until(lambda: run_status(daemon, store.get(rid).run_id) == "CANCELING", 60, "CANCELING")
-            action.release()  # S3 answers again (the held part is reset): the run sees the cancel
-            wait_until(lambda: store.get(rid).status == "canceled", 120, "the row to be canceled")
-            status, doc = call("GET", f"{api.url}/v1/exports/{rid}", token)
-            assert doc["status"] == "canceled" and doc["error"]["code"] == "canceled"
+
+def test_cancel_right_after_create_races_the_submitter(stack, store, check):
+    rid = stack.create("t-010")
+    status, doc = stack.cancel("t-010", rid)
+    assert status == 202 and doc["status"] == "canceled", doc
+    seen = check("t-010", rid, notified=False)
+    assert "running" not in seen, seen  # pending or queued when the cancel came
+
+
+def test_queued_run_and_streaming_run_and_cancel_twice(stack, store, check, s3_client, bucket):
+    action = hang()  # part 2 of the big export waits here: running, mid-upload
+    rule = stack.proxy.add_fault(
+        lambda r: r.operation == "UploadPart" and r.part_number == 2 and f"tenant={BIG}/" in (r.key or ""),
+        action,
+    )
+    try:
+        running = stack.create(BIG)
+        wait_until(lambda: rule.fired >= 1, 180, "the export to upload part 2")
+        assert request_row(stack.source_url, running)["status"] == "running"
+        # Queued: one run per tenant, so the second waits in Dagster's run queue.
+        queued = stack.create(BIG, format="jsonl")
+        wait_until(
+            lambda: run_status(stack.dagster_url, queued) == "QUEUED", 60, "the run to wait in the queue"
+        )
+        status, doc = stack.cancel(BIG, queued)
+        assert status == 202 and doc["status"] == "canceled"
+        wait_until(lambda: run_status(stack.dagster_url, queued) == "CANCELED", 60, "the queued run canceled")
+
+        status, doc = stack.cancel(BIG, running)
+        assert status == 202 and doc["status"] == "canceled" and doc["error"]["code"] == "canceled"
+        again, doc2 = stack.cancel(BIG, running)  # twice: nothing changes, nobody is told twice
+        assert again == 202 and doc2["status"] == "canceled"
+        wait_stopping(stack, running)
     finally:
         action.release()
-    assert run_status(daemon, store.get(rid).run_id) == "CANCELED"
-    wait_until(lambda: not open_uploads(s3_client, bucket, folder), 30, "the upload to be aborted")
-    events = pg.execute(
-        "SELECT event, channel FROM export_deliveries WHERE request_id = %s", [rid]
-    ).fetchall()
-    assert ("export.canceled", "email") in [tuple(e) for e in events]
-    listed = s3_client.list_objects_v2(Bucket=bucket, Prefix=folder).get("Contents", [])
-    assert not [o["Key"] for o in listed if o["Key"].endswith("_SUCCESS")]
+    check(BIG, queued, notified=False)
+    assert check(BIG, running, notified=True) == ["pending", "queued", "running", "canceled"]
+    assert events_of(stack.source_url, running) == ["export.canceled"]
+    assert all(r["max_retries"] == "0" for r in runs_of(stack.dagster_url, running))
+
+
+def test_cancel_while_the_run_starts(stack, store, check):
+    with source_table_locked(stack.source_url):
+        rid = stack.create("t-002")
+        seen = wait_until(
+            lambda: (
+                run_status(stack.dagster_url, rid) in ("STARTING", "STARTED")
+                and run_status(stack.dagster_url, rid)
+            ),
+            120,
+            "the run to start",
+            every=0.05,
+        )
+        status, doc = stack.cancel("t-002", rid)
+        assert status == 202 and doc["status"] == "canceled"
+        wait_stopping(stack, rid)
+    print(f"\ncanceled while the run was {seen}")
+    check("t-002", rid, notified=False)
+    # Stopped so that run retries never restart it, even when it was failed from outside.
+    assert [r["max_retries"] for r in runs_of(stack.dagster_url, rid)] == ["0"]
+
+
+def test_cancel_while_counting(stack, store, check):
+    with source_table_locked(stack.source_url):
+        rid = stack.create("t-003")
+        wait_until(lambda: counting_is_blocked(stack.source_url), 120, "count_rows to wait on the table")
+        assert request_row(stack.source_url, rid)["status"] == "queued"
+        status, doc = stack.cancel("t-003", rid)
+        assert status == 202 and doc["status"] == "canceled"
+        wait_stopping(stack, rid)
+    check("t-003", rid, notified=False)
+
+
+@pytest.mark.parametrize(
+    ("tenant", "operation", "suffix", "moment"),
+    [
+        ("t-006", "CompleteMultipartUpload", ".csv", "the last part uploaded, the file being completed"),
+        ("t-007", "PutObject", "manifest.json", "finalizing: the manifest being written"),
+        ("t-008", "PutObject", "_SUCCESS", "finalizing: _SUCCESS being written"),
+    ],
+)
+def test_cancel_at_the_end_of_an_export(stack, store, check, tenant, operation, suffix, moment):
+    action = hang()
+    rule = stack.proxy.add_fault(of_tenant(operation, tenant, suffix), action)
+    try:
+        rid = stack.create(tenant)
+        wait_until(lambda: rule.fired >= 1, 180, moment)
+        assert request_row(stack.source_url, rid)["status"] == "running"
+        status, doc = stack.cancel(tenant, rid)
+        assert status == 202 and doc["status"] == "canceled"
+        wait_stopping(stack, rid)
+    finally:
+        action.release()  # whatever the run still writes, the cancel sensor deletes
+    check(tenant, rid, notified=True)
+
+
+def test_cancel_racing_the_notify_commit(stack, store, check):
+    """The operator's door (the store's cancel, as the CLI uses it) commits while the notify op's
+    `succeeded` waits on the row: the notify op finds the row canceled and commits nothing."""
+    tenant = "t-009"
+    action = hang()
+    rule = stack.proxy.add_fault(of_tenant("PutObject", tenant, "_SUCCESS"), action)
+    try:
+        rid = stack.create(tenant)
+        wait_until(lambda: rule.fired >= 1, 180, "finalize to write _SUCCESS")
+        with psycopg.connect(stack.source_url, autocommit=True) as conn, conn.transaction():
+            conn.execute("SELECT 1 FROM export_requests WHERE id = %s FOR UPDATE", [rid])
+            action.release()
+            wait_until(lambda: notify_waits(stack.source_url), 120, "the notify op to wait on the row")
+            row = RequestStore.on(conn).cancel(rid, None)
+            assert row is not None and row.status == "canceled"
+    finally:
+        action.release()
+    wait_until(lambda: run_status(stack.dagster_url, rid) in FINISHED, 120, "the run to end")
+    assert run_status(stack.dagster_url, rid) == "FAILURE"  # as canceled, never SUCCESS
+    check(tenant, rid, notified=True)
+
+
+def notify_waits(source_url: str) -> bool:
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query ILIKE '%status = ''succeeded''%' AND pid <> pg_backend_pid()"
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def test_finished_exports_answer_409(stack, store, s3_client, bucket):
+    done = stack.create("t-004")
+    row, _ = wait_for(store, done)
+    assert row.status == "succeeded"
+    # A failure: S3 refuses every upload of this tenant (access denied is not retried).
+    rule = stack.proxy.add_fault(
+        of_tenant("CreateMultipartUpload", "t-005"), error(403, "AccessDenied"), times=None
+    )
+    try:
+        failed = stack.create("t-005")
+        row, _ = wait_for(store, failed)
+        assert row.status == "failed"
+    finally:
+        stack.proxy.clear_faults()
+    assert rule.fired >= 1
+    for tenant, rid, status_now in (("t-004", done, "succeeded"), ("t-005", failed, "failed")):
+        status, doc = stack.cancel(tenant, rid)
+        assert status == 409 and doc["error"]["code"] == "not_cancelable", doc
+        assert request_row(stack.source_url, rid)["status"] == status_now
+        assert "canceled" not in history(stack.source_url, rid)
+    listed = s3_client.list_objects_v2(Bucket=bucket, Prefix=stack.folder("t-004", done)).get("KeyCount", 0)
+    assert listed > 0  # the succeeded export keeps its files

@@ -365,40 +365,77 @@ def test_files_of_an_unfinished_export_answer_409(client, tenant_key):
     assert client.delete(f"/v1/exports/{created['id']}", headers=auth(token)).status_code == 409
 
 
-def test_cancel(client, tenant_key, db):
-    _, token = tenant_key
-    pending = post(client, token, {"resource": "orders", "notify": {"email": "ops@example.com"}}).json()
-    canceled = client.post(f"/v1/exports/{pending['id']}/cancel", headers=auth(token))
-    assert canceled.status_code == 202
-    doc = canceled.json()
-    assert doc["status"] == "canceled" and doc["error"]["code"] == "canceled"
-    # No run will tell anyone: the API records the export.canceled notification itself.
-    sent = db.execute(
-        "SELECT event, channel, target, payload FROM export_deliveries WHERE request_id = %s", [pending["id"]]
+def deliveries_of(db, rid: str) -> list[tuple[str, str, str]]:
+    rows = db.execute(
+        "SELECT event, channel, target FROM export_deliveries WHERE request_id = %s ORDER BY id", [rid]
     ).fetchall()
-    assert [(d["event"], d["channel"], d["target"]) for d in sent] == [
-        ("export.canceled", "email", "ops@example.com")
-    ]
-    assert (
-        sent[0]["payload"]["event"] == "export.canceled" and sent[0]["payload"]["export_id"] == pending["id"]
-    )
-    assert client.post(f"/v1/exports/{pending['id']}/cancel", headers=auth(token)).status_code == 202
+    return [(d["event"], d["channel"], d["target"]) for d in rows]
 
-    running = post(client, token, {"resource": "orders"}).json()
+
+def test_cancel_commits_canceled_at_once_and_notifies_only_a_started_export(client, tenant_key, db):
+    tenant, token = tenant_key
+    # The tenant's default targets: a notifying cancel uses them when the request names none.
     db.execute(
-        "UPDATE export_requests SET status = 'running', run_id = 'r1', rows_total = 10 WHERE id = %s",
-        [running["id"]],
+        "INSERT INTO export_tenant_settings (tenant_id, email) VALUES (%s, 'defaults@example.com')",
+        [tenant],
     )
-    asked = client.post(f"/v1/exports/{running['id']}/cancel", headers=auth(token)).json()
-    assert asked["status"] == "running" and asked["cancel_requested_at"] is not None
-    row = db.execute(
-        "SELECT cancel_requested_at FROM export_requests WHERE id = %s", [running["id"]]
-    ).fetchone()
-    assert row["cancel_requested_at"] is not None
+    try:
+        own = {"resource": "orders", "notify": {"email": "ops@example.com"}}
+        pending = post(client, token, own).json()
+        canceled = client.post(f"/v1/exports/{pending['id']}/cancel", headers=auth(token))
+        assert canceled.status_code == 202
+        doc = canceled.json()
+        assert doc["status"] == "canceled" and doc["error"]["code"] == "canceled"
+        assert doc["error"]["message"] == "canceled before it started"
+        # Canceled before any run started: nobody is told, not its targets, not the tenant's defaults.
+        assert deliveries_of(db, pending["id"]) == []
+        again = client.post(f"/v1/exports/{pending['id']}/cancel", headers=auth(token))
+        assert again.status_code == 202 and again.json()["status"] == "canceled"
+        assert deliveries_of(db, pending["id"]) == []
 
-    db.execute("UPDATE export_requests SET status = 'succeeded' WHERE id = %s", [running["id"]])
-    late = client.post(f"/v1/exports/{running['id']}/cancel", headers=auth(token))
-    assert late.status_code == 409 and late.json()["error"]["code"] == "not_cancelable"
+        # Queued (a run may be starting): canceled at once too, and left to the cancel sensor.
+        queued = post(client, token, {"resource": "orders"}).json()
+        db.execute("UPDATE export_requests SET status = 'queued' WHERE id = %s", [queued["id"]])
+        doc = client.post(f"/v1/exports/{queued['id']}/cancel", headers=auth(token)).json()
+        assert doc["status"] == "canceled" and doc["cancel_requested_at"] is not None
+        assert deliveries_of(db, queued["id"]) == []
+
+        # Running: canceled at once; export.canceled for its own targets, else the tenant's defaults.
+        for body, told in ((own, "ops@example.com"), ({"resource": "orders"}, "defaults@example.com")):
+            running = post(client, token, body).json()
+            db.execute(
+                "UPDATE export_requests SET status = 'running', run_id = 'r1', rows_total = 10 WHERE id = %s",
+                [running["id"]],
+            )
+            doc = client.post(f"/v1/exports/{running['id']}/cancel", headers=auth(token)).json()
+            assert doc["status"] == "canceled" and doc["error"]["code"] == "canceled"
+            assert deliveries_of(db, running["id"]) == [("export.canceled", "email", told)]
+            row = db.execute(
+                "SELECT cancel_cleanup_pending FROM export_requests WHERE id = %s", [running["id"]]
+            ).fetchone()
+            assert row["cancel_cleanup_pending"]  # the cancel sensor stops the run, empties the folder
+
+        # A canceled row stays canceled: nothing a late op or a run retry writes makes it succeed.
+        for status in ("succeeded", "running", "failed"):
+            with pytest.raises(psycopg.Error) as refused:
+                db.execute("UPDATE export_requests SET status = %s WHERE id = %s", [status, running["id"]])
+            assert refused.value.sqlstate == "EX409"
+        history = db.execute(
+            "SELECT from_status, to_status FROM export_request_status_history WHERE request_id = %s ORDER BY id",
+            [running["id"]],
+        ).fetchall()
+        assert [(h["from_status"], h["to_status"]) for h in history] == [
+            (None, "pending"),
+            ("pending", "running"),
+            ("running", "canceled"),
+        ]
+
+        finished = post(client, token, {"resource": "orders"}).json()
+        db.execute("UPDATE export_requests SET status = 'succeeded' WHERE id = %s", [finished["id"]])
+        late = client.post(f"/v1/exports/{finished['id']}/cancel", headers=auth(token))
+        assert late.status_code == 409 and late.json()["error"]["code"] == "not_cancelable"
+    finally:
+        db.execute("DELETE FROM export_tenant_settings WHERE tenant_id = %s", [tenant])
 
 
 def read_events(response: httpx.Response, into: list[dict[str, Any]]) -> None:

@@ -28,14 +28,16 @@ def running_daemon(
     bucket: str,
     home: Path,
     dagster_db: str,
+    dagster_yaml: Path = ROOT / "dagster.yaml",
     **extra_env: str,
 ) -> Iterator[dict[str, str]]:
-    """Start the daemon on a fresh instance database; yield the environment its runs see."""
+    """Start the daemon on a fresh instance database; yield the environment its runs see.
+    `dagster_yaml`: the instance config (deploy/celery/dagster.yaml for the Celery launcher)."""
     admin = with_db(stack_env["SOURCE_DATABASE_URL"], "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{dagster_db}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{dagster_db}"')
-    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text(dagster_yaml.read_text())
     env = {
         **os.environ,
         **stack_env,

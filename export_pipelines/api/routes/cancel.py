@@ -1,7 +1,7 @@
-"""Ending an export early: `POST /v1/exports/{id}/cancel` (the request store's cancel: a pending
-export is canceled at once and its `export.canceled` notification recorded; a queued or running
-one is marked and its run terminated by the Dagster side) and `DELETE /v1/exports/{id}` (the files
-deleted now, status `expired`).
+"""Ending an export early: `POST /v1/exports/{id}/cancel` (the request store's cancel: a pending,
+queued or running export becomes `canceled` at once; one that was running has its
+`export.canceled` notification recorded; the Dagster side then stops its run and empties its
+folder) and `DELETE /v1/exports/{id}` (the files deleted now, status `expired`).
 
 (No `from __future__ import annotations`: FastAPI resolves the handlers' annotations.)"""
 
@@ -27,14 +27,15 @@ def router(api: ExportApi) -> APIRouter:
         tags=["exports"],
         response_model=None,
         responses={
-            202: {"model": ExportStatus, "description": "canceled, or cancel requested (the run stops)"},
+            202: {"model": ExportStatus, "description": "canceled (its run, if any, is stopped)"},
             409: {"model": ErrorBody, "description": "already finished"},
             **ERRORS,
         },
     )
     def cancel_export(export_id: ExportId, who: Auth) -> JSONResponse:
-        """Cancel: a pending export is canceled at once; a queued or running one is marked
-        (`cancel_requested_at`) and its run terminated by the Dagster side."""
+        """Cancel: a pending, queued or running export is `canceled` at once and is never produced;
+        its run, if one started, is stopped by the Dagster side and its files deleted. Canceling a
+        canceled export again changes nothing (202); a finished one answers 409."""
         with api.pool.connection() as conn:
             who.resolve(conn)
             row = RequestStore.on(conn).cancel(export_id, who.tenant_id)

@@ -130,19 +130,6 @@ class RequestQueue(RequestRows):
         ).fetchall()
         return [as_request(r) for r in rows]
 
-    def cancel_requested(self, limit: int = 200) -> list[StoredRequest]:
-        """Queued and running rows someone asked to cancel (the API's POST …/cancel), oldest first."""
-        rows = self.execute(
-            """
-                SELECT * FROM export_requests
-                WHERE cancel_requested_at IS NOT NULL AND status IN ('queued', 'running')
-                ORDER BY cancel_requested_at, id
-                LIMIT %s
-                """,
-            [limit],
-        ).fetchall()
-        return [as_request(r) for r in rows]
-
     def position(self, request_id: str) -> int | None:
         """How many waiting rows the fair queue starts before this one (None: it names no row)."""
         if not is_request_id(request_id):

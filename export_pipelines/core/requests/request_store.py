@@ -6,7 +6,8 @@ The fair queue's reads and claims are queue.py's, a tenant's reads request_reads
 
 Status: pending → queued → running → succeeded | failed | canceled; succeeded → expired when the
 janitor (or the tenant's DELETE) removes the files; a failed row set back to pending with
-attempt + 1 runs again.
+attempt + 1 runs again. A cancel makes any active row `canceled` at once, and a trigger keeps it
+so within its attempt (export_request_status_history records every transition).
 
 What tenants read of a failure is `error_code` (core.errors.ERROR_CODES) and a short `error`
 (core.errors.tenant_message); the full error stays in the Dagster run.
@@ -28,13 +29,19 @@ from psycopg.types.json import set_json_loads
 
 from export_pipelines.core.delivery.delivery_store import DeliveryStore
 from export_pipelines.core.delivery.notices import CANCELED, ended, enqueue
-from export_pipelines.core.errors import ERROR_CODES, IdempotencyConflict, IdempotencyInFlight
+from export_pipelines.core.errors import (
+    ERROR_CODES,
+    TENANT_MESSAGES,
+    IdempotencyConflict,
+    IdempotencyInFlight,
+)
 from export_pipelines.core.requests.request_row import (
     StoredRequest,
     is_request_id,
     load_json,
     monthly_request_id,
 )
+from export_pipelines.core.requests.tenant_settings import TenantSettingsStore
 from export_pipelines.core.storage.migrations import set_tenant_max_active
 from export_pipelines.core.storage.pg_errors import refusal
 from export_pipelines.core.storage.pg_store import PgStore
@@ -326,10 +333,12 @@ class RequestStore(RequestRows):
         )
 
     def mark_canceled(self, request_id: str, error: str = "the export was canceled") -> bool:
-        """An active row whose run was canceled."""
+        """An active row whose run was canceled (in Dagster, or a batch's tenant): flagged for the
+        cancel sensor, which deletes what the run wrote."""
         return self._update(
             request_id,
-            "status = 'canceled', error = %s, error_code = 'canceled', completed_at = now()",
+            "status = 'canceled', error = %s, error_code = 'canceled', completed_at = now(), "
+            "cancel_requested_at = coalesce(cancel_requested_at, now()), cancel_cleanup_pending = true",
             [error[:MAX_ERROR_CHARS]],
             only_if=ACTIVE,
         )
@@ -373,63 +382,97 @@ class RequestStore(RequestRows):
         )
 
     def cancel(self, request_id: str, tenant_id: str | None) -> StoredRequest | None:
-        """The tenant's cancel (`tenant_id` None: an operator's, any tenant). A pending row no run has
-        taken is canceled at once, and its export.canceled notices recorded in the same transaction
-        (no run will tell anyone); a queued or running one is marked (`cancel_requested_at`) for the
-        cancel sensor, which stops its run. Returns the row as it is now (a finished row unchanged),
-        None when the tenant has no such export."""
+        """The cancel of every door (`tenant_id` None: an operator's, any tenant). A pending, queued
+        or running row becomes `canceled` at once, in one transaction: whatever a run does after
+        that, it cannot commit the export (its ops commit only a `running` row, and a trigger keeps
+        a canceled row canceled). A row that was `running` (its rows counted, files being written)
+        gets its export.canceled notices in the same transaction, for its own targets or else the
+        tenant's defaults (the rule of every notification); one canceled before its run started
+        notifies nobody. A row a run may have taken (queued, running) is flagged for the cancel
+        sensor (`cancel_cleanup_pending`), which stops the run so that it is never retried and
+        deletes the export's folder. Returns the row as it is now (a finished row unchanged, a
+        canceled one unchanged: canceling twice changes nothing), None when the tenant has no such
+        export."""
         if not is_request_id(request_id):
             return None
         scope = {"id": request_id, "t": tenant_id}
         with self.transaction() as cur:
+            before = cur.execute(
+                "SELECT * FROM export_requests WHERE id = %(id)s "
+                "AND (%(t)s::text IS NULL OR tenant_id = %(t)s) FOR UPDATE",
+                scope,
+            ).fetchone()
+            if before is None or before["status"] not in ACTIVE:
+                return as_request(before) if before is not None else None
+            was = before["status"]
             row = cur.execute(
                 """
                 UPDATE export_requests
                 SET status = 'canceled', error_code = 'canceled', error = %(error)s,
                     cancel_requested_at = coalesce(cancel_requested_at, now()), completed_at = now(),
-                    updated_at = now()
-                WHERE id = %(id)s AND (%(t)s::text IS NULL OR tenant_id = %(t)s)
-                  AND status = 'pending' AND run_id IS NULL
+                    cancel_cleanup_pending = %(cleanup)s, updated_at = now()
+                WHERE id = %(id)s
                 RETURNING *
                 """,
-                {**scope, "error": CANCELED_BEFORE_START},
+                {
+                    "id": request_id,
+                    # A pending row that no run has taken: no run can take it any more (a claim
+                    # needs pending or queued), so there is nothing to stop and nothing written.
+                    "cleanup": not (was == "pending" and before["run_id"] is None),
+                    "error": TENANT_MESSAGES["canceled"] if was == "running" else CANCELED_BEFORE_START,
+                },
             ).fetchone()
-            if row is not None:
-                canceled = as_request(row)
-                notice = ended(
-                    CANCELED,
-                    export_id=canceled.id,
-                    tenant_id=canceled.tenant_id,
-                    resource=canceled.resource,
-                    rows=0,
-                    bytes_written=0,
-                    error=CANCELED_BEFORE_START,
-                )
-                enqueue(
-                    DeliveryStore.on(self.conn),
-                    notice,
-                    request_id=canceled.id,
-                    tenant_id=canceled.tenant_id,
-                    webhook_url=canceled.webhook_url,
-                    email=canceled.email,
-                )
-                return canceled
-        marked = self.fetch_one(
-            """
-            UPDATE export_requests
-            SET cancel_requested_at = coalesce(cancel_requested_at, now()), updated_at = now()
-            WHERE id = %(id)s AND (%(t)s::text IS NULL OR tenant_id = %(t)s)
-              AND status IN ('pending', 'queued', 'running')
-            RETURNING *
-            """,
-            scope,
+            assert row is not None
+            canceled = as_request(row)
+            if was == "running":
+                self._record_canceled(canceled)
+            return canceled
+
+    def _record_canceled(self, row: StoredRequest) -> None:
+        """export.canceled for a row canceled while running, in the caller's transaction."""
+        webhook_url, email = row.webhook_url, row.email
+        if not (webhook_url or email):
+            defaults = TenantSettingsStore.on(self.conn).get(row.tenant_id)
+            webhook_url, email = defaults.webhook_url, defaults.email
+        if not (webhook_url or email):
+            return
+        notice = ended(
+            CANCELED,
+            export_id=row.id,
+            tenant_id=row.tenant_id,
+            resource=row.resource,
+            rows=row.rows_exported,
+            bytes_written=row.bytes_written,
+            error=row.error or TENANT_MESSAGES["canceled"],
         )
-        if marked is not None:
-            return marked
-        return self.fetch_one(
-            "SELECT * FROM export_requests WHERE id = %(id)s AND (%(t)s::text IS NULL OR tenant_id = %(t)s)",
-            scope,
+        enqueue(
+            DeliveryStore.on(self.conn),
+            notice,
+            request_id=row.id,
+            tenant_id=row.tenant_id,
+            webhook_url=webhook_url,
+            email=email,
         )
+
+    def cancel_cleanups(self, limit: int = 200) -> list[StoredRequest]:
+        """Canceled rows whose run may still be going or whose folder may hold files: the cancel
+        sensor's work list, oldest cancel first."""
+        return self.fetch_all(
+            "SELECT * FROM export_requests WHERE cancel_cleanup_pending "
+            "ORDER BY cancel_requested_at NULLS FIRST, id LIMIT %s",
+            [limit],
+        )
+
+    def cleanup_done(self, request_id: str) -> bool:
+        """The cancel sensor stopped the row's run and emptied its folder."""
+        return self._update(request_id, "cancel_cleanup_pending = false", [])
+
+    def is_canceled(self, request_id: str) -> bool:
+        """Whether the row was canceled: what a run checks before it commits anything."""
+        if not is_request_id(request_id):
+            return False
+        row = self.execute("SELECT status FROM export_requests WHERE id = %s", [request_id]).fetchone()
+        return row is not None and row["status"] == "canceled"
 
 
 def _known_code(code: str) -> str:

@@ -5,6 +5,9 @@
   durably uploaded, so a retry resumes (core/engine/checkpoints.py).
 - `export_deliveries`: notifications waiting to be sent, sent, or given up (core/delivery/delivery_store.py).
 - `export_limits`: the per-tenant caps the insert trigger enforces (written by `migrate`).
+- `export_request_status_history`: every status a request row took, with the time (a trigger
+  writes it), so operators and tests see the lifecycle; a guard trigger keeps a canceled row
+  canceled.
 - the role `export_app`: what apps may do with export_requests (docs/security.md).
 
 Each statement may run again (IF NOT EXISTS, DROP CONSTRAINT IF EXISTS + ADD, CREATE OR REPLACE,
@@ -280,10 +283,14 @@ ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS max_rows_per_file bi
 -- GET /v1/exports: a tenant's rows newest first, keyset on (created_at, id).
 CREATE INDEX IF NOT EXISTS export_requests_tenant_created_idx
     ON public.export_requests (tenant_id, created_at DESC, id DESC);
+-- A canceled row whose run may still be going or whose folder may still hold files: the cancel
+-- sensor stops the run, deletes the folder and clears the flag.
+ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS cancel_cleanup_pending boolean NOT NULL
+    DEFAULT false;
+DROP INDEX IF EXISTS public.export_requests_cancel_idx;
 -- The cancel sensor's work list.
-CREATE INDEX IF NOT EXISTS export_requests_cancel_idx
-    ON public.export_requests (cancel_requested_at)
-    WHERE cancel_requested_at IS NOT NULL AND status IN ('queued', 'running');
+CREATE INDEX IF NOT EXISTS export_requests_cancel_cleanup_idx
+    ON public.export_requests (cancel_requested_at) WHERE cancel_cleanup_pending;
 """
 
 # Tenants' default notify targets (docs/data-team.md): used by monthly partitions'
@@ -321,6 +328,55 @@ CREATE TRIGGER export_requests_notify_pending AFTER INSERT OR UPDATE OF status O
     FOR EACH ROW WHEN (NEW.status = 'pending') EXECUTE FUNCTION public.export_requests_notify_pending();
 """
 
+# Every status a request row takes, with the time: written by a trigger, whatever the door or the
+# process (API, sensors, ops, an app's own SQL), so the lifecycle can be read back (operators,
+# tests). And a guard: a canceled row stays canceled within its attempt (no `succeeded`, `failed`
+# or `running` after `canceled`, whatever a late op or a run retry does); only a new attempt (a
+# monthly partition run again by a backfill, attempt + 1) may take the row on again.
+CANCELED_SQLSTATE = "EX409"
+STATUS_HISTORY = f"""
+CREATE TABLE IF NOT EXISTS public.export_request_status_history (
+    id           bigserial PRIMARY KEY,
+    request_id   uuid NOT NULL,
+    attempt      int NOT NULL,
+    from_status  text,                           -- NULL: the row was inserted
+    to_status    text NOT NULL,
+    run_id       text,
+    at           timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS export_request_status_history_request_idx
+    ON public.export_request_status_history (request_id, id);
+REVOKE ALL ON public.export_request_status_history FROM {APP_ROLE};
+CREATE OR REPLACE FUNCTION public.export_requests_status_history() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
+BEGIN
+    IF TG_OP = 'INSERT' OR NEW.status IS DISTINCT FROM OLD.status OR NEW.attempt <> OLD.attempt THEN
+        INSERT INTO public.export_request_status_history (request_id, attempt, from_status, to_status,
+                                                           run_id)
+        VALUES (NEW.id, NEW.attempt, CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END, NEW.status,
+                NEW.run_id);
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+DROP TRIGGER IF EXISTS export_requests_status_history ON public.export_requests;
+CREATE TRIGGER export_requests_status_history AFTER INSERT OR UPDATE OF status, attempt
+    ON public.export_requests FOR EACH ROW EXECUTE FUNCTION public.export_requests_status_history();
+CREATE OR REPLACE FUNCTION public.export_requests_canceled_guard() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF OLD.status = 'canceled' AND NEW.status <> 'canceled' AND NEW.attempt <= OLD.attempt THEN
+        RAISE EXCEPTION 'export % was canceled: it cannot become %', OLD.id, NEW.status
+            USING ERRCODE = '{CANCELED_SQLSTATE}';
+    END IF;
+    RETURN NEW;
+END
+$fn$;
+DROP TRIGGER IF EXISTS export_requests_canceled_guard ON public.export_requests;
+CREATE TRIGGER export_requests_canceled_guard BEFORE UPDATE OF status ON public.export_requests
+    FOR EACH ROW WHEN (OLD.status = 'canceled') EXECUTE FUNCTION public.export_requests_canceled_guard();
+"""
+
 MIGRATIONS = (
     REQUESTS_TABLE,
     CHECKPOINT_TABLES,
@@ -329,6 +385,7 @@ MIGRATIONS = (
     API_TABLES,
     TENANT_SETTINGS_TABLE,
     PENDING_NOTIFY,
+    STATUS_HISTORY,
 )
 
 _migrated: set[str] = set()

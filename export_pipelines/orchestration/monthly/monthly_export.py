@@ -95,8 +95,9 @@ def export_month(
     store = services.source.requests()
     rid = monthly_request_id(tenant, config.resource, month[:7])
     before = store.get(rid)
-    if before is not None and before.cancel_requested_at and before.status in ("queued", "running"):
-        # Asked to cancel while it waited in the batch: do not start it (upsert would clear the ask).
+    if before is not None and before.status == "canceled" and same_run_group(context, before.run_id):
+        # Canceled while it waited in this batch (or before this run's retry): do not start it again
+        # (the upsert would take the row on as a new attempt).
         return _ended(
             context,
             services,
@@ -130,7 +131,8 @@ def export_month(
             run_plan = _plan(context, services, config, tenant, month[:7], filters, rid, alone)
             folder = run_plan.plan.location.folder
             done = _write(context, services, run_plan, abort_on_error=last)
-            record_success(context.log, services.source, run_plan, done)
+            if not record_success(context.log, services.source, run_plan, done):
+                raise CanceledThroughApi(CANCELED_MESSAGE)
             return MonthOutcome(key, tenant, rid, done=done, folder=folder)
         except TransientError as exc:
             if last:
@@ -147,6 +149,17 @@ def export_month(
     raise AssertionError("unreachable: the last attempt returns")
 
 
+def same_run_group(context: dg.AssetExecutionContext, run_id: str | None) -> bool:
+    """Whether `run_id` is this run or another run of its group (the run it retries)."""
+    if not run_id:
+        return False
+    if run_id == context.run.run_id:
+        return True
+    other = context.instance.get_run_by_id(run_id)
+    root = context.run.root_run_id or context.run.run_id
+    return other is not None and (other.root_run_id or other.run_id) == root
+
+
 def _plan(
     context: dg.AssetExecutionContext,
     services: Services,
@@ -161,7 +174,10 @@ def _plan(
     catalog = settings.catalog()
     request = configured_request(catalog, config, tenant, filters, export_id)
     plan = plan_request(source, settings, catalog, request)
-    source.requests().mark_running(rid, context.run.run_id, plan.rows_total)
+    if not source.requests().mark_running(rid, context.run.run_id, plan.rows_total) and (
+        source.requests().is_canceled(rid)
+    ):
+        raise CanceledThroughApi(CANCELED_MESSAGE)
     if alone:  # lets the failure sensor abort a dead run's uploads, as count_rows does
         context.instance.add_run_tags(context.run.run_id, {tags.FOLDER: plan.location.folder})
     webhook_url, email = tenant_targets(source.conninfo, tenant, None, None)
@@ -179,10 +195,12 @@ def _write(
         store = source.requests()
         store.update_progress(rid, p.rows_exported, p.bytes_written)
         row = store.get(rid)
-        if row is not None and row.cancel_requested_at:  # the batch run goes on without this one
+        if row is not None and row.status == "canceled":  # the batch run goes on without this one
             raise CanceledThroughApi(CANCELED_MESSAGE)
 
     outcome = write_export(source, settings, client, plan, on_progress, checkpoints, abort_on_error)
+    if source.requests().is_canceled(rid):  # a commit point: no manifest, no _SUCCESS
+        raise CanceledThroughApi(CANCELED_MESSAGE)
     return finalize_export(client, settings.bucket, plan, outcome, checkpoints)
 
 
