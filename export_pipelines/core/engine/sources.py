@@ -13,16 +13,18 @@ from __future__ import annotations
 import select
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
-import pyarrow as pa
 from psycopg import pq, sql
 
 from export_pipelines.core.engine.encoders.special_values import Counter, aggregates
 from export_pipelines.core.engine.query import ExportQuery, connect, session_settings
 from export_pipelines.core.memory import settle_allocators
 from export_pipelines.core.storage.pg_connect import scrub
+
+if TYPE_CHECKING:  # pyarrow is imported by ArrowSource alone: a CSV export never loads it
+    import pyarrow as pa
 
 # Keyset batches aim at this many bytes of raw rows: big enough to amortise the per-batch
 # query, small enough that memory stays flat whatever the row width.
@@ -199,9 +201,10 @@ class ArrowSource:
     ) -> None:
         import adbc_driver_manager
         import adbc_driver_postgresql
+        import pyarrow
 
         settle_allocators()  # before the first batch: see memory.py
-        self._adm = adbc_driver_manager
+        self._adm, self._pa = adbc_driver_manager, pyarrow
         self.query = query
         self.hwm = high_water_mark
         # Bounds and special-value counts come from psycopg, in the snapshot ADBC reads.
@@ -232,7 +235,7 @@ class ArrowSource:
             stmt.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(ARROW_BATCH_BYTES)})
             stmt.set_sql_query(statement)
             stream, _ = stmt.execute_query()
-            yield from pa.RecordBatchReader.from_stream(stream)
+            yield from self._pa.RecordBatchReader.from_stream(stream)
         finally:
             stmt.close()
 
@@ -268,10 +271,10 @@ class ArrowSource:
         try:
             stmt_handle.set_sql_query(query)
             stream, _ = stmt_handle.execute_query()
-            schema = pa.RecordBatchReader.from_stream(stream).schema
+            schema = self._pa.RecordBatchReader.from_stream(stream).schema
         finally:
             stmt_handle.close()
-        return pa.RecordBatch.from_pylist([], schema=schema)
+        return self._pa.RecordBatch.from_pylist([], schema=schema)
 
     def _end_adbc_tx(self) -> None:
         if self._in_tx:
