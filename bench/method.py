@@ -1,9 +1,9 @@
 """One benchmark method, run in its own process so its peak RSS is its own.
 
-    python bench/method.py ours_csv|ours_parquet|job_csv|ref_parquet TENANT PREFIX
+    python bench/method.py ours_csv|ours_parquet|job_csv|job_parquet|ref_parquet TENANT PREFIX
 
 Prints one JSON line: {"seconds", "rows", "bytes", "keys"}. `ours_*` call the same core
-functions tenant_export_job's ops call; `job_csv` runs the job itself (execute_in_process).
+functions tenant_export_job's ops call; `job_csv`/`job_parquet` run the job itself (execute_in_process).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def ours(fmt: str, tenant: str, prefix: str) -> dict:
     }
 
 
-def job(tenant: str, prefix: str) -> dict:
+def job(fmt: str, tenant: str, prefix: str) -> dict:
     import dagster as dg
 
     from export_pipelines.orchestration.definitions import build_definitions
@@ -62,7 +62,7 @@ def job(tenant: str, prefix: str) -> dict:
 
     defs = build_definitions(dataclasses.replace(Settings.from_env(), prefix=prefix))
     job_def = defs.resolve_job_def("tenant_export_job")
-    config = export_run_config(tenant_id=tenant, resource="orders", format="csv", request_id="bench-job")
+    config = export_run_config(tenant_id=tenant, resource="orders", format=fmt, request_id=f"bench-job-{fmt}")
     start = time.perf_counter()
     result = job_def.execute_in_process(run_config=config, instance=dg.DagsterInstance.ephemeral())
     seconds = time.perf_counter() - start
@@ -116,8 +116,8 @@ def main() -> None:
         out = ours("csv", tenant, prefix)
     elif method == "ours_parquet":
         out = ours("parquet", tenant, prefix)
-    elif method == "job_csv":
-        out = job(tenant, prefix)
+    elif method in ("job_csv", "job_parquet"):
+        out = job(method.removeprefix("job_"), tenant, prefix)
     elif method == "ref_parquet":
         out = ref_parquet(tenant, prefix)
     else:

@@ -41,8 +41,14 @@ from export_pipelines_dev.local_stack.postgres import pg_bin
 HERE = Path(__file__).resolve().parent
 BENCH_DB = "exports_bench"
 COLUMNS = "id, tenant_id, created_at, status, amount, currency, customer_email, note, attrs"
-METHODS = ["ref_csv", "ours_csv", "job_csv", "ref_parquet", "ours_parquet"]
-REFERENCE = {"ours_csv": "ref_csv", "job_csv": "ref_csv", "ours_parquet": "ref_parquet"}
+METHODS = ["floor", "ref_csv", "ours_csv", "job_csv", "ref_parquet", "ours_parquet", "job_parquet"]
+REFERENCE = {
+    "ours_csv": "ref_csv",
+    "job_csv": "ref_csv",
+    "ours_parquet": "ref_parquet",
+    "job_parquet": "ref_parquet",
+}
+FLOOR = "floor"  # psql \copy of the same query to /dev/null: what PostgreSQL alone takes
 
 
 @dataclass
@@ -155,23 +161,28 @@ def run_measured(
     return seconds, max(seen.values(), default=0) / 1024, out, cpu
 
 
+def _copy_command(env: dict[str, str]) -> str:
+    copy = (
+        f"\\copy (SELECT {COLUMNS} FROM orders WHERE tenant_id = '{BIG_TENANT}' ORDER BY id) "
+        "TO STDOUT (FORMAT csv, HEADER)"
+    )
+    psql, url = shlex.quote(str(pg_bin("psql"))), shlex.quote(env["SOURCE_DATABASE_URL"])
+    return f"{psql} -X -q {url} -c {shlex.quote(copy)}"
+
+
 def run_method(method: str, env: dict[str, str], prefix: str) -> Sample:
     bucket = env["EXPORT_BUCKET"]
+    pg_env = {**env, "PGTZ": "UTC", "PGDATESTYLE": "ISO, YMD"}
+    if method == FLOOR:
+        seconds, rss, _, cpu = run_measured([f"{_copy_command(env)} > /dev/null"], pg_env, shell=True)
+        return Sample(seconds, rss, -1, 0, [], cpu)
     if method == "ref_csv":
         key = f"{prefix}/ref.csv.gz"
-        psql = pg_bin("psql")
-        copy = (
-            f"\\copy (SELECT {COLUMNS} FROM orders WHERE tenant_id = '{BIG_TENANT}' ORDER BY id) "
-            "TO STDOUT (FORMAT csv, HEADER)"
-        )
         pipeline = (
-            f"{shlex.quote(str(psql))} -X -q {shlex.quote(env['SOURCE_DATABASE_URL'])} "
-            f"-c {shlex.quote(copy)} | gzip -1 | "
+            f"{_copy_command(env)} | gzip -1 | "
             f"{shlex.quote(sys.executable)} {HERE / 'upload_stdin.py'} {bucket} {key}"
         )
-        seconds, rss, _, cpu = run_measured(
-            [pipeline], {**env, "PGTZ": "UTC", "PGDATESTYLE": "ISO, YMD"}, shell=True
-        )
+        seconds, rss, _, cpu = run_measured([pipeline], pg_env, shell=True)
         size = make_s3_client(**Settings.from_env(env).s3_client_options()).head_object(
             Bucket=bucket, Key=key
         )["ContentLength"]
@@ -219,7 +230,7 @@ def verify(results: dict[str, Result], env: dict[str, str], expected_rows: int) 
             notes.append(
                 f"{method}: decompressed CSV identical to psql reference ({size:,} bytes, sha256 {sha[:12]}…)"
             )
-    for method in ("ours_csv", "job_csv", "ours_parquet", "ref_parquet"):
+    for method in ("ours_csv", "job_csv", "ours_parquet", "ref_parquet", "job_parquet"):
         if method not in results:
             continue
         rows = results[method].samples[-1].rows
@@ -229,7 +240,7 @@ def verify(results: dict[str, Result], env: dict[str, str], expected_rows: int) 
 
     import pyarrow.parquet as pq
 
-    for method in ("ours_parquet", "ref_parquet"):
+    for method in ("ours_parquet", "ref_parquet", "job_parquet"):
         if method not in results:
             continue
         key = results[method].samples[-1].keys[0]
@@ -260,15 +271,17 @@ def bench_size(
                 f"{sample.rss_mb:6.0f} MB  {sample.cpu:6.2f} CPU s",
                 flush=True,
             )
-    if "ref_csv" in results:
-        results["ref_csv"].samples[-1].rows = expected
+    for method in ("ref_csv", FLOOR):
+        if method in results:
+            results[method].samples[-1].rows = expected
     return results, expected, verify(results, run_env, expected)
 
 
 def table(all_results: list[tuple[int, dict[str, Result], int]]) -> str:
     lines = [
-        "| rows | method | median s | rows/s | MB/s (output) | peak RSS MB | ratio to reference | CPU s |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| rows | method | median s | rows/s | MB/s (output) | peak RSS MB | ratio to reference | "
+        "ratio to floor | CPU s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for _, results, expected in all_results:
         for method in [m for m in METHODS if m in results]:
@@ -279,9 +292,10 @@ def table(all_results: list[tuple[int, dict[str, Result], int]]) -> str:
             else:
                 ratio = "1.00 (reference)" if ref is None else "-"
             out_mb = statistics.median(s.bytes for s in r.samples) / 1e6
+            floor = f"{r.median / results[FLOOR].median:.2f}x" if FLOOR in results else "-"
             lines.append(
                 f"| {expected:,} | {method} | {r.median:.2f} | {expected / r.median:,.0f} | "
-                f"{out_mb / r.median:.1f} | {r.rss:.0f} | {ratio} | {r.cpu:.1f} |"
+                f"{out_mb / r.median:.1f} | {r.rss:.0f} | {ratio} | {floor} | {r.cpu:.1f} |"
             )
     return "\n".join(lines)
 

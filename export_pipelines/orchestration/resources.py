@@ -11,7 +11,6 @@ from datetime import timedelta
 from typing import Any
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
 from export_pipelines.core.delivery.delivery_store import DeliveryStore
@@ -85,8 +84,20 @@ _CLIENTS: dict[tuple[Any, ...], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
-class ExportS3(S3Resource):
-    """dagster-aws's S3 resource, with the client settings exports rely on (SigV4, retries).
+def cached_s3_client(**options: Any) -> Any:
+    """One boto3 S3 client per process and options (make_s3_client's keyword arguments)."""
+    key = tuple(sorted(options.items()))
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            client = _CLIENTS[key] = make_s3_client(**options)
+    return client
+
+
+class ExportS3(dg.ConfigurableResource):
+    """The export bucket's S3 client settings (SigV4, retries): dagster-aws's S3Resource fields,
+    without importing dagster-aws (with its components, ~50 MB and ~0.5 s of every run process's
+    start-up); the S3 IO manager of several-machine set-ups loads it (io_managers.py).
 
     One client per process and settings, built on first use: making a boto3 client loads
     botocore's S3 model (0.1-0.3 s idle, 0.6-1.6 s on a loaded 2-core machine), and a warm worker
@@ -94,27 +105,25 @@ class ExportS3(S3Resource):
     outputs' IO manager too). boto3 clients are thread-safe; credentials from boto3's chain
     refresh themselves inside the client."""
 
+    endpoint_url: str | None = None
+    region_name: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
+    max_attempts: int = 5
+
+    def client_options(self) -> dict[str, Any]:
+        return {
+            "endpoint_url": self.endpoint_url,
+            "region_name": self.region_name,
+            "aws_access_key_id": self.aws_access_key_id,
+            "aws_secret_access_key": self.aws_secret_access_key,
+            "aws_session_token": self.aws_session_token,
+            "max_attempts": self.max_attempts,
+        }
+
     def get_client(self) -> Any:
-        options = (
-            self.endpoint_url,
-            self.region_name,
-            self.aws_access_key_id,
-            self.aws_secret_access_key,
-            self.aws_session_token,
-            self.max_attempts,
-        )
-        with _CLIENTS_LOCK:
-            client = _CLIENTS.get(options)
-            if client is None:
-                client = _CLIENTS[options] = make_s3_client(
-                    endpoint_url=self.endpoint_url,
-                    region_name=self.region_name,
-                    aws_access_key_id=self.aws_access_key_id,
-                    aws_secret_access_key=self.aws_secret_access_key,
-                    aws_session_token=self.aws_session_token,
-                    max_attempts=self.max_attempts,
-                )
-        return client
+        return cached_s3_client(**self.client_options())
 
     def get_object_to_set_on_execution_context(self) -> Any:
         # The ops take the resource itself and call get_client(); nothing reads

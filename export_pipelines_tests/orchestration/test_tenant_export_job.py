@@ -187,3 +187,20 @@ def test_the_launchpad_default_empty_tenant_is_refused(resources, s3_client, buc
     message = result.get_step_failure_events()[0].step_failure_data.error.message
     assert "tenant_id" in message
     assert open_uploads(s3_client, bucket, prefix) == []
+
+
+def test_step_outputs_go_to_the_bucket_with_the_s3_io_manager(resources, s3_client, bucket, prefix):
+    """EXPORT_IO_MANAGER=s3 (several hosts): every step's output is kept under {prefix}/_dagster/,
+    through dagster-aws's IO manager on the exports' own S3 settings."""
+    import dataclasses
+
+    from export_pipelines.orchestration.io_managers import io_manager_resources
+    from export_pipelines.settings import Settings
+
+    settings = dataclasses.replace(Settings.from_env(), prefix=prefix)
+    io = io_manager_resources(settings, resources["s3"], kind="s3")
+    result = run({**resources, **io}, tenant_id="t-005", resource="orders", request_id="req-io")
+    assert result.success
+    listed = s3_client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/_dagster/").get("Contents", [])
+    steps = {o["Key"].split("/")[-2] for o in listed}
+    assert {"count_rows", "export_files", "finalize", "notify"} <= steps

@@ -24,9 +24,11 @@ from __future__ import annotations
 import contextlib
 import http
 import io
+import select
 import socket
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -194,7 +196,9 @@ class ResetAfter:
 
 @dataclass(frozen=True)
 class Delay:
-    """Wait, then forward (a slow server: the request is applied late, maybe after the client gave up)."""
+    """Wait, then forward (a slow server: the request is applied late, maybe after the client gave up).
+    The wait ends early once the client has closed its connection (it gave up): the request is
+    then forwarded at once, still late, so a long delay costs a test only the client's timeout."""
 
     seconds: float
 
@@ -539,6 +543,21 @@ class S3FaultProxy:
             if not self._idle.wait_for(lambda: self._inflight == 0, timeout=timeout):
                 raise TimeoutError(f"{self._inflight} request(s) still in flight after {timeout}s")
 
+    def _delay(self, seconds: float, sock: socket.socket) -> bool:
+        """Wait `seconds`, or until the client closes the connection; True if the proxy closes."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self._stopping.wait(min(0.05, left)):
+                return True
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                try:
+                    if sock.recv(1, socket.MSG_PEEK) == b"":
+                        return False  # the client gave up (its read timeout) and closed
+                except OSError:
+                    return False
+        return False
+
     def _take_action(self, req: Request) -> Action | None:
         with self._lock:
             for rule in self._rules:
@@ -694,7 +713,7 @@ class S3FaultProxy:
             sock.sendall(self._complete_200_error(action, req, request_id))
             entry.status = 200
             return True
-        if isinstance(action, Delay) and self._stopping.wait(action.seconds):
+        if isinstance(action, Delay) and self._delay(action.seconds, sock):
             raise _Stopping("proxy closed during a delay")
 
         with self._upstream() as up:

@@ -148,6 +148,8 @@ class _Export:
                         writer.write(encoder.cut())
                         self._cut(writer)
                 elif isinstance(event, FileEnd):
+                    if event.counts:
+                        self.counts = [a + b for a, b in zip(self.counts, event.counts, strict=True)]
                     writer.write(encoder.finish())
                     writer.complete(self._part_meta())
                     self._file_complete(writer, encoder)
@@ -224,8 +226,6 @@ class _Export:
         if cur.first_key is None:
             cur.first_key = kr.first
         cur.last_key = kr.last
-        if kr.counts:
-            self.counts = [a + b for a, b in zip(self.counts, kr.counts, strict=True)]
 
     def _part_meta(self) -> PartMeta:
         cur = self.current

@@ -56,8 +56,9 @@ class RangeDone(Control):
     next_batch_rows: int
 
 
+@dataclass(frozen=True)
 class FileEnd(Control):
-    pass
+    counts: tuple[int, ...] = ()  # the file's special values (this attempt's rows), per counter
 
 
 class Done(Control):
@@ -125,6 +126,7 @@ class Reader(threading.Thread):
             snapshot = self.source.begin_file()
             rows_in_file = 0
             started = exhausted = False
+            file_after = after  # this attempt's rows of the file: (file_after, after]
             if continuing:
                 self._put(FileStart(snapshot, after, batch_rows, continued=True))
                 rows_in_file, started, files, continuing = start.continue_rows or 0, True, files + 1, False
@@ -149,7 +151,7 @@ class Reader(threading.Thread):
                 # Rows vanished between plan and read (deleted): still one, empty, file.
                 self._empty_file(snapshot)
             elif started:
-                self._put(FileEnd())
+                self._put(FileEnd(self.source.count_file(file_after, after)))
             self.source.end_file()
             if exhausted:
                 return
@@ -168,7 +170,7 @@ def make_source(
     counters: tuple[Counter, ...] = (),
 ) -> RowSource:
     """The row source the format reads (CSV bytes from COPY, or Arrow batches); with counters,
-    its key ranges carry their special-value counts."""
+    it counts each file's special values."""
     query = ExportQuery(catalog.resource(plan.request.resource), plan.request, plan.types)
     # The format may have PostgreSQL render some columns (bytea as base64, JSON rows, ...).
     query = encoder_cls.render_query(query)

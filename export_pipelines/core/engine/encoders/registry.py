@@ -1,30 +1,28 @@
 """Which encoder writes each format. Adding a format is one entry in core/formats.py (its
-metadata), one new module in this package, and one line in `_ENCODERS`."""
+metadata), one new module in this package, and one line in `_ENCODERS`.
+
+Encoders are imported when their format is asked for, not when this module is: the Parquet
+encoder brings pyarrow (~40 MB of a run process) and a CSV run must not pay for it."""
 
 from __future__ import annotations
 
-from export_pipelines.core.engine.encoders.base import Encoder
-from export_pipelines.core.engine.encoders.csv import CsvEncoder
-from export_pipelines.core.engine.encoders.csv_excel import CsvExcelEncoder
-from export_pipelines.core.engine.encoders.json_array import JsonArrayEncoder
-from export_pipelines.core.engine.encoders.jsonl import JsonlEncoder
-from export_pipelines.core.engine.encoders.parquet import ParquetEncoder
-from export_pipelines.core.engine.encoders.pdf import PdfEncoder
-from export_pipelines.core.engine.encoders.xlsx import XlsxEncoder
+import importlib
 
-_ENCODERS: dict[str, type[Encoder]] = {
-    cls.format: cls
-    for cls in (
-        CsvEncoder,
-        CsvExcelEncoder,
-        JsonlEncoder,
-        JsonArrayEncoder,
-        ParquetEncoder,
-        XlsxEncoder,
-        PdfEncoder,
-    )
+from export_pipelines.core.engine.encoders.base import Encoder
+
+_PACKAGE = "export_pipelines.core.engine.encoders"
+_ENCODERS: dict[str, tuple[str, str]] = {
+    "csv": ("csv", "CsvEncoder"),
+    "csv_excel": ("csv_excel", "CsvExcelEncoder"),
+    "jsonl": ("jsonl", "JsonlEncoder"),
+    "json": ("json_array", "JsonArrayEncoder"),
+    "parquet": ("parquet", "ParquetEncoder"),
+    "xlsx": ("xlsx", "XlsxEncoder"),
+    "pdf": ("pdf", "PdfEncoder"),
 }
 
 
 def encoder_class(fmt: str) -> type[Encoder]:
-    return _ENCODERS[fmt]
+    module, name = _ENCODERS[fmt]
+    cls: type[Encoder] = getattr(importlib.import_module(f"{_PACKAGE}.{module}"), name)
+    return cls

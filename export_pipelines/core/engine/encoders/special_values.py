@@ -1,10 +1,11 @@
 """Counting special values: per file and column, how many values fell under each key of the
 column's `special_values` rule (type_contract.py), for the manifest's `files[].special_values`.
 
-PostgreSQL counts them, in SQL, in the query that already finds each keyset range's bounds (see
-`keyset.PgCsvSource.next_range`): the COPY bytes stay exactly PostgreSQL's, no value is parsed in
-Python, and the count sees the same snapshot and the same rows as the read. Only columns with a
-countable key get a counter, so an export without such columns runs the range query unchanged.
+PostgreSQL counts them, in SQL, once per file at the end of its read, in the transaction (the
+snapshot) the file was read in (`sources.PgCsvSource.count_file`): the COPY bytes stay exactly
+PostgreSQL's, no value is parsed in Python, and the count sees the same rows as the read. The
+count looks only at rows matching one of the predicates, so an index on the column (the time
+column's) answers it without reading the heap. Only columns with a countable key get a counter.
 PDF's wrapped-lines cut depends on the page layout: the PDF encoder counts it itself.
 """
 
