@@ -12,7 +12,7 @@ from export_pipelines.orchestration.io_managers import io_manager_resources
 from export_pipelines.orchestration.jobs import janitor_job, janitor_schedule, tenant_export_job
 from export_pipelines.orchestration.monthly.monthly_asset import build_monthly_job
 from export_pipelines.orchestration.monthly.schedules import build_monthly_schedule
-from export_pipelines.orchestration.resources import resources_from_settings
+from export_pipelines.orchestration.resources import resources_from_settings, run_config_free
 from export_pipelines.orchestration.sensors import build_sensors
 from export_pipelines.settings import Settings
 
@@ -41,5 +41,6 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_cancel_sensor(settings),
         ],
         # EXPORT_IO_MANAGER=s3 keeps step outputs where every worker host can read them.
-        resources={**resources, **io_manager_resources(settings, s3=resources["s3"])},
+        # Without a config schema: no run (launchpad, backfill dialog) can override them.
+        resources=run_config_free({**resources, **io_manager_resources(settings, s3=resources["s3"])}),
     )

@@ -8,6 +8,7 @@ also moves that row along (running, progress, succeeded); failures are recorded 
 """
 
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ TENANT_ERROR_KEY = "tenant_error"
 # States of a request row a run may take on: waiting for it, its own (retry), or failed before
 # (a re-execution). Never one that finished well (succeeded, expired) or was canceled.
 LAUNCHABLE = ("pending", "queued", "running", "failed")
+# An export id shaped like a month (YYYY-MM, optionally more after it) is a monthly dump's folder.
+MONTH_SHAPED = re.compile(r"\d{4}-\d{2}(?:\b.*)?", re.DOTALL)
 
 
 def failure(exc: BaseException, description: str) -> dg.Failure:
@@ -290,9 +293,27 @@ def own_request_row(
     run's tenant and resource, in a state a run may take on. A request_id naming no row is an
     ad-hoc export id (nothing to update); one naming another tenant's or resource's row, or a
     finished row, fails the run without touching the row."""
+    if MONTH_SHAPED.fullmatch(request_id):
+        # A month is the export id of the monthly dump's folder (…/tenant=t/resource/YYYY-MM/):
+        # an ad-hoc run under it would replace the tenant's monthly files.
+        exc = InvalidRequest(
+            "request_id",
+            f"{request_id!r} is the export id of a monthly dump (YYYY-MM), which only the monthly "
+            "job writes; re-run that month with `export-pipelines backfill --month "
+            f"{request_id[:7]}`, or leave request_id empty for an ad-hoc export",
+        )
+        raise failure(exc, str(exc))
     row = store.get(request_id)
     if row is None:
         return None
+    if row.origin == "monthly":
+        month = row.folder_export_id
+        exc = InvalidRequest(
+            "request_id",
+            f"names the monthly dump of tenant {row.tenant_id} ({month}), which only the monthly job "
+            f"writes; re-run it with `export-pipelines backfill --month {month[:7]}`",
+        )
+        raise failure(exc, str(exc))
     if row.tenant_id != tenant_id or row.resource != resource or row.status not in LAUNCHABLE:
         context.log.error(
             f"request_id {request_id} names a {row.status} request of another tenant or resource "
