@@ -122,9 +122,17 @@ class ExportConfig(dg.Config):
     notify: NotifyConfig = NotifyConfig()
 
 
-def megabytes(n: int) -> str:
-    """Bytes as people read them in a log line (decimal MB, as S3 consoles show sizes)."""
-    return f"{n / 1_000_000:,.1f} MB"
+def human_size(n: int) -> str:
+    """Bytes as people read them (decimal units, as S3 consoles show sizes), with the precision
+    the number has: 512 B, 26 KB, 9.4 KB, 1.4 MB, 120 MB, 2.1 GB (never "0.0 MB" for 26 KB)."""
+    value, unit = float(n), "B"
+    for next_unit in ("KB", "MB", "GB", "TB"):
+        if value < 999.5:  # what would round to 1,000 reads better one unit up
+            break
+        value, unit = value / 1000, next_unit
+    if unit == "B":
+        return f"{n} B"
+    return f"{value:.1f} {unit}" if value < 9.95 else f"{value:,.0f} {unit}"
 
 
 def duration(seconds: float) -> str:
@@ -139,26 +147,27 @@ def duration(seconds: float) -> str:
 
 
 def progress_line(p: ExportProgress, elapsed: float) -> str:
-    """One log line per uploaded part: percent, rows, MB written, rows/s, ETA (the count's rows
-    left at the rate so far), parts and files, and the file being written."""
+    """One log line per uploaded part and about once a second while rows are encoded: percent,
+    rows, size uploaded, rows/s, ETA (the count's rows left at the rate so far), the file and its
+    parts, and the key being written."""
     pct = f" ({100 * p.rows_exported / p.rows_total:.1f}%)" if p.rows_total else ""
     rate = p.rows_exported / elapsed if elapsed > 0 else 0.0
     left = max(p.rows_total - p.rows_exported, 0)
     eta = duration(left / rate) if rate > 0 and p.rows_total else "unknown"
     return (
-        f"progress: {p.rows_exported}/{p.rows_total} rows{pct}, {megabytes(p.bytes_written)} written, "
-        f"{rate:,.0f} rows/s, ETA {eta}; {p.parts_uploaded} parts, {p.files_completed} files done; "
-        f"writing {p.file_key}"
+        f"progress: {p.rows_exported}/{p.rows_total} rows{pct}, {human_size(p.bytes_written)} uploaded, "
+        f"{rate:,.0f} rows/s, ETA {eta}; file {p.files_completed + 1}: {p.parts_uploaded} part(s) "
+        f"uploaded so far; writing {p.file_key}"
     )
 
 
 def readable_summary(rows: int, size: int, seconds: float) -> dict[str, Any]:
     """The human half of an op's metadata, beside the raw counts scripts read."""
     return {
-        "size": megabytes(size),
+        "size": human_size(size),
         "duration": duration(seconds),
         "throughput": (
-            f"{rows / seconds:,.0f} rows/s, {megabytes(round(size / seconds))}/s" if seconds > 0 else "-"
+            f"{rows / seconds:,.0f} rows/s, {human_size(round(size / seconds))}/s" if seconds > 0 else "-"
         ),
     }
 
@@ -422,7 +431,7 @@ def download_links(plan: ExportPlan, done: FinalizedExport) -> dg.AssetMateriali
     return dg.AssetMaterialization(
         asset_key=dg.AssetKey(["exports", req.resource]),
         description=(
-            f"{req.tenant_id}: {done.rows} rows, {megabytes(done.bytes)} in {len(done.files)} file(s); "
+            f"{req.tenant_id}: {done.rows} rows, {human_size(done.bytes)} in {len(done.files)} file(s); "
             f"links expire {done.expires_at:%Y-%m-%d %H:%M} UTC"
         ),
         metadata={
@@ -431,7 +440,7 @@ def download_links(plan: ExportPlan, done: FinalizedExport) -> dg.AssetMateriali
             "export_id": req.export_id,
             "format": req.format,
             "rows": done.rows,
-            "size": megabytes(done.bytes),
+            "size": human_size(done.bytes),
             "expires_at": done.expires_at.isoformat(),
             "folder": plan.location.folder,
         },

@@ -42,6 +42,10 @@ from export_pipelines.core.requests.catalog import Catalog
 from export_pipelines.core.results import ExportOutcome, ExportProgress, FileResult
 from export_pipelines.core.storage.s3 import UploadedPart, object_sha256
 
+# Progress between parts: at most one report per this many seconds while rows are encoded (a part
+# is 8 MiB: a few thousand rows of a slow format would otherwise sit at 0 % until the end).
+PROGRESS_EVERY_SECONDS = 1.0
+
 
 @dataclass(frozen=True)
 class PartMeta:
@@ -90,6 +94,10 @@ class _Export:
         self.special = special
         self.counts = [0] * len(special)
         self.recounts: list[tuple[FileResult, Any, Any]] = []
+        # Rows read and encoded so far (the uploaded ones and those in the open part): progress.
+        self.rows_seen = 0
+        self.range_rows_seen = 0
+        self.last_report = time.monotonic()
 
     def prepare(self) -> ReaderStart:
         """Load the checkpoint (resume.py) and start the progress counters from it."""
@@ -111,6 +119,7 @@ class _Export:
                     after = f.last_key
         rows, size, parts = self.resume.totals()
         self.totals = {"rows": rows, "bytes": size, "parts": parts}
+        self.rows_seen = rows
         return self.resume.start
 
     # -- the encoder loop ------------------------------------------------------------------
@@ -140,6 +149,7 @@ class _Export:
                 event = events.get()
                 if not isinstance(event, Control):
                     writer.write(encoder.encode(event))
+                    self._rows_encoded(event)
                     if not resumable and writer.part_full:
                         self._cut(writer)
                 elif isinstance(event, RangeDone):
@@ -216,8 +226,33 @@ class _Export:
         if self.checkpoints is not None:
             self.checkpoints.set_upload(self.folder, number, upload_id)
 
+    def _rows_encoded(self, chunk: Any) -> None:
+        """Count a chunk's rows (an Arrow batch's exactly; a CSV chunk's by its line ends, which a
+        value with a newline over-counts until its range ends) and report progress now and then."""
+        n = chunk.num_rows if hasattr(chunk, "num_rows") else chunk.count(b"\n")
+        self.range_rows_seen += n
+        if self.on_progress and time.monotonic() - self.last_report >= PROGRESS_EVERY_SECONDS:
+            self._report()
+
+    def _report(self) -> None:
+        assert self.on_progress is not None
+        self.last_report = time.monotonic()
+        rows = min(self.rows_seen + self.range_rows_seen, max(self.plan.rows_total, self.rows_seen))
+        self.on_progress(
+            ExportProgress(
+                rows_exported=rows,
+                rows_total=self.plan.rows_total,
+                bytes_written=self.totals["bytes"],
+                parts_uploaded=self.totals["parts"],
+                files_completed=len(self.files),
+                file_key=self.current.key,
+            )
+        )
+
     def _range_done(self, event: RangeDone) -> None:
         kr, cur = event.key_range, self.current
+        self.rows_seen += kr.rows  # exact from here on
+        self.range_rows_seen = 0
         cur.rows += kr.rows
         self.part_rows += kr.rows
         self.part_last, self.next_batch = kr.last, event.next_batch_rows
@@ -288,16 +323,7 @@ class _Export:
         self.totals["bytes"] += part.size
         self.totals["parts"] += 1
         if self.on_progress:
-            self.on_progress(
-                ExportProgress(
-                    rows_exported=self.totals["rows"],
-                    rows_total=self.plan.rows_total,
-                    bytes_written=self.totals["bytes"],
-                    parts_uploaded=self.totals["parts"],
-                    files_completed=len(self.files),
-                    file_key=self.current.key,
-                )
-            )
+            self._report()
 
     def fail(self) -> None:
         """After an error (the open file's writer has stopped its uploads): unless a retry will

@@ -33,7 +33,12 @@ from export_pipelines.orchestration.monthly.monthly_export import (
     export_month,
 )
 from export_pipelines.orchestration.monthly.partitions import monthly_partitions, previous_month
-from export_pipelines.orchestration.ops import ERROR_CODE_KEY, TENANT_ERROR_KEY, configured_request, megabytes
+from export_pipelines.orchestration.ops import (
+    ERROR_CODE_KEY,
+    TENANT_ERROR_KEY,
+    configured_request,
+    human_size,
+)
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
 from export_pipelines.orchestration.run_config import MONTHLY_OP
 from export_pipelines.settings import Settings
@@ -151,13 +156,15 @@ def materialization(outcome: MonthOutcome, partition: str) -> dg.AssetMaterializ
     return dg.AssetMaterialization(
         asset_key=MONTHLY_ASSET_KEY,
         partition=partition,
-        description=f"{outcome.tenant}: {done.rows} rows, {megabytes(done.bytes)}, {len(done.files)} file(s)",
+        description=(
+            f"{outcome.tenant}: {done.rows} rows, {human_size(done.bytes)}, {len(done.files)} file(s)"
+        ),
         metadata={
             "tenant": outcome.tenant,
             "request_id": outcome.request_id,
             "rows": done.rows,
             "bytes": done.bytes,
-            "size": megabytes(done.bytes),
+            "size": human_size(done.bytes),
             "files": len(done.files),
             "folder": outcome.folder,
             "manifest_key": done.manifest_key,
