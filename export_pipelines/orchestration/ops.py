@@ -17,7 +17,7 @@ from typing import Any
 import dagster as dg
 
 from export_pipelines.core.engine.checkpoints import CheckpointStore
-from export_pipelines.core.engine.exporter import run_export
+from export_pipelines.core.engine.exporter import PROGRESS_EVERY_SECONDS, run_export
 from export_pipelines.core.engine.janitor import run_janitor
 from export_pipelines.core.engine.manifest import clear_success_marker, finalize_export
 from export_pipelines.core.engine.plan import ExportPlan, plan_export
@@ -241,6 +241,8 @@ def write_export(
         checkpoints=checkpoints,
         abort_on_error=abort_on_error,
         statement_timeout_seconds=export_settings.statement_timeout_seconds,
+        # Progress by rows too: a typical export is one 8 MiB part (run page, API, /exports page).
+        rows_progress_seconds=PROGRESS_EVERY_SECONDS,
     )
 
 

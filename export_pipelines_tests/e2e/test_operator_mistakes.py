@@ -181,3 +181,15 @@ def test_an_unfinished_month_is_refused_by_the_run():
         check_batch(load_catalog(None), MonthlyConfig(resource="orders"), [f"{current}|t-001"], now)
     assert f"month {current[:7]} has not ended" in str(refused.value)
     check_batch(load_catalog(None), MonthlyConfig(resource="orders"), ["2024-05-01|t-001"], now)
+
+
+def test_the_exports_asset_is_described_in_code(dagster):
+    """What the asset page of `exports/orders` (named at the top of every export's run page) shows:
+    a definition with its description, not "doesn't have a software definition"."""
+    web, _, _ = dagster
+    nodes = web.graphql("{ assetNodes { assetKey { path } description groupName jobNames } }")["assetNodes"]
+    exports = {"/".join(n["assetKey"]["path"]): n for n in nodes}
+    assert "exports/orders" in exports, sorted(exports)
+    node = exports["exports/orders"]
+    assert "download link" in node["description"] and "tenant_export_job" in node["description"]
+    assert node["groupName"] == "exports"
