@@ -124,3 +124,18 @@ def test_api_key_create_refuses_an_unknown_tenant(source_url):
     )
     assert known.returncode == 0, known.stderr
     assert known.stdout.startswith("exp_")
+
+
+def test_export_pipelines_request_refuses_a_pdf_over_the_cap(source_url, pdf_cap):
+    env = {**os.environ, "SOURCE_DATABASE_URL": source_url, "EXPORT_PDF_MAX_ROWS": str(pdf_cap)}
+    before = rows_of(source_url, BIG)
+    over = subprocess.run(
+        [str(EXE), "request", "--tenant", BIG, "--resource", "orders", "--format", "pdf"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert over.returncode == 2, over.stdout + over.stderr
+    assert f"format: a PDF holds at most {pdf_cap:,} rows" in over.stderr and "EXPORT_" not in over.stderr
+    assert over.stdout == "" and rows_of(source_url, BIG) == before
