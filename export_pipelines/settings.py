@@ -91,6 +91,7 @@ class Settings:
     tenant_max_active: int = DEFAULT_TENANT_MAX_ACTIVE
     # EXPORT_TENANT_STARTS_PER_MINUTE: runs the request sensor starts per tenant per minute.
     tenant_starts_per_minute: int = DEFAULT_STARTS_PER_MINUTE
+    dagster_ui_url: str = "http://127.0.0.1:3000"  # EXPORT_DAGSTER_UI_URL: links the CLI prints
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -125,6 +126,7 @@ class Settings:
             tenant_starts_per_minute=_positive(
                 environ, "EXPORT_TENANT_STARTS_PER_MINUTE", cls.tenant_starts_per_minute
             ),
+            dagster_ui_url=(text("EXPORT_DAGSTER_UI_URL") or cls.dagster_ui_url).rstrip("/"),
         )
 
     def s3_client_options(self) -> dict[str, str | None]:
@@ -293,6 +295,13 @@ VARIABLES: tuple[Variable, ...] = (
         "pdf_max_rows",
         _REQUESTS,
         "The most rows a `pdf` export may have; a larger request is refused when it is planned.",
+    ),
+    Variable(
+        "EXPORT_DAGSTER_UI_URL",
+        "dagster_ui_url",
+        _MONTHLY,
+        "Where the data team opens the Dagster UI; `export-pipelines backfill` prints the backfill's "
+        "page under it (`…/runs/b/<id>`).",
     ),
     Variable(
         "EXPORT_MONTHS_FROM",

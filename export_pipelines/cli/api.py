@@ -58,6 +58,16 @@ def cmd_key_create(args: argparse.Namespace) -> int:
     if not args.tenant and not args.operator:
         print("export-pipelines api-key create: --tenant T (or --operator)", file=sys.stderr)
         return 2
+    if args.tenant and not args.operator:
+        # A key for a tenant the tenants table does not list would fail every export it asks for.
+        from export_pipelines.core.requests.catalog import load_catalog
+        from export_pipelines.core.requests.tenants import require_tenant
+
+        try:
+            require_tenant(source_url_or_exit(), load_catalog(settings_or_exit().catalog_path), args.tenant)
+        except ExportError as exc:
+            print(f"export-pipelines api-key create: {exc}", file=sys.stderr)
+            return 2
     with key_store() as store:
         try:
             token, key = store.create(args.tenant, args.name or "", operator=args.operator)

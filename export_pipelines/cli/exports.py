@@ -64,6 +64,8 @@ def cmd_request(args: argparse.Namespace) -> int:
         catalog = load_catalog(settings.catalog_path)
         check_request_fields(catalog, settings.webhook_allowlist, **fields)
         require_tenant(source_url_or_exit(), catalog, args.tenant)
+        if args.format == "pdf":  # over its row cap: refused now when the count is cheap (plan.py)
+            check_pdf_request(catalog, fields, settings.pdf_max_rows)
         with request_store() as store:
             # The database answers the per-tenant cap and the size limits; the key the store's one
             # idempotency rule (the API's): the same request again prints the first one's id.
@@ -73,6 +75,27 @@ def cmd_request(args: argparse.Namespace) -> int:
         return 2
     print(request_id)
     return 0
+
+
+def check_pdf_request(catalog: Any, fields: dict[str, Any], cap: int) -> None:
+    """The API's request-time PDF check, for this door too."""
+    from export_pipelines.core.engine.plan import check_pdf_rows, pdf_rows_at_most
+    from export_pipelines.core.requests.request import build_request
+    from export_pipelines.core.storage.pg_connect import open_connection
+
+    request = build_request(
+        catalog,
+        tenant_id=fields["tenant_id"],
+        resource=fields["resource"],
+        format="pdf",
+        compression=fields["compression"],
+        columns=fields["columns"],
+        filters=fields["filters"],
+    )
+    with open_connection(source_url_or_exit(), autocommit=True) as conn:
+        rows = pdf_rows_at_most(conn, catalog, request, cap)
+    if rows is not None:
+        check_pdf_rows(rows, cap, exact=False)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

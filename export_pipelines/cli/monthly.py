@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Any
 
-from export_pipelines.cli.common import code_server_log_level, settings_or_exit, source_url_or_exit
+from export_pipelines.cli.common import settings_or_exit, source_url_or_exit
 from export_pipelines.core.errors import ExportError
 
 
@@ -25,7 +25,11 @@ def cmd_failed_partitions(args: argparse.Namespace) -> int:
         print(f"export-pipelines failed-partitions: {exc}", file=sys.stderr)
         return 2
     with dg.DagsterInstance.get() as instance:
-        print(",".join(failed_partitions(instance, job, month)))
+        keys = failed_partitions(instance, job, month)
+    if keys:
+        print(",".join(keys))
+    else:  # said on stderr: stdout stays the (empty) list a script reads
+        print(f"no failed partitions of {job}{f' in {month[:7]}' if month else ''}", file=sys.stderr)
     return 0
 
 
@@ -92,12 +96,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             what = "nothing failed" if args.failed else "no enterprise tenants"
             print(f"{what} in {month[:7]}: no backfill launched")
             return 0
-        print(f"backfill of {len(keys)} partition(s) of {args.job}: {', '.join(keys)}")
+        listed = f"{len(keys)} partition(s) of {args.job}: {', '.join(keys)}"
         if args.dry_run:
+            print(f"dry run, nothing launched; a backfill would cover {listed}")
             return 0
-        launch_backfill(
-            instance, keys, job_name=args.job, code_server_log_level=code_server_log_level(args.verbose)
-        )
+        print(f"backfill of {listed}")
+        launch_backfill(instance, keys, job_name=args.job, ui_url=settings_or_exit().dagster_ui_url)
     return 0
 
 

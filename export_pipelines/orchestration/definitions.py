@@ -6,13 +6,14 @@ import warnings
 
 import dagster as dg
 
+from export_pipelines.core.requests.catalog import load_catalog
 from export_pipelines.orchestration.cancel_sensor import build_cancel_sensor
 from export_pipelines.orchestration.delivery_sensor import build_delivery_sensor
 from export_pipelines.orchestration.io_managers import io_manager_resources
 from export_pipelines.orchestration.jobs import janitor_job, janitor_schedule, tenant_export_job
 from export_pipelines.orchestration.monthly.monthly_asset import build_monthly_job
 from export_pipelines.orchestration.monthly.schedules import build_monthly_schedule
-from export_pipelines.orchestration.resources import resources_from_settings
+from export_pipelines.orchestration.resources import resources_from_settings, run_config_free
 from export_pipelines.orchestration.sensors import build_sensors
 from export_pipelines.settings import Settings
 
@@ -26,13 +27,37 @@ KNOWN_BETA_NOTICES = (
 )
 
 
+def export_asset_specs(settings: Settings) -> list[dg.AssetSpec]:
+    """`exports/<resource>` for every catalog resource, described in code: each ad-hoc export
+    (tenant_export_job, whatever door asked) records a materialization of it with its download
+    links (ops.download_links), so the asset's page lists every export of that resource, newest
+    first, and the run's header names the asset. Not materializable from the UI: an export needs a
+    tenant and its options, which the job's launchpad (or the API) takes."""
+    catalog = load_catalog(settings.catalog_path)
+    return [
+        dg.AssetSpec(
+            key=dg.AssetKey(["exports", name]),
+            description=(
+                f"Ad-hoc exports of the catalog resource `{name}`: one materialization per export, with "
+                "its download link, manifest, tenant, rows and size. Made by tenant_export_job runs "
+                "(the API, an app's row, `export-pipelines request`, the launchpad); the monthly dumps "
+                "are the asset monthly_export."
+            ),
+            group_name="exports",
+            kinds={"postgres", "s3"},
+            metadata={"resource": name, "made_by": "tenant_export_job"},
+        )
+        for name in catalog.resources
+    ]
+
+
 def build_definitions(settings: Settings) -> dg.Definitions:
     for notice in KNOWN_BETA_NOTICES:
         warnings.filterwarnings("ignore", message=notice, category=dg.BetaWarning)
     monthly_asset, monthly_job = build_monthly_job(settings)
     resources = resources_from_settings(settings)
     return dg.Definitions(
-        assets=[monthly_asset],
+        assets=[monthly_asset, *export_asset_specs(settings)],
         jobs=[tenant_export_job, monthly_job, janitor_job],
         schedules=[build_monthly_schedule(monthly_job, settings.monthly_batch_size), janitor_schedule],
         sensors=[
@@ -41,5 +66,6 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_cancel_sensor(settings),
         ],
         # EXPORT_IO_MANAGER=s3 keeps step outputs where every worker host can read them.
-        resources={**resources, **io_manager_resources(settings, s3=resources["s3"])},
+        # Without a config schema: no run (launchpad, backfill dialog) can override them.
+        resources=run_config_free({**resources, **io_manager_resources(settings, s3=resources["s3"])}),
     )

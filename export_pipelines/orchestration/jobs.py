@@ -25,23 +25,13 @@ def export_graph() -> None:
     notify(plan, finalize(plan, export_files(plan)))
 
 
-# What the launchpad opens with: the export's config block, and nothing else.
-LAUNCHPAD_DEFAULTS = {"tenant_id": "", "resource": "orders"}
-
-
 def export_config_only() -> dg.ConfigMapping:
     """The ad-hoc job's run config is the export's config block alone, `ops: count_rows: config:`,
-    in the same shape as before (sensor, CLI, bench and tests write it unchanged). Through a config
-    mapping, the resources keep the values the definitions bound from settings and drop out of the
-    run config schema: the launchpad no longer opens pre-filled with ~37 lines of resource settings
-    (bucket, keys, part sizes) nobody should edit per run. tenant_id and resource get launchpad
-    defaults; an empty tenant_id is refused by count_rows with the field's name."""
-    export_type = ExportConfig.to_config_schema().config_type
-    fields = dict(export_type.fields)
-    for name, default in LAUNCHPAD_DEFAULTS.items():
-        fields[name] = dg.Field(
-            fields[name].config_type, default_value=default, description=fields[name].description
-        )
+    in the same shape as before (sensor, CLI, bench and tests write it unchanged). The resources
+    have no config schema at all (resources.run_config_free), so the launchpad opens with this
+    block only. Required fields (tenant_id, resource) have no default: the launchpad's own check
+    says "Missing required config entry" before anything is launched."""
+    fields = dict(ExportConfig.to_config_schema().config_type.fields)
     outer = {"ops": dg.Field({ENTRY_OP: dg.Field({"config": dg.Field(fields)})})}
     return dg.ConfigMapping(config_fn=lambda config: {"ops": config["ops"]}, config_schema=outer)
 

@@ -8,6 +8,7 @@ also moves that row along (running, progress, succeeded); failures are recorded 
 """
 
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 import dagster as dg
 
 from export_pipelines.core.engine.checkpoints import CheckpointStore
-from export_pipelines.core.engine.exporter import run_export
+from export_pipelines.core.engine.exporter import PROGRESS_EVERY_SECONDS, run_export
 from export_pipelines.core.engine.janitor import run_janitor
 from export_pipelines.core.engine.manifest import clear_success_marker, finalize_export
 from export_pipelines.core.engine.plan import ExportPlan, plan_export
@@ -46,6 +47,8 @@ TENANT_ERROR_KEY = "tenant_error"
 # States of a request row a run may take on: waiting for it, its own (retry), or failed before
 # (a re-execution). Never one that finished well (succeeded, expired) or was canceled.
 LAUNCHABLE = ("pending", "queued", "running", "failed")
+# An export id shaped like a month (YYYY-MM, optionally more after it) is a monthly dump's folder.
+MONTH_SHAPED = re.compile(r"\d{4}-\d{2}(?:\b.*)?", re.DOTALL)
 
 
 def failure(exc: BaseException, description: str) -> dg.Failure:
@@ -134,9 +137,17 @@ class ExportConfig(dg.Config):
     notify: NotifyConfig = NotifyConfig()
 
 
-def megabytes(n: int) -> str:
-    """Bytes as people read them in a log line (decimal MB, as S3 consoles show sizes)."""
-    return f"{n / 1_000_000:,.1f} MB"
+def human_size(n: int) -> str:
+    """Bytes as people read them (decimal units, as S3 consoles show sizes), with the precision
+    the number has: 512 B, 26 KB, 9.4 KB, 1.4 MB, 120 MB, 2.1 GB (never "0.0 MB" for 26 KB)."""
+    value, unit = float(n), "B"
+    for next_unit in ("KB", "MB", "GB", "TB"):
+        if value < 999.5:  # what would round to 1,000 reads better one unit up
+            break
+        value, unit = value / 1000, next_unit
+    if unit == "B":
+        return f"{n} B"
+    return f"{value:.1f} {unit}" if value < 9.95 else f"{value:,.0f} {unit}"
 
 
 def duration(seconds: float) -> str:
@@ -151,26 +162,27 @@ def duration(seconds: float) -> str:
 
 
 def progress_line(p: ExportProgress, elapsed: float) -> str:
-    """One log line per uploaded part: percent, rows, MB written, rows/s, ETA (the count's rows
-    left at the rate so far), parts and files, and the file being written."""
+    """One log line per uploaded part and about once a second while rows are encoded: percent,
+    rows, size uploaded, rows/s, ETA (the count's rows left at the rate so far), the file and its
+    parts, and the key being written."""
     pct = f" ({100 * p.rows_exported / p.rows_total:.1f}%)" if p.rows_total else ""
     rate = p.rows_exported / elapsed if elapsed > 0 else 0.0
     left = max(p.rows_total - p.rows_exported, 0)
     eta = duration(left / rate) if rate > 0 and p.rows_total else "unknown"
     return (
-        f"progress: {p.rows_exported}/{p.rows_total} rows{pct}, {megabytes(p.bytes_written)} written, "
-        f"{rate:,.0f} rows/s, ETA {eta}; {p.parts_uploaded} parts, {p.files_completed} files done; "
-        f"writing {p.file_key}"
+        f"progress: {p.rows_exported}/{p.rows_total} rows{pct}, {human_size(p.bytes_written)} uploaded, "
+        f"{rate:,.0f} rows/s, ETA {eta}; file {p.files_completed + 1}: {p.parts_uploaded} part(s) "
+        f"uploaded so far; writing {p.file_key}"
     )
 
 
 def readable_summary(rows: int, size: int, seconds: float) -> dict[str, Any]:
     """The human half of an op's metadata, beside the raw counts scripts read."""
     return {
-        "size": megabytes(size),
+        "size": human_size(size),
         "duration": duration(seconds),
         "throughput": (
-            f"{rows / seconds:,.0f} rows/s, {megabytes(round(size / seconds))}/s" if seconds > 0 else "-"
+            f"{rows / seconds:,.0f} rows/s, {human_size(round(size / seconds))}/s" if seconds > 0 else "-"
         ),
     }
 
@@ -244,6 +256,8 @@ def write_export(
         checkpoints=checkpoints,
         abort_on_error=abort_on_error,
         statement_timeout_seconds=export_settings.statement_timeout_seconds,
+        # Progress by rows too: a typical export is one 8 MiB part (run page, API, /exports page).
+        rows_progress_seconds=PROGRESS_EVERY_SECONDS,
     )
 
 
@@ -306,11 +320,29 @@ def own_request_row(
     run's tenant and resource, in a state a run may take on. A request_id naming no row is an
     ad-hoc export id (nothing to update); one naming another tenant's or resource's row, or a
     finished row, fails the run without touching the row."""
+    if MONTH_SHAPED.fullmatch(request_id):
+        # A month is the export id of the monthly dump's folder (…/tenant=t/resource/YYYY-MM/):
+        # an ad-hoc run under it would replace the tenant's monthly files.
+        exc = InvalidRequest(
+            "request_id",
+            f"{request_id!r} is the export id of a monthly dump (YYYY-MM), which only the monthly "
+            "job writes; re-run that month with `export-pipelines backfill --month "
+            f"{request_id[:7]}`, or leave request_id empty for an ad-hoc export",
+        )
+        raise failure(exc, str(exc))
     row = store.get(request_id)
     if row is None:
         return None
     if row.status == "canceled" and row.tenant_id == tenant_id and row.resource == resource:
         raise canceled_failure(request_id)  # canceled before this run (or its retry) started
+    if row.origin == "monthly":
+        month = row.folder_export_id
+        exc = InvalidRequest(
+            "request_id",
+            f"names the monthly dump of tenant {row.tenant_id} ({month}), which only the monthly job "
+            f"writes; re-run it with `export-pipelines backfill --month {month[:7]}`",
+        )
+        raise failure(exc, str(exc))
     if row.tenant_id != tenant_id or row.resource != resource or row.status not in LAUNCHABLE:
         context.log.error(
             f"request_id {request_id} names a {row.status} request of another tenant or resource "
@@ -429,7 +461,7 @@ def download_links(plan: ExportPlan, done: FinalizedExport) -> dg.AssetMateriali
     return dg.AssetMaterialization(
         asset_key=dg.AssetKey(["exports", req.resource]),
         description=(
-            f"{req.tenant_id}: {done.rows} rows, {megabytes(done.bytes)} in {len(done.files)} file(s); "
+            f"{req.tenant_id}: {done.rows} rows, {human_size(done.bytes)} in {len(done.files)} file(s); "
             f"links expire {done.expires_at:%Y-%m-%d %H:%M} UTC"
         ),
         metadata={
@@ -438,7 +470,7 @@ def download_links(plan: ExportPlan, done: FinalizedExport) -> dg.AssetMateriali
             "export_id": req.export_id,
             "format": req.format,
             "rows": done.rows,
-            "size": megabytes(done.bytes),
+            "size": human_size(done.bytes),
             "expires_at": done.expires_at.isoformat(),
             "folder": plan.location.folder,
         },

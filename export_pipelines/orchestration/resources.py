@@ -7,6 +7,7 @@ reads them at run time and they never appear in run config or logs.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -207,3 +208,26 @@ def resources_from_settings(settings: Settings) -> dict[str, Any]:
             allow_private=settings.webhook_allow_private,
         ),
     }
+
+
+def run_config_free(resources: Mapping[str, Any]) -> dict[str, Any]:
+    """The resources as definitions without a config schema: their settings are the deployment's
+    (settings.py, the environment, secrets through EnvVar resolved when a run starts), so no run
+    can change them and the launchpad and the backfill dialog show no `resources:` block (a bucket,
+    an S3 endpoint or a database URL is not something to edit per run). Each still runs its own
+    setup and teardown around the run (the request store closed at the end)."""
+    return {key: _fixed(key, resource) for key, resource in resources.items()}
+
+
+def _fixed(key: str, resource: Any) -> Any:
+    description = f"{type(resource).__name__}: from the deployment's settings, not run config"
+
+    def initialized(_: dg.InitResourceContext) -> Iterator[Any]:
+        with resource.process_config_and_initialize_cm() as value:
+            yield value
+
+    # An empty schema, not none: Dagster reads "no schema" as "any config", which a run could set
+    # (ignored, but it would look like an override); an empty one refuses every entry.
+    if isinstance(resource, dg.ConfigurableIOManagerFactory) or key == "io_manager":
+        return dg.IOManagerDefinition(resource_fn=initialized, config_schema={}, description=description)
+    return dg.ResourceDefinition(resource_fn=initialized, config_schema={}, description=description)

@@ -71,3 +71,27 @@ def test_backfill_of_a_month_is_one_backfill_of_exactly_those_partitions(dagster
     assert main(["backfill", "--month", "2024-06", "--tenant", "t-003", "--tenant", "t-big"]) == 0
     newest = dagster_home.get_backfills()[0]
     assert sorted(newest.partition_names) == ["2024-06-01|t-003", "2024-06-01|t-big"]
+
+
+def test_the_current_and_future_months_are_refused(dagster_home, capsys):
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    current = now.strftime("%Y-%m")
+    future = f"{now.year + 1}-01"
+    for month in (current, future):
+        assert main(["backfill", "--month", month, "--tenant", "t-003"]) == 2
+        err = capsys.readouterr().err
+        assert f"--month: month {month} has not ended" in err and "a finished month" in err, err
+    assert dagster_home.get_backfills() == [] and dagster_home.get_runs() == []
+
+
+def test_dry_run_and_nothing_to_do_say_so(dagster_home, capsys):
+    assert main(["backfill", "--month", "2024-05", "--tenant", "t-003", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("dry run, nothing launched; a backfill would cover 1 partition(s)"), out
+    assert "2024-05-01|t-003" in out
+    assert dagster_home.get_backfills() == []
+    assert main(["failed-partitions", "--month", "2024-05"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "no failed partitions of monthly_tenant_export_job in 2024-05" in err

@@ -62,11 +62,15 @@ def test_demo_verbose_shows_the_runs_events(env):
 
 
 def test_backfill_prints_what_it_launched_and_nothing_else(env):
+    env = {**env, "EXPORT_DAGSTER_UI_URL": "http://dagster.example:3000/"}
     out = run(env, "backfill", "--month", "2024-05", "--tenant", "t-003")
     assert [noise for noise in NOISE if noise in out] == [], out
     lines = out.splitlines()
-    assert len(lines) == 2, out
+    assert len(lines) == 3, out
     assert lines[0].startswith("backfill of 1 partition(s) of monthly_tenant_export_job: 2024-05-01|t-003")
     assert "requested" in lines[1]
+    backfill_id = lines[1].split()[1]
+    assert lines[2] == f"follow it in the Dagster UI: http://dagster.example:3000/runs/b/{backfill_id}"
+    # No code server is started for it, even when --verbose would show its lines.
     verbose = run(env, "--verbose", "backfill", "--month", "2024-06", "--tenant", "t-003")
-    assert "dagster.code_server" in verbose  # --verbose: the code server's own lines again
+    assert "dagster.code_server" not in verbose and "requested" in verbose

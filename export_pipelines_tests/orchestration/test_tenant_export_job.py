@@ -14,6 +14,7 @@ import pytest
 
 from export_pipelines.core.storage.s3 import open_uploads
 from export_pipelines.orchestration.jobs import tenant_export_job
+from export_pipelines.orchestration.ops import human_size
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines_tests.support.readback import csv_rows, read_manifest
 
@@ -143,12 +144,17 @@ def test_links_one_click_from_the_run_and_progress_as_people_read_it(resources, 
     assert meta["download"] == dg.MetadataValue.url(done.files[0].url)
     assert meta["manifest"] == dg.MetadataValue.url(done.manifest_url)
     assert meta["tenant"].value == "t-005" and meta["export_id"].value == "req-606"
-    assert "t-005" in materialization.description and "MB" in materialization.description
-    # Progress: percent, MB written, rows/s and an ETA, not raw byte counts.
+    # Sizes in the unit that fits, with real precision (a 26 KB file is "26 KB", not "0.0 MB").
+    size = human_size(done.bytes)
+    assert done.bytes < 1_000_000 and size.endswith(" KB") and not size.startswith("0"), size
+    assert "t-005" in materialization.description and size in materialization.description
+    assert meta["size"].value == size
+    # Progress: percent, size uploaded, rows/s and an ETA, not raw byte counts.
     last = [m for m in result.logs if m.startswith("progress:")][-1]
-    assert " MB written, " in last and " rows/s, ETA " in last and " bytes" not in last, last
+    assert f" {size} uploaded, " in last and " rows/s, ETA " in last and " bytes" not in last, last
+    assert "file 1: 1 part(s) uploaded so far" in last, last
     fin = {e.step_key: e.step_output_data.metadata for e in result.all_events if e.is_successful_output}
-    assert fin["export_files"]["size"].value.endswith(" MB")
+    assert fin["export_files"]["size"].value == size
     assert "rows/s" in fin["finalize"]["throughput"].value
 
 
@@ -173,20 +179,18 @@ def test_launchpad_opens_with_the_export_config_block_only():
     scaffold = yaml.safe_load(default_values_yaml_from_type_snap(schema, root))
     assert list(scaffold) == ["ops"], scaffold
     config = scaffold["ops"]["count_rows"]["config"]
-    assert config["tenant_id"] == "" and config["resource"] == "orders" and config["format"] == "csv"
+    # Required fields have no default (the launchpad's check asks for them); optional ones do.
+    assert "tenant_id" not in config and "resource" not in config and config["format"] == "csv"
 
 
-def test_the_launchpad_default_empty_tenant_is_refused(resources, s3_client, bucket, prefix):
-    result = tenant_export_job.execute_in_process(
-        run_config={"ops": {"count_rows": {"config": {}}}},
-        resources=resources,
-        raise_on_error=False,
-        instance=dg.DagsterInstance.ephemeral(),
-    )
-    assert not result.success
-    message = result.get_step_failure_events()[0].step_failure_data.error.message
-    assert "tenant_id" in message
-    assert open_uploads(s3_client, bucket, prefix) == []
+def test_a_run_without_tenant_is_refused_before_it_starts(resources):
+    with pytest.raises(dg.DagsterInvalidConfigError) as refused:
+        tenant_export_job.execute_in_process(
+            run_config={"ops": {"count_rows": {"config": {"resource": "orders"}}}},
+            resources=resources,
+            instance=dg.DagsterInstance.ephemeral(),
+        )
+    assert "tenant_id" in str(refused.value)
 
 
 def test_step_outputs_go_to_the_bucket_with_the_s3_io_manager(resources, s3_client, bucket, prefix):

@@ -125,7 +125,7 @@ def test_cap_refused_at_insert_for_every_door(store, pg, cap):
         store.create(tenant_id="t-001", resource="orders")
     message = str(info.value)
     assert message.startswith("tenant_id:") and "'t-001'" in message
-    assert "at most 3" in message and "EXPORT_TENANT_MAX_ACTIVE" in message
+    assert "at most 3 exports may be active" in message and "retry after one finishes" in message
     with pytest.raises(psycopg.Error) as raw:  # an app's own INSERT: the same trigger
         pg.execute("INSERT INTO export_requests (tenant_id, resource) VALUES ('t-001', 'orders')")
     assert raw.value.sqlstate == "EX429"

@@ -24,6 +24,7 @@ from export_pipelines.api.schemas import (
 )
 from export_pipelines.api.service import DEFAULT_LINK_HOURS, ExportApi
 from export_pipelines.api.status import API_VERSION, json_response, status_document
+from export_pipelines.core.engine.plan import check_pdf_rows, pdf_rows_at_most
 from export_pipelines.core.errors import Rejected
 from export_pipelines.core.requests.request import build_request
 from export_pipelines.core.requests.request_row import check_request_fields
@@ -135,7 +136,7 @@ def router(api: ExportApi) -> APIRouter:
         try:
             # The request sensor's own checks, so an app hears the same message from both doors.
             check_request_fields(api.catalog, settings.webhook_allowlist, **fields)
-            build_request(
+            export_request = build_request(
                 api.catalog,
                 tenant_id=tenant_id,
                 resource=fields["resource"],
@@ -151,6 +152,14 @@ def router(api: ExportApi) -> APIRouter:
             if field in ("webhook_url", "email"):
                 field = f"notify.{field}"
             raise ApiError(422, "invalid_request", str(exc), field) from None
+        if export_request.format == "pdf":
+            # Refused now, not 2-4 s later in its run, when the count is cheap (plan.py says how).
+            rows = pdf_rows_at_most(conn, api.catalog, export_request, settings.pdf_max_rows)
+            if rows is not None:
+                try:
+                    check_pdf_rows(rows, settings.pdf_max_rows, exact=False)
+                except Rejected as exc:
+                    raise ApiError(422, "invalid_request", str(exc), exc.field) from None
         created = RequestStore.on(conn).submit(
             **fields,
             idempotency_key=idempotency_key,

@@ -42,6 +42,10 @@ from export_pipelines.core.requests.catalog import Catalog
 from export_pipelines.core.results import ExportOutcome, ExportProgress, FileResult
 from export_pipelines.core.storage.s3 import UploadedPart, object_sha256
 
+# Progress between parts: at most one report per this many seconds while rows are encoded (a part
+# is 8 MiB: a few thousand rows of a slow format would otherwise sit at 0 % until the end).
+PROGRESS_EVERY_SECONDS = 1.0
+
 
 @dataclass(frozen=True)
 class PartMeta:
@@ -69,6 +73,7 @@ class _Export:
         on_progress: Callable[[ExportProgress], None] | None,
         keep_open_upload: bool,
         special: tuple[Counter, ...] = (),
+        rows_progress_seconds: float | None = None,
     ) -> None:
         self.plan, self.encoder_cls, self.client, self.bucket = plan, encoder_cls, client, bucket
         self.part_size, self.max_parts_in_flight = part_size, max_parts_in_flight
@@ -90,6 +95,11 @@ class _Export:
         self.special = special
         self.counts = [0] * len(special)
         self.recounts: list[tuple[FileResult, Any, Any]] = []
+        # Rows read and encoded so far (the uploaded ones and those in the open part): progress.
+        self.rows_seen = 0
+        self.range_rows_seen = 0
+        self.last_report = time.monotonic()
+        self.rows_progress_seconds = rows_progress_seconds
 
     def prepare(self) -> ReaderStart:
         """Load the checkpoint (resume.py) and start the progress counters from it."""
@@ -111,6 +121,7 @@ class _Export:
                     after = f.last_key
         rows, size, parts = self.resume.totals()
         self.totals = {"rows": rows, "bytes": size, "parts": parts}
+        self.rows_seen = rows
         return self.resume.start
 
     # -- the encoder loop ------------------------------------------------------------------
@@ -140,6 +151,7 @@ class _Export:
                 event = events.get()
                 if not isinstance(event, Control):
                     writer.write(encoder.encode(event))
+                    self._rows_encoded(event)
                     if not resumable and writer.part_full:
                         self._cut(writer)
                 elif isinstance(event, RangeDone):
@@ -218,8 +230,34 @@ class _Export:
         if self.checkpoints is not None:
             self.checkpoints.set_upload(self.folder, number, upload_id)
 
+    def _rows_encoded(self, chunk: Any) -> None:
+        """Count a chunk's rows (an Arrow batch's exactly; a CSV chunk's by its line ends, which a
+        value with a newline over-counts until its range ends) and report progress now and then."""
+        n = chunk.num_rows if hasattr(chunk, "num_rows") else chunk.count(b"\n")
+        self.range_rows_seen += n
+        every = self.rows_progress_seconds
+        if self.on_progress and every is not None and time.monotonic() - self.last_report >= every:
+            self._report()
+
+    def _report(self) -> None:
+        assert self.on_progress is not None
+        self.last_report = time.monotonic()
+        rows = min(self.rows_seen + self.range_rows_seen, max(self.plan.rows_total, self.rows_seen))
+        self.on_progress(
+            ExportProgress(
+                rows_exported=rows,
+                rows_total=self.plan.rows_total,
+                bytes_written=self.totals["bytes"],
+                parts_uploaded=self.totals["parts"],
+                files_completed=len(self.files),
+                file_key=self.current.key,
+            )
+        )
+
     def _range_done(self, event: RangeDone) -> None:
         kr, cur = event.key_range, self.current
+        self.rows_seen += kr.rows  # exact from here on
+        self.range_rows_seen = 0
         cur.rows += kr.rows
         self.part_rows += kr.rows
         self.part_last, self.next_batch = kr.last, event.next_batch_rows
@@ -288,16 +326,7 @@ class _Export:
         self.totals["bytes"] += part.size
         self.totals["parts"] += 1
         if self.on_progress:
-            self.on_progress(
-                ExportProgress(
-                    rows_exported=self.totals["rows"],
-                    rows_total=self.plan.rows_total,
-                    bytes_written=self.totals["bytes"],
-                    parts_uploaded=self.totals["parts"],
-                    files_completed=len(self.files),
-                    file_key=self.current.key,
-                )
-            )
+            self._report()
 
     def fail(self) -> None:
         """After an error (the open file's writer has stopped its uploads): unless a retry will
@@ -324,8 +353,12 @@ def run_export(
     checkpoints: CheckpointStore | None = None,
     abort_on_error: bool = True,
     statement_timeout_seconds: float | None = None,
+    rows_progress_seconds: float | None = None,
 ) -> ExportOutcome:
     """Stream the planned export into S3 files.
+
+    `on_progress` hears of every uploaded part; with `rows_progress_seconds`, also about that
+    often while rows are encoded between parts (PROGRESS_EVERY_SECONDS is what the jobs use).
 
     With a checkpoint store, every uploaded part is recorded, and a call for the same export
     (same folder and fingerprint) continues from the last recorded part (formats that can be
@@ -346,6 +379,7 @@ def run_export(
         on_progress,
         keep_open_upload=not abort_on_error and checkpoints is not None,
         special=special,
+        rows_progress_seconds=rows_progress_seconds,
     )
     try:
         start = export.prepare()

@@ -14,6 +14,7 @@ from export_pipelines.core.engine.encoders.special_values import Counter
 from export_pipelines.core.engine.plan import ExportPlan
 from export_pipelines.core.engine.query import ExportQuery
 from export_pipelines.core.engine.sources import (
+    CHUNK_BYTES,
     FIRST_BATCH_ROWS,
     ArrowSource,
     KeyRange,
@@ -175,7 +176,8 @@ def make_source(
     # The format may have PostgreSQL render some columns (bytea as base64, JSON rows, ...).
     query = encoder_cls.render_query(query)
     if encoder_cls.input_kind == "pg_csv":
-        return PgCsvSource(conninfo, query, plan.high_water_mark, statement_timeout_seconds, counters)
+        chunk = encoder_cls.input_chunk_bytes or CHUNK_BYTES
+        return PgCsvSource(conninfo, query, plan.high_water_mark, statement_timeout_seconds, counters, chunk)
     return ArrowSource(conninfo, query, plan.high_water_mark, statement_timeout_seconds, counters)
 
 

@@ -88,10 +88,12 @@ class PgCsvSource:
         high_water_mark: Any,
         statement_timeout_seconds: float | None = None,
         counters: tuple[Counter, ...] = (),
+        chunk_bytes: int = CHUNK_BYTES,
     ) -> None:
         self.query = query
         self.hwm = high_water_mark
         self.counters = counters
+        self.chunk_bytes = chunk_bytes
         self.conn = connect(conninfo, autocommit=False, statement_timeout_seconds=statement_timeout_seconds)
         self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
 
@@ -159,12 +161,13 @@ class PgCsvSource:
         pgconn.send_query(query)
         _wait_result(pgconn, pq.ExecStatus.COPY_OUT)
         get_copy_data, consume, sock = pgconn.get_copy_data, pgconn.consume_input, pgconn.socket
+        chunk_bytes = self.chunk_bytes
         buf = bytearray()
         while True:
             nbytes, data = get_copy_data(1)
             if nbytes > 0:
                 buf += data
-                if len(buf) >= CHUNK_BYTES:
+                if len(buf) >= chunk_bytes:
                     yield bytes(buf)
                     buf.clear()
             elif nbytes == 0:

@@ -233,9 +233,9 @@ BEGIN
     IF active >= cap THEN
         RAISE EXCEPTION USING
             ERRCODE = '{TENANT_CAP_SQLSTATE}',
-            MESSAGE = format('tenant_id %s already has %s active export requests (pending, queued or '
-                             'running); at most %s are allowed (EXPORT_TENANT_MAX_ACTIVE)',
-                             quote_literal(left(NEW.tenant_id, 100)), active, cap),
+            MESSAGE = format('at most %s exports may be active (pending, queued or running) and '
+                             'tenant_id %s has %s; retry after one finishes',
+                             cap, quote_literal(left(NEW.tenant_id, 100)), active),
             HINT = 'retry when one of them has finished';
     END IF;
     RETURN NEW;

@@ -13,6 +13,8 @@ import dagster as dg
 from export_pipelines.core.errors import InvalidRequest
 
 MONTHLY_JOB = "monthly_tenant_export_job"
+# The repository Dagster makes of the code location's one Definitions object.
+REPOSITORY = "__repository__"
 # The jobs whose partitions are tenant x month keys ("YYYY-MM-01|tenant").
 PARTITIONED_JOBS = (MONTHLY_JOB,)
 WORKSPACE = Path(__file__).resolve().parents[3] / "workspace.yaml"
@@ -34,12 +36,28 @@ def check_job(job_name: str, flag: str = "--job") -> str:
 
 
 def check_month_in_range(month: str, months_from: str, today: str, flag: str = "--month") -> None:
-    """The monthly job's partitions run from EXPORT_MONTHS_FROM to the current month."""
+    """The monthly job's partitions run from EXPORT_MONTHS_FROM to the last finished month: the
+    current month has not ended (a partial month would be exported under its name)."""
     first = months_from[:7] + "-01"
-    if not first <= month <= today[:7] + "-01":
+    current = today[:7] + "-01"
+    if month >= current:
         raise InvalidRequest(
-            flag, f"must be from {first[:7]} to {today[:7]} (EXPORT_MONTHS_FROM), got {month[:7]}"
+            flag,
+            f"month {month[:7]} has not ended; a monthly export covers a finished month (up to "
+            f"{previous_month_of(current)[:7]}), got {month[:7]}",
         )
+    if month < first:
+        raise InvalidRequest(
+            flag,
+            f"must be from {first[:7]} (EXPORT_MONTHS_FROM) to {previous_month_of(current)[:7]}, "
+            f"got {month[:7]}",
+        )
+
+
+def previous_month_of(month: str) -> str:
+    """'YYYY-MM-01' of the month before 'YYYY-MM-01'."""
+    year, number = int(month[:4]), int(month[5:7])
+    return f"{year - (number == 1)}-{(number - 2) % 12 + 1:02d}-01"
 
 
 def failed_partitions(
@@ -74,48 +92,50 @@ def launch_backfill(
     job_name: str = MONTHLY_JOB,
     workspace: Path = WORKSPACE,
     print_fn: Callable[[str], None] = print,
-    code_server_log_level: str = "INFO",
+    ui_url: str | None = None,
 ) -> str:
     """ONE Dagster backfill (a PartitionBackfill the UI lists) of exactly these partitions, handed
     to the daemon's backfill loop: that loop cuts them into runs as the job's BackfillPolicy says
     (up to EXPORT_MONTHLY_BATCH_SIZE partitions per run, monthly_asset.py), and queues them like
     any other run (tenant cap included). `dagster job backfill` would not do: it submits one run
     per partition itself, whatever the policy. This is the backfill the UI's dialog makes.
-    `code_server_log_level`: what the code server it starts logs. Returns the backfill id."""
-    from dagster import __version__
-    from dagster._cli.workspace.cli_target import (
-        WorkspaceOpts,
-        get_code_location_from_workspace,
-        get_remote_job_from_remote_repo,
-        get_remote_repository_from_code_location,
-        get_workspace_from_cli_opts,
-    )
+
+    Written through the instance API alone: the daemon finds the job's partition set by the code
+    location's and repository's names (from workspace.yaml), so no code server is started here (it
+    took ~20 s). `ui_url`: the Dagster UI, to print the backfill's page. Returns the backfill id."""
     from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+    from dagster._core.remote_origin import RemotePartitionSetOrigin, RemoteRepositoryOrigin
+    from dagster._core.remote_representation.external_data import partition_set_snap_name_for_job_name
     from dagster._core.utils import make_new_backfill_id
+    from dagster._core.workspace.load import location_origins_from_yaml_paths
     from dagster._time import get_current_timestamp
 
     if not partition_keys:  # an empty list would mean every partition to Dagster
         raise ValueError("launch_backfill needs at least one partition key")
-    opts = WorkspaceOpts(workspace=[str(workspace)])
-    with get_workspace_from_cli_opts(
-        instance, version=__version__, workspace_opts=opts, log_level=code_server_log_level
-    ) as context:
-        repo = get_remote_repository_from_code_location(get_code_location_from_workspace(context, None), None)
-        job = get_remote_job_from_remote_repo(repo, job_name)
-        partition_set = next(ps for ps in repo.get_partition_sets() if ps.job_name == job.name)
-        backfill = PartitionBackfill(
-            backfill_id=make_new_backfill_id(),
-            partition_set_origin=partition_set.get_remote_origin(),
-            status=BulkActionStatus.REQUESTED,
-            partition_names=list(partition_keys),
-            from_failure=False,
-            reexecution_steps=None,
-            tags={},
-            backfill_timestamp=get_current_timestamp(),
-        )
-        instance.add_backfill(backfill)
+    (location,) = location_origins_from_yaml_paths([str(workspace)])
+    backfill = PartitionBackfill(
+        backfill_id=make_new_backfill_id(),
+        partition_set_origin=RemotePartitionSetOrigin(
+            repository_origin=RemoteRepositoryOrigin(location, REPOSITORY),
+            partition_set_name=partition_set_snap_name_for_job_name(job_name),
+        ),
+        status=BulkActionStatus.REQUESTED,
+        partition_names=list(partition_keys),
+        from_failure=False,
+        reexecution_steps=None,
+        tags={},
+        backfill_timestamp=get_current_timestamp(),
+    )
+    instance.add_backfill(backfill)
     print_fn(
         f"backfill {backfill.backfill_id} of {len(partition_keys)} partition(s) requested; "
         "the dagster-daemon launches its runs (several partitions per run)"
     )
+    if ui_url:
+        print_fn(f"follow it in the Dagster UI: {backfill_url(ui_url, backfill.backfill_id)}")
     return backfill.backfill_id
+
+
+def backfill_url(ui_url: str, backfill_id: str) -> str:
+    """The backfill's page in the Dagster UI (Dagster 1.13's route: /runs/b/<id>)."""
+    return f"{ui_url.rstrip('/')}/runs/b/{backfill_id}"

@@ -17,11 +17,14 @@ so the run fails and exactly the partitions it planned but did not materialize s
 """
 
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
+from export_pipelines.core.errors import InvalidRequest, Rejected
+from export_pipelines.core.requests.catalog import Catalog
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.monthly.monthly_export import (
     MonthlyConfig,
@@ -29,14 +32,21 @@ from export_pipelines.orchestration.monthly.monthly_export import (
     Services,
     export_month,
 )
-from export_pipelines.orchestration.monthly.partitions import monthly_partitions
-from export_pipelines.orchestration.ops import ERROR_CODE_KEY, TENANT_ERROR_KEY, megabytes
+from export_pipelines.orchestration.monthly.partitions import monthly_partitions, previous_month
+from export_pipelines.orchestration.ops import (
+    ERROR_CODE_KEY,
+    TENANT_ERROR_KEY,
+    configured_request,
+    human_size,
+)
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
 from export_pipelines.orchestration.run_config import MONTHLY_OP
 from export_pipelines.settings import Settings
 
 MONTHLY_JOB = "monthly_tenant_export_job"
 MONTHLY_ASSET_KEY = dg.AssetKey([MONTHLY_OP])
+# A stand-in tenant for checking a run's config alone (each partition's tenant is checked on its own).
+CONFIG_CHECK_TENANT = "config-check"
 # Links on a partition's materialization (the manifest lists them all).
 MAX_LINKED_FILES = 5
 
@@ -72,6 +82,16 @@ def build_monthly_asset(settings: Settings) -> dg.AssetsDefinition:
         services = Services(source, s3, export_settings)
         keys = batch_keys(context)
         context.log.info(f"{len(keys)} partition(s): {', '.join(keys[:50])}")
+        # The operator's config and months, once, before any partition or tenant row is touched:
+        # an operator's mistake fails this run, never the tenants' rows or their notifications.
+        try:
+            check_batch(export_settings.catalog(), config, keys, datetime.now(UTC))
+        except Rejected as exc:
+            raise dg.Failure(
+                description=f"the run's config or partitions are refused, nothing was exported: {exc}",
+                metadata={ERROR_CODE_KEY: exc.code, "refused": str(exc)},
+                allow_retries=False,
+            ) from None
         failed: list[MonthOutcome] = []
         for key in keys:
             month, tenant = key.split("|", 1)  # "YYYY-MM-01|tenant" (dimensions sorted by name)
@@ -97,6 +117,22 @@ def build_monthly_asset(settings: Settings) -> dg.AssetsDefinition:
     return monthly_export
 
 
+def check_batch(catalog: Catalog, config: MonthlyConfig, keys: list[str], now: datetime) -> None:
+    """Refuse a monthly run whose config no partition could export (a misspelt column, an unknown
+    format: the message names the field and the allowed values), or that covers a month that has
+    not ended (a partial month would be exported under the month's name)."""
+    current = now.astimezone(UTC).strftime("%Y-%m")
+    unfinished = sorted({k.split("|", 1)[0][:7] for k in keys if k.split("|", 1)[0][:7] >= current})
+    if unfinished:
+        raise InvalidRequest(
+            "partition",
+            f"month {unfinished[0]} has not ended; a monthly export covers a finished month "
+            f"(up to {previous_month(now)[:7]})",
+        )
+    # Tenant and month are the partition's: only the config's own fields are checked here.
+    configured_request(catalog, config, CONFIG_CHECK_TENANT, {}, "config-check")
+
+
 def batch_keys(context: dg.AssetExecutionContext) -> list[str]:
     """The run's partition keys. For a range run, from its range tags: Dagster 1.13.27's job
     backfills (the daemon's, of a MultiPartitionsDefinition under a multi-run BackfillPolicy) also
@@ -120,13 +156,15 @@ def materialization(outcome: MonthOutcome, partition: str) -> dg.AssetMaterializ
     return dg.AssetMaterialization(
         asset_key=MONTHLY_ASSET_KEY,
         partition=partition,
-        description=f"{outcome.tenant}: {done.rows} rows, {megabytes(done.bytes)}, {len(done.files)} file(s)",
+        description=(
+            f"{outcome.tenant}: {done.rows} rows, {human_size(done.bytes)}, {len(done.files)} file(s)"
+        ),
         metadata={
             "tenant": outcome.tenant,
             "request_id": outcome.request_id,
             "rows": done.rows,
             "bytes": done.bytes,
-            "size": megabytes(done.bytes),
+            "size": human_size(done.bytes),
             "files": len(done.files),
             "folder": outcome.folder,
             "manifest_key": done.manifest_key,

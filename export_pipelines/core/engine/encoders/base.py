@@ -28,6 +28,9 @@ class Encoder(ABC):
     compressions: ClassVar[tuple[str, ...]]
     default_compression: ClassVar[str]
     resumable: ClassVar[bool]
+    # CSV input in chunks of about this many bytes (None: the source's ~1 MiB). Encoders that take
+    # seconds per MiB (PDF, XLSX) ask for smaller ones, so progress moves within a few thousand rows.
+    input_chunk_bytes: ClassVar[int | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -56,6 +56,7 @@ def _fonts() -> tuple[str, str]:
 class PdfEncoder(Encoder):
     spec = format_spec("pdf")
     input_kind = "pg_csv"
+    input_chunk_bytes = 64 * 1024  # progress every few hundred rows (base.py)
 
     def __init__(self, columns: list[ColumnInfo], compression: str) -> None:
         super().__init__(columns, compression)

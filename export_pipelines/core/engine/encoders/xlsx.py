@@ -143,6 +143,7 @@ def _inline(ref: str, text: str, style: str = "") -> str:
 class XlsxEncoder(Encoder):
     spec = format_spec("xlsx")
     input_kind = "pg_csv"
+    input_chunk_bytes = 64 * 1024  # progress every few hundred rows (base.py)
 
     def __init__(self, columns: list[ColumnInfo], compression: str) -> None:
         super().__init__(columns, compression)
