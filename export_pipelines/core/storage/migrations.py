@@ -5,6 +5,7 @@
   durably uploaded, so a retry resumes (core/engine/checkpoints.py).
 - `export_deliveries`: notifications waiting to be sent, sent, or given up (core/delivery/delivery_store.py).
 - `export_limits`: the per-tenant caps the insert trigger enforces (written by `migrate`).
+- `export_refusals`: how many requests each cap refused, for the metrics (core/requests/refusals.py).
 - the role `export_app`: what apps may do with export_requests (docs/security.md).
 
 Each statement may run again (IF NOT EXISTS, DROP CONSTRAINT IF EXISTS + ADD, CREATE OR REPLACE,
@@ -321,6 +322,21 @@ CREATE TRIGGER export_requests_notify_pending AFTER INSERT OR UPDATE OF status O
     FOR EACH ROW WHEN (NEW.status = 'pending') EXECUTE FUNCTION public.export_requests_notify_pending();
 """
 
+# What the metrics count that no other column keeps (`export-pipelines metrics`): requests a cap
+# refused, per reason (core/requests/refusals.py; a refused insert leaves no row), and deliveries'
+# failed attempts. In the database, so counts survive restarts and add up over every process.
+METRICS_COUNTERS = f"""
+CREATE TABLE IF NOT EXISTS public.export_refusals (
+    reason      text PRIMARY KEY,
+    refused     bigint NOT NULL DEFAULT 0,
+    last_at     timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON public.export_refusals FROM {APP_ROLE};
+-- Attempts of a delivery that did not deliver (retried or given up), counted when known: `attempts`
+-- also counts an attempt still in flight, so it cannot tell failures on its own.
+ALTER TABLE public.export_deliveries ADD COLUMN IF NOT EXISTS failed_attempts int NOT NULL DEFAULT 0;
+"""
+
 MIGRATIONS = (
     REQUESTS_TABLE,
     CHECKPOINT_TABLES,
@@ -329,6 +345,7 @@ MIGRATIONS = (
     API_TABLES,
     TENANT_SETTINGS_TABLE,
     PENDING_NOTIFY,
+    METRICS_COUNTERS,
 )
 
 _migrated: set[str] = set()
