@@ -52,19 +52,26 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = {"code": 500}
+        state = {"status": 500, "counted": False}
+
+        def count() -> None:
+            if not state["counted"]:
+                state["counted"] = True
+                route = getattr(scope.get("route"), "path", None) or UNMATCHED
+                REQUESTS.labels(scope["method"], route, str(state["status"])).inc()
+                LATENCY.labels(scope["method"], route).observe(time.perf_counter() - started)
 
         async def send_wrapper(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                state["status"] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                count()  # before the last byte leaves: a client that has its answer finds it counted
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = getattr(scope.get("route"), "path", None) or UNMATCHED
-            REQUESTS.labels(scope["method"], route, str(status["code"])).inc()
-            LATENCY.labels(scope["method"], route).observe(time.perf_counter() - started)
+            count()  # no answer at all (the client went away, an error before the start)
 
 
 def serve_metrics(host: str, port: int, multiprocess_dir: str | None) -> Any:

@@ -19,6 +19,7 @@ DEFAULT_PORT = 8000
 # The API's /metrics listens apart from the tenants' port, on loopback unless told otherwise.
 DEFAULT_METRICS_HOST = "127.0.0.1"
 DEFAULT_METRICS_PORT = 9464
+WORKER_HEALTHCHECK_SECONDS = 60
 
 
 def key_store() -> Any:
@@ -74,7 +75,16 @@ def serve_api(args: argparse.Namespace, metrics_dir: str | None) -> int:
     try:
         if args.workers > 1:
             # Each worker process builds its own app (and pool) from the environment.
-            uvicorn.run("export_pipelines.api.app:app_from_env", factory=True, workers=args.workers, **common)
+            # A worker that has not answered uvicorn's health check within its timeout is killed and
+            # started again; on a busy host a fresh worker's start (spawn, imports) takes longer than
+            # uvicorn's 5 s default, and the workers would be restarted in a loop.
+            uvicorn.run(
+                "export_pipelines.api.app:app_from_env",
+                factory=True,
+                workers=args.workers,
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
+                **common,
+            )
         else:
             uvicorn.run(app, **common)
     finally:
