@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -272,3 +273,19 @@ def test_both_metrics_endpoints_move_with_a_real_export(daemon, proxy, source_ur
     assert value(after, "export_deliveries", channel="webhook", status="delivered") == value(
         before, "export_deliveries", channel="webhook", status="delivered"
     )
+
+    # The dashboard and the documented alert rules query only metrics the endpoints serve.
+    served = {name for name, _ in after} | {name for name, _ in api_during}
+    assert not [name for name in queried_metrics() if name not in served]
+
+
+def queried_metrics() -> set[str]:
+    dashboard = json.loads((ROOT / "docs/assets/grafana/export-pipelines.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    operations = (ROOT / "docs/operations.md").read_text()
+    rules = operations[operations.index("groups:\n  - name: export_pipelines") :]
+    exprs.append(rules[: rules.index("```")])
+    names = {m for e in exprs for m in re.findall(r"\bexport_[a-z_]+\b", e)}
+    names -= {"export_pipelines"}  # the rule group's name
+    assert len(names) > 15, names
+    return names
