@@ -63,7 +63,15 @@ def serve_api(args: argparse.Namespace, metrics_dir: str | None) -> int:
     print(f"export API on {base}  (docs: {base}/docs; the exports page: {base}/exports)", flush=True)
     metrics = None
     if args.metrics_port:
-        metrics = serve_metrics(args.metrics_host, args.metrics_port, metrics_dir)
+        try:
+            metrics = serve_metrics(args.metrics_host, args.metrics_port, metrics_dir)
+        except OSError as exc:
+            print(
+                f"export-pipelines serve: cannot listen on {args.metrics_host}:{args.metrics_port} for "
+                f"/metrics ({exc.strerror}); choose another --metrics-port (0: no metrics)",
+                file=sys.stderr,
+            )
+            return 2
         print(f"metrics on http://{args.metrics_host}:{metrics.server_port}/metrics", flush=True)
     common = {
         "host": args.host,
