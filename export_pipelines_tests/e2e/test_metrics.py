@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from export_pipelines.core.requests.request_store import RequestStore
 from export_pipelines.core.storage.migrations import DEFAULT_TENANT_MAX_ACTIVE
+from export_pipelines.orchestration.metrics import BYTES_BOUNDS
 from export_pipelines_tests.support.api_helpers import auth, free_port, key_for, migrate_api
 from export_pipelines_tests.support.daemon import ROOT, running_daemon
 from export_pipelines_tests.support.s3_fault_proxy import S3FaultProxy, hang
@@ -265,6 +266,14 @@ def test_both_metrics_endpoints_move_with_a_real_export(daemon, proxy, source_ur
         before, "export_size_bytes_sum", format="csv"
     )
     assert wrote == row.bytes_written > 0
+    # The export falls in the first bucket its size does not exceed, and in none below it.
+    first = min(b for b in BYTES_BOUNDS if b >= row.bytes_written)
+    for bound in BYTES_BOUNDS:
+        le = {"format": "csv", "le": str(int(bound))}
+        moved = value(after, "export_size_bytes_bucket", **le) - value(
+            before, "export_size_bytes_bucket", **le
+        )
+        assert moved == (1 if bound >= first else 0), bound
     attempts = {"channel": "webhook", "event": "export.succeeded"}
     assert value(after, "export_delivery_attempts_total", **attempts) >= (
         value(before, "export_delivery_attempts_total", **attempts) + 1

@@ -124,25 +124,31 @@ class RequestStats(RequestRows):
         return [QueueStats(e, *got.get(e, (0, 0.0))) for e in (False, True)]
 
     def histogram(self, measure: str, bounds: Sequence[float]) -> dict[str, HistogramStats]:
-        """The rows' `measure` (a key of MEASURES) per format, counted at each of `bounds`."""
+        """The rows' `measure` (a key of MEASURES) per format, counted at each of `bounds` (sorted
+        ascending), in one pass: each row is grouped by the first bound it does not exceed
+        (width_bucket over the negated bounds counts the bounds >= x), then summed up cumulatively."""
         expression, where = MEASURES[measure]
-        values = f"SELECT format, ({expression})::float8 AS x FROM export_requests WHERE {where}"
-        totals = self.execute(
-            f"SELECT format, count(*) AS n, coalesce(sum(x), 0) AS total FROM ({values}) v GROUP BY 1"
+        negated = sorted(-float(b) for b in bounds)
+        rows = self.execute(
+            f"""
+            SELECT format, %(n)s - width_bucket(-x, %(neg)s::float8[]) AS slot,
+                   count(*) AS n, coalesce(sum(x), 0) AS total
+            FROM (SELECT format, ({expression})::float8 AS x FROM export_requests WHERE {where}) v
+            GROUP BY 1, 2
+            """,
+            {"n": len(negated), "neg": negated},
         ).fetchall()
-        at = self.execute(
-            f"SELECT format, b, count(*) FILTER (WHERE x <= b) AS n "
-            f"FROM ({values}) v CROSS JOIN unnest(%s::float8[]) AS b GROUP BY 1, 2",
-            [[float(b) for b in bounds]],
-        ).fetchall()
-        cumulative: dict[str, dict[float, int]] = {}
-        for r in at:
-            cumulative.setdefault(r["format"], {})[float(r["b"])] = int(r["n"])
-        return {
-            r["format"]: HistogramStats(
-                tuple((float(b), cumulative.get(r["format"], {}).get(float(b), 0)) for b in bounds),
-                int(r["n"]),
-                float(r["total"]),
-            )
-            for r in totals
-        }
+        per_slot: dict[str, list[int]] = {}
+        totals: dict[str, float] = {}
+        for r in rows:
+            slots = per_slot.setdefault(r["format"], [0] * (len(bounds) + 1))
+            slots[int(r["slot"])] += int(r["n"])  # slot len(bounds): above every bound (+Inf only)
+            totals[r["format"]] = totals.get(r["format"], 0.0) + float(r["total"])
+        result: dict[str, HistogramStats] = {}
+        for fmt, slots in per_slot.items():
+            cumulative, running = [], 0
+            for bound, n in zip(bounds, slots, strict=False):
+                running += n
+                cumulative.append((float(bound), running))
+            result[fmt] = HistogramStats(tuple(cumulative), sum(slots), totals[fmt])
+        return result
