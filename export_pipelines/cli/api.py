@@ -59,8 +59,6 @@ def serve_api(args: argparse.Namespace, metrics_dir: str | None) -> int:
     except ExportError as exc:
         print(f"export-pipelines serve: {exc}", file=sys.stderr)
         return 2
-    base = f"http://{args.host}:{args.port}"
-    print(f"export API on {base}  (docs: {base}/docs; the exports page: {base}/exports)", flush=True)
     metrics = None
     if args.metrics_port:
         try:
@@ -72,6 +70,9 @@ def serve_api(args: argparse.Namespace, metrics_dir: str | None) -> int:
                 file=sys.stderr,
             )
             return 2
+    base = f"http://{args.host}:{args.port}"
+    print(f"export API on {base}  (docs: {base}/docs; the exports page: {base}/exports)", flush=True)
+    if metrics is not None:
         print(f"metrics on http://{args.metrics_host}:{metrics.server_port}/metrics", flush=True)
     common = {
         "host": args.host,
