@@ -364,6 +364,8 @@ def main() -> int:
             str(port),
             "--log-level",
             "warning",
+            "--metrics-port",
+            "0",  # no /metrics listener: its default port may be another server's
         ],
         env=env,
         stdout=log,

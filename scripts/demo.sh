@@ -32,7 +32,9 @@ api="http://127.0.0.1:$port"
 up() { python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" "$api/healthz" 2>/dev/null; }
 if ! up; then
   # Kept running after the script, like the local servers: `pkill -f "export-pipelines serve"` stops it.
-  nohup export-pipelines serve --host 127.0.0.1 --port "$port" >"$root/.local/api.log" 2>&1 &
+  # /metrics beside it: 9464 for the default port 8000, another for another port.
+  nohup export-pipelines serve --host 127.0.0.1 --port "$port" --metrics-port "$((port + 1464))" \
+    >"$root/.local/api.log" 2>&1 &
   for _ in $(seq 1 50); do
     up && break
     sleep 0.2

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from export_pipelines.api.auth import RequestLog
 from export_pipelines.api.db import ConnectionPool
 from export_pipelines.api.errors import ApiError, error_response, export_error_response
+from export_pipelines.api.metrics import MetricsMiddleware
 from export_pipelines.api.routes import cancel, catalog, create, events, exports, files, health, page
 from export_pipelines.api.routes import settings as notify_settings
 from export_pipelines.api.service import ExportApi
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
     )
     app.state.api = api
     app.add_middleware(RequestLog)
+    app.add_middleware(MetricsMiddleware)  # the outermost: it sees the route the router matched
     add_error_handlers(app)
     # The order of the original single module, so /openapi.json lists the paths as before.
     for module in (health, create, exports, files, events, cancel, catalog, notify_settings):

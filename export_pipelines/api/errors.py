@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from export_pipelines.api.metrics import count_error
 from export_pipelines.core.errors import (
     ExportError,
     IdempotencyConflict,
@@ -51,6 +52,7 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, A
 def error_response(
     status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
+    count_error(status, code)  # every error answer passes here: the metrics count it by its code
     return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
 
 

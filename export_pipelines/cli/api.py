@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import sys
+import tempfile
 from typing import Any
 
 from export_pipelines.cli.common import settings_or_exit, source_url_or_exit
@@ -13,6 +16,10 @@ from export_pipelines.core.errors import ExportError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+# The API's /metrics listens apart from the tenants' port, on loopback unless told otherwise.
+DEFAULT_METRICS_HOST = "127.0.0.1"
+DEFAULT_METRICS_PORT = 9464
+WORKER_HEALTHCHECK_SECONDS = 60
 
 
 def key_store() -> Any:
@@ -23,9 +30,24 @@ def key_store() -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    metrics_dir = None
+    if args.metrics_port and args.workers > 1:
+        # Before any worker starts: each worker process finds the directory in its environment and
+        # writes its samples there (prometheus-client's multiprocess mode); this process adds them up.
+        metrics_dir = tempfile.mkdtemp(prefix="export-api-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        return serve_api(args, metrics_dir)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def serve_api(args: argparse.Namespace, metrics_dir: str | None) -> int:
     import uvicorn
 
     from export_pipelines.api.app import create_app
+    from export_pipelines.api.metrics import serve_metrics
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = settings_or_exit()
@@ -37,8 +59,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ExportError as exc:
         print(f"export-pipelines serve: {exc}", file=sys.stderr)
         return 2
+    metrics = None
+    if args.metrics_port:
+        try:
+            metrics = serve_metrics(args.metrics_host, args.metrics_port, metrics_dir)
+        except OSError as exc:
+            print(
+                f"export-pipelines serve: cannot listen on {args.metrics_host}:{args.metrics_port} for "
+                f"/metrics ({exc.strerror}); choose another --metrics-port (0: no metrics)",
+                file=sys.stderr,
+            )
+            return 2
     base = f"http://{args.host}:{args.port}"
     print(f"export API on {base}  (docs: {base}/docs; the exports page: {base}/exports)", flush=True)
+    if metrics is not None:
+        print(f"metrics on http://{args.metrics_host}:{metrics.server_port}/metrics", flush=True)
     common = {
         "host": args.host,
         "port": args.port,
@@ -46,11 +81,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "timeout_graceful_shutdown": 5,
     }
-    if args.workers > 1:
-        # Each worker process builds its own app (and pool) from the environment.
-        uvicorn.run("export_pipelines.api.app:app_from_env", factory=True, workers=args.workers, **common)
-    else:
-        uvicorn.run(app, **common)
+    try:
+        if args.workers > 1:
+            # Each worker process builds its own app (and pool) from the environment.
+            # A worker that has not answered uvicorn's health check within its timeout is killed and
+            # started again; on a busy host a fresh worker's start (spawn, imports) takes longer than
+            # uvicorn's 5 s default, and the workers would be restarted in a loop.
+            uvicorn.run(
+                "export_pipelines.api.app:app_from_env",
+                factory=True,
+                workers=args.workers,
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
+                **common,
+            )
+        else:
+            uvicorn.run(app, **common)
+    finally:
+        if metrics is not None:
+            metrics.shutdown()
     return 0
 
 
@@ -111,6 +159,17 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--log-level", default="info")
     p.add_argument(
         "--workers", type=int, default=1, help="uvicorn worker processes (one Python process uses one core)"
+    )
+    p.add_argument(
+        "--metrics-host",
+        default=DEFAULT_METRICS_HOST,
+        help="address of the /metrics listener (default: loopback only; tenants never reach it)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        help="port of the /metrics listener, apart from the API's (0: no metrics)",
     )
     p.set_defaults(func=cmd_serve)
 

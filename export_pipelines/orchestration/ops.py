@@ -32,6 +32,7 @@ from export_pipelines.core.errors import (
     tenant_message,
 )
 from export_pipelines.core.requests.catalog import Catalog
+from export_pipelines.core.requests.refusals import PDF_ROWS
 from export_pipelines.core.requests.request import ExportRequest, build_request, check_notify
 from export_pipelines.core.requests.request_store import RequestStore
 from export_pipelines.core.requests.tenant_settings import targets as tenant_targets
@@ -284,6 +285,8 @@ def count_rows(
     except TransientError:
         raise  # NETWORK_RETRY tries again
     except ExportError as exc:  # the request or the deployment is wrong: no attempt can succeed
+        if over_pdf_cap(exc, config.format):
+            source.requests().count_refusal(PDF_ROWS)
         if request_id:
             code = error_code(exc)
             source.requests().mark_failed(request_id, tenant_message(code, exc), code)
@@ -311,6 +314,12 @@ def count_rows(
         source.conninfo, tenant_id, config.notify.webhook_url, config.notify.email
     )
     return RunPlan(plan, request_id, webhook_url, email)
+
+
+def over_pdf_cap(exc: ExportError, format: str) -> bool:
+    """A pdf request refused for its row count: for a known format ("pdf"), the format is refused
+    only by the row cap of planning."""
+    return format == "pdf" and isinstance(exc, InvalidRequest) and exc.field == "format"
 
 
 def own_request_row(

@@ -51,6 +51,18 @@ class GroupMember:
     last_error: str | None
 
 
+@dataclass(frozen=True)
+class DeliveryStats:
+    """Deliveries of one channel, event and status, and their attempts (made, failed)."""
+
+    channel: str
+    event: str
+    status: str
+    deliveries: int
+    attempts: int
+    failed_attempts: int
+
+
 class DeliveryStore(PgStore):
     """Every read and write of export_deliveries. Each method is one short transaction."""
 
@@ -159,18 +171,30 @@ class DeliveryStore(PgStore):
             [delivery_id],
         )
 
+    # failed_attempts counts each attempt that did not deliver, when it is known not to have: the
+    # metrics' count of failed attempts then only grows (`attempts` also counts one in flight).
     def retry_later(self, delivery_id: int, error: str, delay_seconds: float) -> None:
         self.execute(
-            "UPDATE export_deliveries SET last_error = %s, "
+            "UPDATE export_deliveries SET last_error = %s, failed_attempts = failed_attempts + 1, "
             "next_attempt_at = now() + make_interval(secs => %s) WHERE id = %s",
             [error[:MAX_ERROR_CHARS], delay_seconds, delivery_id],
         )
 
     def give_up(self, delivery_id: int, error: str) -> None:
         self.execute(
-            "UPDATE export_deliveries SET status = 'failed', last_error = %s WHERE id = %s",
+            "UPDATE export_deliveries SET status = 'failed', last_error = %s, "
+            "failed_attempts = failed_attempts + 1 WHERE id = %s",
             [error[:MAX_ERROR_CHARS], delivery_id],
         )
+
+    def stats(self) -> list[DeliveryStats]:
+        """Per channel, event and status: deliveries, attempts made and attempts that failed, for
+        the metrics (`export-pipelines metrics`)."""
+        rows = self.execute(
+            "SELECT channel, event, status, count(*), coalesce(sum(attempts), 0), "
+            "coalesce(sum(failed_attempts), 0) FROM export_deliveries GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        ).fetchall()
+        return [DeliveryStats(c, e, s, int(n), int(a), int(f)) for c, e, s, n, a, f in rows]
 
     def group(self, request_id: str, event: str, created_at: datetime) -> list[GroupMember]:
         rows = self.execute(

@@ -15,6 +15,7 @@ What tenants read of a failure is `error_code` (core.errors.ERROR_CODES) and a s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
@@ -34,7 +35,9 @@ from export_pipelines.core.errors import (
     TENANT_MESSAGES,
     IdempotencyConflict,
     IdempotencyInFlight,
+    TooManyActive,
 )
+from export_pipelines.core.requests.refusals import TENANT_ACTIVE_CAP, RefusalStore
 from export_pipelines.core.requests.request_row import (
     StoredRequest,
     is_request_id,
@@ -191,7 +194,15 @@ class RequestStore(RequestRows):
             mapped = refusal(exc)
             if mapped is exc:
                 raise
+            if isinstance(mapped, TooManyActive):
+                self.count_refusal(TENANT_ACTIVE_CAP)
             raise mapped from None
+
+    def count_refusal(self, reason: str) -> None:
+        """Count a cap's refusal for the metrics; a count that cannot be written never changes the
+        answer the caller gets."""
+        with contextlib.suppress(psycopg.Error):
+            RefusalStore.on(self.conn).record(reason)
 
     def upsert_monthly(
         self,

@@ -8,6 +8,7 @@
 - `export_request_status_history`: every status a request row took, with the time (a trigger
   writes it), so operators and tests see the lifecycle; a guard trigger keeps a canceled row
   canceled.
+- `export_refusals`: how many requests each cap refused, for the metrics (core/requests/refusals.py).
 - the role `export_app`: what apps may do with export_requests (docs/security.md).
 
 Each statement may run again (IF NOT EXISTS, DROP CONSTRAINT IF EXISTS + ADD, CREATE OR REPLACE,
@@ -377,6 +378,21 @@ CREATE TRIGGER export_requests_canceled_guard BEFORE UPDATE OF status ON public.
     FOR EACH ROW WHEN (OLD.status = 'canceled') EXECUTE FUNCTION public.export_requests_canceled_guard();
 """
 
+# What the metrics count that no other column keeps (`export-pipelines metrics`): requests a cap
+# refused, per reason (core/requests/refusals.py; a refused insert leaves no row), and deliveries'
+# failed attempts. In the database, so counts survive restarts and add up over every process.
+METRICS_COUNTERS = f"""
+CREATE TABLE IF NOT EXISTS public.export_refusals (
+    reason      text PRIMARY KEY,
+    refused     bigint NOT NULL DEFAULT 0,
+    last_at     timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON public.export_refusals FROM {APP_ROLE};
+-- Attempts of a delivery that did not deliver (retried or given up), counted when known: `attempts`
+-- also counts an attempt still in flight, so it cannot tell failures on its own.
+ALTER TABLE public.export_deliveries ADD COLUMN IF NOT EXISTS failed_attempts int NOT NULL DEFAULT 0;
+"""
+
 MIGRATIONS = (
     REQUESTS_TABLE,
     CHECKPOINT_TABLES,
@@ -386,6 +402,7 @@ MIGRATIONS = (
     TENANT_SETTINGS_TABLE,
     PENDING_NOTIFY,
     STATUS_HISTORY,
+    METRICS_COUNTERS,
 )
 
 _migrated: set[str] = set()
