@@ -25,11 +25,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from export_pipelines.api.auth import RequestLog
+from export_pipelines.api.auth import RequestLog, configure_request_log
 from export_pipelines.api.db import ConnectionPool
 from export_pipelines.api.errors import ApiError, error_response, export_error_response
 from export_pipelines.api.routes import cancel, catalog, create, events, exports, files, health, page
 from export_pipelines.api.routes import settings as notify_settings
+from export_pipelines.api.server import BodyLimit
 from export_pipelines.api.service import ExportApi
 from export_pipelines.core.errors import ExportError
 from export_pipelines.settings import Settings
@@ -37,9 +38,11 @@ from export_pipelines.settings import Settings
 log = logging.getLogger("export_pipelines.api")
 
 
-def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, pool: ConnectionPool | None = None, workers: int = 1
+) -> FastAPI:
     settings = settings or Settings.from_env()
-    api = ExportApi(settings, pool)
+    api = ExportApi(settings, pool, workers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,6 +60,8 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
         ),
     )
     app.state.api = api
+    # Outermost last: the log sees every answer, the 413 of the body limit included.
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestLog)
     add_error_handlers(app)
     # The order of the original single module, so /openapi.json lists the paths as before.
@@ -83,7 +88,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
         return error_response(
             exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), headers=exc.headers
         )
@@ -115,4 +120,6 @@ def add_error_handlers(app: FastAPI) -> None:
 def app_from_env() -> FastAPI:
     """The app of `export-pipelines serve --workers N`: each worker process reads the environment."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return create_app(Settings.from_env())
+    configure_request_log()
+    # More than one worker answers (the token secret must be shared: EXPORT_API_TOKEN_SECRET).
+    return create_app(Settings.from_env(), workers=2)
