@@ -18,9 +18,14 @@ from export_pipelines.core.errors import ConfigurationError, ExportError
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from export_pipelines.core.requests.catalog import load_catalog
     from export_pipelines.core.storage.migrations import migrate
 
-    migrate(source_url_or_exit(), tenant_max_active=settings_or_exit().tenant_max_active)
+    settings = settings_or_exit()
+    tenants = load_catalog(settings.catalog_path).tenants
+    # The catalog's tenants table: request rows for tenants it does not list are refused at insert.
+    source = (tenants.table.schema, tenants.table.name, tenants.key) if tenants is not None else None
+    migrate(source_url_or_exit(), tenant_max_active=settings.tenant_max_active, tenant_source=source)
     print("export_requests, export_deliveries and the checkpoint tables are up to date")
     return 0
 
