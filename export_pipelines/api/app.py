@@ -29,6 +29,7 @@ from export_pipelines.api.auth import RequestLog, configure_request_log
 from export_pipelines.api.db import ConnectionPool
 from export_pipelines.api.errors import ApiError, error_response, export_error_response
 from export_pipelines.api.routes import cancel, catalog, create, events, exports, files, health, page
+from export_pipelines.api.routes import docs as docs_pages
 from export_pipelines.api.routes import settings as notify_settings
 from export_pipelines.api.server import BodyLimit
 from export_pipelines.api.service import ExportApi
@@ -49,9 +50,13 @@ def create_app(
         yield
         api.pool.close()
 
+    title = "export_pipelines export API"
     app = FastAPI(
         lifespan=lifespan,
-        title="export_pipelines export API",
+        # /docs and /redoc are served by routes/docs.py, from the package's own files (no CDN).
+        docs_url=None,
+        redoc_url=None,
+        title=title,
         version="1.0.0",
         description=(
             "Tenant exports of PostgreSQL data to S3 files. Authenticate with `Authorization: Bearer "
@@ -68,6 +73,7 @@ def create_app(
     for module in (health, create, exports, files, events, cancel, catalog, notify_settings):
         app.include_router(module.router(api))
     app.include_router(page.router())
+    app.include_router(docs_pages.router(title))
     return app
 
 

@@ -67,7 +67,9 @@ def cmd_request(args: argparse.Namespace) -> int:
     }
     try:
         catalog = load_catalog(settings.catalog_path)
-        check_request_fields(catalog, settings.webhook_allowlist, **fields)
+        check_request_fields(
+            catalog, settings.webhook_allowlist, **fields, allow_private=settings.webhook_allow_private
+        )
         require_tenant(source_url_or_exit(), catalog, args.tenant)
         with request_store() as store:
             # The database answers the per-tenant cap and the size limits; the key the store's one

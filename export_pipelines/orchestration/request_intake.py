@@ -62,6 +62,7 @@ def validate_row(row: StoredRequest, settings: ExportSettings, notifier: Notifie
         webhook_url=row.webhook_url,
         email=row.email,
         export_id=row.id,
+        allow_private=notifier.allow_private,  # the send-time rules, so the row says why now
     )
 
 

@@ -456,3 +456,23 @@ def test_dead_pooled_connections_are_replaced_not_handed_out(server, client, sou
             time.sleep(0.05)
     codes = [client.get(f"/v1/exports/{export_id}", headers=auth(token)).status_code for _ in range(30)]
     assert codes == [200] * 30, codes
+
+
+# --- documentation pages ------------------------------------------------------------------------
+
+
+def test_docs_and_redoc_load_their_scripts_from_the_service_not_a_cdn(client):
+    """Fails on the old server: /docs and /redoc loaded unpinned scripts from a public CDN."""
+    import re
+
+    for page in ("/docs", "/redoc"):
+        html = client.get(page)
+        assert html.status_code == 200
+        sources = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html.text)
+        assert sources, html.text
+        assert all(s.startswith("/") and not s.startswith("//") for s in sources), sources
+        for source in sources:
+            if source != "/openapi.json":
+                asset = client.get(source)
+                assert asset.status_code == 200 and len(asset.content) > 1000, source
+        assert "cdn" not in html.text.lower() and "googleapis" not in html.text

@@ -143,7 +143,13 @@ def router(api: ExportApi) -> APIRouter:
         max_rows = body.get("max_rows_per_file")
         try:
             # The request sensor's own checks, so an app hears the same message from both doors.
-            check_request_fields(api.catalog, settings.webhook_allowlist, **fields)
+            # The send-time rules for the webhook (its host resolved and checked) as well.
+            check_request_fields(
+                api.catalog,
+                settings.webhook_allowlist,
+                **fields,
+                allow_private=settings.webhook_allow_private,
+            )
             build_request(
                 api.catalog,
                 tenant_id=tenant_id,

@@ -91,7 +91,12 @@ def router(api: ExportApi) -> APIRouter:
         webhook_url = body.webhook_url or None
         email = body.email or None
         try:
-            check_notify(webhook_url, email, api.settings.webhook_allowlist)
+            check_notify(
+                webhook_url,
+                email,
+                api.settings.webhook_allowlist,
+                allow_private=api.settings.webhook_allow_private,
+            )
         except Rejected as exc:
             raise ApiError(422, "invalid_request", str(exc), exc.field) from None
         with api.pool.connection() as conn:
