@@ -92,6 +92,16 @@ class Settings:
     # EXPORT_TENANT_STARTS_PER_MINUTE: runs the request sensor starts per tenant per minute.
     tenant_starts_per_minute: int = DEFAULT_STARTS_PER_MINUTE
     dagster_ui_url: str = "http://127.0.0.1:3000"  # EXPORT_DAGSTER_UI_URL: links the CLI prints
+    # The export API's limits against hostile and broken clients (docs/security.md).
+    api_token_secret: str | None = None  # EXPORT_API_TOKEN_SECRET (secret): signs event-stream tokens
+    api_max_header_bytes: int = 16 * 1024  # EXPORT_API_MAX_HEADER_BYTES: request line + headers (431)
+    api_max_body_bytes: int = 128 * 1024  # EXPORT_API_MAX_BODY_BYTES: request body (413)
+    api_rate_limit_per_key: str = "5/second;60/minute"  # EXPORT_API_RATE_LIMIT_PER_KEY
+    api_rate_limit_per_tenant: str = "10/second;120/minute"  # EXPORT_API_RATE_LIMIT_PER_TENANT
+    api_rate_limit_storage_url: str = "memory://"  # EXPORT_RATE_LIMIT_STORAGE_URL
+    api_s3_timeout_seconds: float = 5.0  # EXPORT_API_S3_TIMEOUT_SECONDS: connect and read, per call
+    api_s3_max_concurrent: int = 8  # EXPORT_API_S3_MAX_CONCURRENT: S3 calls in flight at once
+    api_db_max_concurrent: int = 16  # EXPORT_API_DB_MAX_CONCURRENT: pooled database connections
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -127,6 +137,23 @@ class Settings:
                 environ, "EXPORT_TENANT_STARTS_PER_MINUTE", cls.tenant_starts_per_minute
             ),
             dagster_ui_url=(text("EXPORT_DAGSTER_UI_URL") or cls.dagster_ui_url).rstrip("/"),
+            api_token_secret=text("EXPORT_API_TOKEN_SECRET"),
+            api_max_header_bytes=_positive(environ, "EXPORT_API_MAX_HEADER_BYTES", cls.api_max_header_bytes),
+            api_max_body_bytes=_positive(environ, "EXPORT_API_MAX_BODY_BYTES", cls.api_max_body_bytes),
+            api_rate_limit_per_key=text("EXPORT_API_RATE_LIMIT_PER_KEY") or cls.api_rate_limit_per_key,
+            api_rate_limit_per_tenant=text("EXPORT_API_RATE_LIMIT_PER_TENANT")
+            or cls.api_rate_limit_per_tenant,
+            api_rate_limit_storage_url=text("EXPORT_RATE_LIMIT_STORAGE_URL")
+            or cls.api_rate_limit_storage_url,
+            api_s3_timeout_seconds=float(
+                _positive(environ, "EXPORT_API_S3_TIMEOUT_SECONDS", int(cls.api_s3_timeout_seconds))
+            ),
+            api_s3_max_concurrent=_positive(
+                environ, "EXPORT_API_S3_MAX_CONCURRENT", cls.api_s3_max_concurrent
+            ),
+            api_db_max_concurrent=_positive(
+                environ, "EXPORT_API_DB_MAX_CONCURRENT", cls.api_db_max_concurrent
+            ),
         )
 
     def s3_client_options(self) -> dict[str, str | None]:
@@ -173,6 +200,7 @@ _STORAGE = "Source database and storage"
 _NOTIFY = "Notifications"
 _REQUESTS = "Requests and limits"
 _MONTHLY = "Monthly dumps"
+_API = "Export API limits"
 
 VARIABLES: tuple[Variable, ...] = (
     Variable(
@@ -322,5 +350,67 @@ VARIABLES: tuple[Variable, ...] = (
         _MONTHLY,
         "Most tenant x month partitions one monthly run exports, one after another (`1`: a run per "
         "partition). Dagster's per-run cost is then paid once per batch.",
+    ),
+    Variable(
+        "EXPORT_API_TOKEN_SECRET",
+        "api_token_secret",
+        _API,
+        "Signs the event-stream tokens (`POST …/events/token`). Unset with one worker: a random "
+        "secret per process (tokens die with it); required with `serve --workers` above 1. Nothing "
+        "in the database reveals it.",
+        default="unset (random per process)",
+        secret=True,
+    ),
+    Variable(
+        "EXPORT_API_MAX_HEADER_BYTES",
+        "api_max_header_bytes",
+        _API,
+        "Most bytes of a request line plus headers; a longer one is answered 431 before more is read.",
+    ),
+    Variable(
+        "EXPORT_API_MAX_BODY_BYTES",
+        "api_max_body_bytes",
+        _API,
+        "Most bytes of a request body; a longer one is answered 413 before more is read.",
+    ),
+    Variable(
+        "EXPORT_API_RATE_LIMIT_PER_KEY",
+        "api_rate_limit_per_key",
+        _API,
+        "Mutating requests (create, cancel, delete, stream token, notify settings) one API key may "
+        "make, as `N/second;M/minute`; more are answered 429 with Retry-After.",
+    ),
+    Variable(
+        "EXPORT_API_RATE_LIMIT_PER_TENANT",
+        "api_rate_limit_per_tenant",
+        _API,
+        "The same, summed over every key of one tenant (operator keys count for the tenant they act for).",
+    ),
+    Variable(
+        "EXPORT_RATE_LIMIT_STORAGE_URL",
+        "api_rate_limit_storage_url",
+        _API,
+        "Where the rate-limit counters live: `memory://` (one process) or `redis://host:6379/1` "
+        "(shared by several worker processes or hosts; otherwise each worker counts on its own).",
+    ),
+    Variable(
+        "EXPORT_API_S3_TIMEOUT_SECONDS",
+        "api_s3_timeout_seconds",
+        _API,
+        "Connect and read timeout of each S3 call the API makes (links, manifest, delete, readiness).",
+    ),
+    Variable(
+        "EXPORT_API_S3_MAX_CONCURRENT",
+        "api_s3_max_concurrent",
+        _API,
+        "S3 calls the API makes at once; more wait briefly, then answer 503, so a hanging S3 cannot "
+        "take every worker thread.",
+    ),
+    Variable(
+        "EXPORT_API_DB_MAX_CONCURRENT",
+        "api_db_max_concurrent",
+        _API,
+        "Database connections of the API's pool (each API worker process); more requests wait briefly, "
+        "then answer 503.",
     ),
 )

@@ -102,3 +102,20 @@ def store(source_url):
         # Notifications left by earlier tests would reach this test's receivers.
         s.execute("TRUNCATE export_requests, export_deliveries")
         yield s
+
+
+@pytest.fixture
+def example_com_resolves(monkeypatch):
+    """Webhook hosts under example.com resolve to a public address, as they do on the internet (the
+    test machines may have no DNS): request-time checks resolve the host and refuse one that does
+    not resolve. Every other name still goes to the system resolver."""
+    from export_pipelines.core.delivery import webhook_target
+
+    system = webhook_target._system_resolver
+
+    def resolve(host: str, port: int) -> list[str]:
+        if host == "example.com" or host.endswith(".example.com"):
+            return ["93.184.215.14"]
+        return system(host, port)
+
+    monkeypatch.setattr(webhook_target, "_system_resolver", resolve)

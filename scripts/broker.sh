@@ -2,8 +2,13 @@
 # A Redis server as the Celery broker and result backend, for the tests and the demo of running on
 # several machines (docs/operations.md). In production use a managed Redis.
 #
-#   scripts/broker.sh start     # prints DAGSTER_CELERY_BROKER_URL / _BACKEND_URL export lines
+#   scripts/broker.sh start     # prints DAGSTER_CELERY_BROKER_URL / _BACKEND_URL export lines, and
+#                               # writes them to $EXPORT_BROKER_DIR/broker.env (mode 0600): source that
 #   scripts/broker.sh stop | url | status
+#
+# Redis's `default` user is disabled: Celery (the daemon's launcher and the workers) logs in as the
+# ACL user `celery` (EXPORT_BROKER_USER), allowed the data commands a queue and a result backend use
+# and nothing else: no CONFIG, ACL, FLUSHALL, KEYS, DEBUG, SHUTDOWN, MODULE, MONITOR, REPLICAOF.
 #
 # Settings (environment):
 #   EXPORT_BROKER_BIND      addresses to listen on, space-separated (default 127.0.0.1); the
@@ -42,11 +47,18 @@ else
   fi
   password="$(cat "$dir/password")"
 fi
+user="${EXPORT_BROKER_USER:-celery}"
 host="${bind%% *}"
 urls() {
-  echo "export DAGSTER_CELERY_BROKER_URL='redis://:$password@$host:$port/0'"
-  echo "export DAGSTER_CELERY_BACKEND_URL='redis://:$password@$host:$port/1'"
+  echo "export DAGSTER_CELERY_BROKER_URL='redis://$user:$password@$host:$port/0'"
+  echo "export DAGSTER_CELERY_BACKEND_URL='redis://$user:$password@$host:$port/1'"
 }
+# The URLs hold the password: the env file is the owner's only (0600, in a 0700 directory).
+write_env() { (umask 077 && urls >"$dir/broker.env.tmp" && mv "$dir/broker.env.tmp" "$dir/broker.env"); chmod 600 "$dir/broker.env"; }
+# Least privilege for Celery (kombu's Redis transport and result backend): reads and writes of
+# strings, lists, sets, sorted sets and hashes, key expiry, pub/sub, MULTI/EXEC, Lua scripts and the
+# connection commands; minus everything @admin and @dangerous.
+acl_rules="on >$password ~* &* -@all +@read +@write +@list +@set +@sortedset +@hash +@string +@keyspace +@pubsub +@transaction +@scripting +@connection -@admin -@dangerous +info"
 pid_alive() { [ -s "$dir/redis.pid" ] && kill -0 "$(cat "$dir/redis.pid")" 2>/dev/null; }
 
 redis_binary() {
@@ -79,18 +91,20 @@ case "$cmd" in
   start)
     if pid_alive; then
       echo "broker.sh: already running (pid $(cat "$dir/redis.pid"))" >&2
+      write_env
       urls
       exit 0
     fi
     server="$(redis_binary)"
-    # Config on stdin (`redis-server -`): the password never shows in `ps`.
-    printf 'bind %s\nport %s\nrequirepass "%s"\nsave ""\nappendonly no\ndaemonize yes\npidfile %s\nlogfile %s\ndir %s\n' \
-      "$bind" "$port" "$password" "$dir/redis.pid" "$dir/redis.log" "$dir" | "$server" - >&2
+    # Config on stdin (`redis-server -`): the password never shows in `ps`. The default user is
+    # off (no login without the ACL user's name and password).
+    printf 'bind %s\nport %s\nuser default off\nuser %s %s\nsave ""\nappendonly no\ndaemonize yes\npidfile %s\nlogfile %s\ndir %s\n' \
+      "$bind" "$port" "$user" "$acl_rules" "$dir/redis.pid" "$dir/redis.log" "$dir" | "$server" - >&2
     for _ in $(seq 1 100); do
-      if REDISCLI_AUTH="$password" "$py" - "$host" "$port" <<'PY' 2>/dev/null; then
+      if REDISCLI_AUTH="$password" BROKER_USER="$user" "$py" - "$host" "$port" <<'PY' 2>/dev/null; then
 import os, socket, sys
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1)
-s.sendall(b"AUTH " + os.environ["REDISCLI_AUTH"].encode() + b"\r\nPING\r\n")
+s.sendall(b"AUTH " + os.environ["BROKER_USER"].encode() + b" " + os.environ["REDISCLI_AUTH"].encode() + b"\r\nPING\r\n")
 data = b""
 while data.count(b"\r\n") < 2:
     chunk = s.recv(100)
@@ -99,7 +113,8 @@ while data.count(b"\r\n") < 2:
     data += chunk
 sys.exit(0 if data.endswith(b"+PONG\r\n") else 1)
 PY
-        echo "broker.sh: redis-server listening on $bind port $port (pid $(cat "$dir/redis.pid"))" >&2
+        echo "broker.sh: redis-server listening on $bind port $port (pid $(cat "$dir/redis.pid")); env file $dir/broker.env" >&2
+        write_env
         urls
         exit 0
       fi
@@ -121,7 +136,10 @@ PY
     fi
     rm -f "$dir/redis.pid"
     ;;
-  url) urls ;;
+  url)
+    write_env
+    urls
+    ;;
   status)
     if pid_alive; then echo "running pid $(cat "$dir/redis.pid") on $bind:$port"; else echo "stopped"; exit 3; fi
     ;;

@@ -25,12 +25,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from export_pipelines.api.auth import RequestLog
+from export_pipelines.api.auth import RequestLog, configure_request_log
 from export_pipelines.api.db import ConnectionPool
 from export_pipelines.api.errors import ApiError, error_response, export_error_response
 from export_pipelines.api.metrics import MetricsMiddleware
 from export_pipelines.api.routes import cancel, catalog, create, events, exports, files, health, page
+from export_pipelines.api.routes import docs as docs_pages
 from export_pipelines.api.routes import settings as notify_settings
+from export_pipelines.api.server import BodyLimit
 from export_pipelines.api.service import ExportApi
 from export_pipelines.core.errors import ExportError
 from export_pipelines.settings import Settings
@@ -38,18 +40,24 @@ from export_pipelines.settings import Settings
 log = logging.getLogger("export_pipelines.api")
 
 
-def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, pool: ConnectionPool | None = None, workers: int = 1
+) -> FastAPI:
     settings = settings or Settings.from_env()
-    api = ExportApi(settings, pool)
+    api = ExportApi(settings, pool, workers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         api.pool.close()
 
+    title = "export_pipelines export API"
     app = FastAPI(
         lifespan=lifespan,
-        title="export_pipelines export API",
+        # /docs and /redoc are served by routes/docs.py, from the package's own files (no CDN).
+        docs_url=None,
+        redoc_url=None,
+        title=title,
         version="1.0.0",
         description=(
             "Tenant exports of PostgreSQL data to S3 files. Authenticate with `Authorization: Bearer "
@@ -58,6 +66,8 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
         ),
     )
     app.state.api = api
+    # Outermost last: the log sees every answer, the 413 of the body limit included.
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestLog)
     app.add_middleware(MetricsMiddleware)  # the outermost: it sees the route the router matched
     add_error_handlers(app)
@@ -65,6 +75,7 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
     for module in (health, create, exports, files, events, cancel, catalog, notify_settings):
         app.include_router(module.router(api))
     app.include_router(page.router())
+    app.include_router(docs_pages.router(title))
     return app
 
 
@@ -85,7 +96,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
         return error_response(
             exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), headers=exc.headers
         )
@@ -117,4 +128,6 @@ def add_error_handlers(app: FastAPI) -> None:
 def app_from_env() -> FastAPI:
     """The app of `export-pipelines serve --workers N`: each worker process reads the environment."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return create_app(Settings.from_env())
+    configure_request_log()
+    # More than one worker answers (the token secret must be shared: EXPORT_API_TOKEN_SECRET).
+    return create_app(Settings.from_env(), workers=2)

@@ -4,6 +4,7 @@ operator keys, the tenant they acted for (docs/api.md).
 
 (No `from __future__ import annotations`: FastAPI resolves the dependency's annotations.)"""
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -56,6 +57,13 @@ class Principal:
         self.request.state.principal = self
         return self
 
+    def still_live(self, conn: psycopg.Connection[Any]) -> None:
+        """401 when the key this principal resolved to has been revoked since."""
+        if ApiKeyStore.on(conn).live(self.key.id) is None:
+            raise ApiError(
+                401, "unauthenticated", "the API key was revoked", headers={"WWW-Authenticate": "Bearer"}
+            )
+
     @property
     def resolved(self) -> bool:
         return self._key is not None
@@ -102,10 +110,14 @@ Auth = Annotated[Principal, Depends(principal)]
 
 # --- the request log ---------------------------------------------------------------------------
 
+request_log = logging.getLogger("export_pipelines.api.requests")
+
 
 class RequestLog:
-    """One log line per request (pure ASGI, so streaming responses are not buffered): method, path,
-    status, milliseconds, the key, and for operator keys which tenant they acted for."""
+    """One structured (JSON) log line per request, the operators' audit log (pure ASGI, so
+    streaming responses are not buffered): method, path, status, milliseconds, the key id and
+    prefix, the tenant, and whether an operator key made it. JSON escapes every control character,
+    so an encoded CR/LF in a path cannot write a line of its own."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -125,19 +137,46 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            principal: Principal | None = scope.get("state", {}).get("principal")
-            who = "-"
-            if principal is not None:
-                key = principal.key
-                who = f"key={key.id}({key.key_prefix}) tenant={principal.tenant_id or '*'}"
-                if principal.operator:
-                    acting = principal.tenant_id or "*"
-                    who += f" OPERATOR key {key.name or key.id!r} acting for tenant {acting}"
-            log.info(
-                "%s %s %s %.1fms %s",
-                scope["method"],
-                scope["path"],
-                status_holder["status"],
-                (time.perf_counter() - started) * 1000,
-                who,
+            request_log.info(
+                request_line(scope, status_holder["status"], (time.perf_counter() - started) * 1000)
             )
+
+
+def request_line(scope: dict[str, Any], status: int, ms: float) -> str:
+    """The request log's JSON line (without the logger's own prefix)."""
+    entry: dict[str, Any] = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "method": scope.get("method"),
+        "path": scope.get("path"),
+        "status": status,
+        "ms": round(ms, 1),
+        "key_id": None,
+        "key_prefix": None,
+        "tenant": None,
+        "operator": False,
+    }
+    principal: Principal | None = scope.get("state", {}).get("principal")
+    if principal is not None:
+        key = principal.key
+        entry.update(
+            key_id=key.id,
+            key_prefix=key.key_prefix,
+            tenant=principal.tenant_id,
+            operator=principal.operator,
+        )
+        if principal.operator:
+            entry["key_name"] = key.name
+    # ensure_ascii: every control and non-ASCII character is written as an escape.
+    return json.dumps(entry, ensure_ascii=True, separators=(",", ":"))
+
+
+def configure_request_log() -> None:
+    """The request log as bare JSON lines on stderr (the other loggers keep their text format)."""
+    if any(getattr(h, "_export_request_log", False) for h in request_log.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._export_request_log = True  # type: ignore[attr-defined]
+    request_log.addHandler(handler)
+    request_log.setLevel(logging.INFO)
+    request_log.propagate = False

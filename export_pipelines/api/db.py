@@ -1,88 +1,103 @@
-"""A small pool of autocommit PostgreSQL connections for the API's worker threads.
+"""The API's PostgreSQL connections: a psycopg_pool pool of autocommit connections with short
+timeouts, each checked (one round trip) before it is handed out (a connection whose backend died is
+replaced, not given to a request), and a bounded number of them, so a slow database cannot take every worker
+thread: a request that waits longer than `wait_seconds` for one answers 503.
 
 Each request borrows one connection and lends it to core's stores (`Store.on(conn)`) for a few
-short statements; a connection that broke is dropped, not returned. (psycopg_pool would do; this
-keeps the service's dependencies to FastAPI.)"""
+short statements."""
 
 from __future__ import annotations
 
-import queue
-import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+import psycopg_pool
 
 from export_pipelines.api.errors import ApiError
 
 # The API's statements are all short: a stuck one answers 503 rather than holding a thread.
-API_STATEMENT_TIMEOUT = "-c statement_timeout=5s -c lock_timeout=5s"
+API_STATEMENT_TIMEOUT = (
+    "-c statement_timeout=5s -c lock_timeout=5s -c idle_in_transaction_session_timeout=10s"
+)
+CONNECT_TIMEOUT_SECONDS = 5
+APPLICATION_NAME = "export-api"
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SET TimeZone = 'UTC'")
+
+
+def _unavailable(message: str = "the database is not reachable") -> ApiError:
+    return ApiError(503, "database_unavailable", message, headers={"Retry-After": "5"})
 
 
 class ConnectionPool:
-    def __init__(self, conninfo: str, max_size: int = 20, wait_seconds: float = 5.0) -> None:
+    def __init__(self, conninfo: str, max_size: int = 16, wait_seconds: float = 5.0) -> None:
         self.conninfo = conninfo
         self.max_size = max_size
         self.wait_seconds = wait_seconds
-        self._idle: queue.LifoQueue[psycopg.Connection[Any]] = queue.LifoQueue()
-        self._slots = threading.BoundedSemaphore(max_size)
-        self._closed = False
-
-    def _open(self) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(
-            self.conninfo,
-            autocommit=True,
-            options=API_STATEMENT_TIMEOUT,
-            connect_timeout=5,
+        self._pool = psycopg_pool.ConnectionPool(
+            conninfo,
+            min_size=min(2, max_size),
+            max_size=max_size,
+            kwargs={
+                "autocommit": True,
+                "options": API_STATEMENT_TIMEOUT,
+                "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                "application_name": APPLICATION_NAME,  # how operators find the API's sessions
+            },
+            configure=_configure,
+            # Each checkout is checked in `_checked_out` (one round trip): a connection whose backend
+            # was killed (a restart, a failover, pg_terminate_backend) is dropped and replaced
+            # instead of failing a request.
+            timeout=wait_seconds,
+            reconnect_timeout=60,
+            name="export-api",
+            open=False,
         )
-        conn.execute("SET TimeZone = 'UTC'")
-        return conn
+        # Open without waiting: the API starts (and /healthz answers) while the database is down.
+        self._pool.open(wait=False)
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        if not self._slots.acquire(timeout=self.wait_seconds):
-            raise ApiError(
-                503,
-                "database_unavailable",
-                "the service is busy; retry in a moment",
-                headers={"Retry-After": "1"},
-            )
-        conn: psycopg.Connection[Any] | None = None
+        conn = self._checked_out()
         try:
-            try:
-                conn = self._idle.get_nowait()
-            except queue.Empty:
-                conn = None
-            if conn is None or conn.closed:
-                try:
-                    conn = self._open()
-                except psycopg.OperationalError as exc:
-                    raise ApiError(
-                        503,
-                        "database_unavailable",
-                        "the database is not reachable",
-                        headers={"Retry-After": "5"},
-                    ) from exc
             yield conn
         except psycopg.OperationalError as exc:
-            if conn is not None:
-                conn.close()
-            raise ApiError(
-                503, "database_unavailable", "the database is not reachable", headers={"Retry-After": "5"}
-            ) from exc
+            raise _unavailable() from exc
         finally:
-            if conn is not None and not conn.closed:
-                if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE and not self._closed:
-                    self._idle.put(conn)
-                else:
-                    conn.close()
-            self._slots.release()
+            # The pool discards a connection that broke while it was lent.
+            self._pool.putconn(conn)
+
+    def _checked_out(self) -> psycopg.Connection[Any]:
+        """A connection that answered one round trip just now.
+
+        psycopg_pool's own `check` backs off after each failed check (1 s, 2 s, …), so after a
+        database restart killed every pooled connection a request would wait out its timeout
+        walking through the dead ones; here each dead one is dropped at once and the next tried (the
+        pool opens new ones as needed)."""
+        deadline = time.monotonic() + self.wait_seconds
+        for _ in range(self.max_size + 1):
+            try:
+                conn = self._pool.getconn(timeout=max(0.1, deadline - time.monotonic()))
+            except psycopg_pool.PoolTimeout as exc:
+                raise _unavailable("the database is busy or not reachable; retry in a moment") from exc
+            except psycopg.OperationalError as exc:
+                raise _unavailable() from exc
+            try:
+                psycopg_pool.ConnectionPool.check_connection(conn)
+            except psycopg.Error:
+                conn.close()
+                self._pool.putconn(conn)  # closed: the pool drops it
+                continue
+            return conn
+        raise _unavailable()
+
+    def stats(self) -> dict[str, int]:
+        return self._pool.get_stats()
 
     def close(self) -> None:
-        self._closed = True
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                return
+        self._pool.close(timeout=5)

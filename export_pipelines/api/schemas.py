@@ -153,6 +153,8 @@ ExportId = Annotated[str, Path(description="the export id (a UUID)", max_length=
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing, unknown or revoked API key"},
     404: {"model": ErrorBody, "description": "no such export (or another tenant's)"},
+    413: {"model": ErrorBody, "description": "request body over the server's limit"},
     422: {"model": ErrorBody, "description": "invalid request; `field` names the field"},
+    429: {"model": ErrorBody, "description": "over a rate limit (per key or per tenant); see Retry-After"},
     503: {"model": ErrorBody, "description": "database or storage unavailable"},
 }

@@ -1,26 +1,37 @@
-"""`ExportApi`: what the routers share (settings, catalog, connection pool, S3 client) and the two
-reads several of them need: one export of the caller's tenant with its status document, and the
-export's files as fresh presigned links."""
+"""`ExportApi`: what the routers share (settings, catalog, connection pool, S3 client, rate limits,
+the event-stream token secret) and the two reads several of them need: one export of the caller's
+tenant with its status document, and the export's files as fresh presigned links.
+
+S3 calls go through `storage()`: short timeouts, and at most `api_s3_max_concurrent` at once, so a
+hanging S3 slows the file routes only; the rest of the API (and /healthz) keeps its threads."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from export_pipelines.api.auth import Principal
 from export_pipelines.api.db import ConnectionPool
 from export_pipelines.api.errors import ApiError, not_found
+from export_pipelines.api.rate_limits import RateLimits
 from export_pipelines.api.status import status_document
+from export_pipelines.api.stream_tokens import token_secret
 from export_pipelines.core.errors import Rejected
 from export_pipelines.core.requests.catalog import Catalog, load_catalog
 from export_pipelines.core.requests.queue import RequestQueue
 from export_pipelines.core.requests.request_reads import RequestReads
 from export_pipelines.core.requests.request_row import StoredRequest
-from export_pipelines.core.storage.links import Link, fresh_links
+from export_pipelines.core.storage.links import Link, fresh_link_page
 from export_pipelines.core.storage.s3 import make_s3_client
 from export_pipelines.settings import Settings
 
 DEFAULT_LINK_HOURS = 24
+# How long a request waits for one of the S3 slots before it answers 503: short, so requests piling
+# up behind a hanging S3 give their threads back quickly.
+S3_SLOT_WAIT_SECONDS = 1.0
 
 
 class Loaded(NamedTuple):
@@ -33,17 +44,48 @@ class Loaded(NamedTuple):
 class ExportApi:
     """The handlers' shared state: settings, catalog, pool, S3 client."""
 
-    def __init__(self, settings: Settings, pool: ConnectionPool | None = None) -> None:
+    def __init__(self, settings: Settings, pool: ConnectionPool | None = None, workers: int = 1) -> None:
         self.settings = settings
         self.catalog: Catalog = load_catalog(settings.catalog_path)
-        self.pool = pool or ConnectionPool(settings.require_source_database_url())
+        self.pool = pool or ConnectionPool(
+            settings.require_source_database_url(), max_size=settings.api_db_max_concurrent
+        )
+        self.token_secret = token_secret(settings.api_token_secret, workers)
+        self.rate_limits = RateLimits(
+            settings.api_rate_limit_per_key,
+            settings.api_rate_limit_per_tenant,
+            settings.api_rate_limit_storage_url,
+        )
         self._s3: Any = None
+        self._s3_slots = threading.BoundedSemaphore(settings.api_s3_max_concurrent)
 
     @property
     def s3(self) -> Any:
         if self._s3 is None:
-            self._s3 = make_s3_client(**self.settings.s3_client_options())
+            timeout = self.settings.api_s3_timeout_seconds
+            self._s3 = make_s3_client(
+                **self.settings.s3_client_options(),
+                max_attempts=2,
+                read_timeout=timeout,
+                connect_timeout=timeout,
+                max_pool_connections=self.settings.api_s3_max_concurrent,
+            )
         return self._s3
+
+    @contextmanager
+    def storage(self) -> Iterator[Any]:
+        """The S3 client, for one bounded call; 503 when every S3 slot is taken."""
+        if not self._s3_slots.acquire(timeout=S3_SLOT_WAIT_SECONDS):
+            raise ApiError(
+                503,
+                "storage_unavailable",
+                "storage is slow or not reachable; retry later",
+                headers={"Retry-After": "5"},
+            )
+        try:
+            yield self.s3
+        finally:
+            self._s3_slots.release()
 
     @property
     def bucket(self) -> str:
@@ -51,10 +93,15 @@ class ExportApi:
 
     # -- reads --
 
-    def load(self, principal: Principal, export_id: str, *, position: bool = True) -> Loaded:
+    def load(
+        self, principal: Principal, export_id: str, *, position: bool = True, recheck: bool = False
+    ) -> Loaded:
         """The export of the caller's tenant (404 for another tenant's, as for none), with its queue
-        position while it waits."""
+        position while it waits. `recheck`: the key must still be live (an open event stream asks on
+        every poll, so revoking a key ends its streams)."""
         with self.pool.connection() as conn:
+            if recheck and principal.resolved:
+                principal.still_live(conn)
             principal.resolve(conn)
             row = RequestReads.on(conn).one(export_id, principal.tenant_id)
             if row is None:
@@ -64,7 +111,9 @@ class ExportApi:
                 queue_position = RequestQueue.on(conn).position(row.id)
         return Loaded(row, status_document(row, queue_position))
 
-    def links(self, row: StoredRequest) -> list[Link]:
+    def links(self, row: StoredRequest, first: int = 1, limit: int | None = None) -> tuple[list[Link], int]:
+        """Fresh links of files `first` … `first + limit - 1` (and the manifest's), and the number of
+        files; 409 before the export succeeded, 410 once its files are gone."""
         status = row.status
         if status == "expired":
             raise ApiError(410, "export_expired", "the export's files were deleted (status expired)")
@@ -79,6 +128,9 @@ class ExportApi:
                 raise ApiError(410, "export_expired", "the export's files have expired")
             hours = min(hours, left)
         try:
-            return fresh_links(self.s3, self.bucket, row.location(self.settings.prefix), hours)
+            with self.storage() as s3:
+                return fresh_link_page(
+                    s3, self.bucket, row.location(self.settings.prefix), hours, first=first, limit=limit
+                )
         except Rejected as exc:
             raise ApiError(410, "export_expired", str(exc)) from exc

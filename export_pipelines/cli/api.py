@@ -47,15 +47,19 @@ def serve_api(args: argparse.Namespace, metrics_dir: str | None) -> int:
     import uvicorn
 
     from export_pipelines.api.app import create_app
+    from export_pipelines.api.auth import configure_request_log
     from export_pipelines.api.metrics import serve_metrics
+    from export_pipelines.api.server import uvicorn_options
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_request_log()
     settings = settings_or_exit()
     try:
         settings.require_source_database_url()
         settings.require_bucket()
         key_store().close()  # the tables exist (migrate once), as the sensor's first tick ensures
-        app = create_app(settings)
+        # With several workers this also refuses to start without EXPORT_API_TOKEN_SECRET.
+        app = create_app(settings, workers=args.workers)
     except ExportError as exc:
         print(f"export-pipelines serve: {exc}", file=sys.stderr)
         return 2
@@ -80,6 +84,8 @@ def serve_api(args: argparse.Namespace, metrics_dir: str | None) -> int:
         "access_log": False,  # the app logs each request itself, with the key and tenant
         "log_level": args.log_level,
         "timeout_graceful_shutdown": 5,
+        # h11 with a header size limit (431), never the default parser (docs/security.md).
+        **uvicorn_options(settings.api_max_header_bytes),
     }
     try:
         if args.workers > 1:

@@ -18,9 +18,14 @@ from export_pipelines.core.errors import ConfigurationError, ExportError
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from export_pipelines.core.requests.catalog import load_catalog
     from export_pipelines.core.storage.migrations import migrate
 
-    migrate(source_url_or_exit(), tenant_max_active=settings_or_exit().tenant_max_active)
+    settings = settings_or_exit()
+    tenants = load_catalog(settings.catalog_path).tenants
+    # The catalog's tenants table: request rows for tenants it does not list are refused at insert.
+    source = (tenants.table.schema, tenants.table.name, tenants.key) if tenants is not None else None
+    migrate(source_url_or_exit(), tenant_max_active=settings.tenant_max_active, tenant_source=source)
     print("export_requests, export_deliveries and the checkpoint tables are up to date")
     return 0
 
@@ -62,7 +67,9 @@ def cmd_request(args: argparse.Namespace) -> int:
     }
     try:
         catalog = load_catalog(settings.catalog_path)
-        check_request_fields(catalog, settings.webhook_allowlist, **fields)
+        check_request_fields(
+            catalog, settings.webhook_allowlist, **fields, allow_private=settings.webhook_allow_private
+        )
         require_tenant(source_url_or_exit(), catalog, args.tenant)
         if args.format == "pdf":  # over its row cap: refused now when the count is cheap (plan.py)
             check_pdf_request(catalog, fields, settings.pdf_max_rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,27 @@ def cmd_submitter(args: argparse.Namespace) -> int:
     conninfo = source_url_or_exit()
     stop = threading.Event()
     with request_submitter(settings, Path(args.workspace), code_server_log_level(args.verbose)) as submitter:
+        stop_on_signals(stop)
         log.info("listening on %s; sweeping every %.1f s", PENDING_CHANNEL, args.sweep_seconds)
         try:
             submitter.serve(conninfo, stop, args.sweep_seconds)
         except KeyboardInterrupt:
             stop.set()
     return 0
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT end the submitter, whoever started it. Dagster maps SIGTERM to SIGINT's
+    handler, and a shell starts a script's background jobs with SIGINT ignored: without handlers of
+    our own, `kill` of such a submitter did nothing."""
+
+    def handler(signum: int, frame: Any) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def add_commands(sub: Any) -> None:

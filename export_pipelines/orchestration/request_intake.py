@@ -62,6 +62,7 @@ def validate_row(row: StoredRequest, settings: ExportSettings, notifier: Notifie
         webhook_url=row.webhook_url,
         email=row.email,
         export_id=row.id,
+        allow_private=notifier.allow_private,  # the send-time rules, so the row says why now
     )
 
 
@@ -79,12 +80,16 @@ def claim_pending_requests(
     failed now (invalid_request) and never picked again. `pending_only` leaves queued rows whose
     run never started to the sensor, whose run-key check makes re-requesting them safe."""
     store, queue = source.requests(), source.queue()
-    rows = queue.to_launch(starts_per_minute=export_settings.tenant_starts_per_minute)
-    if pending_only:
-        rows = [r for r in rows if r.status == "pending"]
+    catalog = export_settings.catalog()
+    # Filtered and ordered in the query, before its limit: rows of listed tenants first, pending
+    # before re-requests, so stale or made-up rows never fill the batch.
+    rows = queue.to_launch(
+        starts_per_minute=export_settings.tenant_starts_per_minute,
+        pending_only=pending_only,
+        tenants=catalog.tenants,
+    )
     if not rows:
         return []
-    catalog = export_settings.catalog()
     try:
         known = existing_tenants(source.conninfo, catalog, [r.tenant_id for r in rows])
     except Exception as exc:  # noqa: BLE001 - unknown: let count_rows check each run instead

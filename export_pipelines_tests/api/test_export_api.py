@@ -214,7 +214,7 @@ def test_tenant_isolation(client, source_url):
 def test_operator_key_acts_for_any_tenant_and_the_log_says_so(client, source_url, caplog):
     tenant = fresh_tenant()
     operator = key_for(source_url, None, operator=True, name="data-team")
-    caplog.set_level(logging.INFO, logger="export_pipelines.api")
+    caplog.set_level(logging.INFO, logger="export_pipelines.api.requests")
     created = post(client, operator, {"resource": "orders", "tenant_id": tenant})
     assert created.status_code == 202, created.text
     assert created.json()["tenant_id"] == tenant
@@ -223,8 +223,10 @@ def test_operator_key_acts_for_any_tenant_and_the_log_says_so(client, source_url
     assert client.get(f"/v1/exports/{created.json()['id']}", headers=auth(operator)).status_code == 200
     no_tenant = post(client, operator, {"resource": "orders"})
     assert no_tenant.status_code == 422 and no_tenant.json()["error"]["field"] == "tenant_id"
-    lines = [r.getMessage() for r in caplog.records if r.name == "export_pipelines.api"]
-    assert any("OPERATOR key 'data-team' acting for tenant " + tenant in line for line in lines), lines
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "export_pipelines.api.requests"]
+    acted = [e for e in lines if e["operator"] and e["key_name"] == "data-team" and e["tenant"] == tenant]
+    # The create (tenant in the body) and the listing (?tenant_id=) name the tenant acted for.
+    assert [e["method"] for e in acted] == ["POST", "GET"], lines
 
 
 def test_cap_answers_429_with_retry_after(client, tenant_key, db):

@@ -95,7 +95,9 @@ def test_relink_issues_a_fresh_working_link(dagster_resources, store, capsys, mo
     assert "cannot get a new link" in capsys.readouterr().err
 
 
-def test_cli_request_checks_the_webhook_allowlist_like_the_sensor(store, capsys, monkeypatch):
+def test_cli_request_checks_the_webhook_allowlist_like_the_sensor(
+    store, capsys, monkeypatch, example_com_resolves
+):
     monkeypatch.setenv("EXPORT_WEBHOOK_ALLOWLIST", ".example.com")
     args = ["request", "--tenant", "t-001", "--resource", "orders", "--webhook-url"]
     assert main([*args, "https://evil.test/hook"]) == 2

@@ -7,6 +7,8 @@ the submitter, on the insert trigger's NOTIFY (its own sweep is slower than the 
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -90,3 +92,31 @@ def test_burst_from_many_tenants_gets_one_run_each(submitter, store):
         row, _ = wait_for(store, rid, timeout=SWEEP_SECONDS - 30)
         assert row.status == "succeeded", row.error
         assert len(runs_of(home, env, rid)) == 1
+
+
+def test_sigterm_stops_a_submitter_started_as_a_background_job_of_a_script(submitter):
+    """Fails on the old submitter: Dagster maps SIGTERM to SIGINT's handler, which a script's
+    background job inherits as ignored, so `kill` did nothing."""
+    env, home = submitter
+    log = home / "background-submitter.log"
+    script = (
+        f"'{BIN / 'export-pipelines'}' submitter --sweep-seconds {SWEEP_SECONDS} > '{log}' 2>&1 &\n"
+        "echo $!\n"
+        "wait\n"
+    )
+    shell = subprocess.Popen(["bash", "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    assert shell.stdout is not None
+    pid = int(shell.stdout.readline())
+    try:
+        deadline = time.monotonic() + 120
+        while b"listening on" not in (log.read_bytes() if log.exists() else b""):
+            assert shell.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        os.kill(pid, signal.SIGTERM)
+        shell.wait(timeout=60)  # the script's `wait` returns once its background job ended
+        assert "signal SIGTERM: stopping" in log.read_text()
+    finally:
+        if shell.poll() is None:  # the submitter ignored the signal: do not leave it running
+            os.kill(pid, signal.SIGKILL)
+            shell.wait(timeout=30)

@@ -13,6 +13,7 @@ from typing import Any
 import uvicorn
 
 from export_pipelines.api.app import create_app
+from export_pipelines.api.server import uvicorn_options
 from export_pipelines.core.engine.exporter import run_export
 from export_pipelines.core.engine.manifest import clear_success_marker, finalize_export
 from export_pipelines.core.engine.plan import plan_export
@@ -42,7 +43,15 @@ def serve(settings: Settings) -> Iterator[RunningApi]:
     app = create_app(settings)
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            **uvicorn_options(settings.api_max_header_bytes),
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -58,8 +67,25 @@ def serve(settings: Settings) -> Iterator[RunningApi]:
         thread.join(timeout=15)
 
 
-def api_settings(stack_env: dict[str, str], source_url: str, bucket: str, prefix: str) -> Settings:
-    env = {**stack_env, "SOURCE_DATABASE_URL": source_url, "EXPORT_BUCKET": bucket, "EXPORT_PREFIX": prefix}
+# The functional tests make many requests with one key in a second; the rate limits have tests of
+# their own (security/test_hostile_clients.py), with low limits.
+UNLIMITED = {
+    "EXPORT_API_RATE_LIMIT_PER_KEY": "100000/second",
+    "EXPORT_API_RATE_LIMIT_PER_TENANT": "100000/second",
+}
+
+
+def api_settings(
+    stack_env: dict[str, str], source_url: str, bucket: str, prefix: str, **extra: str
+) -> Settings:
+    env = {
+        **UNLIMITED,
+        **stack_env,
+        "SOURCE_DATABASE_URL": source_url,
+        "EXPORT_BUCKET": bucket,
+        "EXPORT_PREFIX": prefix,
+        **extra,
+    }
     return Settings.from_env(env)
 
 

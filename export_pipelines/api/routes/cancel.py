@@ -38,6 +38,7 @@ def router(api: ExportApi) -> APIRouter:
         canceled export again changes nothing (202); a finished one answers 409."""
         with api.pool.connection() as conn:
             who.resolve(conn)
+            api.rate_limits.check(who)
             row = RequestStore.on(conn).cancel(export_id, who.tenant_id)
         if row is None:
             raise not_found()
@@ -63,6 +64,7 @@ def router(api: ExportApi) -> APIRouter:
     def delete_export(export_id: ExportId, who: Auth) -> JSONResponse:
         """Delete the export's files now (status `expired`); the status document stays readable."""
         row = api.load(who, export_id, position=False).row
+        api.rate_limits.check(who)
         if row.status not in ("succeeded", "expired"):
             raise ApiError(
                 409,
@@ -71,7 +73,8 @@ def router(api: ExportApi) -> APIRouter:
                 + (" (cancel it first)" if row.status in ACTIVE_STATUSES else ""),
             )
         if row.status == "succeeded":
-            delete_prefix(api.s3, api.bucket, row.location(settings.prefix).folder)
+            with api.storage() as s3:
+                delete_prefix(s3, api.bucket, row.location(settings.prefix).folder)
             with api.pool.connection() as conn:
                 RequestStore.on(conn).mark_expired(row.id)
         return json_response(api.load(who, export_id, position=False).doc)

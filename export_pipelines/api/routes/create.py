@@ -67,12 +67,19 @@ def router(api: ExportApi) -> APIRouter:
     ) -> JSONResponse:
         """Request an export. Answers at once (202) with the export's status document; the request
         sensor launches the run."""
+        # The key and the rate limits first: an unknown key or a client over its limit is answered
+        # before its body is read (a body is bounded by the server's body limit either way).
+        await run_in_threadpool(_admit, who)
         raw = await request.body()
         return await run_in_threadpool(_create, who, raw, idempotency_key)
 
-    def _create(who: Principal, raw: bytes, idempotency_key: str | None) -> JSONResponse:
+    def _admit(who: Principal) -> None:
         with api.pool.connection() as conn:
             who.resolve(conn)
+        api.rate_limits.check(who)
+
+    def _create(who: Principal, raw: bytes, idempotency_key: str | None) -> JSONResponse:
+        with api.pool.connection() as conn:
             return _create_on(conn, who, raw, idempotency_key)
 
     def _create_on(
@@ -97,6 +104,8 @@ def router(api: ExportApi) -> APIRouter:
             if not who.operator:
                 raise ApiError(422, "invalid_request", "tenant_id: set by the API key; omit it", "tenant_id")
             tenant_id = body["tenant_id"]
+            if isinstance(tenant_id, str):
+                who.acting_for = tenant_id  # the request log names the tenant the operator acted for
         if tenant_id is None:
             raise ApiError(
                 422,
@@ -135,7 +144,13 @@ def router(api: ExportApi) -> APIRouter:
         max_rows = body.get("max_rows_per_file")
         try:
             # The request sensor's own checks, so an app hears the same message from both doors.
-            check_request_fields(api.catalog, settings.webhook_allowlist, **fields)
+            # The send-time rules for the webhook (its host resolved and checked) as well.
+            check_request_fields(
+                api.catalog,
+                settings.webhook_allowlist,
+                **fields,
+                allow_private=settings.webhook_allow_private,
+            )
             export_request = build_request(
                 api.catalog,
                 tenant_id=tenant_id,

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from export_pipelines.api.auth import Auth, Principal, principal
 from export_pipelines.api.errors import ApiError
-from export_pipelines.api.routes.files import files_document
+from export_pipelines.api.routes.files import DEFAULT_FILES_PAGE, files_document
 from export_pipelines.api.schemas import ERRORS, ExportId, StreamToken
 from export_pipelines.api.service import ExportApi, Loaded
 from export_pipelines.api.status import API_VERSION, iso_unix, json_response
@@ -50,7 +50,7 @@ async def stream_principal(
     """The bearer key when there is one; else the event-stream token of this export."""
     if authorization or not access_token:
         return await principal(request, authorization, tenant_id)
-    return TokenPrincipal(request, access_token, export_id)
+    return TokenPrincipal(request, access_token, export_id, request.app.state.api.token_secret)
 
 
 StreamAuth = Annotated[Principal, Depends(stream_principal)]
@@ -70,7 +70,8 @@ def router(api: ExportApi) -> APIRouter:
         """A short-lived token that opens this export's event stream without an Authorization
         header (`GET …/events?access_token=…`), for a browser's EventSource."""
         doc = api.load(who, export_id, position=False).doc
-        token, expires = mint(who, doc["id"])
+        api.rate_limits.check(who)
+        token, expires = mint(who, doc["id"], api.token_secret)
         body = {
             "token": token,
             "expires_at": iso_unix(expires),
@@ -113,7 +114,7 @@ def router(api: ExportApi) -> APIRouter:
         doc = dict(loaded.doc)
         if doc["status"] == "succeeded":
             try:
-                files = files_document(api.links(loaded.row))
+                files = files_document(*api.links(loaded.row, limit=DEFAULT_FILES_PAGE))
                 doc["files"] = files["data"]
                 doc["links"] = {**doc["links"], "manifest_url": files["manifest_url"]}
             except ApiError:
@@ -150,7 +151,8 @@ def router(api: ExportApi) -> APIRouter:
             if await request.is_disconnected():
                 return
             try:
-                loaded = await run_in_threadpool(api.load, who, export_id)
+                # The key is checked again on every poll: revoking it ends the stream.
+                loaded = await run_in_threadpool(api.load, who, export_id, recheck=True)
             except ApiError:
                 return
 

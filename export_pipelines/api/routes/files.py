@@ -1,9 +1,10 @@
 """The export's files: `GET /v1/exports/{id}/files` (fresh presigned links, numbered from 1 in
-manifest order), `/files/{n}` (302 to one of them) and `/manifest`."""
+manifest order, a page at a time: `limit` and the `next_cursor` of the previous page), `/files/{n}`
+(302 to one of them; only that one is signed) and `/manifest`."""
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from export_pipelines.api.auth import Auth
@@ -14,9 +15,15 @@ from export_pipelines.api.status import API_VERSION, iso, json_response
 from export_pipelines.core.errors import Rejected
 from export_pipelines.core.storage.links import Link, read_manifest
 
+DEFAULT_FILES_PAGE = 100
+MAX_FILES_PAGE = 1000
 
-def files_document(links: list[Link]) -> dict[str, Any]:
+
+def files_document(links: list[Link], total: int | None = None) -> dict[str, Any]:
+    """The page of links; `next_cursor` names the page after it (None: this was the last)."""
     manifest = links[0]
+    last = links[-1].number
+    more = total is not None and last < total
     return {
         "data": [
             {
@@ -30,7 +37,7 @@ def files_document(links: list[Link]) -> dict[str, Any]:
             }
             for link in links[1:]
         ],
-        "next_cursor": None,
+        "next_cursor": str(last + 1) if more else None,
         "manifest_url": manifest.url,
         "expires_at": iso(manifest.expires_at),
     }
@@ -51,10 +58,22 @@ def router(api: ExportApi) -> APIRouter:
             **ERRORS,
         },
     )
-    def list_files(export_id: ExportId, who: Auth) -> JSONResponse:
-        """The manifest's files in order (numbered from 1), each with a fresh presigned URL."""
+    def list_files(
+        export_id: ExportId,
+        who: Auth,
+        limit: Annotated[
+            int, Query(ge=1, le=MAX_FILES_PAGE, description="files per page")
+        ] = DEFAULT_FILES_PAGE,
+        cursor: Annotated[
+            str | None,
+            Query(max_length=12, pattern=r"^[1-9][0-9]*$", description="next_cursor of the page before"),
+        ] = None,
+    ) -> JSONResponse:
+        """The manifest's files in order (numbered from 1), a page at a time, each with a fresh
+        presigned URL (only the page's files are signed)."""
         row = api.load(who, export_id, position=False).row
-        return json_response(files_document(api.links(row)), headers={"Cache-Control": "no-store"})
+        links, total = api.links(row, first=int(cursor or 1), limit=limit)
+        return json_response(files_document(links, total), headers={"Cache-Control": "no-store"})
 
     @router.get(
         f"/{API_VERSION}/exports/{{export_id}}/files/{{number}}",
@@ -73,10 +92,10 @@ def router(api: ExportApi) -> APIRouter:
     ) -> RedirectResponse:
         """302 to a fresh presigned URL of file `number` (from 1, manifest order)."""
         row = api.load(who, export_id, position=False).row
-        links = api.links(row)
-        if number >= len(links):
+        links, total = api.links(row, first=number, limit=1)
+        if number > total:
             raise not_found("file")
-        return RedirectResponse(links[number].url, status_code=302, headers={"Cache-Control": "no-store"})
+        return RedirectResponse(links[1].url, status_code=302, headers={"Cache-Control": "no-store"})
 
     @router.get(
         f"/{API_VERSION}/exports/{{export_id}}/manifest",
@@ -92,9 +111,10 @@ def router(api: ExportApi) -> APIRouter:
     def get_manifest(export_id: ExportId, who: Auth) -> JSONResponse:
         """The export's manifest.json (files, rows, bytes, sha256, columns and types, snapshot)."""
         row = api.load(who, export_id, position=False).row
-        api.links(row)  # same status checks as /files
+        api.links(row, limit=0)  # same status checks as /files
         try:
-            return json_response(read_manifest(api.s3, api.bucket, row.location(settings.prefix)))
+            with api.storage() as s3:
+                return json_response(read_manifest(s3, api.bucket, row.location(settings.prefix)))
         except Rejected as exc:
             raise ApiError(410, "export_expired", str(exc)) from exc
 

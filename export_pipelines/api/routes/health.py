@@ -1,4 +1,7 @@
-"""`GET /healthz` (the process is up) and `GET /readyz` (the database and S3 answer)."""
+"""`GET /healthz` (the process is up) and `GET /readyz` (the database and S3 answer, each named).
+
+/healthz runs on the event loop, not in the worker thread pool: it answers while every worker thread
+waits on a slow dependency."""
 
 from typing import Any
 
@@ -19,7 +22,7 @@ def router(api: ExportApi) -> APIRouter:
     router = APIRouter()
 
     @router.get("/healthz", response_model=Health, tags=["health"])
-    def healthz() -> dict[str, Any]:
+    async def healthz() -> dict[str, Any]:
         """The process is up."""
         return {"status": "ok", "checks": {}}
 
@@ -39,9 +42,10 @@ def router(api: ExportApi) -> APIRouter:
         except (ApiError, psycopg.Error) as exc:
             checks["database"] = f"unavailable: {type(exc).__name__}"
         try:
-            api.s3.head_bucket(Bucket=api.bucket)
+            with api.storage() as s3:
+                s3.head_bucket(Bucket=api.bucket)
             checks["s3"] = "ok"
-        except (ClientError, BotoCoreError, ExportError) as exc:
+        except (ApiError, ClientError, BotoCoreError, ExportError) as exc:
             checks["s3"] = f"unavailable: {type(exc).__name__}"
         ok = all(v == "ok" for v in checks.values())
         return json_response({"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503)

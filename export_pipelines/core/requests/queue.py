@@ -4,6 +4,9 @@ the cancel sensor look at, and where a waiting row stands (docs/requests.md)."""
 
 from __future__ import annotations
 
+from psycopg import sql
+
+from export_pipelines.core.requests.catalog import TenantsSpec
 from export_pipelines.core.requests.request_row import OversizedFilters, StoredRequest, is_request_id
 from export_pipelines.core.requests.request_store import RequestRows, as_request
 from export_pipelines.core.storage.migrations import MAX_FILTERS_BYTES
@@ -51,24 +54,38 @@ class RequestQueue(RequestRows):
         limit: int = 50,
         requeue_after_seconds: int = 120,
         starts_per_minute: int = DEFAULT_STARTS_PER_MINUTE,
+        *,
+        pending_only: bool = False,
+        tenants: TenantsSpec | None = None,
     ) -> list[StoredRequest]:
         """Pending rows, plus queued rows whose run never started (a tick that died after
-        marking them; re-requesting those is safe because run keys are deduplicated).
+        marking them; re-requesting those is safe because run keys are deduplicated), unless
+        `pending_only` (filtered before the limit, so a backlog of such rows cannot fill it).
 
         Fair across tenants: rows are taken round-robin, every tenant's oldest row first, then
         every tenant's second, so one tenant's backlog never delays another tenant's first request
-        beyond this tick. At most `starts_per_minute` rows per tenant are started (queued) per
+        beyond this tick. Pending rows come before re-requests of queued ones, and, with `tenants`
+        (the catalog's tenants table), rows of listed tenants before rows of tenant ids it does not
+        list (returned last, for the caller to fail): a flood of stale or made-up rows cannot take
+        the first turns. At most `starts_per_minute` rows per tenant are started (queued) per
         minute: the rest wait, in the same order. A `filters` value over MAX_FILTERS_BYTES is not
         read: it comes back as OversizedFilters (the sensor fails the row)."""
         columns = ", ".join(f"r.{c}" for c in StoredRequest.__dataclass_fields__ if c != "filters")
-        rows = self.execute(
+        known = sql.SQL("true")
+        if tenants is not None:
+            known = sql.SQL("EXISTS (SELECT 1 FROM {table} t WHERE t.{key}::text = c.tenant_id)").format(
+                table=sql.Identifier(tenants.table.schema, tenants.table.name),
+                key=sql.Identifier(tenants.key),
+            )
+        query = sql.SQL(
             f"""
                 WITH candidates AS (
-                    SELECT id, tenant_id, created_at,
-                           row_number() OVER (PARTITION BY tenant_id ORDER BY created_at, id) AS turn
+                    SELECT id, tenant_id, created_at, status = 'queued' AS requeue,
+                           row_number() OVER (PARTITION BY tenant_id
+                                              ORDER BY status = 'queued', created_at, id) AS turn
                     FROM export_requests
                     WHERE status = 'pending'
-                       OR (status = 'queued' AND run_id IS NULL
+                       OR (NOT %(pending_only)s AND status = 'queued' AND run_id IS NULL
                            AND queued_at < now() - make_interval(secs => %(requeue)s))
                 ), started AS (
                     SELECT tenant_id, count(*) AS n FROM export_requests
@@ -83,14 +100,18 @@ class RequestQueue(RequestRows):
                 JOIN export_requests r ON r.id = c.id
                 LEFT JOIN started s ON s.tenant_id = c.tenant_id
                 WHERE c.turn <= %(per_minute)s - coalesce(s.n, 0)
-                ORDER BY c.turn, c.created_at, c.id
+                ORDER BY NOT {{known}}, c.requeue, c.turn, c.created_at, c.id
                 LIMIT %(limit)s
-                """,
+                """
+        ).format(known=known)
+        rows = self.execute(
+            query,
             {
                 "requeue": requeue_after_seconds,
                 "max_filters": MAX_FILTERS_BYTES,
                 "per_minute": starts_per_minute,
                 "limit": limit,
+                "pending_only": pending_only,
             },
         ).fetchall()
         out = []

@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from export_pipelines.core.delivery.webhook_target import check_url_shape
+from export_pipelines.core.delivery.webhook_target import check_target, check_url_shape
 from export_pipelines.core.errors import InvalidRequest, InvalidWebhook
 from export_pipelines.core.formats import format_names, format_spec
 from export_pipelines.core.requests.catalog import Catalog, allowed, shown
@@ -304,8 +304,15 @@ def build_request(
     )
 
 
-def check_notify(webhook_url: Any, email: Any, allowlist: tuple[str, ...] = ()) -> None:
-    """Where to tell the requester: one http(s) URL without credentials, one plain address."""
+def check_notify(
+    webhook_url: Any, email: Any, allowlist: tuple[str, ...] = (), *, allow_private: bool | None = None
+) -> None:
+    """Where to tell the requester: one http(s) URL without credentials, one plain address.
+
+    With `allow_private` given (EXPORT_WEBHOOK_ALLOW_PRIVATE), the webhook's host is also resolved and
+    checked with the send-time rules (check_target): a host that does not resolve, or resolves to an
+    internal address, is refused now, where the tenant hears it. Send time checks again (DNS can
+    change)."""
     if webhook_url not in (None, ""):
         if not isinstance(webhook_url, str):
             raise InvalidRequest("webhook_url", f"must be a string, got {type(webhook_url).__name__}")
@@ -330,6 +337,17 @@ def check_notify(webhook_url: Any, email: Any, allowlist: tuple[str, ...] = ()) 
             raise InvalidRequest(
                 "webhook_url", "must not contain credentials (user:password@); verify X-Export-Signature"
             )
+        if allow_private is not None:
+            try:
+                check_target(
+                    webhook_url, allow_private=allow_private, allowlist=allowlist, resolve_timeout=3.0
+                )
+            except InvalidWebhook:
+                raise InvalidRequest(
+                    "webhook_url",
+                    "refused: the host must resolve, and only to public internet addresses "
+                    f"(checked again when the webhook is sent): {shown(webhook_url)}",
+                ) from None
     if email not in (None, ""):
         if not isinstance(email, str):
             raise InvalidRequest("email", f"must be a string, got {type(email).__name__}")

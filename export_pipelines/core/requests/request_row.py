@@ -115,10 +115,12 @@ def check_request_fields(
     webhook_url: Any,
     email: Any,
     export_id: str | None = None,
+    allow_private: bool | None = None,
 ) -> None:
     """What a request must satisfy before it is queued (`export-pipelines request`) and again before
     it is launched (the request sensor: apps may write rows directly). Checks nothing that needs
-    the source database; raises Rejected naming the field."""
+    the source database; raises Rejected naming the field. With `allow_private` given, the webhook's
+    host is resolved and checked with the send-time rules (check_notify)."""
     if isinstance(filters, UnreadableJson):
         raise InvalidRequest("filters", f"is not JSON this service can read ({filters.reason})")
     if isinstance(filters, OversizedFilters):
@@ -135,7 +137,7 @@ def check_request_fields(
         filters=filters,
         export_id=export_id,
     )
-    check_notify(webhook_url, email, webhook_allowlist)
+    check_notify(webhook_url, email, webhook_allowlist, allow_private=allow_private)
 
 
 def monthly_request_id(tenant_id: str, resource: str, month: str) -> str:

@@ -193,11 +193,31 @@ def fresh_links(
 ) -> list[Link]:
     """New links for a complete export: number 0 is the manifest, then each file (from 1) under
     the download name `finalize` gives it. Every key must be the location's own (Rejected if not)."""
+    return fresh_link_page(
+        client, bucket, location, hours, unknown_session_lifetime=unknown_session_lifetime
+    )[0]
+
+
+def fresh_link_page(
+    client: Any,
+    bucket: str,
+    location: ExportLocation,
+    hours: float,
+    *,
+    first: int = 1,
+    limit: int | None = None,
+    unknown_session_lifetime: timedelta = DEFAULT_UNKNOWN_SESSION_LIFETIME,
+) -> tuple[list[Link], int]:
+    """`fresh_links` for files `first` … `first + limit - 1` only (the manifest's link always), and
+    how many files the export has: an export of 10,000 files is signed a page at a time."""
     manifest = read_manifest(client, bucket, location)
+    entries = manifest.get("files", [])
     expiry = link_expiry(client, timedelta(hours=hours), unknown_session_lifetime=unknown_session_lifetime)
     signed = presign_link(client, bucket, location.manifest_key, MANIFEST_NAME, expiry)
     links = [Link(0, location.manifest_key, MANIFEST_NAME, signed.url, signed.expires_at)]
-    for number, entry in enumerate(manifest.get("files", []), start=1):
+    last = len(entries) if limit is None else min(len(entries), first - 1 + limit)
+    for number in range(max(1, first), last + 1):
+        entry = entries[number - 1]
         key = location.require_own(entry.get("key"))
         filename = download_name(location, number, file_extension(key))
         signed = presign_link(client, bucket, key, filename, expiry)
@@ -213,7 +233,7 @@ def fresh_links(
                 entry.get("sha256"),
             )
         )
-    return links
+    return links, len(entries)
 
 
 def download_link(links: list[Link]) -> Link:

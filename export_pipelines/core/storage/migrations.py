@@ -146,6 +146,17 @@ MAX_WEBHOOK_URL_CHARS = 2048
 MAX_EMAIL_CHARS = 254
 MAX_TENANT_ID_CHARS = 256
 DEFAULT_TENANT_MAX_ACTIVE = 5
+# Bounds of the other text columns of export_requests: every one is bounded, so no door (an app's
+# INSERT above all) can make a row that costs the sensor, the API or a listing megabytes.
+MAX_NAME_CHARS = 128  # resource (a catalog name)
+MAX_CODE_CHARS = 32  # format, compression, origin
+MAX_COLUMNS_BYTES = 64 * 1024  # the columns array as text: every entry bounded with it
+MAX_KEY_CHARS = 1024  # manifest_key (an S3 key is at most 1024 bytes)
+MAX_URL_CHARS = 16 * 1024  # download_url (a presigned URL with a session token)
+MAX_MESSAGE_CHARS = 8000  # error, notify_error (the stores write at most 4000)
+MAX_ID_CHARS = 256  # run_id, export_id, idempotency_fingerprint
+# The SQLSTATE the insert trigger raises for a tenant the tenants table does not list.
+UNKNOWN_TENANT_SQLSTATE = "EX422"
 # The SQLSTATE the insert trigger raises when a tenant has too many active requests: a class of
 # its own ("EX"), so apps can tell it from every PostgreSQL error and answer HTTP 429.
 TENANT_CAP_SQLSTATE = "EX429"
@@ -198,6 +209,26 @@ ALTER TABLE public.export_requests ADD CONSTRAINT export_requests_size_check
            AND (email IS NULL OR char_length(email) <= {MAX_EMAIL_CHARS})
            AND char_length(tenant_id) <= {MAX_TENANT_ID_CHARS}
            AND (idempotency_key IS NULL OR char_length(idempotency_key) <= 256)))
+    NOT VALID;
+-- Every other text column: the request's own fields for every row (an app inserts them), the
+-- service's columns with bounds far above what the service writes.
+ALTER TABLE public.export_requests DROP CONSTRAINT IF EXISTS export_requests_text_check;
+ALTER TABLE public.export_requests ADD CONSTRAINT export_requests_text_check
+    CHECK (char_length(resource) <= {MAX_NAME_CHARS}
+           AND char_length(format) <= {MAX_CODE_CHARS}
+           AND (compression IS NULL OR char_length(compression) <= {MAX_CODE_CHARS})
+           AND (columns IS NULL OR octet_length(columns::text) <= {MAX_COLUMNS_BYTES})
+           AND char_length(tenant_id) <= {MAX_TENANT_ID_CHARS}
+           AND (webhook_url IS NULL OR char_length(webhook_url) <= {MAX_WEBHOOK_URL_CHARS})
+           AND (email IS NULL OR char_length(email) <= {MAX_EMAIL_CHARS})
+           AND (idempotency_key IS NULL OR char_length(idempotency_key) <= 256)
+           AND char_length(origin) <= {MAX_CODE_CHARS}
+           AND (run_id IS NULL OR char_length(run_id) <= {MAX_ID_CHARS})
+           AND (export_id IS NULL OR char_length(export_id) <= {MAX_ID_CHARS})
+           AND (manifest_key IS NULL OR char_length(manifest_key) <= {MAX_KEY_CHARS})
+           AND (download_url IS NULL OR char_length(download_url) <= {MAX_URL_CHARS})
+           AND (error IS NULL OR char_length(error) <= {MAX_MESSAGE_CHARS})
+           AND (notify_error IS NULL OR char_length(notify_error) <= {MAX_MESSAGE_CHARS}))
     NOT VALID;
 
 CREATE TABLE IF NOT EXISTS public.export_limits (
@@ -279,6 +310,10 @@ CREATE TABLE IF NOT EXISTS public.export_api_keys (
 -- Written by the API only (the service's columns, docs/security.md).
 ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS cancel_requested_at timestamptz;
 ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS idempotency_fingerprint text;
+ALTER TABLE public.export_requests DROP CONSTRAINT IF EXISTS export_requests_fingerprint_check;
+ALTER TABLE public.export_requests ADD CONSTRAINT export_requests_fingerprint_check
+    CHECK (idempotency_fingerprint IS NULL OR char_length(idempotency_fingerprint) <= 256)
+    NOT VALID;
 ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS link_expiry_hours int;
 ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS max_rows_per_file bigint;
 -- GET /v1/exports: a tenant's rows newest first, keyset on (created_at, id).
@@ -393,6 +428,47 @@ REVOKE ALL ON public.export_refusals FROM {APP_ROLE};
 ALTER TABLE public.export_deliveries ADD COLUMN IF NOT EXISTS failed_attempts int NOT NULL DEFAULT 0;
 """
 
+# Request rows for tenants the catalog's tenants table does not list are refused at insert, for every
+# door: `export-pipelines migrate` records which table that is (export_tenant_source, one row); with
+# no row recorded (a catalog without a tenants table) nothing is refused. The lookup is by the
+# table's key, one index probe per insert.
+TENANT_SOURCE = f"""
+CREATE TABLE IF NOT EXISTS public.export_tenant_source (
+    one          boolean PRIMARY KEY DEFAULT true CHECK (one),
+    table_schema text NOT NULL,
+    table_name   text NOT NULL,
+    key_column   text NOT NULL,
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON public.export_tenant_source FROM {APP_ROLE};
+CREATE OR REPLACE FUNCTION public.export_requests_known_tenant() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $fn$
+DECLARE
+    src record;
+    listed boolean;
+BEGIN
+    SELECT * INTO src FROM public.export_tenant_source;
+    IF NOT FOUND THEN
+        RETURN NEW;
+    END IF;
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I WHERE %I::text = $1)',
+                   src.table_schema, src.table_name, src.key_column)
+        INTO listed USING NEW.tenant_id;
+    IF NOT listed THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '{UNKNOWN_TENANT_SQLSTATE}',
+            MESSAGE = format('tenant_id %s is not a tenant (not in %I.%I.%I)',
+                             quote_literal(left(NEW.tenant_id, 100)), src.table_schema, src.table_name,
+                             src.key_column);
+    END IF;
+    RETURN NEW;
+END
+$fn$;
+DROP TRIGGER IF EXISTS export_requests_known_tenant ON public.export_requests;
+CREATE TRIGGER export_requests_known_tenant BEFORE INSERT OR UPDATE OF tenant_id ON public.export_requests
+    FOR EACH ROW EXECUTE FUNCTION public.export_requests_known_tenant();
+"""
+
 MIGRATIONS = (
     REQUESTS_TABLE,
     CHECKPOINT_TABLES,
@@ -403,25 +479,47 @@ MIGRATIONS = (
     PENDING_NOTIFY,
     STATUS_HISTORY,
     METRICS_COUNTERS,
+    TENANT_SOURCE,
 )
 
 _migrated: set[str] = set()
 _migrated_lock = threading.Lock()
 
 
-def migrate(conninfo: str, *, tenant_max_active: int | None = None) -> None:
+def migrate(
+    conninfo: str,
+    *,
+    tenant_max_active: int | None = None,
+    tenant_source: tuple[str, str, str] | None = None,
+) -> None:
     """Bring every table up to date, in one transaction. Concurrent first runs (setup, tests, a
     sensor's first tick) wait on the same transaction-scoped advisory lock instead of racing on
     CREATE; the lock ends with the transaction, even if the connection dies.
 
     `tenant_max_active` (Settings.tenant_max_active, EXPORT_TENANT_MAX_ACTIVE) is written to
-    export_limits, where the insert trigger reads it; None leaves the stored value."""
+    export_limits, where the insert trigger reads it; None leaves the stored value.
+    `tenant_source` (schema, table, key column of the catalog's tenants table) is recorded for the
+    insert trigger that refuses unknown tenants; None leaves what is recorded."""
     with open_connection(conninfo, options="-c statement_timeout=60s") as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('export_pipelines_migrations'))")
         for statement in MIGRATIONS:
             conn.execute(statement)
         if tenant_max_active is not None:
             set_tenant_max_active(conn, tenant_max_active)
+        if tenant_source is not None:
+            set_tenant_source(conn, tenant_source)
+
+
+def set_tenant_source(conn: psycopg.Connection[Any], source: tuple[str, str, str] | None) -> None:
+    """Record the tenants table (schema, table, key column) the insert trigger checks tenant ids
+    against; None: check nothing."""
+    conn.execute("DELETE FROM public.export_tenant_source")
+    if source is not None:
+        conn.execute(
+            "INSERT INTO public.export_tenant_source (table_schema, table_name, key_column) "
+            "VALUES (%s, %s, %s)",
+            list(source),
+        )
 
 
 def set_tenant_max_active(conn: psycopg.Connection[Any], value: int) -> None:

@@ -51,6 +51,7 @@ def make_s3_client(
     max_attempts: int = 6,
     max_pool_connections: int = 16,
     read_timeout: float = 120,
+    connect_timeout: float = 10,
 ) -> Any:
     """A boto3 S3 client that signs SigV4 (presigned URLs included) and retries transient errors.
 
@@ -59,7 +60,7 @@ def make_s3_client(
     config = Config(
         signature_version="s3v4",
         retries={"mode": "standard", "max_attempts": max_attempts},
-        connect_timeout=10,
+        connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         max_pool_connections=max_pool_connections,
         # Path-style works on every S3-compatible server; AWS accepts it too.

@@ -25,6 +25,8 @@ from export_pipelines.orchestration.sensors import record_run_failure
 from export_pipelines.settings import Settings
 from export_pipelines_tests.support.api_helpers import api_settings, auth, key_for, migrate_api, serve
 
+# hooks.example.com must resolve: the notify settings check the host when they are set.
+pytestmark = pytest.mark.usefixtures("example_com_resolves")
 HOOK = "https://hooks.example.com/monthly-dumps"
 
 

@@ -1,0 +1,68 @@
+"""Rate limits of the API's mutating routes, per API key and per tenant (docs/security.md), with the
+`limits` library: a moving window in `memory://` (one process) or in Redis (`redis://…`, shared by
+several worker processes or hosts). Over a limit: 429 with Retry-After.
+
+The cap of active exports (the database trigger) bounds what waits; these bound how fast a client may
+create, cancel and delete, so create+cancel churn cannot flood the queue, the table or the targets."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from limits import RateLimitItem, parse_many
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+from export_pipelines.api.auth import Principal
+from export_pipelines.api.errors import ApiError
+
+DEFAULT_PER_KEY = "5/second;60/minute"
+DEFAULT_PER_TENANT = "10/second;120/minute"
+DEFAULT_STORAGE_URL = "memory://"
+NAMESPACE = "export-api"
+
+
+def parse_limits(name: str, text: str) -> list[RateLimitItem]:
+    """`5/second;60/minute` as limit items; ValueError naming the setting when it does not parse."""
+    try:
+        items = parse_many(text)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {text!r} is not a rate like 5/second;60/minute ({exc})") from None
+    if not items:
+        raise ValueError(f"{name}: {text!r} names no rate")
+    return items
+
+
+class RateLimits:
+    """Per-key and per-tenant limits, checked after the key is known and before the body is read."""
+
+    def __init__(
+        self,
+        per_key: str = DEFAULT_PER_KEY,
+        per_tenant: str = DEFAULT_PER_TENANT,
+        storage_url: str = DEFAULT_STORAGE_URL,
+    ) -> None:
+        self.per_key = parse_limits("EXPORT_API_RATE_LIMIT_PER_KEY", per_key)
+        self.per_tenant = parse_limits("EXPORT_API_RATE_LIMIT_PER_TENANT", per_tenant)
+        self.limiter = MovingWindowRateLimiter(storage_from_string(storage_url))
+
+    def check(self, who: Principal) -> None:
+        """Count one mutating request of `who`; 429 + Retry-After when a limit is reached (then
+        nothing is counted, so a refused client does not lengthen its own wait)."""
+        checks = [(item, "key", str(who.key.id)) for item in self.per_key]
+        if who.tenant_id is not None:
+            checks += [(item, "tenant", who.tenant_id) for item in self.per_tenant]
+        for item, kind, ident in checks:
+            if not self.limiter.test(item, NAMESPACE, kind, ident):
+                reset = self.limiter.get_window_stats(item, NAMESPACE, kind, ident).reset_time
+                retry = max(1, math.ceil(reset - time.time()))
+                raise ApiError(
+                    429,
+                    "rate_limited",
+                    f"too many requests for this {'API key' if kind == 'key' else 'tenant'}: at most "
+                    f"{item}; retry in {retry} s",
+                    headers={"Retry-After": str(retry)},
+                )
+        for item, kind, ident in checks:
+            self.limiter.hit(item, NAMESPACE, kind, ident)
