@@ -49,6 +49,8 @@ def test_catalog_accepts_tracking():
 def items(source_url):
     with psycopg.connect(source_url, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS public.ct_items")
+        if conn.execute("SELECT to_regclass('public.export_tombstones')").fetchone()[0]:
+            conn.execute("DELETE FROM public.export_tombstones WHERE resource = 'items'")
         conn.execute(
             "CREATE TABLE public.ct_items (tenant_id text, id bigint, name text, PRIMARY KEY (tenant_id, id))"
         )
