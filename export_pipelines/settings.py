@@ -91,6 +91,8 @@ class Settings:
     tenant_max_active: int = DEFAULT_TENANT_MAX_ACTIVE
     # EXPORT_TENANT_STARTS_PER_MINUTE: runs the request sensor starts per tenant per minute.
     tenant_starts_per_minute: int = DEFAULT_STARTS_PER_MINUTE
+    # EXPORT_ENTERPRISE_FEED_MODE: off | full | incremental: the enterprise tenants' default feeds.
+    enterprise_feed_mode: str = "off"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -124,6 +126,12 @@ class Settings:
             tenant_max_active=_positive(environ, "EXPORT_TENANT_MAX_ACTIVE", cls.tenant_max_active),
             tenant_starts_per_minute=_positive(
                 environ, "EXPORT_TENANT_STARTS_PER_MINUTE", cls.tenant_starts_per_minute
+            ),
+            enterprise_feed_mode=_choice(
+                environ,
+                "EXPORT_ENTERPRISE_FEED_MODE",
+                ("off", "full", "incremental"),
+                cls.enterprise_feed_mode,
             ),
         )
 
@@ -313,5 +321,13 @@ VARIABLES: tuple[Variable, ...] = (
         _MONTHLY,
         "Most tenant x month partitions one monthly run exports, one after another (`1`: a run per "
         "partition). Dagster's per-run cost is then paid once per batch.",
+    ),
+    Variable(
+        "EXPORT_ENTERPRISE_FEED_MODE",
+        "enterprise_feed_mode",
+        _MONTHLY,
+        "`off`, `full` or `incremental`: every enterprise tenant gets a default monthly feed per catalog "
+        "resource with a time column, made by the feed sensor, in this mode (`full` for a resource "
+        "without change tracking). The tenant x month partitions keep working beside it.",
     ),
 )

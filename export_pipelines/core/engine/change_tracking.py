@@ -230,15 +230,23 @@ def check_installed(conn: psycopg.Connection[Any], spec: ResourceSpec) -> None:
         )
 
 
-def prune_tombstones(conn: psycopg.Connection[Any], oldest_snapshot_xmin: str | None) -> int:
-    """Delete tombstones every feed has moved past: xid below the oldest xmin of the snapshots the
-    feeds' next deliveries will compare against (None: no feed needs any tombstone)."""
-    if oldest_snapshot_xmin is None:
-        cur = conn.execute(
-            "DELETE FROM public.export_tombstones WHERE xid < pg_snapshot_xmin(pg_current_snapshot())"
-        )
-    else:
-        cur = conn.execute(
-            "DELETE FROM public.export_tombstones WHERE xid < %s::xid8", [oldest_snapshot_xmin]
-        )
+def prune_tombstones(conn: psycopg.Connection[Any], feed_snapshots: list[str]) -> int:
+    """Delete the tombstones every feed has moved past. A delivery reads tombstones with
+    `xid >= pg_snapshot_xmin(S)` of its feed's last succeeded delivery S; below the smallest such
+    xmin no feed reads any. With no feed (or none delivered yet: a first delivery is full), the
+    bound is the current snapshot's xmin: every finished transaction's tombstones go.
+
+    Nothing is pruned while a feed's delivery is active: its snapshot is not recorded yet. A delivery
+    made after this statement's snapshot reads in a later snapshot, whose xmin is at least this one's."""
+    cur = conn.execute(
+        """
+        DELETE FROM public.export_tombstones
+        WHERE xid < coalesce(
+            (SELECT min(pg_snapshot_xmin(s::pg_snapshot)) FROM unnest(%s::text[]) AS s),
+            pg_snapshot_xmin(pg_current_snapshot()))
+          AND NOT EXISTS (SELECT 1 FROM public.export_requests
+                          WHERE feed_id IS NOT NULL AND status IN ('pending', 'queued', 'running'))
+        """,
+        [feed_snapshots],
+    )
     return cur.rowcount
