@@ -245,8 +245,9 @@ class FeedStore(PgStore):
     def scheduled(self, feed_id: str, now: datetime) -> None:
         """A delivery was made for the feed: its next one is due at the next boundary after now."""
         self.execute(
-            "UPDATE export_feeds SET next_due_at = CASE frequency WHEN 'manual' THEN NULL ELSE %s::timestamptz END, "
-            "updated_at = now() WHERE id = %s",
+            "UPDATE export_feeds SET next_due_at = "
+            "CASE frequency WHEN 'manual' THEN NULL ELSE %s::timestamptz END, updated_at = now() "
+            "WHERE id = %s",
             [next_due_or_none(self.get(None, feed_id), now), feed_id],
         )
 
