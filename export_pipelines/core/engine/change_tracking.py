@@ -168,6 +168,21 @@ def install(
     return Installed(spec.name, str(spec.table), rows, time.monotonic() - started)
 
 
+def uninstall(conninfo: str, spec: ResourceSpec, *, drop_column: bool = False) -> None:
+    """Turn change tracking off: drop the triggers (writes cost nothing more at once) and the
+    resource's tombstones; with `drop_column`, also the index and the column. Feeds of the resource
+    must then be full (or tracking installed again and each feed given a full refresh)."""
+    n = _names(spec)
+    with open_connection(conninfo, autocommit=True, options="-c statement_timeout=0") as conn:
+        for trigger in ("xid_trigger", "del_trigger", "upd_trigger"):
+            _with_lock_retries(conn, sql.SQL("DROP TRIGGER IF EXISTS {} ON {table}").format(n[trigger], **n))
+        if conn.execute("SELECT to_regclass('public.export_tombstones')").fetchone()[0]:
+            conn.execute("DELETE FROM public.export_tombstones WHERE resource = %s", [spec.name])
+        if drop_column:
+            conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {qualified_index}").format(**n))
+            _with_lock_retries(conn, sql.SQL("ALTER TABLE {table} DROP COLUMN IF EXISTS {xid}").format(**n))
+
+
 def _build_index(conn: psycopg.Connection[Any], n: dict[str, sql.Composable]) -> None:
     """CREATE INDEX CONCURRENTLY; an invalid index left by an interrupted build is rebuilt."""
     row = conn.execute(
