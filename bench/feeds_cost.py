@@ -126,6 +126,7 @@ def change(url: str, pattern: str, share: float, tenant_rows: int) -> int:
     with psycopg.connect(url, autocommit=True) as conn:
         if pattern == "random":
             keys = "SELECT id FROM orders WHERE tenant_id = %s ORDER BY random() LIMIT %s"
+
             params: list[Any] = [TENANT, n]
         else:
             keys = (
@@ -208,7 +209,17 @@ def main() -> None:
         changed = change(url, pattern, args.share, tenant_rows)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("ANALYZE orders")
+        with psycopg.connect(url, autocommit=True) as conn:
+            # The heap pages the delivery's join visits: where the changed rows' current versions lie.
+            heap_pages_changed = conn.execute(
+                "SELECT count(DISTINCT (ctid::text::point)[0]) FROM orders WHERE tenant_id = %s "
+                "AND _export_xid >= pg_snapshot_xmin(%s::pg_snapshot) "
+                "AND NOT pg_visible_in_snapshot(_export_xid, %s::pg_snapshot)",
+                [TENANT, previous.snapshot, previous.snapshot],
+            ).fetchone()[0]
         inc = one_delivery(url, s3, bucket, next_window("bench", i, "incremental", previous), f"inc-{i}")
+        inc["distinct_heap_pages_of_changed_rows"] = heap_pages_changed
+        inc["distinct_heap_pages_vs_table"] = round(heap_pages_changed / heap_pages, 4)
         plan_lines = explain(url, previous.snapshot)
         previous = inc.pop("record")
         inc.update(
