@@ -102,6 +102,8 @@ class Settings:
     api_s3_timeout_seconds: float = 5.0  # EXPORT_API_S3_TIMEOUT_SECONDS: connect and read, per call
     api_s3_max_concurrent: int = 8  # EXPORT_API_S3_MAX_CONCURRENT: S3 calls in flight at once
     api_db_max_concurrent: int = 16  # EXPORT_API_DB_MAX_CONCURRENT: pooled database connections
+    # EXPORT_ENTERPRISE_FEED_MODE: off | full | incremental: the enterprise tenants' default feeds.
+    enterprise_feed_mode: str = "off"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -153,6 +155,12 @@ class Settings:
             ),
             api_db_max_concurrent=_positive(
                 environ, "EXPORT_API_DB_MAX_CONCURRENT", cls.api_db_max_concurrent
+            ),
+            enterprise_feed_mode=_choice(
+                environ,
+                "EXPORT_ENTERPRISE_FEED_MODE",
+                ("off", "full", "incremental"),
+                cls.enterprise_feed_mode,
             ),
         )
 
@@ -412,5 +420,13 @@ VARIABLES: tuple[Variable, ...] = (
         _API,
         "Database connections of the API's pool (each API worker process); more requests wait briefly, "
         "then answer 503.",
+    ),
+    Variable(
+        "EXPORT_ENTERPRISE_FEED_MODE",
+        "enterprise_feed_mode",
+        _MONTHLY,
+        "`off`, `full` or `incremental`: every enterprise tenant gets a default monthly feed per catalog "
+        "resource with a time column, made by the feed sensor, in this mode (`full` for a resource "
+        "without change tracking). The tenant x month partitions keep working beside it.",
     ),
 )

@@ -63,6 +63,8 @@ class ExportStatus(BaseModel):
     expires_at: str | None
     cancel_requested_at: str | None
     error: ExportError | None
+    feed_id: str | None = None
+    sequence: int | None = None
     links: dict[str, str]
     files: list[ExportFile] | None = None
 

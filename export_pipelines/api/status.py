@@ -77,6 +77,9 @@ def status_document(row: StoredRequest, queue_position: int | None = None) -> di
         "expires_at": iso(row.expires_at),
         "cancel_requested_at": iso(row.cancel_requested_at),
         "error": _error(row),
+        # A feed's delivery (docs/feeds.md): its feed and number; null for other exports.
+        "feed_id": row.feed_id,
+        "sequence": row.sequence,
         "links": {
             "self": base,
             "files": f"{base}/files",

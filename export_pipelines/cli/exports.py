@@ -18,6 +18,7 @@ from export_pipelines.core.errors import ConfigurationError, ExportError
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from export_pipelines.core.engine.change_tracking import install_all
     from export_pipelines.core.requests.catalog import load_catalog
     from export_pipelines.core.storage.migrations import migrate
 
@@ -25,8 +26,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     tenants = load_catalog(settings.catalog_path).tenants
     # The catalog's tenants table: request rows for tenants it does not list are refused at insert.
     source = (tenants.table.schema, tenants.table.name, tenants.key) if tenants is not None else None
-    migrate(source_url_or_exit(), tenant_max_active=settings.tenant_max_active, tenant_source=source)
+    url = source_url_or_exit()
+    migrate(url, tenant_max_active=settings.tenant_max_active, tenant_source=source)
     print("export_requests, export_deliveries and the checkpoint tables are up to date")
+    try:
+        installed = install_all(url, load_catalog(settings.catalog_path))
+    except ExportError as exc:
+        print(f"change tracking: {exc}", file=sys.stderr)
+        return 1
+    for done in installed:
+        print(f"change tracking on {done.table} (resource {done.resource}) is up to date")
     return 0
 
 

@@ -74,6 +74,14 @@ class IdempotencyConflict(Rejected):
         super().__init__("Idempotency-Key: already used with a different request body", "Idempotency-Key")
 
 
+class DeliveryInProgress(ExportError):
+    """A feed already has a delivery pending, queued or running: one at a time (docs/feeds.md)."""
+
+    def __init__(self, export_id: str) -> None:
+        super().__init__(f"the feed's delivery {export_id} is still in progress; one delivery at a time")
+        self.export_id = export_id
+
+
 class ConfigurationError(ExportError, RuntimeError):
     """The deployment is wrong (settings, catalog, bucket, credentials): fix it, then run again."""
 

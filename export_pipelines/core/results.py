@@ -23,6 +23,7 @@ class FileResult:
     special_values: dict[str, dict[str, int]] = field(default_factory=dict)
     # Some of its rows were written by an earlier attempt and counted again at this one's end.
     special_values_recounted: bool = False
+    deletes: int = 0  # a feed delivery's rows with _op = 'delete'
 
 
 @dataclass

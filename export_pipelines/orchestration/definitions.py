@@ -9,6 +9,7 @@ import dagster as dg
 from export_pipelines.core.requests.catalog import load_catalog
 from export_pipelines.orchestration.cancel_sensor import build_cancel_sensor
 from export_pipelines.orchestration.delivery_sensor import build_delivery_sensor
+from export_pipelines.orchestration.feed_sensor import build_feed_sensor
 from export_pipelines.orchestration.io_managers import io_manager_resources
 from export_pipelines.orchestration.jobs import janitor_job, janitor_schedule, tenant_export_job
 from export_pipelines.orchestration.monthly.monthly_asset import build_monthly_job
@@ -64,6 +65,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             *build_sensors(settings, monthly_job),
             build_delivery_sensor(settings),
             build_cancel_sensor(settings),
+            build_feed_sensor(settings),
         ],
         # EXPORT_IO_MANAGER=s3 keeps step outputs where every worker host can read them.
         # Without a config schema: no run (launchpad, backfill dialog) can override them.

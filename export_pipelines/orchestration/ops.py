@@ -11,13 +11,20 @@ import contextlib
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dagster as dg
 
+from export_pipelines.core.delivery import notices
 from export_pipelines.core.engine.checkpoints import CheckpointStore
 from export_pipelines.core.engine.exporter import PROGRESS_EVERY_SECONDS, run_export
+from export_pipelines.core.engine.feed_delivery import (
+    DeliveryRecord,
+    delivery_record,
+    next_window,
+    schema_changes,
+)
 from export_pipelines.core.engine.janitor import run_janitor
 from export_pipelines.core.engine.manifest import clear_success_marker, finalize_export
 from export_pipelines.core.engine.plan import ExportPlan, plan_export
@@ -32,8 +39,9 @@ from export_pipelines.core.errors import (
     tenant_message,
 )
 from export_pipelines.core.requests.catalog import Catalog
+from export_pipelines.core.requests.feed_store import FeedStore
 from export_pipelines.core.requests.refusals import PDF_ROWS
-from export_pipelines.core.requests.request import ExportRequest, build_request, check_notify
+from export_pipelines.core.requests.request import ExportRequest, FeedWindow, build_request, check_notify
 from export_pipelines.core.requests.request_store import RequestStore
 from export_pipelines.core.requests.tenant_settings import targets as tenant_targets
 from export_pipelines.core.requests.tenants import require_tenant
@@ -274,12 +282,17 @@ def count_rows(
     export_id = config.request_id or context.run.root_run_id or context.run_id
     # (Monthly partitions run monthly_export.py's export_month, not this graph.)
     request_id = config.request_id
+    window = None
     if request_id:
         request_id = own_request_row(context, source.requests(), request_id, tenant_id, config.resource)
+        if request_id:
+            window = feed_window(source, request_id)
     try:
         check_notify(config.notify.webhook_url, config.notify.email)
         catalog = export_settings.catalog()
         request = configured_request(catalog, config, tenant_id, filters, export_id)
+        if window is not None:
+            request = replace(request, feed=window)
         with explained_on_last_attempt(context):
             plan = plan_request(source, export_settings, catalog, request)
     except TransientError:
@@ -299,6 +312,21 @@ def count_rows(
     context.instance.add_run_tags(
         context.run_id, {tags.FOLDER: plan.location.folder, tags.EXPORT_ID: request.export_id}
     )
+    feed = plan.request.feed
+    if feed is not None:
+        context.instance.add_run_tags(
+            context.run_id,
+            {
+                tags.FEED_ID: feed.feed_id,
+                tags.FEED_SEQUENCE: str(feed.sequence),
+                tags.FEED_MODE: feed.mode,
+                tags.FEED_PREVIOUS_SNAPSHOT: feed.previous_snapshot or "",
+            },
+        )
+        context.log.info(
+            f"feed {feed.feed_id} delivery {feed.sequence}: {feed.mode}"
+            + (f" since snapshot {feed.previous_snapshot}" if feed.previous_snapshot else f" ({feed.reason})")
+        )
     if plan.resumed:
         context.log.info(f"resuming export {plan.location.folder}: reusing the cut of an earlier attempt")
     context.add_output_metadata(
@@ -320,6 +348,24 @@ def over_pdf_cap(exc: ExportError, format: str) -> bool:
     """A pdf request refused for its row count: for a known format ("pdf"), the format is refused
     only by the row cap of planning."""
     return format == "pdf" and isinstance(exc, InvalidRequest) and exc.field == "format"
+
+
+def feed_window(source: SourceDatabase, request_id: str) -> FeedWindow | None:
+    """The window of the feed delivery this row is (None: not a feed's delivery): from the feed's
+    last succeeded delivery, whatever happened to the ones in between."""
+    row = source.requests().get(request_id)
+    if row is None or row.feed_id is None or row.sequence is None:
+        return None
+    previous = source.requests().previous_delivery(row.feed_id, row.sequence)
+    with FeedStore(source.conninfo) as feeds:
+        feed = feeds.get(None, row.feed_id)
+    return next_window(
+        row.feed_id,
+        row.sequence,
+        feed.mode if feed else "incremental",
+        DeliveryRecord.from_json(previous) if previous else None,
+        full_refresh=row.feed_full_refresh,
+    )
 
 
 def own_request_row(
@@ -434,6 +480,8 @@ def finalize(
         done = finalize_export(
             s3.get_client(), export_settings.bucket, run_plan.plan, outcome, source.checkpoints()
         )
+    if run_plan.plan.request.feed is not None:
+        record_feed_delivery(context, run_plan, outcome, done, source)
     metadata: dict[str, Any] = {
         "rows": done.rows,
         "bytes": done.bytes,
@@ -450,6 +498,40 @@ def finalize(
     context.log_event(download_links(run_plan.plan, done))
     context.add_output_metadata(metadata)
     return done
+
+
+def record_feed_delivery(
+    context: dg.OpExecutionContext,
+    run_plan: RunPlan,
+    outcome: ExportOutcome,
+    done: FinalizedExport,
+    source: SourceDatabase,
+) -> None:
+    """What the feed's next delivery starts from (on the row, before it is marked succeeded), the
+    snapshot on the run's tags, and export.schema_changed when the columns or types moved."""
+    plan = run_plan.plan
+    record = delivery_record(plan, outcome, done.manifest_key)
+    if run_plan.request_id:
+        source.requests().record_delivery(run_plan.request_id, record.as_json())
+    context.instance.add_run_tags(context.run_id, {tags.FEED_SNAPSHOT: record.snapshot})
+    context.log.info(
+        f"delivery {record.sequence}: {record.upserts} upserts, {record.deletes} deletes, "
+        f"snapshot {record.snapshot}"
+    )
+    changes = schema_changes(plan)
+    if changes is not None:
+        req = plan.request
+        notice = notices.schema_changed(
+            export_id=req.export_id, tenant_id=req.tenant_id, resource=req.resource, changes=changes
+        )
+        notices.enqueue(
+            source.deliveries(),
+            notice,
+            request_id=run_plan.request_id,
+            tenant_id=req.tenant_id,
+            webhook_url=run_plan.webhook_url,
+            email=run_plan.email,
+        )
 
 
 # Links shown on the run's page, one click away (not in the finalize output's long metadata).

@@ -21,3 +21,10 @@ PARTITION = "dagster/partition"
 # batch, a backfill under a BackfillPolicy).
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
+# A feed's delivery: its feed, its number, its mode, and the snapshot range it covers (the previous
+# delivery's snapshot, set when planned; its own, set when finalized).
+FEED_ID = "export/feed_id"
+FEED_SEQUENCE = "export/feed_sequence"
+FEED_MODE = "export/feed_mode"
+FEED_PREVIOUS_SNAPSHOT = "export/feed_previous_snapshot"
+FEED_SNAPSHOT = "export/feed_snapshot"

@@ -85,6 +85,9 @@ def router(api: ExportApi) -> APIRouter:
             str | None, Query(description="next_cursor of the previous page", max_length=512)
         ] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_LIST_LIMIT,
+        feed_id: Annotated[
+            str | None, Query(description="only this feed's deliveries", max_length=64)
+        ] = None,
     ) -> JSONResponse:
         """The tenant's exports, newest first, keyset-paginated on (created_at, id)."""
         with api.pool.connection() as conn:
@@ -96,8 +99,12 @@ def router(api: ExportApi) -> APIRouter:
                     f"status: {status!r} is not a status; allowed: {', '.join(STATUSES)}",
                     "status",
                 )
+            if feed_id is not None and not is_request_id(feed_id):
+                raise ApiError(422, "invalid_request", "feed_id: not a feed id (a UUID)", "feed_id")
             after = _cursor_decode(cursor) if cursor else None
-            rows = RequestReads.on(conn).page(who.tenant_id, status=status, after=after, limit=limit + 1)
+            rows = RequestReads.on(conn).page(
+                who.tenant_id, status=status, after=after, limit=limit + 1, feed_id=feed_id
+            )
         more = len(rows) > limit
         rows = rows[:limit]
         return json_response(

@@ -13,6 +13,7 @@ from export_pipelines.core.results import FinalizedExport
 SUCCEEDED = "export.succeeded"
 FAILED = "export.failed"
 CANCELED = "export.canceled"
+SCHEMA_CHANGED = "export.schema_changed"  # a feed's delivery whose columns or types moved
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,25 @@ def succeeded(*, export_id: str, tenant_id: str, resource: str, done: FinalizedE
         + f"\n\nThe link(s) expire at {done.expires_at:%Y-%m-%d %H:%M} UTC.\n"
     )
     return Notice(SUCCEEDED, payload, f"Your {resource} export is ready", body)
+
+
+def schema_changed(*, export_id: str, tenant_id: str, resource: str, changes: dict[str, Any]) -> Notice:
+    """A feed's delivery has another schema than the previous one: what was added, removed, retyped
+    (a retyped column makes the delivery full: replace, do not merge)."""
+    payload = {
+        "event": SCHEMA_CHANGED,
+        "export_id": export_id,
+        "tenant_id": tenant_id,
+        "resource": resource,
+        "changes": changes,
+    }
+    lines = [f"added: {c['name']} ({c['type']})" for c in changes.get("added", [])]
+    lines += [f"removed: {c['name']}" for c in changes.get("removed", [])]
+    lines += [f"type changed: {c['name']} {c['from']} -> {c['to']}" for c in changes.get("type_changed", [])]
+    body = (
+        f"The columns of your {resource} feed changed with delivery {export_id}:\n" + "\n".join(lines) + "\n"
+    )
+    return Notice(SCHEMA_CHANGED, payload, f"The schema of your {resource} feed changed", body)
 
 
 def ended(

@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg import sql
+
 from export_pipelines.core.engine.checkpoints import CheckpointStore, FileCheckpoint, PartCheckpoint
 from export_pipelines.core.engine.encoders.base import Encoder
 from export_pipelines.core.engine.encoders.registry import encoder_class
@@ -39,12 +41,14 @@ from export_pipelines.core.engine.resume import Resume, file_checkpoint, file_re
 from export_pipelines.core.engine.sources import RowSource
 from export_pipelines.core.engine.upload import DEFAULT_PART_SIZE, PartWriter, file_sink
 from export_pipelines.core.requests.catalog import Catalog
+from export_pipelines.core.requests.request import OP_COLUMN
 from export_pipelines.core.results import ExportOutcome, ExportProgress, FileResult
 from export_pipelines.core.storage.s3 import UploadedPart, object_sha256
 
 # Progress between parts: at most one report per this many seconds while rows are encoded (a part
 # is 8 MiB: a few thousand rows of a slow format would otherwise sit at 0 % until the end).
 PROGRESS_EVERY_SECONDS = 1.0
+DELETE_KEY = "delete"
 
 
 @dataclass(frozen=True)
@@ -281,6 +285,7 @@ class _Export:
         cur.sha256 = sha256 if sha256 is not None else object_sha256(self.client, self.bucket, cur.key)
         self.output_types = encoder.output_types()
         cur.special_values = as_counts(self.special, self.counts)
+        cur.deletes = cur.special_values.get(OP_COLUMN, {}).pop(DELETE_KEY, 0)
         add_counts(cur.special_values, encoder.special_counts())
         cur.special_values = self._ordered(cur.special_values)
         if self.checkpoints is not None:
@@ -368,6 +373,13 @@ def run_export(
     started = time.monotonic()
     encoder_cls = encoder_class(plan.request.format)
     special = tuple(counters(plan.columns, plan.request.format))
+    if plan.request.feed is not None:
+        checkpoints = None  # one snapshot per delivery: a retry starts over (plan.py)
+        # Deletes are counted by PostgreSQL with the range bounds, like the special values.
+        special = (
+            *special,
+            Counter(OP_COLUMN, DELETE_KEY, sql.SQL("{} = 'delete'").format(sql.Identifier(OP_COLUMN))),
+        )
     export = _Export(
         plan,
         encoder_cls,

@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 from export_pipelines.core.engine.checkpoints import CheckpointStore
 from export_pipelines.core.engine.encoders.type_contract import describe
 from export_pipelines.core.engine.encoders.xlsx import sheet_layout
-from export_pipelines.core.engine.plan import ExportPlan
+from export_pipelines.core.engine.plan import ExportPlan, schema_hash, schema_of
 from export_pipelines.core.formats import format_spec
 from export_pipelines.core.results import ExportOutcome, FileLink, FileResult, FinalizedExport
 from export_pipelines.core.storage.layout import ExportLocation, download_name, file_extension
@@ -62,9 +62,43 @@ def _file_entry(fmt: str, f: FileResult) -> dict[str, Any]:
     return entry
 
 
+def delivery_snapshot(outcome: ExportOutcome) -> str:
+    """The one snapshot a feed delivery was read in (its single file's)."""
+    return outcome.files[0].snapshot if outcome.files else ""
+
+
+def feed_sections(plan: ExportPlan, outcome: ExportOutcome) -> dict[str, Any]:
+    """A feed delivery's `changes` and `schema` (docs/feeds.md)."""
+    feed = plan.request.feed
+    assert feed is not None
+    deletes = sum(f.deletes for f in outcome.files)
+    schema = schema_of(plan.request, plan.types)
+    return {
+        "feed_id": feed.feed_id,
+        "sequence": feed.sequence,
+        "changes": {
+            "mode": feed.mode,
+            "reason": feed.reason or None,
+            "previous_snapshot": feed.previous_snapshot if feed.mode == "incremental" else None,
+            "snapshot": delivery_snapshot(outcome),
+            "upserts": outcome.rows - deletes,
+            "deletes": deletes,
+            "previous_manifest": feed.previous_manifest,
+            "primary_key": list(plan_primary_key(plan)),
+        },
+        "schema": [{"name": name, "type": pg_type} for name, pg_type in schema],
+        "schema_hash": schema_hash(schema),
+    }
+
+
+def plan_primary_key(plan: ExportPlan) -> tuple[str, ...]:
+    cols = plan.request.columns
+    return tuple(c for c in cols if c in (plan.key_column, *plan.primary_key))
+
+
 def build_manifest(plan: ExportPlan, outcome: ExportOutcome) -> dict[str, Any]:
     req = plan.request
-    return {
+    manifest = {
         "manifest_version": MANIFEST_VERSION,
         "export_id": req.export_id,
         "tenant_id": req.tenant_id,
@@ -96,6 +130,14 @@ def build_manifest(plan: ExportPlan, outcome: ExportOutcome) -> dict[str, Any]:
         "created_at": datetime.now(UTC).isoformat(),
         "files": [_file_entry(req.format, f) for f in outcome.files],
     }
+    if req.feed is not None:
+        manifest["consistency"] = (
+            "one REPEATABLE READ snapshot (changes.snapshot) for the whole delivery; incremental: every "
+            "key written or deleted by a transaction not visible in changes.previous_snapshot and "
+            "visible in changes.snapshot, once, as its state in changes.snapshot"
+        )
+        manifest.update(feed_sections(plan, outcome))
+    return manifest
 
 
 def clear_success_marker(client: Any, bucket: str, location: ExportLocation) -> None:

@@ -7,19 +7,20 @@ import hashlib
 import json
 import time
 from contextlib import suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from export_pipelines.core.columns import ColumnInfo
+from export_pipelines.core.engine.change_tracking import check_installed
 from export_pipelines.core.engine.checkpoints import CheckpointStore, Cut
 from export_pipelines.core.engine.query import ExportQuery, connect, introspect_columns
 from export_pipelines.core.errors import InvalidRequest
 from export_pipelines.core.formats import DEFAULT_PDF_MAX_ROWS
 from export_pipelines.core.requests.catalog import Catalog
-from export_pipelines.core.requests.request import S3_MAX_KEY_BYTES, ExportRequest
+from export_pipelines.core.requests.request import OP_COLUMN, S3_MAX_KEY_BYTES, ExportRequest
 from export_pipelines.core.storage.layout import ExportLocation
 
 # How many files one export may make: each is a multipart upload, a manifest entry and a presigned
@@ -52,6 +53,7 @@ class ExportPlan:
     planned_at: float = 0.0
     fingerprint: str = ""  # what shapes the bytes: a checkpoint is reused only for the same one
     resumed: bool = False  # the cut (and maybe files) came from an earlier attempt's checkpoint
+    primary_key: tuple[str, ...] = ()
 
     @property
     def columns(self) -> list[ColumnInfo]:
@@ -93,12 +95,19 @@ def plan_export(
     spec = catalog.resource(request.resource)
     location = ExportLocation(prefix, request.tenant_id, request.resource, request.export_id)
     check_key_length(location)
+    if request.feed is not None:
+        # A delivery is read in one snapshot, whose changes the next delivery starts from: a retry
+        # starts over in a fresh snapshot, never continues another attempt's files.
+        checkpoints = None
     with (
         connect(conninfo, statement_timeout_seconds=statement_timeout_seconds) as conn,
         conn.transaction(),
     ):
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         types = introspect_columns(conn, spec)
+        if request.feed is not None:
+            request = feed_request(conn, spec, request, types)
+            types = {**types, OP_COLUMN: ColumnInfo(OP_COLUMN, "text", "text", -1)}
         fingerprint = request_fingerprint(request, spec.key, types)
         cut = checkpoints.cut(location.folder, types[spec.key].pg_type) if checkpoints else None
         resumed = cut is not None and cut.fingerprint == fingerprint
@@ -107,6 +116,8 @@ def plan_export(
             stmt, params = query.count_and_high_water_mark()
             row = conn.execute(stmt, params).fetchone()
             rows_total, hwm = (int(row[0]), row[1]) if row else (0, None)
+            if request.feed is not None:
+                hwm = None  # no key bound: the read's own snapshot decides what is in
             cut = Cut(fingerprint, rows_total, hwm, time.time())
     assert cut is not None
     check_file_count(cut.rows_total, request.max_rows_per_file)
@@ -123,10 +134,49 @@ def plan_export(
         high_water_mark=cut.high_water_mark,
         location=location,
         key_column=spec.key,
+        primary_key=spec.primary_key,
         planned_at=cut.planned_at if cut.planned_at is not None else time.time(),
         fingerprint=fingerprint,
         resumed=resumed,
     )
+
+
+def schema_of(request: ExportRequest, types: dict[str, ColumnInfo]) -> tuple[tuple[str, str], ...]:
+    """A delivery's schema: its columns (not `_op`) and their PostgreSQL types, in output order."""
+    return tuple((c, types[c].pg_type) for c in request.columns if c != OP_COLUMN)
+
+
+def schema_hash(schema: tuple[tuple[str, str], ...]) -> str:
+    return hashlib.sha256(json.dumps([list(c) for c in schema]).encode()).hexdigest()
+
+
+def feed_request(conn: Any, spec: Any, request: ExportRequest, types: dict[str, ColumnInfo]) -> ExportRequest:
+    """A feed delivery's request as read in this snapshot: `_op` added, one file (one snapshot),
+    and full instead of incremental when a column's type changed since the previous delivery
+    (its rows could not be merged into what the tenant holds)."""
+    feed = request.feed
+    assert feed is not None
+    missing = [c for c in spec.primary_key or (spec.key,) if c not in request.columns]
+    if missing:
+        raise InvalidRequest(
+            "columns",
+            f"a feed's columns must include the primary key {list(spec.primary_key)}; missing {missing}",
+        )
+    columns = tuple(c for c in request.columns if c != OP_COLUMN)
+    if feed.mode == "incremental" and feed.previous_snapshot is not None:
+        check_installed(conn, spec)
+        if feed.previous_schema is not None:
+            before = dict(feed.previous_schema)
+            changed = [c for c in columns if c in before and before[c] != types[c].pg_type]
+            if changed:
+                feed = replace(
+                    feed,
+                    mode="full",
+                    reason=f"the type of {', '.join(changed)} changed since the previous delivery",
+                )
+    elif feed.mode == "incremental":
+        feed = replace(feed, mode="full", reason=feed.reason or "a feed's first delivery is full")
+    return replace(request, columns=(*columns, OP_COLUMN), max_rows_per_file=None, feed=feed)
 
 
 def check_key_length(location: ExportLocation) -> None:

@@ -20,6 +20,10 @@ from export_pipelines.core.storage.pg_connect import open_connection
 if TYPE_CHECKING:  # request imports the encoders, which import ColumnInfo from here
     from export_pipelines.core.requests.request import ExportRequest
 
+FEED_ALIAS = "_feed"
+OP_COLUMN_NAME = "_op"  # request.OP_COLUMN (request imports this module's users)
+XID_COLUMN = "_export_xid"  # change_tracking.py installs it
+
 DEFAULT_STATEMENT_TIMEOUT_SECONDS = 300
 
 # Session settings every export connection uses: UTC instants, ISO dates, and bounds that
@@ -96,6 +100,9 @@ class ExportQuery:
             )
         ]
         params: list[Any] = [req.tenant_id]
+        if req.feed is not None:
+            # A feed's relation applies the filters itself (a row leaving them is a delete).
+            return self._key_window(parts, params, after, upto)
         if req.date_from is not None and spec.time_column:
             parts.append(
                 sql.SQL("{} >= {}").format(
@@ -113,6 +120,12 @@ class ExportQuery:
         for column, values in req.filters.items():
             parts.append(sql.SQL("{} = ANY(%s::{}[])").format(sql.Identifier(column), self._type(column)))
             params.append(list(values))
+        return self._key_window(parts, params, after, upto)
+
+    def _key_window(
+        self, parts: list[sql.Composable], params: list[Any], after: Any, upto: Any
+    ) -> tuple[sql.Composable, list[Any]]:
+        spec = self.spec
         if after is not None:
             parts.append(sql.SQL("{} > {}").format(sql.Identifier(spec.key), self._placeholder(spec.key)))
             params.append(after)
@@ -129,8 +142,18 @@ class ExportQuery:
         return sql.SQL(self.types[column].pg_type)  # type: ignore[arg-type]
 
     @property
-    def table(self) -> sql.Identifier:
+    def table(self) -> sql.Composable:
+        """What rows are read from: the table, or for a feed's delivery its change relation."""
+        if self.request.feed is not None:
+            return feed_relation(self.spec, self.request, self.types)
         return sql.Identifier(self.spec.table.schema, self.spec.table.name)
+
+    @property
+    def qualifier(self) -> sql.Composable:
+        """How a column of `table` is qualified."""
+        if self.request.feed is not None:
+            return sql.Identifier(FEED_ALIAS)
+        return self.table
 
     @property
     def select_list(self) -> sql.Composable:
@@ -194,8 +217,12 @@ class RenderedQuery(ExportQuery):
         where, params = self.where(after, upto)
         # ORDER BY the table's key column, qualified: a bare name would mean the rendered
         # output column of the same name (text order instead of key order).
-        select = sql.SQL("SELECT {cols} FROM {table} WHERE {where} ORDER BY {table}.{key}").format(
-            cols=self.select_list, table=self.table, where=where, key=sql.Identifier(self.spec.key)
+        select = sql.SQL("SELECT {cols} FROM {table} WHERE {where} ORDER BY {qualifier}.{key}").format(
+            cols=self.select_list,
+            table=self.table,
+            where=where,
+            qualifier=self.qualifier,
+            key=sql.Identifier(self.spec.key),
         )
         if not self.json_rows:
             return select, params
@@ -212,3 +239,93 @@ class RenderedQuery(ExportQuery):
             sql.SQL("COPY ({}) TO STDOUT (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')").format(select),
             params,
         )
+
+
+class _Literal(sql.Literal):
+    """A literal inside a statement that also has %s parameters: its own % are escaped, or psycopg
+    would read them as placeholders (a tenant id may hold a %)."""
+
+    def as_bytes(self, context: Any = None) -> bytes:
+        return super().as_bytes(context).replace(b"%", b"%%")
+
+
+def feed_relation(spec: ResourceSpec, request: ExportRequest, types: dict[str, ColumnInfo]) -> sql.Composable:
+    """A feed delivery's rows as a derived table: every catalog column and `_op`.
+
+    full: the tenant's rows matching the filters, all `upsert`. incremental: the keys whose row or
+    tombstone carries an xid not visible in the previous snapshot S (`xid >= pg_snapshot_xmin(S)`
+    bounds an index range; `NOT pg_visible_in_snapshot(xid, S)` decides), joined to their row in
+    this snapshot: `upsert` with the row, or `delete` with the key when no row (matching the
+    filters) remains. Values are literals, bound client-side by psycopg: the relation sits inside
+    every statement of the export without shifting its parameters."""
+    feed = request.feed
+    assert feed is not None
+    table = sql.Identifier(spec.table.schema, spec.table.name)
+
+    def typed(value: Any, column: str) -> sql.Composable:
+        return sql.SQL("{}::{}").format(_Literal(value), sql.SQL(types[column].pg_type))  # type: ignore[arg-type]
+
+    tenant = typed(request.tenant_id, spec.tenant_column)
+    filters = [
+        sql.SQL("t.{} = ANY({}::{}[])").format(
+            sql.Identifier(column),
+            _Literal(list(values)),
+            sql.SQL(types[column].pg_type),  # type: ignore[arg-type]
+        )
+        for column, values in request.filters.items()
+    ]
+    key, tcol = sql.Identifier(spec.key), sql.Identifier(spec.tenant_column)
+    if feed.mode == "full" or feed.previous_snapshot is None:
+        where = sql.SQL(" AND ").join([sql.SQL("t.{} = {}").format(tcol, tenant), *filters])
+        cols = sql.SQL(", ").join(sql.SQL("t.{0} AS {0}").format(sql.Identifier(c)) for c in spec.columns)
+        return sql.SQL(
+            "(SELECT {cols}, 'upsert'::text AS {op} FROM {table} t WHERE {where}) AS {alias}"
+        ).format(
+            cols=cols,
+            op=sql.Identifier(OP_COLUMN_NAME),
+            table=table,
+            where=where,
+            alias=sql.Identifier(FEED_ALIAS),
+        )
+    snap = sql.SQL("{}::pg_snapshot").format(_Literal(feed.previous_snapshot))
+    changed = sql.SQL("{xid} >= pg_snapshot_xmin({snap}) AND NOT pg_visible_in_snapshot({xid}, {snap})")
+    key_type = sql.SQL(types[spec.key].pg_type)  # type: ignore[arg-type]
+    keys = sql.SQL(
+        "SELECT r.{key} AS k FROM {table} r WHERE r.{tcol} = {tenant} AND {rows_changed} "
+        "UNION SELECT (d.pk ->> {key_name})::{key_type} FROM public.export_tombstones d "
+        "WHERE d.resource = {resource} AND d.tenant_id = {tenant_text} AND {tombs_changed}"
+    ).format(
+        key=key,
+        table=table,
+        tcol=tcol,
+        tenant=tenant,
+        rows_changed=changed.format(xid=sql.SQL("r.{}").format(sql.Identifier(XID_COLUMN)), snap=snap),
+        key_name=_Literal(spec.key),
+        key_type=key_type,
+        resource=_Literal(spec.name),
+        tenant_text=_Literal(str(request.tenant_id)),
+        tombs_changed=changed.format(xid=sql.SQL("d.xid"), snap=snap),
+    )
+    cols = []
+    for c in spec.columns:
+        if c == spec.key:
+            cols.append(sql.SQL("ch.k AS {}").format(key))
+        elif c == spec.tenant_column:
+            cols.append(sql.SQL("{} AS {}").format(tenant, tcol))
+        else:
+            cols.append(sql.SQL("t.{0} AS {0}").format(sql.Identifier(c)))
+    join = sql.SQL(" AND ").join(
+        [sql.SQL("t.{} = {}").format(tcol, tenant), sql.SQL("t.{} = ch.k").format(key), *filters]
+    )
+    return sql.SQL(
+        "(SELECT {cols}, CASE WHEN t.{key} IS NULL THEN 'delete' ELSE 'upsert' END::text AS {op} "
+        "FROM ({keys}) AS ch LEFT JOIN {table} t ON {join}) AS {alias}"
+    ).format(
+        cols=sql.SQL(", ").join(cols),
+        key=key,
+        op=sql.Identifier(OP_COLUMN_NAME),
+        keys=keys,
+        table=table,
+        join=join,
+        alias=sql.Identifier(FEED_ALIAS),
+    )

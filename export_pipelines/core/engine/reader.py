@@ -113,7 +113,7 @@ class Reader(threading.Thread):
         start = self.start_at
         after, batch_rows, files = start.after, start.batch_rows, start.files_done
         continuing = start.continue_rows is not None
-        if self.plan.high_water_mark is None:
+        if self.plan.high_water_mark is None and self.plan.request.feed is None:
             # No matching rows at plan time: one file with just the header / schema.
             snapshot = self.source.begin_file()
             if continuing:

@@ -58,6 +58,11 @@ class ResourceSpec:
     time_column: str | None
     columns: tuple[str, ...]
     filters: tuple[str, ...]
+    # Change tracking (docs/feeds.md): the table carries a transaction-id column and a tombstone
+    # trigger, so feeds can deliver only what changed. The primary key is [key] or
+    # [tenant_column, key]: one key column within a tenant, what keyset batches walk.
+    change_tracking: bool = False
+    primary_key: tuple[str, ...] = ()
 
     def check_columns(self, requested: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
         """The requested columns in the order given (default: all), or a CatalogError."""
@@ -126,7 +131,16 @@ def _parse_resource(name: str, raw: Any) -> ResourceSpec:
         raise CatalogError(f"{where}: resource names are plain identifiers")
     if not isinstance(raw, dict):
         raise CatalogError(f"{where}: must be a mapping")
-    known = {"table", "tenant_column", "key", "time_column", "columns", "filters"}
+    known = {
+        "table",
+        "tenant_column",
+        "key",
+        "time_column",
+        "columns",
+        "filters",
+        "change_tracking",
+        "primary_key",
+    }
     extra = set(raw) - known
     if extra:
         raise CatalogError(f"{where}: unknown field(s) {sorted(extra)}; allowed: {allowed(sorted(known))}")
@@ -144,6 +158,7 @@ def _parse_resource(name: str, raw: Any) -> ResourceSpec:
         time_column=_ident(raw["time_column"], f"{where}.time_column") if raw.get("time_column") else None,
         columns=columns,
         filters=_str_list(raw.get("filters") or [], f"{where}.filters"),
+        **_change_tracking(raw, where),
     )
     for field in ("key", "tenant_column", "time_column"):
         value = getattr(spec, field)
@@ -152,7 +167,33 @@ def _parse_resource(name: str, raw: Any) -> ResourceSpec:
     for f in spec.filters:
         if f not in spec.columns:
             raise CatalogError(f"{where}.filters: {f!r} must also be listed in columns")
+    if spec.change_tracking:
+        allowed_keys = [[spec.key], [spec.tenant_column, spec.key]]
+        if list(spec.primary_key) not in allowed_keys:
+            raise CatalogError(
+                f"{where}.primary_key: must be [{spec.key}] or [{spec.tenant_column}, {spec.key}] "
+                f"(the key column within a tenant, with or without the tenant column), "
+                f"got {list(spec.primary_key)}"
+            )
     return spec
+
+
+def _change_tracking(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    tracking = raw.get("change_tracking", False)
+    if not isinstance(tracking, bool):
+        raise CatalogError(f"{where}.change_tracking: must be true or false, got {tracking!r}")
+    if "primary_key" in raw:
+        pk = raw["primary_key"]
+        pk = [pk] if isinstance(pk, str) else pk
+        primary_key = _str_list(pk, f"{where}.primary_key")
+    else:
+        primary_key = ()
+    if tracking and not primary_key:
+        raise CatalogError(
+            f"{where}.primary_key: required with change_tracking: true "
+            f"(e.g. [{raw.get('tenant_column', 'tenant_id')}, {raw.get('key', 'id')}])"
+        )
+    return {"change_tracking": tracking, "primary_key": primary_key}
 
 
 def parse_catalog(data: Any, source: str = "<memory>") -> Catalog:

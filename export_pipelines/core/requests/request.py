@@ -53,6 +53,28 @@ MAX_EMAIL_CHARS = 254  # RFC 5321 path limit
 _EMAIL = re.compile(r"^[^@\s,;<>()\[\]\\\"]+@[^@\s,;<>()\[\]\\\"]+\.[^@\s,;<>()\[\]\\\"]+$")
 
 
+OP_COLUMN = "_op"  # a feed delivery's extra column: 'upsert' or 'delete'
+
+
+@dataclass(frozen=True)
+class FeedWindow:
+    """What makes an export a feed's delivery (docs/feeds.md): which changes it holds.
+
+    `mode` full: every row of the selection, `_op = 'upsert'`; incremental: every key whose row or
+    tombstone was written by a transaction not visible in `previous_snapshot` (the previous
+    delivery's snapshot) and visible in this delivery's, as its state in this snapshot."""
+
+    feed_id: str
+    sequence: int
+    mode: str  # full | incremental
+    previous_snapshot: str | None = None
+    previous_manifest: str | None = None
+    # The previous delivery's schema (columns and types): a changed type forces a full delivery.
+    previous_schema: tuple[tuple[str, str], ...] | None = None
+    previous_schema_hash: str | None = None
+    reason: str = ""  # why this delivery is full (first, asked for, the schema's types changed)
+
+
 @dataclass(frozen=True)
 class ExportRequest:
     tenant_id: str
@@ -67,6 +89,8 @@ class ExportRequest:
     export_id: str = "adhoc"
     max_rows_per_file: int | None = None
     link_expiry_hours: int = 24
+    # Set for a feed's delivery: read in one snapshot, with `_op`, only the changes when incremental.
+    feed: FeedWindow | None = None
 
     def filters_for_manifest(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: list(v) for k, v in self.filters.items()}

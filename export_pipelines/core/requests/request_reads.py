@@ -33,6 +33,7 @@ class RequestReads(RequestRows):
         status: str | None,
         after: tuple[datetime, str] | None,
         limit: int,
+        feed_id: str | None = None,
     ) -> list[StoredRequest]:
         """Up to `limit` rows, newest first, keyset-paginated on (created_at, id) after `after` (the
         last row of the previous page), never by counting rows to skip."""
@@ -41,6 +42,7 @@ class RequestReads(RequestRows):
             SELECT * FROM export_requests
             WHERE (%(t)s::text IS NULL OR tenant_id = %(t)s)
               AND (%(s)s::text IS NULL OR status = %(s)s)
+              AND (%(f)s::uuid IS NULL OR feed_id = %(f)s::uuid)
               AND (%(c)s::timestamptz IS NULL OR (created_at, id) < (%(c)s, %(i)s::uuid))
             ORDER BY created_at DESC, id DESC
             LIMIT %(n)s
@@ -51,6 +53,7 @@ class RequestReads(RequestRows):
                 "c": after[0] if after else None,
                 "i": after[1] if after else None,
                 "n": limit,
+                "f": feed_id,
             },
         )
 

@@ -78,6 +78,11 @@ class StoredRequest:
     export_id: str | None = None
     origin: str = "request"
     updated_at: datetime | None = None
+    # A feed's delivery (docs/feeds.md): its feed, its number, and what the next one starts from.
+    feed_id: str | None = None
+    sequence: int | None = None
+    feed_full_refresh: bool = False
+    feed_record: Any = None
 
     @property
     def folder_export_id(self) -> str:
@@ -99,7 +104,10 @@ class StoredRequest:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> StoredRequest:
-        return cls(**{k: row[k] for k in cls.__dataclass_fields__ if k in row})
+        values = {k: row[k] for k in cls.__dataclass_fields__ if k in row}
+        if values.get("feed_id") is not None:
+            values["feed_id"] = str(values["feed_id"])
+        return cls(**values)
 
 
 def check_request_fields(
