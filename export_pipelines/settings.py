@@ -91,6 +91,12 @@ class Settings:
     tenant_max_active: int = DEFAULT_TENANT_MAX_ACTIVE
     # EXPORT_TENANT_STARTS_PER_MINUTE: runs the request sensor starts per tenant per minute.
     tenant_starts_per_minute: int = DEFAULT_STARTS_PER_MINUTE
+    signing_key: str | None = None  # EXPORT_SIGNING_KEY (secret): Ed25519 key that signs manifests
+    # EXPORT_SIGNING_KEYS_RETIRED: public keys of earlier signing keys, still published (rotation)
+    signing_keys_retired: tuple[str, ...] = ()
+    secrets_key: str | None = None  # EXPORT_SECRETS_KEY (secret): Fernet key(s) of destination credentials
+    # EXPORT_DESTINATIONS_ALLOW_PRIVATE=1: destinations on loopback/private addresses (dev only)
+    destinations_allow_private: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -125,6 +131,12 @@ class Settings:
             tenant_starts_per_minute=_positive(
                 environ, "EXPORT_TENANT_STARTS_PER_MINUTE", cls.tenant_starts_per_minute
             ),
+            signing_key=text("EXPORT_SIGNING_KEY"),
+            signing_keys_retired=tuple(
+                k.strip() for k in environ.get("EXPORT_SIGNING_KEYS_RETIRED", "").split(",") if k.strip()
+            ),
+            secrets_key=text("EXPORT_SECRETS_KEY"),
+            destinations_allow_private=environ.get("EXPORT_DESTINATIONS_ALLOW_PRIVATE", "").strip() == "1",
         )
 
     def s3_client_options(self) -> dict[str, str | None]:
@@ -171,6 +183,7 @@ _STORAGE = "Source database and storage"
 _NOTIFY = "Notifications"
 _REQUESTS = "Requests and limits"
 _MONTHLY = "Monthly dumps"
+_DELIVERY = "Destinations and signed manifests"
 
 VARIABLES: tuple[Variable, ...] = (
     Variable(
@@ -313,5 +326,40 @@ VARIABLES: tuple[Variable, ...] = (
         _MONTHLY,
         "Most tenant x month partitions one monthly run exports, one after another (`1`: a run per "
         "partition). Dagster's per-run cost is then paid once per batch.",
+    ),
+    Variable(
+        "EXPORT_SIGNING_KEY",
+        "signing_key",
+        _DELIVERY,
+        "Ed25519 private key that signs every manifest (`manifest.json.sig`): base64 of the 32-byte "
+        "seed (`export-pipelines signing-key generate`) or a PKCS#8 PEM. Its public key is served at "
+        "`GET /v1/signing-keys`; unset, manifests go out unsigned and a warning is logged.",
+        required=True,
+        secret=True,
+    ),
+    Variable(
+        "EXPORT_SIGNING_KEYS_RETIRED",
+        "signing_keys_retired",
+        _DELIVERY,
+        "Comma-separated public keys (base64) of earlier signing keys, still published at "
+        "`GET /v1/signing-keys` so deliveries signed before a rotation keep verifying.",
+        default="empty",
+    ),
+    Variable(
+        "EXPORT_SECRETS_KEY",
+        "secrets_key",
+        _DELIVERY,
+        "Fernet key(s) that encrypt destination credentials at rest; comma-separated, newest first "
+        "(older keys still decrypt; `export-pipelines secrets rotate` re-encrypts with the first).",
+        required=True,
+        secret=True,
+    ),
+    Variable(
+        "EXPORT_DESTINATIONS_ALLOW_PRIVATE",
+        "destinations_allow_private",
+        _DELIVERY,
+        "`1` lets destinations name loopback and private hosts (the local test servers, development "
+        "only); link-local and metadata addresses stay refused.",
+        default="unset (refused)",
     ),
 )

@@ -89,7 +89,9 @@ def dagster_resources(source_url, s3_client, bucket, prefix, stack_env) -> dict[
             aws_access_key_id=stack_env["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=stack_env["AWS_SECRET_ACCESS_KEY"],
         ),
-        "export_settings": ExportSettings(bucket=bucket, prefix=prefix),
+        "export_settings": ExportSettings(
+            bucket=bucket, prefix=prefix, signing_key=stack_env["EXPORT_SIGNING_KEY"]
+        ),
         "notifier": Notifier(webhook_secret=WEBHOOK_SECRET, smtp_url=None),
     }
 

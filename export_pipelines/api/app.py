@@ -28,7 +28,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from export_pipelines.api.auth import RequestLog
 from export_pipelines.api.db import ConnectionPool
 from export_pipelines.api.errors import ApiError, error_response, export_error_response
-from export_pipelines.api.routes import cancel, catalog, create, events, exports, files, health, page
+from export_pipelines.api.routes import (
+    cancel,
+    catalog,
+    create,
+    events,
+    exports,
+    files,
+    health,
+    page,
+    signing_keys,
+)
 from export_pipelines.api.routes import settings as notify_settings
 from export_pipelines.api.service import ExportApi
 from export_pipelines.core.errors import ExportError
@@ -60,7 +70,7 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
     app.add_middleware(RequestLog)
     add_error_handlers(app)
     # The order of the original single module, so /openapi.json lists the paths as before.
-    for module in (health, create, exports, files, events, cancel, catalog, notify_settings):
+    for module in (health, create, exports, files, events, cancel, catalog, notify_settings, signing_keys):
         app.include_router(module.router(api))
     app.include_router(page.router())
     return app

@@ -363,7 +363,12 @@ def finalize(
     """Write manifest.json, drop stale objects, write _SUCCESS, presign the links."""
     with explained_on_last_attempt(context):
         done = finalize_export(
-            s3.get_client(), export_settings.bucket, run_plan.plan, outcome, source.checkpoints()
+            s3.get_client(),
+            export_settings.bucket,
+            run_plan.plan,
+            outcome,
+            source.checkpoints(),
+            signer=export_settings.signer(),
         )
     metadata: dict[str, Any] = {
         "rows": done.rows,

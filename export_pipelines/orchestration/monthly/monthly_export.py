@@ -183,7 +183,7 @@ def _write(
             raise CanceledThroughApi(CANCELED_MESSAGE)
 
     outcome = write_export(source, settings, client, plan, on_progress, checkpoints, abort_on_error)
-    return finalize_export(client, settings.bucket, plan, outcome, checkpoints)
+    return finalize_export(client, settings.bucket, plan, outcome, checkpoints, signer=settings.signer())
 
 
 def _ended(
