@@ -6,7 +6,9 @@
 # - Chromium (`/usr/bin/chromium`): the real browser the /exports page test drives with playwright
 #   (the dev extra); `playwright install` is never used;
 # - Node.js (`node`): JavaScript's JSON.parse, one of the customer readers of the JSON exports;
-# - poppler-utils (`pdftotext`, `pdftoppm`): reads and renders the PDF exports.
+# - poppler-utils (`pdftotext`, `pdftoppm`): reads and renders the PDF exports;
+# - openssh-server (`/usr/sbin/sshd`): the SFTP server the sftp destination tests deliver to, started
+#   by the tests on a loopback port with its own host key and config (never the system's service).
 # Without them those tests skip, except on CI (CI=true), where they fail.
 set -euo pipefail
 missing=()
@@ -14,6 +16,7 @@ command -v soffice >/dev/null 2>&1 || missing+=(libreoffice-calc)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v pdftotext >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 || missing+=(poppler-utils)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

@@ -32,6 +32,7 @@ from export_pipelines.api.routes import (
     cancel,
     catalog,
     create,
+    destinations,
     events,
     exports,
     files,
@@ -70,7 +71,18 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
     app.add_middleware(RequestLog)
     add_error_handlers(app)
     # The order of the original single module, so /openapi.json lists the paths as before.
-    for module in (health, create, exports, files, events, cancel, catalog, notify_settings, signing_keys):
+    for module in (
+        health,
+        create,
+        exports,
+        files,
+        events,
+        cancel,
+        catalog,
+        notify_settings,
+        signing_keys,
+        destinations,
+    ):
         app.include_router(module.router(api))
     app.include_router(page.router())
     return app
