@@ -104,3 +104,16 @@ def store(source_url):
         # Notifications left by earlier tests would reach this test's receivers.
         s.execute("TRUNCATE export_requests, export_deliveries")
         yield s
+
+
+@pytest.fixture(scope="session")
+def sftp_server(tmp_path_factory):
+    """One OpenSSH SFTP server on a loopback port for the whole session (export_pipelines_dev)."""
+    from export_pipelines_dev.sftp_server import SftpServer, available
+
+    if not available():
+        if os.environ.get("CI") == "true":
+            pytest.fail("sshd is missing: scripts/test_tools.sh installs openssh-server")
+        pytest.skip("sshd is missing: run scripts/test_tools.sh (Debian's openssh-server)")
+    with SftpServer.start(tmp_path_factory.mktemp("sftp")) as server:
+        yield server

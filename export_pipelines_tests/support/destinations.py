@@ -40,3 +40,17 @@ def s3_config(stack_env: dict[str, str], prefix: str, **extra: Any) -> dict[str,
         "endpoint_url": stack_env["AWS_ENDPOINT_URL"],
         **extra,
     }
+
+
+def sftp_config(server: Any, **extra: Any) -> dict[str, Any]:
+    return {
+        "host": "127.0.0.1",
+        "port": server.port,
+        "path": str(server.root),
+        "host_key": server.host_key_line,
+        **extra,
+    }
+
+
+def sftp_credentials(server: Any) -> dict[str, str]:
+    return {"username": server.username, "private_key": server.client_key_pem}

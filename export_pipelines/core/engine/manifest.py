@@ -139,6 +139,7 @@ def finalize_export(
     checkpoints: CheckpointStore | None = None,
     *,
     signer: ManifestSigner | None = None,
+    links: bool = True,
 ) -> FinalizedExport:
     """Manifest (and its signature), stale-object cleanup, _SUCCESS; then the checkpoint is done with."""
     loc = plan.location
@@ -163,6 +164,8 @@ def finalize_export(
         raise explain(exc, bucket, loc.folder) from exc
     if checkpoints is not None:
         checkpoints.forget(loc.folder)
+    if not links:  # a tenant's own bucket: the files stay there, named by their s3:// URLs
+        return delivered_in_place(f"s3://{bucket}/", loc.manifest_key, outcome)
 
     # The links live no longer than the signing credentials allow (core/storage/links.py); the promised
     # expiry is the one the links really have.
@@ -183,6 +186,22 @@ def finalize_export(
         manifest_url=manifest_url,
         files=links,
         expires_at=expires_at,
+        rows=outcome.rows,
+        bytes=outcome.bytes,
+    )
+
+
+# A delivery into a tenant's own storage has no link to expire; its row keeps this date.
+DELIVERED_EXPIRES_AT = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+def delivered_in_place(base: str, manifest_key: str, outcome: ExportOutcome) -> FinalizedExport:
+    """The result of an export delivered into a destination: where each file now lies."""
+    return FinalizedExport(
+        manifest_key=manifest_key,
+        manifest_url=base + manifest_key,
+        files=[FileLink(f.key, base + f.key, f.rows, f.bytes) for f in outcome.files],
+        expires_at=DELIVERED_EXPIRES_AT,
         rows=outcome.rows,
         bytes=outcome.bytes,
     )

@@ -53,7 +53,8 @@ class Destination:
 
     @property
     def prefix(self) -> str:
-        return str(self.config.get("prefix") or self.config.get("path") or "").strip("/")
+        """The key prefix export folders go under (an SFTP destination's `path` is its root)."""
+        return str(self.config.get("prefix") or "").strip("/")
 
     def public(self) -> dict[str, Any]:
         """What the API shows: never the credentials, a fingerprint instead."""
