@@ -244,4 +244,10 @@ def tenant_message(code: str, exc: BaseException | None = None) -> str:
         for link in _chain(exc):
             if isinstance(link, Rejected):
                 return str(link)[:MAX_TENANT_MESSAGE_CHARS]
+    if code.startswith("destination_") and exc is not None:
+        # Written by the destination writers for the tenant: the field and what to fix, never a
+        # credential nor an address the host resolved to.
+        for link in _chain(exc):
+            if isinstance(link, DestinationError):
+                return f"{TENANT_MESSAGES[code]} ({str(link)[:MAX_TENANT_MESSAGE_CHARS]})"
     return TENANT_MESSAGES[code]

@@ -16,6 +16,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
 from export_pipelines.core.delivery.delivery_store import DeliveryStore
+from export_pipelines.core.delivery.destinations.secrets import SecretBox
 from export_pipelines.core.delivery.drain import Channels
 from export_pipelines.core.delivery.webhook_target import parse_allowlist
 from export_pipelines.core.engine.checkpoints import CheckpointStore
@@ -139,6 +140,8 @@ class ExportSettings(dg.ConfigurableResource):
     pdf_max_rows: int = DEFAULT_PDF_MAX_ROWS  # a pdf request over this many rows is refused
     tenant_starts_per_minute: int = DEFAULT_STARTS_PER_MINUTE  # runs the sensor starts per tenant
     signing_key: str | None = None  # EXPORT_SIGNING_KEY, through EnvVar: signs every manifest
+    secrets_key: str | None = None  # EXPORT_SECRETS_KEY, through EnvVar: decrypts destination credentials
+    destinations_allow_private: bool = False  # EXPORT_DESTINATIONS_ALLOW_PRIVATE (dev only)
 
     def signer(self) -> ManifestSigner | None:
         """The manifest signer; None (manifests unsigned, and said so in the run's log) without a key."""
@@ -146,6 +149,9 @@ class ExportSettings(dg.ConfigurableResource):
             log.warning("EXPORT_SIGNING_KEY is not set: this manifest goes out unsigned")
             return None
         return load_signer(self.signing_key)
+
+    def secret_box(self) -> SecretBox | None:
+        return SecretBox(self.secrets_key) if self.secrets_key else None
 
     def catalog(self) -> Catalog:
         return load_catalog(self.catalog_path or None)
@@ -203,6 +209,8 @@ def resources_from_settings(settings: Settings) -> dict[str, Any]:
             pdf_max_rows=settings.pdf_max_rows,
             tenant_starts_per_minute=settings.tenant_starts_per_minute,
             signing_key=_secret("EXPORT_SIGNING_KEY", settings.signing_key),
+            secrets_key=_secret("EXPORT_SECRETS_KEY", settings.secrets_key),
+            destinations_allow_private=settings.destinations_allow_private,
         ),
         "notifier": Notifier(
             webhook_secret=dg.EnvVar("EXPORT_WEBHOOK_SECRET"),

@@ -164,3 +164,18 @@ def test_secrets_rotate_reencrypts_with_the_newest_key(
         assert found.credentials == TENANT_S3_CREDENTIALS
         # Put the deployment's key back for the other tests' rows.
         store.rotate(SecretBox(f"{old},{new}"))
+
+
+def test_an_export_request_names_a_destination_of_its_tenant(api, headers, stack_env, source_url):
+    made = create(api, headers, **s3_body(stack_env)).json()
+    body = {"resource": "orders", "destination_id": made["id"]}
+    answer = httpx.post(f"{api.url}/v1/exports", json=body, headers=headers, timeout=30)
+    assert answer.status_code == 202, answer.text
+    with psycopg.connect(source_url) as conn:
+        stored = conn.execute(
+            "SELECT destination_id::text FROM export_requests WHERE id = %s", [answer.json()["id"]]
+        ).fetchone()
+    assert stored == (made["id"],)
+    other = auth(key_for(source_url, "t-006"))
+    refused = httpx.post(f"{api.url}/v1/exports", json=body, headers=other, timeout=30)
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "destination_id"

@@ -28,6 +28,7 @@ from export_pipelines.core.engine.manifest import (
     manifest_bytes,
 )
 from export_pipelines.core.engine.plan import ExportPlan
+from export_pipelines.core.engine.resume import abandon_open_uploads
 from export_pipelines.core.engine.signing import SIGNATURE_SUFFIX, ManifestSigner
 from export_pipelines.core.engine.upload import DEFAULT_PART_SIZE
 from export_pipelines.core.errors import DestinationError, DestinationInvalid
@@ -50,9 +51,10 @@ def export_to_destination(
     on_progress: Callable[[ExportProgress], None] | None = None,
     abort_on_error: bool = True,
     statement_timeout_seconds: float | None = None,
-) -> FinalizedExport:
-    """Write the planned export (whose prefix is the destination's) into the destination; raises
-    DestinationError with the code the tenant reads when the destination fails us."""
+) -> ExportOutcome:
+    """Write the planned export (whose prefix is the destination's) into the destination, manifest,
+    signature and `_SUCCESS` included; raises DestinationError with the code the tenant reads when
+    the destination fails us. `delivered(destination, plan, outcome)` says where the files lie."""
     if destination.kind == "s3":
         return _to_s3(
             plan,
@@ -97,7 +99,7 @@ def _to_s3(
     on_progress: Callable[[ExportProgress], None] | None,
     abort_on_error: bool,
     statement_timeout_seconds: float | None,
-) -> FinalizedExport:
+) -> ExportOutcome:
     bucket = destination.config["bucket"]
     try:
         client = s3_destination.destination_client(destination, allow_private=allow_private)
@@ -116,13 +118,31 @@ def _to_s3(
             abort_on_error=abort_on_error,
             statement_timeout_seconds=statement_timeout_seconds,
         )
-        return finalize_export(client, bucket, plan, outcome, checkpoints, signer=signer, links=False)
+        finalize_export(client, bucket, plan, outcome, checkpoints, signer=signer, links=False)
+        return outcome
     except DestinationError:
         raise
     except Exception as exc:
         if _is_storage_error(exc):
             raise s3_destination.s3_error(_storage_cause(exc), destination) from exc
         raise
+
+
+def abandon(
+    destination: Destination,
+    plan: ExportPlan,
+    checkpoints: CheckpointStore | None,
+    *,
+    allow_private: bool = False,
+) -> None:
+    """A failed export that will not be retried: abort its open multipart uploads in the tenant's
+    bucket (with the credentials read when it started: a deleted destination's are wiped from the
+    table by then). Never raises; SFTP writers remove their own partial files as they fail."""
+    if destination.kind != "s3":
+        return
+    with contextlib.suppress(Exception):
+        client = s3_destination.destination_client(destination, allow_private=allow_private, max_attempts=1)
+        abandon_open_uploads(client, destination.config["bucket"], plan.location.folder, checkpoints)
 
 
 def _storage_cause(exc: BaseException) -> BaseException:
@@ -210,7 +230,7 @@ def _to_sftp(
     part_size: int,
     on_progress: Callable[[ExportProgress], None] | None,
     statement_timeout_seconds: float | None,
-) -> FinalizedExport:
+) -> ExportOutcome:
     base = destination.config["path"].rstrip("/")
     loc = plan.location
     try:
@@ -243,7 +263,18 @@ def _to_sftp(
         if isinstance(exc, OSError | EOFError) or type(exc).__module__.startswith("paramiko"):
             raise sftp_destination.sftp_error(exc, destination) from exc
         raise
-    return delivered_in_place(f"sftp://{destination.config['host']}{base}/", loc.folder.rstrip("/"), outcome)
+    return outcome
+
+
+def delivered(destination: Destination, plan: ExportPlan, outcome: ExportOutcome) -> FinalizedExport:
+    """Where a delivered export's files lie, as URLs a tenant recognises (s3://bucket/key,
+    sftp://host/path/key); nothing expires."""
+    config = destination.config
+    if destination.kind == "sftp":
+        base = f"sftp://{config['host']}{config['path'].rstrip('/')}/"
+    else:
+        base = f"s3://{config['bucket']}/"
+    return delivered_in_place(base, plan.location.manifest_key, outcome)
 
 
 def _finish_sftp(

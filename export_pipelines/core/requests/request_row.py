@@ -78,6 +78,8 @@ class StoredRequest:
     export_id: str | None = None
     origin: str = "request"
     updated_at: datetime | None = None
+    # The tenant's destination the files go to (core/delivery/destinations/); None: ours, as links.
+    destination_id: Any = None
 
     @property
     def folder_export_id(self) -> str:

@@ -154,12 +154,12 @@ def test_export_arrives_byte_identical_to_the_link_export(
 ):
     dest = destination(kind, stack_env, sftp_server, prefix)
     plan = _plan(catalog, source_url, dest.prefix, "same-export")
-    done = _export(kind, dest, plan, catalog, source_url, signer)
+    outcome = _export(kind, dest, plan, catalog, source_url, signer)
     files = delivered(kind, stack_env, sftp_server, dest, plan.location.folder, tmp_path / "got")
     parts = {name: data for name, data in files.items() if name.startswith("part-")}
     assert parts == link_export  # byte for byte, under the same names
     assert set(files) == {*link_export, "manifest.json", "manifest.json.sig", "_SUCCESS"}
-    assert done.rows == sum(f.rows for f in done.files) and done.files
+    assert outcome.rows == plan.rows_total and outcome.files
     public = tmp_path / "key.pub"
     public.write_text(signer.published().public_key)
     assert main(["verify", str(tmp_path / "got"), "--public-key", str(public)]) == 0, capsys.readouterr()
