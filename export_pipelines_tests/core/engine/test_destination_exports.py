@@ -38,7 +38,9 @@ from export_pipelines_tests.support.destinations import (
 
 BIG = "t-big"
 PART = 5 << 20
-KINDS = ("s3", "sftp")
+KINDS = ("s3", "sftp", "azure_blob", "gcs")
+# The emulators, started (once per session) only when a test of their kind runs.
+SERVER_OF = {"azure_blob": "azure", "gcs": "gcs"}
 REQUEST = {"format": "csv", "compression": "none"}  # one file of several 5 MiB parts
 
 
@@ -72,10 +74,48 @@ def _plan(catalog, source_url, prefix, export_id, checkpoints=None):
     return plan_export(source_url, catalog, request, prefix, checkpoints=checkpoints)
 
 
+@pytest.fixture(scope="module")
+def azure(request):
+    """Azurite with the tenant's container, started only for the tests that deliver to it."""
+    from azure.storage.blob import BlobServiceClient
+
+    from export_pipelines_dev.azurite import ACCOUNT_KEY, ACCOUNT_NAME
+
+    server = request.getfixturevalue("azurite")
+    service = BlobServiceClient(
+        server.account_url, credential={"account_name": ACCOUNT_NAME, "account_key": ACCOUNT_KEY}
+    )
+    if not service.get_container_client("tenant-dest").exists():
+        service.create_container("tenant-dest")
+    return server
+
+
+@pytest.fixture(scope="module")
+def gcs(request):
+    """fake-gcs-server with the tenant's bucket."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    server = request.getfixturevalue("fake_gcs")
+    client = storage.Client(
+        project="tenant", credentials=AnonymousCredentials(), client_options={"api_endpoint": server.url}
+    )
+    if client.lookup_bucket("tenant-dest") is None:
+        client.create_bucket("tenant-dest")
+    return server
+
+
 def destination(
-    kind: str, stack_env, sftp_server, prefix: str, *, config=None, credentials=None
+    kind: str, stack_env, sftp_server, prefix: str, *, config=None, credentials=None, azure=None
 ) -> Destination:
-    if kind == "s3":
+    if kind == "gcs":
+        base_config, creds = {"bucket": "tenant-dest", "prefix": prefix, "endpoint_url": azure.url}, {}
+    elif kind == "azure_blob":
+        from export_pipelines_dev.azurite import ACCOUNT_KEY, ACCOUNT_NAME
+
+        base_config = {"account_url": azure.account_url, "container": "tenant-dest", "prefix": prefix}
+        creds = {"account_name": ACCOUNT_NAME, "account_key": ACCOUNT_KEY}
+    elif kind == "s3":
         base_config, creds = s3_config(stack_env, prefix), dict(TENANT_S3_CREDENTIALS)
     else:
         (sftp_server.root / prefix).mkdir(exist_ok=True)
@@ -107,6 +147,20 @@ def delivered(
                 Bucket=dest.config["bucket"], Key=obj["Key"]
             )["Body"].read()
         assert not open_uploads(client, dest.config["bucket"], prefix), "no multipart upload left open"
+    elif kind == "gcs":
+        from export_pipelines.core.delivery.destinations.gcs import bucket_handle
+
+        bucket = bucket_handle(dest, allow_private=True)
+        for blob in bucket.client.list_blobs(bucket, prefix=folder):
+            found[blob.name.rsplit("/", 1)[-1]] = blob.download_as_bytes()
+    elif kind == "azure_blob":
+        from export_pipelines.core.delivery.destinations.azure_blob import container_client
+
+        container = container_client(dest, allow_private=True)
+        for blob in container.list_blobs(name_starts_with=folder):
+            found[blob.name.rsplit("/", 1)[-1]] = (
+                container.get_blob_client(blob.name).download_blob().readall()
+            )
     else:
         where = Path(dest.config["path"]) / folder
         if where.is_dir():
@@ -151,8 +205,10 @@ def test_export_arrives_byte_identical_to_the_link_export(
     prefix,
     tmp_path,
     capsys,
+    request,
 ):
-    dest = destination(kind, stack_env, sftp_server, prefix)
+    server = request.getfixturevalue(SERVER_OF[kind]) if kind in SERVER_OF else None
+    dest = destination(kind, stack_env, sftp_server, prefix, azure=server)
     plan = _plan(catalog, source_url, dest.prefix, "same-export")
     outcome = _export(kind, dest, plan, catalog, source_url, signer)
     files = delivered(kind, stack_env, sftp_server, dest, plan.location.folder, tmp_path / "got")
@@ -224,26 +280,47 @@ def test_sftp_crash_mid_upload_leaves_nothing_under_a_final_name_and_a_rerun_com
 
 
 FAILURES = [
+    ("gcs", {"config": {"bucket": "tenant-no-such-bucket"}}, "destination_not_found"),
+    ("gcs", {"config": {"endpoint_url": "http://127.0.0.1:9"}}, "destination_unreachable"),
     ("s3", {"credentials": {"secret_access_key": "wrong-secret"}}, "destination_denied"),
     ("s3", {"config": {"bucket": "tenant-no-such-bucket"}}, "destination_not_found"),
     ("s3", {"config": {"endpoint_url": "http://127.0.0.1:9"}}, "destination_unreachable"),
     ("sftp", {"credentials": {"username": "nobody-here"}}, "destination_denied"),
     ("sftp", {"config": {"path": "/no/such/folder"}}, "destination_not_found"),
     ("sftp", {"config": {"port": 9}}, "destination_unreachable"),
+    ("azure_blob", {"credentials": {"account_key": "d3JvbmcgYWNjb3VudCBrZXk="}}, "destination_denied"),
+    ("azure_blob", {"config": {"container": "tenant-no-such-container"}}, "destination_not_found"),
+    (
+        "azure_blob",
+        {"config": {"account_url": "http://127.0.0.1:9/devstoreaccount1"}},
+        "destination_unreachable",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("kind", "change", "code"), FAILURES, ids=[f"{k}-{c}" for k, _, c in FAILURES])
 def test_failing_destination_ends_with_its_code_and_nothing_half_written(
-    kind, change, code, stack_env, sftp_server, tenant_s3, catalog, source_url, signer, prefix, tmp_path
+    kind,
+    change,
+    code,
+    stack_env,
+    sftp_server,
+    tenant_s3,
+    catalog,
+    source_url,
+    signer,
+    prefix,
+    tmp_path,
+    request,
 ):
-    dest = destination(kind, stack_env, sftp_server, prefix, **change)
+    server = request.getfixturevalue(SERVER_OF[kind]) if kind in SERVER_OF else None
+    dest = destination(kind, stack_env, sftp_server, prefix, azure=server, **change)
     plan = _plan(catalog, source_url, dest.prefix, "failing")
     with pytest.raises(DestinationError) as failed:
         _export(kind, dest, plan, catalog, source_url, signer)
     assert failed.value.code == code
     assert "wrong-secret" not in str(failed.value) and "PRIVATE KEY" not in str(failed.value)
-    good = destination(kind, stack_env, sftp_server, prefix)  # look with working credentials
+    good = destination(kind, stack_env, sftp_server, prefix, azure=server)  # look with working credentials
     assert delivered(kind, stack_env, sftp_server, good, plan.location.folder, tmp_path / "got") == {}
 
 

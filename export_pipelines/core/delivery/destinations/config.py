@@ -13,8 +13,8 @@ from export_pipelines.core.delivery.webhook_target import Target, check_target
 from export_pipelines.core.errors import DestinationInvalid, InvalidWebhook
 
 KINDS = ("link", "s3", "azure_blob", "gcs", "sftp")
-# Kinds with a writer in this version; the others are refused at creation with this message.
-WRITABLE_KINDS = ("link", "s3", "sftp")
+# Kinds with a writer (all of them); a kind added to KINDS before its writer is refused at creation.
+WRITABLE_KINDS = KINDS
 
 _CONFIG_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # kind: (required, optional)
@@ -110,6 +110,10 @@ def check_destination(
         _check_s3(config, given)
     elif kind == "sftp":
         _check_sftp(config)
+    elif kind == "azure_blob" and not re.fullmatch(
+        r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", config["container"]
+    ):
+        raise _invalid("config.container", "3-63 characters of a-z 0-9 -, starting and ending alphanumeric")
     for key in ("prefix", "path"):
         if key in config:
             value = config[key].strip("/")

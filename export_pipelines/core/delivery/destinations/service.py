@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from export_pipelines.core.delivery.destinations import s3, sftp
+from export_pipelines.core.delivery.destinations import azure_blob, gcs, s3, sftp
 from export_pipelines.core.delivery.destinations.config import Destination
 from export_pipelines.core.errors import DestinationError
 
@@ -24,6 +24,10 @@ def probe(destination: Destination, *, allow_private: bool = False) -> None:
         s3.probe(destination, allow_private=allow_private)
     elif destination.kind == "sftp":
         sftp.probe(destination, allow_private=allow_private)
+    elif destination.kind == "azure_blob":
+        azure_blob.probe(destination, allow_private=allow_private)
+    elif destination.kind == "gcs":
+        gcs.probe(destination, allow_private=allow_private)
 
 
 def test_destination(destination: Destination, *, allow_private: bool = False) -> TestResult:
