@@ -262,7 +262,7 @@ def count_rows(
         check_notify(config.notify.webhook_url, config.notify.email)
         catalog = export_settings.catalog()
         request = configured_request(catalog, config, tenant_id, filters, export_id)
-        prefix = None
+        prefix, destination_id = None, None
         if config.destination_id:
             with DestinationStore(source.conninfo) as store:
                 found = store.get(config.destination_id, tenant_id)
@@ -270,7 +270,8 @@ def count_rows(
                 raise DestinationNotFound(
                     f"destination_id: {config.destination_id} does not exist (deleted?)", "destination_id"
                 )
-            prefix = found.prefix
+            if found.kind != "link":  # a `link` destination is our bucket: the export as without one
+                prefix, destination_id = found.prefix, found.id
         with explained_on_last_attempt(context):
             plan = plan_request(source, export_settings, catalog, request, prefix)
     except TransientError:
@@ -301,7 +302,7 @@ def count_rows(
     webhook_url, email = tenant_targets(
         source.conninfo, tenant_id, config.notify.webhook_url, config.notify.email
     )
-    return RunPlan(plan, request_id, webhook_url, email, config.destination_id or None)
+    return RunPlan(plan, request_id, webhook_url, email, destination_id)
 
 
 def own_request_row(

@@ -109,6 +109,17 @@ def test_export_lands_on_the_sftp_server(resources, source_url, stack_env, sftp_
     assert "PRIVATE KEY" not in logs
 
 
+def test_a_link_destination_is_our_bucket_and_links(
+    resources, source_url, stack_env, s3_client, bucket, prefix
+):
+    dest = make(source_url, stack_env, "link", {}, {})
+    result, logs = run(resources, request_id=f"dest-{uuid.uuid4().hex[:6]}", destination_id=dest.id)
+    assert result.success, logs
+    done = result.output_for_node("finalize")
+    assert done.manifest_url.startswith("http") and done.manifest_key.startswith(f"{prefix}/tenant={TENANT}/")
+    s3_client.head_object(Bucket=bucket, Key=done.manifest_key)
+
+
 def test_deleted_destination_fails_the_export_cleanly(resources, source_url, stack_env, s3_client, prefix):
     tenant_bucket(stack_env, s3_client)
     dest = make(source_url, stack_env, "s3", s3_config(stack_env, prefix), dict(TENANT_S3_CREDENTIALS))
