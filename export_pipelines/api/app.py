@@ -29,7 +29,19 @@ from export_pipelines.api.auth import RequestLog, configure_request_log
 from export_pipelines.api.db import ConnectionPool
 from export_pipelines.api.errors import ApiError, error_response, export_error_response
 from export_pipelines.api.metrics import MetricsMiddleware
-from export_pipelines.api.routes import cancel, catalog, create, events, exports, feeds, files, health, page
+from export_pipelines.api.routes import (
+    cancel,
+    catalog,
+    create,
+    destinations,
+    events,
+    exports,
+    feeds,
+    files,
+    health,
+    page,
+    signing_keys,
+)
 from export_pipelines.api.routes import docs as docs_pages
 from export_pipelines.api.routes import settings as notify_settings
 from export_pipelines.api.server import BodyLimit
@@ -72,7 +84,19 @@ def create_app(
     app.add_middleware(MetricsMiddleware)  # the outermost: it sees the route the router matched
     add_error_handlers(app)
     # The order of the original single module, so /openapi.json lists the paths as before.
-    for module in (health, create, exports, files, events, cancel, catalog, notify_settings, feeds):
+    for module in (
+        health,
+        create,
+        exports,
+        files,
+        events,
+        cancel,
+        catalog,
+        notify_settings,
+        feeds,
+        signing_keys,
+        destinations,
+    ):
         app.include_router(module.router(api))
     app.include_router(page.router())
     app.include_router(docs_pages.router(title))

@@ -136,6 +136,10 @@ CREATE_BODY_SCHEMA: dict[str, Any] = {
         },
         "link_expiry_hours": {"type": ["integer", "null"], "minimum": 1, "maximum": 168},
         "max_rows_per_file": {"type": ["integer", "null"], "minimum": 1},
+        "destination_id": {
+            "type": ["string", "null"],
+            "description": "a destination of the tenant (GET /v1/destinations); default: links",
+        },
         "tenant_id": {"type": "string", "description": "operator keys only: the tenant to act for"},
     },
 }

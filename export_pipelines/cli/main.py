@@ -7,11 +7,22 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from export_pipelines.cli import api, demo, exports, feeds, metrics, monthly, submitter, tenants
+from export_pipelines.cli import (
+    api,
+    delivery,
+    demo,
+    destinations,
+    exports,
+    feeds,
+    metrics,
+    monthly,
+    submitter,
+    tenants,
+)
 from export_pipelines.cli.common import quiet_unless
 
 # In the order `--help` lists them.
-GROUPS = (demo, exports, monthly, submitter, tenants, api, metrics, feeds)
+GROUPS = (demo, exports, monthly, submitter, tenants, api, metrics, feeds, delivery, destinations)
 VERBOSE_HELP = (
     "show everything: Dagster's beta notices, alembic's lines, its code servers' INFO logs, and "
     "(demo) the run's event log on the console"

@@ -10,6 +10,11 @@
     ├── ConfigurationError           the deployment is wrong (catalog, bucket, credentials): never retried
     │   ├── CatalogError             the catalog file itself
     │   └── S3ConfigurationError     S3 refused us for a reason retrying cannot fix
+    ├── DestinationError             a tenant's own destination refused or could not be reached
+    │   ├── DestinationUnreachable   host unreachable, DNS, timeouts (code destination_unreachable)
+    │   ├── DestinationDenied        wrong credentials, no permission (destination_denied)
+    │   ├── DestinationNotFound      no bucket/container/folder, or the destination was deleted
+    │   └── DestinationInvalid       the config is wrong, or names a host that is not allowed
     └── TransientError               worth another attempt (the source or S3 briefly unavailable)
         ├── SourceTimeout            the source database cancelled a statement
         └── IdempotencyInFlight      the first request with this idempotency key is still being made
@@ -98,6 +103,34 @@ class S3ConfigurationError(ConfigurationError):
     code = "storage_unavailable"
 
 
+class DestinationError(ExportError):
+    """A tenant's destination (its own bucket, container or SFTP server) failed us; the message says
+    what the tenant can change. `result` is the answer of `POST /v1/destinations/{id}/test`."""
+
+    code = "destination_invalid"
+    result = "invalid"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class DestinationUnreachable(DestinationError):
+    code, result = "destination_unreachable", "unreachable"
+
+
+class DestinationDenied(DestinationError):
+    code, result = "destination_denied", "denied"
+
+
+class DestinationNotFound(DestinationError):
+    code, result = "destination_not_found", "not_found"
+
+
+class DestinationInvalid(DestinationError):
+    code, result = "destination_invalid", "invalid"
+
+
 class TransientError(ExportError):
     """Worth another attempt: a dependency was briefly unavailable."""
 
@@ -127,13 +160,30 @@ class IdempotencyInFlight(TransientError):
 
 # What tenants read (the request row's `error_code` and `error`, the webhook's `error`): a short,
 # stable message per code. The full error stays in the Dagster run (logs, step failure metadata).
-ERROR_CODES = ("invalid_request", "source_timeout", "storage_unavailable", "canceled", "internal")
+ERROR_CODES = (
+    "invalid_request",
+    "source_timeout",
+    "storage_unavailable",
+    "canceled",
+    "internal",
+    "destination_unreachable",
+    "destination_denied",
+    "destination_not_found",
+    "destination_invalid",
+)
 TENANT_MESSAGES = {
     "invalid_request": "the request is invalid",
     "source_timeout": "the export query took longer than allowed: narrow the filters or try again later",
     "storage_unavailable": "the file storage was unavailable: try again later",
     "canceled": "the export was canceled",
     "internal": "the export failed because of an internal error; the operators have the details",
+    "destination_unreachable": "the destination could not be reached: check its host, port or "
+    "endpoint and that it accepts connections, then try again",
+    "destination_denied": "the destination refused the credentials: check the key or password and "
+    "its permission to write, list and delete under the prefix",
+    "destination_not_found": "the destination's bucket, container or folder does not exist, or the "
+    "destination was deleted",
+    "destination_invalid": "the destination's settings are invalid (see the destination's test)",
 }
 # Class names (of an exception or of one it was raised from) that say which code applies, for
 # errors that only survive as names (a Dagster step failure's SerializableErrorInfo).
@@ -148,6 +198,13 @@ _CODE_BY_CLASS_NAME = {
     "KeyTooLongError": "invalid_request",
 }
 _BOTOCORE_MODULE = "botocore."
+_DESTINATION_CODES = {
+    "DestinationUnreachable": "destination_unreachable",
+    "DestinationDenied": "destination_denied",
+    "DestinationNotFound": "destination_not_found",
+    "DestinationInvalid": "destination_invalid",
+    "DestinationError": "destination_invalid",
+}
 # A Rejected message names the field and what is allowed, written for tenants; still, no more
 # than this much of it.
 MAX_TENANT_MESSAGE_CHARS = 500
@@ -188,6 +245,8 @@ def error_code_of_class_names(names: list[str]) -> str:
             return "storage_unavailable"
         if name == "SourceTimeout":
             return "source_timeout"
+        if name in _DESTINATION_CODES:
+            return _DESTINATION_CODES[name]
     return "internal"
 
 
@@ -200,4 +259,10 @@ def tenant_message(code: str, exc: BaseException | None = None) -> str:
         for link in _chain(exc):
             if isinstance(link, Rejected):
                 return str(link)[:MAX_TENANT_MESSAGE_CHARS]
+    if code.startswith("destination_") and exc is not None:
+        # Written by the destination writers for the tenant: the field and what to fix, never a
+        # credential nor an address the host resolved to.
+        for link in _chain(exc):
+            if isinstance(link, DestinationError):
+                return f"{TENANT_MESSAGES[code]} ({str(link)[:MAX_TENANT_MESSAGE_CHARS]})"
     return TENANT_MESSAGES[code]

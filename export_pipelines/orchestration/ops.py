@@ -17,7 +17,9 @@ from typing import Any
 import dagster as dg
 
 from export_pipelines.core.delivery import notices
+from export_pipelines.core.delivery.destinations.destination_store import DestinationStore
 from export_pipelines.core.engine.checkpoints import CheckpointStore
+from export_pipelines.core.engine.destination_export import abandon, delivered, export_to_destination
 from export_pipelines.core.engine.exporter import PROGRESS_EVERY_SECONDS, run_export
 from export_pipelines.core.engine.feed_delivery import (
     DeliveryRecord,
@@ -30,6 +32,8 @@ from export_pipelines.core.engine.manifest import clear_success_marker, finalize
 from export_pipelines.core.engine.plan import ExportPlan, plan_export
 from export_pipelines.core.engine.resume import abandon_open_uploads
 from export_pipelines.core.errors import (
+    DestinationError,
+    DestinationNotFound,
     ExportCanceled,
     ExportError,
     InvalidRequest,
@@ -144,6 +148,8 @@ class ExportConfig(dg.Config):
     max_rows_per_file: int | None = None
     link_expiry_hours: int = 24
     notify: NotifyConfig = NotifyConfig()
+    # A destination of the tenant (its own bucket or SFTP server); None: our bucket and links.
+    destination_id: str | None = None
 
 
 def human_size(n: int) -> str:
@@ -204,6 +210,7 @@ class RunPlan:
     request_id: str | None
     webhook_url: str | None
     email: str | None
+    destination_id: str | None = None  # the id only; credentials are read where they are used
 
 
 def configured_request(
@@ -226,15 +233,20 @@ def configured_request(
 
 
 def plan_request(
-    source: SourceDatabase, export_settings: ExportSettings, catalog: Catalog, request: ExportRequest
+    source: SourceDatabase,
+    export_settings: ExportSettings,
+    catalog: Catalog,
+    request: ExportRequest,
+    prefix: str | None = None,
 ) -> ExportPlan:
-    """Check the tenant exists, count the rows and fix the cut (or take an earlier attempt's)."""
+    """Check the tenant exists, count the rows and fix the cut (or take an earlier attempt's).
+    `prefix`: a destination's (its folders are laid out as ours, below its own prefix)."""
     require_tenant(source.conninfo, catalog, request.tenant_id)
     return plan_export(
         source.conninfo,
         catalog,
         request,
-        export_settings.prefix,
+        export_settings.prefix if prefix is None else prefix,
         source.checkpoints(),
         statement_timeout_seconds=export_settings.statement_timeout_seconds,
         pdf_max_rows=export_settings.pdf_max_rows,
@@ -293,8 +305,18 @@ def count_rows(
         request = configured_request(catalog, config, tenant_id, filters, export_id)
         if window is not None:
             request = replace(request, feed=window)
+        prefix, destination_id = None, None
+        if config.destination_id:
+            with DestinationStore(source.conninfo) as store:
+                found = store.get(config.destination_id, tenant_id)
+            if found is None:
+                raise DestinationNotFound(
+                    f"destination_id: {config.destination_id} does not exist (deleted?)", "destination_id"
+                )
+            if found.kind != "link":  # a `link` destination is our bucket: the export as without one
+                prefix, destination_id = found.prefix, found.id
         with explained_on_last_attempt(context):
-            plan = plan_request(source, export_settings, catalog, request)
+            plan = plan_request(source, export_settings, catalog, request, prefix)
     except TransientError:
         raise  # NETWORK_RETRY tries again
     except ExportError as exc:  # the request or the deployment is wrong: no attempt can succeed
@@ -341,7 +363,7 @@ def count_rows(
     webhook_url, email = tenant_targets(
         source.conninfo, tenant_id, config.notify.webhook_url, config.notify.email
     )
-    return RunPlan(plan, request_id, webhook_url, email)
+    return RunPlan(plan, request_id, webhook_url, email, destination_id)
 
 
 def over_pdf_cap(exc: ExportError, format: str) -> bool:
@@ -438,6 +460,12 @@ def export_files(
         ):
             raise ExportCanceled(f"request {rid} was canceled")
 
+    if run_plan.destination_id:
+        outcome = _export_to_destination(context, run_plan, source, export_settings, on_progress)
+        context.add_output_metadata(
+            {"rows": outcome.rows, "bytes": outcome.bytes, "files": len(outcome.files)}
+        )
+        return outcome
     try:
         # The last attempt aborts its upload on error; earlier ones leave it for the retry to continue.
         with explained_on_last_attempt(context):
@@ -476,9 +504,23 @@ def finalize(
     # A commit point: a canceled request gets no manifest and no _SUCCESS (the cancel sensor
     # deletes whatever the run wrote once it has finished).
     stop_if_canceled(source, run_plan.request_id)
+    if run_plan.destination_id:  # export_files delivered everything, manifest and _SUCCESS included
+        with DestinationStore(source.conninfo) as store:
+            found = store.get(run_plan.destination_id, run_plan.plan.request.tenant_id)
+        if found is None:
+            exc = DestinationNotFound(
+                f"destination_id: {run_plan.destination_id} was deleted during the export"
+            )
+            raise failure(exc, str(exc))
+        return delivered(found, run_plan.plan, outcome)
     with explained_on_last_attempt(context):
         done = finalize_export(
-            s3.get_client(), export_settings.bucket, run_plan.plan, outcome, source.checkpoints()
+            s3.get_client(),
+            export_settings.bucket,
+            run_plan.plan,
+            outcome,
+            source.checkpoints(),
+            signer=export_settings.signer(),
         )
     if run_plan.plan.request.feed is not None:
         record_feed_delivery(context, run_plan, outcome, done, source)
@@ -532,6 +574,69 @@ def record_feed_delivery(
             webhook_url=run_plan.webhook_url,
             email=run_plan.email,
         )
+
+
+# How often a running export into a destination checks the destination still exists.
+DESTINATION_CHECK_SECONDS = 5.0
+
+
+def _export_to_destination(
+    context: dg.OpExecutionContext,
+    run_plan: RunPlan,
+    source: SourceDatabase,
+    export_settings: ExportSettings,
+    on_progress: Callable[[ExportProgress], None],
+) -> ExportOutcome:
+    """Write the export, its signed manifest and `_SUCCESS` into the tenant's destination. The
+    destination is read (credentials decrypted) here, never put in run config or logs; one deleted
+    meanwhile stops the export at its next part, its upload aborted, as destination_not_found."""
+    plan, destination_id = run_plan.plan, run_plan.destination_id or ""
+    tenant = plan.request.tenant_id
+    box = export_settings.secret_box()
+    checked = [time.monotonic()]
+
+    def still_there(p: ExportProgress) -> None:
+        on_progress(p)
+        if time.monotonic() - checked[0] >= DESTINATION_CHECK_SECONDS:
+            checked[0] = time.monotonic()
+            with DestinationStore(source.conninfo) as store:
+                if store.get(destination_id, tenant) is None:
+                    raise DestinationNotFound(
+                        f"destination_id: {destination_id} was deleted during the export"
+                    )
+
+    try:
+        with DestinationStore(source.conninfo) as store:
+            destination = store.for_writer(box, destination_id, tenant)
+    except DestinationError as exc:
+        raise failure(exc, str(exc)) from exc
+    context.log.info(f"delivering into destination {destination.id} ({destination.kind}, {destination.name})")
+    checkpoints = source.checkpoints() if destination.kind == "s3" else None
+    try:
+        with explained_on_last_attempt(context):
+            outcome = export_to_destination(
+                plan,
+                destination,
+                conninfo=source.conninfo,
+                catalog=export_settings.catalog(),
+                signer=export_settings.signer(),
+                checkpoints=checkpoints,
+                allow_private=export_settings.destinations_allow_private,
+                part_size=export_settings.part_size_mib * 1024 * 1024,
+                max_parts_in_flight=export_settings.max_parts_in_flight,
+                on_progress=still_there,
+                abort_on_error=is_last_attempt(context),
+                statement_timeout_seconds=export_settings.statement_timeout_seconds,
+            )
+    except DestinationError as exc:
+        # The tenant's storage refused or is gone: retrying cannot help, so nothing stays open for a
+        # retry; the row says which code.
+        abandon(destination, plan, checkpoints, allow_private=export_settings.destinations_allow_private)
+        raise failure(exc, str(exc)) from exc
+    context.log.info(
+        f"delivered {outcome.rows} rows in {len(outcome.files)} file(s) to destination {destination_id}"
+    )
+    return outcome
 
 
 # Links shown on the run's page, one click away (not in the finalize output's long metadata).

@@ -45,6 +45,7 @@ def request_run_config(row: StoredRequest) -> dict[str, Any]:
         email=row.email,
         max_rows_per_file=row.max_rows_per_file,
         link_expiry_hours=row.link_expiry_hours,
+        destination_id=str(row.destination_id) if row.destination_id else None,
     )
 
 

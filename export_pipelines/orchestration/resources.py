@@ -6,6 +6,7 @@ reads them at run time and they never appear in run config or logs.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
@@ -15,15 +16,19 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from export_pipelines.core.delivery.delivery_store import DeliveryStore
+from export_pipelines.core.delivery.destinations.secrets import SecretBox
 from export_pipelines.core.delivery.drain import Channels
 from export_pipelines.core.delivery.webhook_target import parse_allowlist
 from export_pipelines.core.engine.checkpoints import CheckpointStore
+from export_pipelines.core.engine.signing import ManifestSigner, load_signer
 from export_pipelines.core.formats import DEFAULT_PDF_MAX_ROWS
 from export_pipelines.core.requests.catalog import Catalog, load_catalog
 from export_pipelines.core.requests.queue import DEFAULT_STARTS_PER_MINUTE, RequestQueue
 from export_pipelines.core.requests.request_store import RequestStore
 from export_pipelines.core.storage.s3 import make_s3_client
 from export_pipelines.settings import Settings
+
+log = logging.getLogger("export_pipelines.orchestration")
 
 # (database url, cap) pairs this process has written to export_limits.
 _caps_written: set[tuple[str, int]] = set()
@@ -144,6 +149,19 @@ class ExportSettings(dg.ConfigurableResource):
     statement_timeout_seconds: float | None = None  # of export queries; None: the core's default
     pdf_max_rows: int = DEFAULT_PDF_MAX_ROWS  # a pdf request over this many rows is refused
     tenant_starts_per_minute: int = DEFAULT_STARTS_PER_MINUTE  # runs the sensor starts per tenant
+    signing_key: str | None = None  # EXPORT_SIGNING_KEY, through EnvVar: signs every manifest
+    secrets_key: str | None = None  # EXPORT_SECRETS_KEY, through EnvVar: decrypts destination credentials
+    destinations_allow_private: bool = False  # EXPORT_DESTINATIONS_ALLOW_PRIVATE (dev only)
+
+    def signer(self) -> ManifestSigner | None:
+        """The manifest signer; None (manifests unsigned, and said so in the run's log) without a key."""
+        if not self.signing_key:
+            log.warning("EXPORT_SIGNING_KEY is not set: this manifest goes out unsigned")
+            return None
+        return load_signer(self.signing_key)
+
+    def secret_box(self) -> SecretBox | None:
+        return SecretBox(self.secrets_key) if self.secrets_key else None
 
     def catalog(self) -> Catalog:
         return load_catalog(self.catalog_path or None)
@@ -200,6 +218,9 @@ def resources_from_settings(settings: Settings) -> dict[str, Any]:
             statement_timeout_seconds=settings.statement_timeout_seconds,
             pdf_max_rows=settings.pdf_max_rows,
             tenant_starts_per_minute=settings.tenant_starts_per_minute,
+            signing_key=_secret("EXPORT_SIGNING_KEY", settings.signing_key),
+            secrets_key=_secret("EXPORT_SECRETS_KEY", settings.secrets_key),
+            destinations_allow_private=settings.destinations_allow_private,
         ),
         "notifier": Notifier(
             webhook_secret=dg.EnvVar("EXPORT_WEBHOOK_SECRET"),

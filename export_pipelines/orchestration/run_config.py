@@ -25,6 +25,7 @@ def export_run_config(
     email: str | None = None,
     max_rows_per_file: int | None = None,
     link_expiry_hours: int | None = None,
+    destination_id: str | None = None,
 ) -> dict[str, Any]:
     """Run config for tenant_export_job (or the monthly job's launchpad). Fields left None are
     left out, so ExportConfig's defaults apply."""
@@ -37,6 +38,7 @@ def export_run_config(
         "request_id": request_id,
         "max_rows_per_file": max_rows_per_file,
         "link_expiry_hours": link_expiry_hours,
+        "destination_id": destination_id,  # the id only: credentials never enter run config
     }
     config.update({name: value for name, value in optional.items() if value is not None})
     if webhook_url is not None or email is not None:

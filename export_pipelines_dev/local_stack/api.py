@@ -3,6 +3,7 @@ code at it."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -14,10 +15,36 @@ from export_pipelines_dev.local_stack.postgres import ensure_pg, pg_pid, pg_stop
 from export_pipelines_dev.local_stack.seaweed import ensure_s3, weed_pid, weed_stop
 
 
+def dev_keys() -> dict[str, str]:
+    """The development keys (manifest signing, destination credentials), made once per state dir and
+    kept in `<state>/dev-keys.json` (0600): a restarted stack still verifies what it signed and
+    decrypts what it stored."""
+    from cryptography.fernet import Fernet
+
+    from export_pipelines.core.engine.signing import generate_signing_key
+
+    file = paths().root / "dev-keys.json"
+    keys: dict[str, str] = json.loads(file.read_text()) if file.exists() else {}
+    wanted = {
+        "EXPORT_SIGNING_KEY": generate_signing_key,
+        "EXPORT_SECRETS_KEY": lambda: Fernet.generate_key().decode(),
+    }
+    if any(name not in keys for name in wanted):
+        for name, make in wanted.items():
+            keys.setdefault(name, make())
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(keys, indent=2) + "\n")
+        tmp.chmod(0o600)
+        tmp.replace(file)
+    return {name: keys[name] for name in wanted}
+
+
 def stack_env() -> dict[str, str]:
     """The variables (docs/configuration.md) that point the code at the local stack; starts nothing."""
     s = Settings.from_env()
     return {
+        **dev_keys(),
         "SOURCE_DATABASE_URL": f"postgresql://{PG_USER}@{s.host}:{s.pg_port}/exports",
         "DAGSTER_POSTGRES_URL": f"postgresql://{PG_USER}@{s.host}:{s.pg_port}/dagster",
         "AWS_ENDPOINT_URL": s.s3_endpoint,

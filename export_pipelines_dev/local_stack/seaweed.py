@@ -79,14 +79,29 @@ def _weed_args(p: Paths, s: Settings) -> list[str]:
     return args
 
 
+TENANT_S3_IDENTITY = "tenantdest"
+TENANT_S3_ACCESS_KEY = "tenantdest"
+TENANT_S3_SECRET_KEY = "tenantdest-secret-key"
+TENANT_S3_BUCKET = "tenant-dest"
+
+
 def _s3_creds_json(s: Settings) -> str:
     identity = {
         "name": "exportdev",
         "credentials": [{"accessKey": s.access_key, "secretKey": s.secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }
+    # A second identity that stands in for a tenant's own S3 account: its own keys, no admin
+    # rights (it cannot create buckets, so a put into a missing bucket is refused rather than
+    # auto-creating it). Not scoped to a bucket: SeaweedFS answers a scoped identity AccessDenied
+    # for a bucket that does not exist, where S3 answers its owner NoSuchBucket.
+    tenant = {
+        "name": TENANT_S3_IDENTITY,
+        "credentials": [{"accessKey": TENANT_S3_ACCESS_KEY, "secretKey": TENANT_S3_SECRET_KEY}],
+        "actions": ["Read", "Write", "List", "Tagging"],
+    }
     # With at least one identity configured, SeaweedFS refuses anonymous requests.
-    return json.dumps({"identities": [identity]}, indent=2) + "\n"
+    return json.dumps({"identities": [identity, tenant]}, indent=2) + "\n"
 
 
 def _sse_kek(p: Paths) -> str:

@@ -24,6 +24,7 @@ from export_pipelines.api.schemas import (
 )
 from export_pipelines.api.service import DEFAULT_LINK_HOURS, ExportApi
 from export_pipelines.api.status import API_VERSION, json_response, status_document
+from export_pipelines.core.delivery.destinations.destination_store import DestinationStore
 from export_pipelines.core.engine.plan import check_pdf_rows, pdf_rows_at_most
 from export_pipelines.core.errors import Rejected
 from export_pipelines.core.requests.request import build_request
@@ -142,6 +143,17 @@ def router(api: ExportApi) -> APIRouter:
         }
         link_hours = body.get("link_expiry_hours")
         max_rows = body.get("max_rows_per_file")
+        destination_id = body.get("destination_id")
+        if destination_id is not None and (
+            not isinstance(destination_id, str)
+            or DestinationStore.on(conn).get(destination_id, tenant_id) is None
+        ):
+            raise ApiError(
+                422,
+                "invalid_request",
+                "destination_id: not a destination of this tenant (GET /v1/destinations lists them)",
+                "destination_id",
+            )
         try:
             # The request sensor's own checks, so an app hears the same message from both doors.
             # The send-time rules for the webhook (its host resolved and checked) as well.
@@ -181,6 +193,7 @@ def router(api: ExportApi) -> APIRouter:
             fingerprint=request_fingerprint(tenant_id, body),
             link_expiry_hours=link_hours,
             max_rows_per_file=max_rows,
+            destination_id=destination_id,
         )
         doc = status_document(created.row, None)
         headers = {"Location": doc["links"]["self"]}

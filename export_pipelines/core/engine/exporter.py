@@ -78,11 +78,14 @@ class _Export:
         keep_open_upload: bool,
         special: tuple[Counter, ...] = (),
         rows_progress_seconds: float | None = None,
+        sink_factory: Callable[[str], Any] | None = None,
     ) -> None:
         self.plan, self.encoder_cls, self.client, self.bucket = plan, encoder_cls, client, bucket
         self.part_size, self.max_parts_in_flight = part_size, max_parts_in_flight
         self.checkpoints, self.on_progress = checkpoints, on_progress
         self.keep_open_upload = keep_open_upload  # on error: a retry will continue the open upload
+        # A destination's own sink per file key (e.g. SFTP); None: a multipart upload to `bucket`.
+        self.sink_factory = sink_factory
         self.folder = plan.location.folder
         self.pool = ThreadPoolExecutor(max_workers=max_parts_in_flight, thread_name_prefix="export-upload")
         self.files: list[FileResult] = []
@@ -107,6 +110,8 @@ class _Export:
 
     def prepare(self) -> ReaderStart:
         """Load the checkpoint (resume.py) and start the progress counters from it."""
+        if self.sink_factory is not None:  # no S3 upload to continue: every file is written anew
+            return self.resume.start
         self.resume = resume_export(
             self.plan,
             self.client,
@@ -200,7 +205,10 @@ class _Export:
             )
             self.current = FileResult(key=key, snapshot=start.snapshot)
             self.next_batch = start.batch_rows
-            sink = file_sink(self.client, self.bucket, self.plan, number, key, uuid.uuid4().hex)
+            if self.sink_factory is not None:
+                sink = self.sink_factory(key)
+            else:
+                sink = file_sink(self.client, self.bucket, self.plan, number, key, uuid.uuid4().hex)
         return PartWriter(
             sink,
             self.pool,
@@ -359,6 +367,7 @@ def run_export(
     abort_on_error: bool = True,
     statement_timeout_seconds: float | None = None,
     rows_progress_seconds: float | None = None,
+    sink_factory: Callable[[str], Any] | None = None,
 ) -> ExportOutcome:
     """Stream the planned export into S3 files.
 
@@ -368,7 +377,8 @@ def run_export(
     With a checkpoint store, every uploaded part is recorded, and a call for the same export
     (same folder and fingerprint) continues from the last recorded part (formats that can be
     cut at parts) or the last complete file. On error the open upload is aborted, unless
-    `abort_on_error` is False (a retry is coming and will continue it).
+    `abort_on_error` is False (a retry is coming and will continue it). `sink_factory(key)` gives
+    each file's sink instead of a multipart upload to `bucket` (a destination's own, e.g. SFTP).
     """
     started = time.monotonic()
     encoder_cls = encoder_class(plan.request.format)
@@ -392,6 +402,7 @@ def run_export(
         keep_open_upload=not abort_on_error and checkpoints is not None,
         special=special,
         rows_progress_seconds=rows_progress_seconds,
+        sink_factory=sink_factory,
     )
     try:
         start = export.prepare()

@@ -18,9 +18,10 @@ from export_pipelines.core.engine.checkpoints import CheckpointStore
 from export_pipelines.core.engine.encoders.type_contract import describe
 from export_pipelines.core.engine.encoders.xlsx import sheet_layout
 from export_pipelines.core.engine.plan import ExportPlan, schema_hash, schema_of
+from export_pipelines.core.engine.signing import ALG, SIGNATURE_SUFFIX, ManifestSigner
 from export_pipelines.core.formats import format_spec
 from export_pipelines.core.results import ExportOutcome, FileLink, FileResult, FinalizedExport
-from export_pipelines.core.storage.layout import ExportLocation, download_name, file_extension
+from export_pipelines.core.storage.layout import MANIFEST_NAME, ExportLocation, download_name, file_extension
 from export_pipelines.core.storage.links import link_expiry, presign_link
 from export_pipelines.core.storage.s3 import abort_uploads, delete_prefix, explain
 
@@ -96,9 +97,19 @@ def plan_primary_key(plan: ExportPlan) -> tuple[str, ...]:
     return tuple(c for c in cols if c in (plan.key_column, *plan.primary_key))
 
 
-def build_manifest(plan: ExportPlan, outcome: ExportOutcome) -> dict[str, Any]:
+def _snapshots(outcome: ExportOutcome) -> str | list[str] | None:
+    """The snapshot(s) the files were read at: one when the export was read in one."""
+    seen = list(dict.fromkeys(f.snapshot for f in outcome.files if f.snapshot))
+    if not seen:
+        return None
+    return seen[0] if len(seen) == 1 else seen
+
+
+def build_manifest(
+    plan: ExportPlan, outcome: ExportOutcome, signer: ManifestSigner | None = None
+) -> dict[str, Any]:
     req = plan.request
-    manifest = {
+    manifest: dict[str, Any] = {
         "manifest_version": MANIFEST_VERSION,
         "export_id": req.export_id,
         "tenant_id": req.tenant_id,
@@ -128,6 +139,7 @@ def build_manifest(plan: ExportPlan, outcome: ExportOutcome) -> dict[str, Any]:
         "rows_total": outcome.rows,
         "bytes_total": outcome.bytes,
         "created_at": datetime.now(UTC).isoformat(),
+        "snapshot": _snapshots(outcome),
         "files": [_file_entry(req.format, f) for f in outcome.files],
     }
     if req.feed is not None:
@@ -137,7 +149,19 @@ def build_manifest(plan: ExportPlan, outcome: ExportOutcome) -> dict[str, Any]:
             "visible in changes.snapshot, once, as its state in changes.snapshot"
         )
         manifest.update(feed_sections(plan, outcome))
+    if signer is not None:
+        # Inside the signed bytes, so the key a delivery names cannot be swapped.
+        manifest["signature"] = {
+            "alg": ALG,
+            "kid": signer.kid,
+            "file": MANIFEST_NAME + SIGNATURE_SUFFIX,
+        }
     return manifest
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """The exact bytes written (and signed): what the signature covers."""
+    return json.dumps(manifest, indent=2, ensure_ascii=False).encode()
 
 
 def clear_success_marker(client: Any, bucket: str, location: ExportLocation) -> None:
@@ -154,20 +178,25 @@ def finalize_export(
     plan: ExportPlan,
     outcome: ExportOutcome,
     checkpoints: CheckpointStore | None = None,
+    *,
+    signer: ManifestSigner | None = None,
+    links: bool = True,
 ) -> FinalizedExport:
-    """Manifest, stale-object cleanup, _SUCCESS; then the checkpoint is done with."""
+    """Manifest (and its signature), stale-object cleanup, _SUCCESS; then the checkpoint is done with."""
     loc = plan.location
-    manifest = build_manifest(plan, outcome)
+    body = manifest_bytes(build_manifest(plan, outcome, signer))
+    signature_key = loc.manifest_key + SIGNATURE_SUFFIX
     put = {"Bucket": bucket, "ServerSideEncryption": "AES256"}
     try:
-        client.put_object(
-            Key=loc.manifest_key,
-            Body=json.dumps(manifest, indent=2, ensure_ascii=False).encode(),
-            ContentType="application/json",
-            **put,
-        )
+        client.put_object(Key=loc.manifest_key, Body=body, ContentType="application/json", **put)
+        if signer is not None:
+            client.put_object(Key=signature_key, Body=signer.sign(body), ContentType="text/plain", **put)
         # Stale objects: files of an earlier attempt that made more of them.
-        keep = frozenset({f.key for f in outcome.files} | {loc.manifest_key, loc.success_key})
+        keep = frozenset(
+            {f.key for f in outcome.files}
+            | {loc.manifest_key, loc.success_key}
+            | ({signature_key} if signer is not None else set())
+        )
         delete_prefix(client, bucket, loc.folder, keep)
         # No upload may stay open beside a complete export (e.g. a superseded attempt's).
         abort_uploads(client, bucket, loc.folder)
@@ -176,6 +205,8 @@ def finalize_export(
         raise explain(exc, bucket, loc.folder) from exc
     if checkpoints is not None:
         checkpoints.forget(loc.folder)
+    if not links:  # a tenant's own bucket: the files stay there, named by their s3:// URLs
+        return delivered_in_place(f"s3://{bucket}/", loc.manifest_key, outcome)
 
     # The links live no longer than the signing credentials allow (core/storage/links.py); the promised
     # expiry is the one the links really have.
@@ -196,6 +227,22 @@ def finalize_export(
         manifest_url=manifest_url,
         files=links,
         expires_at=expires_at,
+        rows=outcome.rows,
+        bytes=outcome.bytes,
+    )
+
+
+# A delivery into a tenant's own storage has no link to expire; its row keeps this date.
+DELIVERED_EXPIRES_AT = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+def delivered_in_place(base: str, manifest_key: str, outcome: ExportOutcome) -> FinalizedExport:
+    """The result of an export delivered into a destination: where each file now lies."""
+    return FinalizedExport(
+        manifest_key=manifest_key,
+        manifest_url=base + manifest_key,
+        files=[FileLink(f.key, base + f.key, f.rows, f.bytes) for f in outcome.files],
+        expires_at=DELIVERED_EXPIRES_AT,
         rows=outcome.rows,
         bytes=outcome.bytes,
     )

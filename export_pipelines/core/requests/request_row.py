@@ -83,6 +83,8 @@ class StoredRequest:
     sequence: int | None = None
     feed_full_refresh: bool = False
     feed_record: Any = None
+    # The tenant's destination the files go to (core/delivery/destinations/); None: ours, as links.
+    destination_id: Any = None
 
     @property
     def folder_export_id(self) -> str:

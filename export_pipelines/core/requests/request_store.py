@@ -122,6 +122,7 @@ class RequestStore(RequestRows):
         fingerprint: str | None = None,
         link_expiry_hours: int | None = None,
         max_rows_per_file: int | None = None,
+        destination_id: str | None = None,
     ) -> Created:
         """Insert a pending request, or find the one this idempotency key made.
 
@@ -142,6 +143,7 @@ class RequestStore(RequestRows):
             "idempotency_key": idempotency_key,
             "link_expiry_hours": link_expiry_hours,
             "max_rows_per_file": max_rows_per_file,
+            "destination_id": destination_id,
         }
         if fingerprint is None:
             fingerprint = request_fingerprint(
@@ -178,11 +180,11 @@ class RequestStore(RequestRows):
                     INSERT INTO export_requests
                         (id, tenant_id, resource, format, compression, filters, columns, webhook_url,
                          email, idempotency_key, idempotency_fingerprint, link_expiry_hours,
-                         max_rows_per_file)
+                         max_rows_per_file, destination_id)
                     VALUES (%(id)s, %(tenant_id)s, %(resource)s, %(format)s, %(compression)s,
                             %(filters)s::jsonb, %(columns)s, %(webhook_url)s, %(email)s,
                             %(idempotency_key)s, %(fingerprint)s, %(link_expiry_hours)s,
-                            %(max_rows_per_file)s)
+                            %(max_rows_per_file)s, %(destination_id)s::uuid)
                     RETURNING *
                     """,
                     params,

@@ -4,6 +4,7 @@
 - `export_checkpoints`, `export_checkpoint_files`, `export_checkpoint_parts`: what an export has
   durably uploaded, so a retry resumes (core/engine/checkpoints.py).
 - `export_deliveries`: notifications waiting to be sent, sent, or given up (core/delivery/delivery_store.py).
+- `export_destinations`: tenants' own buckets, containers and SFTP servers (core/delivery/destinations/).
 - `export_limits`: the per-tenant caps the insert trigger enforces (written by `migrate`).
 - `export_request_status_history`: every status a request row took, with the time (a trigger
   writes it), so operators and tests see the lifecycle; a guard trigger keeps a canceled row
@@ -198,7 +199,8 @@ ALTER TABLE public.export_requests ADD CONSTRAINT export_requests_status_check
 ALTER TABLE public.export_requests DROP CONSTRAINT IF EXISTS export_requests_error_code_check;
 ALTER TABLE public.export_requests ADD CONSTRAINT export_requests_error_code_check
     CHECK (error_code IN ('invalid_request', 'source_timeout', 'storage_unavailable', 'canceled',
-                          'internal'))
+                          'internal', 'destination_unreachable', 'destination_denied',
+                          'destination_not_found', 'destination_invalid'))
     NOT VALID;
 ALTER TABLE public.export_requests DROP CONSTRAINT IF EXISTS export_requests_size_check;
 ALTER TABLE public.export_requests ADD CONSTRAINT export_requests_size_check
@@ -516,6 +518,32 @@ CREATE UNIQUE INDEX IF NOT EXISTS export_requests_feed_active_idx
     WHERE feed_id IS NOT NULL AND status IN ('pending', 'queued', 'running');
 """
 
+# Tenants' own destinations (core/delivery/destinations/destination_store.py). Credentials are a
+# Fernet token (EXPORT_SECRETS_KEY), never plain; a deleted destination keeps its row (deleted_at,
+# credentials wiped) so an export that still names it fails as destination_not_found.
+DESTINATIONS_TABLE = f"""
+CREATE TABLE IF NOT EXISTS public.export_destinations (
+    id                       uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    tenant_id                text NOT NULL,
+    kind                     text NOT NULL,
+    name                     text NOT NULL,
+    config                   jsonb NOT NULL DEFAULT '{{}}'::jsonb,
+    credentials              bytea,
+    credentials_fingerprint  text,
+    created_at               timestamptz NOT NULL DEFAULT now(),
+    updated_at               timestamptz NOT NULL DEFAULT now(),
+    deleted_at               timestamptz,
+    CONSTRAINT export_destinations_kind_check CHECK (kind IN ('link', 's3', 'azure_blob', 'gcs', 'sftp')),
+    CONSTRAINT export_destinations_size_check CHECK (
+        char_length(tenant_id) <= {MAX_TENANT_ID_CHARS} AND char_length(name) <= 200
+        AND octet_length(config::text) <= 16384)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS export_destinations_name_idx
+    ON public.export_destinations (tenant_id, name) WHERE deleted_at IS NULL;
+REVOKE ALL ON public.export_destinations FROM {APP_ROLE};
+ALTER TABLE public.export_requests ADD COLUMN IF NOT EXISTS destination_id uuid;
+"""
+
 MIGRATIONS = (
     REQUESTS_TABLE,
     CHECKPOINT_TABLES,
@@ -528,6 +556,7 @@ MIGRATIONS = (
     METRICS_COUNTERS,
     TENANT_SOURCE,
     FEEDS,
+    DESTINATIONS_TABLE,
 )
 
 _migrated: set[str] = set()

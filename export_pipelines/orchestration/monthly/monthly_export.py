@@ -202,6 +202,7 @@ def _write(
     if source.requests().is_canceled(rid):  # a commit point: no manifest, no _SUCCESS
         raise CanceledThroughApi(CANCELED_MESSAGE)
     return finalize_export(client, settings.bucket, plan, outcome, checkpoints)
+    return finalize_export(client, settings.bucket, plan, outcome, checkpoints, signer=settings.signer())
 
 
 def _ended(
