@@ -194,6 +194,8 @@ def test_both_metrics_endpoints_move_with_a_real_export(daemon, proxy, source_ur
                 value(during, "export_runs_total", **started)
                 == value(before, "export_runs_total", **started) + 1
             )
+            for unfinished in ("export_duration_seconds_count", "export_size_bytes_count"):
+                assert value(during, unfinished, format="csv") == value(before, unfinished, format="csv")
             wait_count = value(during, "export_request_wait_seconds_count", format="csv")
             assert wait_count == value(before, "export_request_wait_seconds_count", format="csv") + 1
 
