@@ -441,6 +441,8 @@ VARIABLES: tuple[Variable, ...] = (
         "`off`, `full` or `incremental`: every enterprise tenant gets a default monthly feed per catalog "
         "resource with a time column, made by the feed sensor, in this mode (`full` for a resource "
         "without change tracking). The tenant x month partitions keep working beside it.",
+    ),
+    Variable(
         "EXPORT_SIGNING_KEY",
         "signing_key",
         _DELIVERY,
