@@ -91,6 +91,8 @@ def export_to_destination(
             conninfo=conninfo,
             catalog=catalog,
             signer=signer,
+            checkpoints=checkpoints,
+            abort_on_error=abort_on_error,
             allow_private=allow_private,
             part_size=part_size,
             max_parts_in_flight=max_parts_in_flight,
@@ -166,6 +168,10 @@ def abandon(
     """A failed export that will not be retried: abort its open multipart uploads in the tenant's
     bucket (with the credentials read when it started: a deleted destination's are wiped from the
     table by then). Never raises; SFTP writers remove their own partial files as they fail."""
+    if destination.kind == "azure_blob" and checkpoints is not None:
+        # Staged blocks are never visible and expire by themselves; the checkpoint must not name them.
+        with contextlib.suppress(Exception):
+            checkpoints.drop_open_files(plan.location.folder)
     if destination.kind != "s3":
         return
     with contextlib.suppress(Exception):
@@ -268,7 +274,7 @@ def _to_sftp(
             with contextlib.suppress(FileNotFoundError):
                 client.remove(success)  # never beside files being rewritten
 
-            def sink_for(key: str) -> SftpSink:
+            def sink_for(key: str, token: str | None = None) -> SftpSink:
                 return SftpSink(client, f"{folder}/{key.rsplit('/', 1)[-1]}")
 
             outcome = run_export(
@@ -333,16 +339,20 @@ def _finish_sftp(
 class AzureBlockSink:
     """One block blob, in the shape of the engine's multipart sink: each part is staged as a block
     (in parallel, like S3 parts); `complete` commits the block list in order, and only then does the
-    blob exist under its name. `abort` leaves only uncommitted blocks, which the service discards."""
+    blob exist under its name. Staged blocks outlive a crash (uncommitted, for 7 days), so with a
+    checkpoint an export continues at its next part, as on S3: `uploaded_etags` reads the block
+    list. `abort` leaves only uncommitted blocks, which the service discards."""
 
-    def __init__(self, container: Any, name: str, content_type: str) -> None:
+    TOKEN_META = "upload_token"
+
+    def __init__(self, container: Any, name: str, content_type: str, token: str | None = None) -> None:
         self.blob = container.get_blob_client(name)
         self.key, self.content_type = name, content_type
-        self.upload_token: str | None = None
+        self.upload_token = token
         self.upload_id: str | None = None
 
     def start(self) -> str:
-        self.upload_id = "azure"
+        self.upload_id = f"azure:{self.upload_token or ''}"
         return self.upload_id
 
     def upload_part(self, number: int, data: bytes) -> UploadedPart:
@@ -357,8 +367,45 @@ class AzureBlockSink:
         self.blob.commit_block_list(
             [BlobBlock(block_id=p.etag) for p in ordered],
             content_settings=ContentSettings(content_type=self.content_type),
+            metadata={self.TOKEN_META: self.upload_token or ""},
         )
         self.upload_id = None
+
+    def uploaded_etags(self) -> dict[int, set[str]] | None:
+        """The staged (uncommitted) blocks, by part number; None when there are none."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            _, uncommitted = self.blob.get_block_list("uncommitted")
+        except ResourceNotFoundError:
+            return None
+        if not uncommitted:
+            return None
+        out: dict[int, set[str]] = {}
+        for block in uncommitted:
+            number = azure_destination.block_number(block.id)
+            if number is not None:
+                out.setdefault(number, set()).add(block.id)
+        return out
+
+    def completed_by_us(self, size: int | None = None) -> bool:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            props = self.blob.get_blob_properties()
+        except ResourceNotFoundError:
+            return False
+        if not self.upload_token or (props.metadata or {}).get(self.TOKEN_META) != self.upload_token:
+            return False
+        return size is None or props.size == size
+
+    def read_sha256(self) -> str:
+        import hashlib
+
+        digest = hashlib.sha256()
+        for chunk in self.blob.download_blob().chunks():
+            digest.update(chunk)
+        return digest.hexdigest()
 
     def abort(self) -> None:
         self.upload_id = None
@@ -371,6 +418,8 @@ def _to_azure(
     conninfo: str,
     catalog: Catalog,
     signer: ManifestSigner | None,
+    checkpoints: CheckpointStore | None,
+    abort_on_error: bool,
     allow_private: bool,
     part_size: int,
     max_parts_in_flight: int,
@@ -396,9 +445,10 @@ def _to_azure(
             part_size=part_size,
             max_parts_in_flight=max_parts_in_flight,
             on_progress=on_progress,
-            checkpoints=None,
+            checkpoints=checkpoints,
+            abort_on_error=abort_on_error,
             statement_timeout_seconds=statement_timeout_seconds,
-            sink_factory=lambda key: AzureBlockSink(container, key, content_type),
+            sink_factory=lambda key, token=None: AzureBlockSink(container, key, content_type, token),
         )
         body = manifest_bytes(build_manifest(plan, outcome, signer))
         names = {f.key for f in outcome.files} | {loc.manifest_key}
@@ -410,6 +460,8 @@ def _to_azure(
             if blob.name not in names:
                 container.delete_blob(blob.name)
         container.upload_blob(loc.success_key, b"", overwrite=True)
+        if checkpoints is not None:
+            checkpoints.forget(loc.folder)
     except DestinationError:
         raise
     except Exception as exc:
@@ -517,7 +569,7 @@ def _to_gcs(
             on_progress=on_progress,
             checkpoints=None,
             statement_timeout_seconds=statement_timeout_seconds,
-            sink_factory=lambda key: GcsComposeSink(bucket, key, content_type),
+            sink_factory=lambda key, token=None: GcsComposeSink(bucket, key, content_type),
         )
         body = manifest_bytes(build_manifest(plan, outcome, signer))
         names = {f.key for f in outcome.files} | {loc.manifest_key}
