@@ -106,6 +106,8 @@ def export_to_destination(
             conninfo=conninfo,
             catalog=catalog,
             signer=signer,
+            checkpoints=checkpoints,
+            abort_on_error=abort_on_error,
             allow_private=allow_private,
             part_size=part_size,
             max_parts_in_flight=max_parts_in_flight,
@@ -168,7 +170,7 @@ def abandon(
     """A failed export that will not be retried: abort its open multipart uploads in the tenant's
     bucket (with the credentials read when it started: a deleted destination's are wiped from the
     table by then). Never raises; SFTP writers remove their own partial files as they fail."""
-    if destination.kind == "azure_blob" and checkpoints is not None:
+    if destination.kind in ("azure_blob", "gcs") and checkpoints is not None:
         # Staged blocks are never visible and expire by themselves; the checkpoint must not name them.
         with contextlib.suppress(Exception):
             checkpoints.drop_open_files(plan.location.folder)
@@ -480,11 +482,14 @@ class GcsComposeSink:
     """One GCS object, in the shape of the engine's multipart sink: each part is uploaded as a
     temporary object `<key>.export-part-NNNNN` (several at once); `complete` composes them in order
     (at most 32 sources a call, so in rounds for more) and deletes the temporaries. Until then nothing
-    exists under the file's name; `abort` deletes the temporaries."""
+    exists under the file's name. The temporaries survive a crash, so with a checkpoint the next
+    attempt lists them and continues at its next part; `abort` deletes them."""
 
-    def __init__(self, bucket: Any, key: str, content_type: str) -> None:
+    TOKEN_META = "upload_token"
+
+    def __init__(self, bucket: Any, key: str, content_type: str, token: str | None = None) -> None:
         self.bucket, self.key, self.content_type = bucket, key, content_type
-        self.upload_token: str | None = None
+        self.upload_token = token
         self.upload_id: str | None = None
         self._made: list[str] = []
         self._lock = threading.Lock()
@@ -493,7 +498,7 @@ class GcsComposeSink:
         return f"{self.key}{GCS_PART_SUFFIX}{number:05d}"
 
     def start(self) -> str:
-        self.upload_id = "gcs"
+        self.upload_id = f"gcs:{self.upload_token or ''}"
         return self.upload_id
 
     def upload_part(self, number: int, data: bytes) -> UploadedPart:
@@ -503,8 +508,38 @@ class GcsComposeSink:
         self.bucket.blob(name).upload_from_string(data, content_type="application/octet-stream", timeout=120)
         return UploadedPart(number, name, "", len(data))
 
+    def uploaded_etags(self) -> dict[int, set[str]] | None:
+        """The part objects an earlier attempt uploaded, by part number; None when there are none."""
+        prefix = f"{self.key}{GCS_PART_SUFFIX}"
+        out: dict[int, set[str]] = {}
+        for blob in self.bucket.client.list_blobs(self.bucket, prefix=prefix):
+            tail = blob.name[len(prefix) :]
+            if tail.isdigit():
+                out.setdefault(int(tail), set()).add(blob.name)
+        return out or None
+
+    def completed_by_us(self, size: int | None = None) -> bool:
+        blob = self.bucket.get_blob(self.key, timeout=60)
+        if blob is None or not self.upload_token:
+            return False
+        if (blob.metadata or {}).get(self.TOKEN_META) != self.upload_token:
+            return False
+        return size is None or blob.size == size
+
+    def read_sha256(self) -> str:
+        import hashlib
+
+        digest = hashlib.sha256()
+        with self.bucket.blob(self.key).open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
+
     def complete(self, parts: list[UploadedPart]) -> None:
-        sources = [self.bucket.blob(p.etag) for p in sorted(parts, key=lambda p: p.number)]
+        names = [p.etag for p in sorted(parts, key=lambda p: p.number)]
+        with self._lock:
+            self._made = list(dict.fromkeys([*self._made, *names]))  # an earlier attempt's parts too
+        sources = [self.bucket.blob(name) for name in names]
         round_number = 0
         while len(sources) > gcs_destination.COMPOSE_MAX:
             round_number += 1
@@ -519,6 +554,7 @@ class GcsComposeSink:
             sources = merged
         final = self.bucket.blob(self.key)
         final.content_type = self.content_type
+        final.metadata = {self.TOKEN_META: self.upload_token or ""}
         final.compose(sources, timeout=120)
         self._delete_temporaries()
         self.upload_id = None
@@ -526,6 +562,9 @@ class GcsComposeSink:
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self._delete_temporaries()
+            for numbered in (self.uploaded_etags() or {}).values():
+                for name in numbered:
+                    self.bucket.blob(name).delete(timeout=60)
         self.upload_id = None
 
     def _delete_temporaries(self) -> None:
@@ -543,6 +582,8 @@ def _to_gcs(
     conninfo: str,
     catalog: Catalog,
     signer: ManifestSigner | None,
+    checkpoints: CheckpointStore | None,
+    abort_on_error: bool,
     allow_private: bool,
     part_size: int,
     max_parts_in_flight: int,
@@ -567,9 +608,10 @@ def _to_gcs(
             part_size=part_size,
             max_parts_in_flight=max_parts_in_flight,
             on_progress=on_progress,
-            checkpoints=None,
+            checkpoints=checkpoints,
+            abort_on_error=abort_on_error,
             statement_timeout_seconds=statement_timeout_seconds,
-            sink_factory=lambda key, token=None: GcsComposeSink(bucket, key, content_type),
+            sink_factory=lambda key, token=None: GcsComposeSink(bucket, key, content_type, token),
         )
         body = manifest_bytes(build_manifest(plan, outcome, signer))
         names = {f.key for f in outcome.files} | {loc.manifest_key}
@@ -581,6 +623,8 @@ def _to_gcs(
             if blob.name not in names:
                 blob.delete(timeout=60)
         bucket.blob(loc.success_key).upload_from_string(b"", timeout=60)
+        if checkpoints is not None:
+            checkpoints.forget(loc.folder)
     except DestinationError:
         raise
     except Exception as exc:

@@ -222,7 +222,7 @@ def test_export_arrives_byte_identical_to_the_link_export(
     assert main(["verify", str(tmp_path / "got"), "--public-key", str(public)]) == 0, capsys.readouterr()
 
 
-@pytest.mark.parametrize("kind", ["s3", "azure_blob"])
+@pytest.mark.parametrize("kind", ["s3", "azure_blob", "gcs"])
 def test_crash_mid_upload_continues_at_the_next_part(
     kind,
     request,
@@ -258,10 +258,16 @@ def test_crash_mid_upload_continues_at_the_next_part(
             client = tenant_client(stack_env)
             assert open_uploads(client, dest.config["bucket"], folder), "the upload stays open"
             assert not client.list_objects_v2(Bucket=dest.config["bucket"], Prefix=folder).get("Contents")
-        else:  # staged blocks only: no blob under any name yet
+        elif kind == "azure_blob":  # staged blocks only: no blob under any name yet
             from export_pipelines.core.delivery.destinations.azure_blob import container_client
 
             assert not list(container_client(dest, allow_private=True).list_blobs(name_starts_with=folder))
+        else:  # part objects only: nothing under the file's name
+            from export_pipelines.core.delivery.destinations.gcs import bucket_handle
+
+            bucket = bucket_handle(dest, allow_private=True)
+            names = [b.name for b in bucket.client.list_blobs(bucket, prefix=folder)]
+            assert names and all(".export-part-" in n for n in names)
         again = _plan(catalog, source_url, dest.prefix, "resumed", checkpoints)
         assert again.resumed
         _export(kind, dest, again, catalog, source_url, signer, checkpoints)
