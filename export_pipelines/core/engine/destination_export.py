@@ -79,6 +79,7 @@ def export_to_destination(
             conninfo=conninfo,
             catalog=catalog,
             signer=signer,
+            checkpoints=checkpoints,
             allow_private=allow_private,
             part_size=part_size,
             on_progress=on_progress,
@@ -170,7 +171,7 @@ def abandon(
     """A failed export that will not be retried: abort its open multipart uploads in the tenant's
     bucket (with the credentials read when it started: a deleted destination's are wiped from the
     table by then). Never raises; SFTP writers remove their own partial files as they fail."""
-    if destination.kind in ("azure_blob", "gcs") and checkpoints is not None:
+    if destination.kind in ("azure_blob", "gcs", "sftp") and checkpoints is not None:
         # Staged blocks are never visible and expire by themselves; the checkpoint must not name them.
         with contextlib.suppress(Exception):
             checkpoints.drop_open_files(plan.location.folder)
@@ -245,6 +246,25 @@ class SftpSink:
         self.client.posix_rename(self.path + sftp_destination.PARTIAL_SUFFIX, self.path)
         self.upload_id = None
 
+    # What a checkpointed retry asks (file-level resume): complete files are kept, the open one is
+    # written again from its start.
+    def uploaded_etags(self) -> dict[int, set[str]] | None:
+        return None  # parts are not addressable in a .partial file
+
+    def completed_by_us(self, size: int | None = None) -> bool:
+        found = sftp_destination.remote_size(self.client, self.path)
+        return found is not None and (size is None or found == size)
+
+    def read_sha256(self) -> str:
+        import hashlib
+
+        digest = hashlib.sha256()
+        with self.client.open(self.path, "rb") as fh:
+            fh.prefetch()
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
+
     def abort(self) -> None:
         """Leave nothing under the final name; the partial file is removed (never raises)."""
         with contextlib.suppress(Exception):
@@ -262,6 +282,7 @@ def _to_sftp(
     conninfo: str,
     catalog: Catalog,
     signer: ManifestSigner | None,
+    checkpoints: CheckpointStore | None,
     allow_private: bool,
     part_size: int,
     on_progress: Callable[[ExportProgress], None] | None,
@@ -288,11 +309,13 @@ def _to_sftp(
                 part_size=part_size,
                 max_parts_in_flight=2,
                 on_progress=on_progress,
-                checkpoints=None,
+                checkpoints=checkpoints,
                 statement_timeout_seconds=statement_timeout_seconds,
                 sink_factory=sink_for,
             )
             _finish_sftp(client, folder, plan, outcome, signer)
+            if checkpoints is not None:
+                checkpoints.forget(loc.folder)
     except DestinationError:
         raise
     except Exception as exc:

@@ -280,27 +280,49 @@ def test_crash_mid_upload_continues_at_the_next_part(
     assert manifest["files"][0]["sha256"] == hashlib.sha256(link_export["part-00001.csv"]).hexdigest()
 
 
-def test_sftp_crash_mid_upload_leaves_nothing_under_a_final_name_and_a_rerun_completes(
-    link_export, stack_env, sftp_server, catalog, source_url, signer, prefix, tmp_path
+def test_sftp_crash_keeps_complete_files_and_writes_the_open_one_again(
+    stack_env, sftp_server, catalog, source_url, signer, prefix, tmp_path, capsys
 ):
+    """File-level resume: a crash in the second file leaves the first complete (kept, not written
+    again) and nothing of the second under its final name; the next attempt completes the export."""
     dest = destination("sftp", stack_env, sftp_server, prefix)
-    plan = _plan(catalog, source_url, dest.prefix, "same-export")
-    seen = 0
+    checkpoints = CheckpointStore(source_url).migrate_once()
+    request = build_request(
+        catalog, resource="orders", tenant_id=BIG, export_id="files", max_rows_per_file=40_000, **REQUEST
+    )
+    seen: list[Any] = []
 
-    def crash(_: Any) -> None:
-        nonlocal seen
-        seen += 1
-        if seen >= 2:
-            raise Crash("after 2 parts")
+    def crash(p: Any) -> None:
+        seen.append(p)
+        if p.files_completed >= 1:
+            raise Crash("in the second file")
 
-    with pytest.raises(Crash):
-        _export("sftp", dest, plan, catalog, source_url, signer, on_progress=crash)
-    folder = Path(dest.config["path"]) / plan.location.folder
-    assert [p.name for p in folder.iterdir()] == []  # the partial file was removed, nothing else written
-    _export("sftp", dest, plan, catalog, source_url, signer)
-    files = delivered("sftp", stack_env, sftp_server, dest, plan.location.folder, tmp_path / "got")
-    assert {n: d for n, d in files.items() if n.startswith("part-")} == link_export
-    assert "_SUCCESS" in files
+    try:
+        plan = plan_export(source_url, catalog, request, dest.prefix, checkpoints=checkpoints)
+        with pytest.raises(Crash):
+            _export("sftp", dest, plan, catalog, source_url, signer, checkpoints, crash)
+        folder = Path(dest.config["path"]) / plan.location.folder
+        assert sorted(p.name for p in folder.iterdir()) == ["part-00001.csv"]
+        first = (folder / "part-00001.csv").stat().st_mtime_ns
+        again = plan_export(source_url, catalog, request, dest.prefix, checkpoints=checkpoints)
+        assert again.resumed
+        outcome = _export("sftp", dest, again, catalog, source_url, signer, checkpoints)
+    finally:
+        checkpoints.close()
+    assert len(outcome.files) == 3 and outcome.rows == again.rows_total
+    assert (folder / "part-00001.csv").stat().st_mtime_ns == first  # kept, not written again
+    files = delivered("sftp", stack_env, sftp_server, dest, again.location.folder, tmp_path / "got")
+    assert set(files) == {
+        "part-00001.csv",
+        "part-00002.csv",
+        "part-00003.csv",
+        "manifest.json",
+        "manifest.json.sig",
+        "_SUCCESS",
+    }
+    public = tmp_path / "key.pub"
+    public.write_text(signer.published().public_key)
+    assert main(["verify", str(tmp_path / "got"), "--public-key", str(public)]) == 0, capsys.readouterr()
 
 
 FAILURES = [
