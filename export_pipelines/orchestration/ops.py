@@ -611,7 +611,9 @@ def _export_to_destination(
     except DestinationError as exc:
         raise failure(exc, str(exc)) from exc
     context.log.info(f"delivering into destination {destination.id} ({destination.kind}, {destination.name})")
-    checkpoints = source.checkpoints() if destination.kind == "s3" else None
+    # Part-level resume where the destination keeps parts across a crash (S3 uploads, Azure blocks,
+    # GCS part objects); file-level on SFTP (complete files are kept, the open one is written again).
+    checkpoints = source.checkpoints()
     try:
         with explained_on_last_attempt(context):
             outcome = export_to_destination(

@@ -135,6 +135,7 @@
     $("sign-out").hidden = false;
     $("who").textContent = `Signed in with key ${key.slice(0, 12)}…`;
     fillForm(catalog);
+    await loadDestinations();
     await loadExports(true);
   }
 
@@ -204,6 +205,7 @@
     if ($("date-from").value && !$("date-from").disabled) filters.date_from = $("date-from").value;
     if ($("date-to").value && !$("date-to").disabled) filters.date_to = $("date-to").value;
     if (Object.keys(filters).length) body.filters = filters;
+    if ($("destination").value) body.destination_id = $("destination").value;
     const button = $("request-submit");
     button.disabled = true;
     try {
@@ -211,6 +213,98 @@
       upsertRow(doc, "top");
       $("empty").hidden = true;
       watch(doc.id);
+    } catch (err) {
+      showError(err);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // --- destinations (the same verbs as `export-pipelines destinations`) --------------------------
+
+  function where(d) {
+    const c = d.config || {};
+    if (d.kind === "s3" || d.kind === "gcs") return `${c.bucket}/${c.prefix || ""}`;
+    if (d.kind === "azure_blob") return `${c.account_url} ${c.container}/${c.prefix || ""}`;
+    if (d.kind === "sftp") return `${c.host}:${c.port || 22}${c.path}`;
+    return "our storage, links";
+  }
+
+  async function loadDestinations() {
+    const list = await call("GET", "/v1/destinations");
+    const rows = list.data.map((d) => {
+      const result = el("span", { class: "test-result" });
+      const test = el("button", { type: "button", class: "secondary", text: "Test" });
+      test.addEventListener("click", async () => {
+        test.disabled = true;
+        result.textContent = "testing…";
+        try {
+          const answer = await call("POST", `/v1/destinations/${d.id}/test`);
+          result.textContent = `${answer.result}: ${answer.message}`;
+        } catch (err) {
+          result.textContent = "";
+          showError(err);
+        } finally {
+          test.disabled = false;
+        }
+      });
+      const remove = el("button", { type: "button", class: "link", text: "Delete" });
+      remove.addEventListener("click", async () => {
+        try {
+          await call("DELETE", `/v1/destinations/${d.id}`);
+          await loadDestinations();
+        } catch (err) {
+          showError(err);
+        }
+      });
+      return el(
+        "tr",
+        { "data-id": d.id },
+        el("td", { text: d.name }),
+        el("td", { text: d.kind }),
+        el("td", { text: where(d) }),
+        el("td", { text: d.credentials.fingerprint }),
+        el("td", {}, test, " ", result),
+        el("td", {}, remove),
+      );
+    });
+    $("destination-rows").replaceChildren(...rows);
+    const select = $("destination");
+    const chosen = select.value;
+    select.replaceChildren(
+      el("option", { value: "", text: "links to download (default)" }),
+      ...list.data.map((d) => el("option", { value: d.id, text: `${d.name} (${d.kind})` })),
+    );
+    if (list.data.some((d) => d.id === chosen)) select.value = chosen;
+  }
+
+  function jsonField(id, name) {
+    const text = $(id).value.trim();
+    if (!text) return {};
+    try {
+      return JSON.parse(text);
+    } catch (err) {
+      throw new ApiError(422, "invalid_request", `${name}: not valid JSON`, name);
+    }
+  }
+
+  async function addDestination(event) {
+    event.preventDefault();
+    clearError();
+    const button = $("destination-submit");
+    button.disabled = true;
+    try {
+      const body = {
+        kind: $("destination-kind").value,
+        name: $("destination-name").value.trim(),
+        config: jsonField("destination-config", "config"),
+        credentials: jsonField("destination-credentials", "credentials"),
+      };
+      await call("POST", "/v1/destinations", body);
+      // Write-only: the secret leaves the page once it is stored.
+      $("destination-credentials").value = "";
+      $("destination-name").value = "";
+      await loadDestinations();
     } catch (err) {
       showError(err);
     } finally {
@@ -505,6 +599,7 @@
     $("columns-all").addEventListener("click", () => setAllColumns(true));
     $("columns-none").addEventListener("click", () => setAllColumns(false));
     $("request-form").addEventListener("submit", submitRequest);
+    $("destination-form").addEventListener("submit", addDestination);
     $("refresh").addEventListener("click", () => loadExports(true));
     $("more").addEventListener("click", () => loadExports(false));
     const saved = sessionStorage.getItem(KEY_STORAGE);

@@ -79,6 +79,7 @@ def export_to_destination(
             conninfo=conninfo,
             catalog=catalog,
             signer=signer,
+            checkpoints=checkpoints,
             allow_private=allow_private,
             part_size=part_size,
             on_progress=on_progress,
@@ -91,6 +92,8 @@ def export_to_destination(
             conninfo=conninfo,
             catalog=catalog,
             signer=signer,
+            checkpoints=checkpoints,
+            abort_on_error=abort_on_error,
             allow_private=allow_private,
             part_size=part_size,
             max_parts_in_flight=max_parts_in_flight,
@@ -104,6 +107,8 @@ def export_to_destination(
             conninfo=conninfo,
             catalog=catalog,
             signer=signer,
+            checkpoints=checkpoints,
+            abort_on_error=abort_on_error,
             allow_private=allow_private,
             part_size=part_size,
             max_parts_in_flight=max_parts_in_flight,
@@ -166,6 +171,10 @@ def abandon(
     """A failed export that will not be retried: abort its open multipart uploads in the tenant's
     bucket (with the credentials read when it started: a deleted destination's are wiped from the
     table by then). Never raises; SFTP writers remove their own partial files as they fail."""
+    if destination.kind in ("azure_blob", "gcs", "sftp") and checkpoints is not None:
+        # Staged blocks are never visible and expire by themselves; the checkpoint must not name them.
+        with contextlib.suppress(Exception):
+            checkpoints.drop_open_files(plan.location.folder)
     if destination.kind != "s3":
         return
     with contextlib.suppress(Exception):
@@ -237,6 +246,25 @@ class SftpSink:
         self.client.posix_rename(self.path + sftp_destination.PARTIAL_SUFFIX, self.path)
         self.upload_id = None
 
+    # What a checkpointed retry asks (file-level resume): complete files are kept, the open one is
+    # written again from its start.
+    def uploaded_etags(self) -> dict[int, set[str]] | None:
+        return None  # parts are not addressable in a .partial file
+
+    def completed_by_us(self, size: int | None = None) -> bool:
+        found = sftp_destination.remote_size(self.client, self.path)
+        return found is not None and (size is None or found == size)
+
+    def read_sha256(self) -> str:
+        import hashlib
+
+        digest = hashlib.sha256()
+        with self.client.open(self.path, "rb") as fh:
+            fh.prefetch()
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
+
     def abort(self) -> None:
         """Leave nothing under the final name; the partial file is removed (never raises)."""
         with contextlib.suppress(Exception):
@@ -254,6 +282,7 @@ def _to_sftp(
     conninfo: str,
     catalog: Catalog,
     signer: ManifestSigner | None,
+    checkpoints: CheckpointStore | None,
     allow_private: bool,
     part_size: int,
     on_progress: Callable[[ExportProgress], None] | None,
@@ -268,7 +297,7 @@ def _to_sftp(
             with contextlib.suppress(FileNotFoundError):
                 client.remove(success)  # never beside files being rewritten
 
-            def sink_for(key: str) -> SftpSink:
+            def sink_for(key: str, token: str | None = None) -> SftpSink:
                 return SftpSink(client, f"{folder}/{key.rsplit('/', 1)[-1]}")
 
             outcome = run_export(
@@ -280,11 +309,13 @@ def _to_sftp(
                 part_size=part_size,
                 max_parts_in_flight=2,
                 on_progress=on_progress,
-                checkpoints=None,
+                checkpoints=checkpoints,
                 statement_timeout_seconds=statement_timeout_seconds,
                 sink_factory=sink_for,
             )
             _finish_sftp(client, folder, plan, outcome, signer)
+            if checkpoints is not None:
+                checkpoints.forget(loc.folder)
     except DestinationError:
         raise
     except Exception as exc:
@@ -333,16 +364,20 @@ def _finish_sftp(
 class AzureBlockSink:
     """One block blob, in the shape of the engine's multipart sink: each part is staged as a block
     (in parallel, like S3 parts); `complete` commits the block list in order, and only then does the
-    blob exist under its name. `abort` leaves only uncommitted blocks, which the service discards."""
+    blob exist under its name. Staged blocks outlive a crash (uncommitted, for 7 days), so with a
+    checkpoint an export continues at its next part, as on S3: `uploaded_etags` reads the block
+    list. `abort` leaves only uncommitted blocks, which the service discards."""
 
-    def __init__(self, container: Any, name: str, content_type: str) -> None:
+    TOKEN_META = "upload_token"
+
+    def __init__(self, container: Any, name: str, content_type: str, token: str | None = None) -> None:
         self.blob = container.get_blob_client(name)
         self.key, self.content_type = name, content_type
-        self.upload_token: str | None = None
+        self.upload_token = token
         self.upload_id: str | None = None
 
     def start(self) -> str:
-        self.upload_id = "azure"
+        self.upload_id = f"azure:{self.upload_token or ''}"
         return self.upload_id
 
     def upload_part(self, number: int, data: bytes) -> UploadedPart:
@@ -357,8 +392,45 @@ class AzureBlockSink:
         self.blob.commit_block_list(
             [BlobBlock(block_id=p.etag) for p in ordered],
             content_settings=ContentSettings(content_type=self.content_type),
+            metadata={self.TOKEN_META: self.upload_token or ""},
         )
         self.upload_id = None
+
+    def uploaded_etags(self) -> dict[int, set[str]] | None:
+        """The staged (uncommitted) blocks, by part number; None when there are none."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            _, uncommitted = self.blob.get_block_list("uncommitted")
+        except ResourceNotFoundError:
+            return None
+        if not uncommitted:
+            return None
+        out: dict[int, set[str]] = {}
+        for block in uncommitted:
+            number = azure_destination.block_number(block.id)
+            if number is not None:
+                out.setdefault(number, set()).add(block.id)
+        return out
+
+    def completed_by_us(self, size: int | None = None) -> bool:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            props = self.blob.get_blob_properties()
+        except ResourceNotFoundError:
+            return False
+        if not self.upload_token or (props.metadata or {}).get(self.TOKEN_META) != self.upload_token:
+            return False
+        return size is None or props.size == size
+
+    def read_sha256(self) -> str:
+        import hashlib
+
+        digest = hashlib.sha256()
+        for chunk in self.blob.download_blob().chunks():
+            digest.update(chunk)
+        return digest.hexdigest()
 
     def abort(self) -> None:
         self.upload_id = None
@@ -371,6 +443,8 @@ def _to_azure(
     conninfo: str,
     catalog: Catalog,
     signer: ManifestSigner | None,
+    checkpoints: CheckpointStore | None,
+    abort_on_error: bool,
     allow_private: bool,
     part_size: int,
     max_parts_in_flight: int,
@@ -396,9 +470,10 @@ def _to_azure(
             part_size=part_size,
             max_parts_in_flight=max_parts_in_flight,
             on_progress=on_progress,
-            checkpoints=None,
+            checkpoints=checkpoints,
+            abort_on_error=abort_on_error,
             statement_timeout_seconds=statement_timeout_seconds,
-            sink_factory=lambda key: AzureBlockSink(container, key, content_type),
+            sink_factory=lambda key, token=None: AzureBlockSink(container, key, content_type, token),
         )
         body = manifest_bytes(build_manifest(plan, outcome, signer))
         names = {f.key for f in outcome.files} | {loc.manifest_key}
@@ -410,6 +485,8 @@ def _to_azure(
             if blob.name not in names:
                 container.delete_blob(blob.name)
         container.upload_blob(loc.success_key, b"", overwrite=True)
+        if checkpoints is not None:
+            checkpoints.forget(loc.folder)
     except DestinationError:
         raise
     except Exception as exc:
@@ -428,11 +505,14 @@ class GcsComposeSink:
     """One GCS object, in the shape of the engine's multipart sink: each part is uploaded as a
     temporary object `<key>.export-part-NNNNN` (several at once); `complete` composes them in order
     (at most 32 sources a call, so in rounds for more) and deletes the temporaries. Until then nothing
-    exists under the file's name; `abort` deletes the temporaries."""
+    exists under the file's name. The temporaries survive a crash, so with a checkpoint the next
+    attempt lists them and continues at its next part; `abort` deletes them."""
 
-    def __init__(self, bucket: Any, key: str, content_type: str) -> None:
+    TOKEN_META = "upload_token"
+
+    def __init__(self, bucket: Any, key: str, content_type: str, token: str | None = None) -> None:
         self.bucket, self.key, self.content_type = bucket, key, content_type
-        self.upload_token: str | None = None
+        self.upload_token = token
         self.upload_id: str | None = None
         self._made: list[str] = []
         self._lock = threading.Lock()
@@ -441,7 +521,7 @@ class GcsComposeSink:
         return f"{self.key}{GCS_PART_SUFFIX}{number:05d}"
 
     def start(self) -> str:
-        self.upload_id = "gcs"
+        self.upload_id = f"gcs:{self.upload_token or ''}"
         return self.upload_id
 
     def upload_part(self, number: int, data: bytes) -> UploadedPart:
@@ -451,8 +531,38 @@ class GcsComposeSink:
         self.bucket.blob(name).upload_from_string(data, content_type="application/octet-stream", timeout=120)
         return UploadedPart(number, name, "", len(data))
 
+    def uploaded_etags(self) -> dict[int, set[str]] | None:
+        """The part objects an earlier attempt uploaded, by part number; None when there are none."""
+        prefix = f"{self.key}{GCS_PART_SUFFIX}"
+        out: dict[int, set[str]] = {}
+        for blob in self.bucket.client.list_blobs(self.bucket, prefix=prefix):
+            tail = blob.name[len(prefix) :]
+            if tail.isdigit():
+                out.setdefault(int(tail), set()).add(blob.name)
+        return out or None
+
+    def completed_by_us(self, size: int | None = None) -> bool:
+        blob = self.bucket.get_blob(self.key, timeout=60)
+        if blob is None or not self.upload_token:
+            return False
+        if (blob.metadata or {}).get(self.TOKEN_META) != self.upload_token:
+            return False
+        return size is None or blob.size == size
+
+    def read_sha256(self) -> str:
+        import hashlib
+
+        digest = hashlib.sha256()
+        with self.bucket.blob(self.key).open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
+
     def complete(self, parts: list[UploadedPart]) -> None:
-        sources = [self.bucket.blob(p.etag) for p in sorted(parts, key=lambda p: p.number)]
+        names = [p.etag for p in sorted(parts, key=lambda p: p.number)]
+        with self._lock:
+            self._made = list(dict.fromkeys([*self._made, *names]))  # an earlier attempt's parts too
+        sources = [self.bucket.blob(name) for name in names]
         round_number = 0
         while len(sources) > gcs_destination.COMPOSE_MAX:
             round_number += 1
@@ -467,6 +577,7 @@ class GcsComposeSink:
             sources = merged
         final = self.bucket.blob(self.key)
         final.content_type = self.content_type
+        final.metadata = {self.TOKEN_META: self.upload_token or ""}
         final.compose(sources, timeout=120)
         self._delete_temporaries()
         self.upload_id = None
@@ -474,6 +585,9 @@ class GcsComposeSink:
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self._delete_temporaries()
+            for numbered in (self.uploaded_etags() or {}).values():
+                for name in numbered:
+                    self.bucket.blob(name).delete(timeout=60)
         self.upload_id = None
 
     def _delete_temporaries(self) -> None:
@@ -491,6 +605,8 @@ def _to_gcs(
     conninfo: str,
     catalog: Catalog,
     signer: ManifestSigner | None,
+    checkpoints: CheckpointStore | None,
+    abort_on_error: bool,
     allow_private: bool,
     part_size: int,
     max_parts_in_flight: int,
@@ -515,9 +631,10 @@ def _to_gcs(
             part_size=part_size,
             max_parts_in_flight=max_parts_in_flight,
             on_progress=on_progress,
-            checkpoints=None,
+            checkpoints=checkpoints,
+            abort_on_error=abort_on_error,
             statement_timeout_seconds=statement_timeout_seconds,
-            sink_factory=lambda key: GcsComposeSink(bucket, key, content_type),
+            sink_factory=lambda key, token=None: GcsComposeSink(bucket, key, content_type, token),
         )
         body = manifest_bytes(build_manifest(plan, outcome, signer))
         names = {f.key for f in outcome.files} | {loc.manifest_key}
@@ -529,6 +646,8 @@ def _to_gcs(
             if blob.name not in names:
                 blob.delete(timeout=60)
         bucket.blob(loc.success_key).upload_from_string(b"", timeout=60)
+        if checkpoints is not None:
+            checkpoints.forget(loc.folder)
     except DestinationError:
         raise
     except Exception as exc:

@@ -78,7 +78,7 @@ class _Export:
         keep_open_upload: bool,
         special: tuple[Counter, ...] = (),
         rows_progress_seconds: float | None = None,
-        sink_factory: Callable[[str], Any] | None = None,
+        sink_factory: Callable[..., Any] | None = None,
     ) -> None:
         self.plan, self.encoder_cls, self.client, self.bucket = plan, encoder_cls, client, bucket
         self.part_size, self.max_parts_in_flight = part_size, max_parts_in_flight
@@ -110,7 +110,7 @@ class _Export:
 
     def prepare(self) -> ReaderStart:
         """Load the checkpoint (resume.py) and start the progress counters from it."""
-        if self.sink_factory is not None:  # no S3 upload to continue: every file is written anew
+        if self.sink_factory is not None and self.checkpoints is None:  # every file is written anew
             return self.resume.start
         self.resume = resume_export(
             self.plan,
@@ -119,6 +119,7 @@ class _Export:
             self.checkpoints,
             resumable=self.encoder_cls.resumable,
             part_size=self.part_size,
+            sink_factory=self.sink_factory,
         )
         self.files = list(self.resume.files)
         if self.special:
@@ -206,7 +207,7 @@ class _Export:
             self.current = FileResult(key=key, snapshot=start.snapshot)
             self.next_batch = start.batch_rows
             if self.sink_factory is not None:
-                sink = self.sink_factory(key)
+                sink = self.sink_factory(key, uuid.uuid4().hex)
             else:
                 sink = file_sink(self.client, self.bucket, self.plan, number, key, uuid.uuid4().hex)
         return PartWriter(
@@ -290,7 +291,13 @@ class _Export:
         cur = self.current
         cur.parts, cur.bytes = writer.parts, writer.bytes
         sha256 = writer.sha256
-        cur.sha256 = sha256 if sha256 is not None else object_sha256(self.client, self.bucket, cur.key)
+        if sha256 is None:  # a continued file: its first parts were written by an earlier attempt
+            sha256 = (
+                writer.sink.read_sha256()
+                if self.sink_factory is not None
+                else object_sha256(self.client, self.bucket, cur.key)
+            )
+        cur.sha256 = sha256
         self.output_types = encoder.output_types()
         cur.special_values = as_counts(self.special, self.counts)
         cur.deletes = cur.special_values.get(OP_COLUMN, {}).pop(DELETE_KEY, 0)
@@ -367,7 +374,7 @@ def run_export(
     abort_on_error: bool = True,
     statement_timeout_seconds: float | None = None,
     rows_progress_seconds: float | None = None,
-    sink_factory: Callable[[str], Any] | None = None,
+    sink_factory: Callable[..., Any] | None = None,
 ) -> ExportOutcome:
     """Stream the planned export into S3 files.
 
@@ -377,8 +384,9 @@ def run_export(
     With a checkpoint store, every uploaded part is recorded, and a call for the same export
     (same folder and fingerprint) continues from the last recorded part (formats that can be
     cut at parts) or the last complete file. On error the open upload is aborted, unless
-    `abort_on_error` is False (a retry is coming and will continue it). `sink_factory(key)` gives
-    each file's sink instead of a multipart upload to `bucket` (a destination's own, e.g. SFTP).
+    `abort_on_error` is False (a retry is coming and will continue it). `sink_factory(key, token)`
+    gives each file's sink instead of a multipart upload to `bucket` (a destination's own, e.g. SFTP);
+    with checkpoints too, its sinks must say what they hold (Azure block lists), as S3's do.
     """
     started = time.monotonic()
     encoder_cls = encoder_class(plan.request.format)

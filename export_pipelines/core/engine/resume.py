@@ -52,9 +52,11 @@ def resume_export(
     *,
     resumable: bool,
     part_size: int,
+    sink_factory: Any = None,
 ) -> Resume:
     """Load the checkpoint: keep complete files, continue or restart the open one; abort every
-    other upload under the export's folder."""
+    other upload under the export's folder. `sink_factory(key, token)`: a destination's own sinks
+    (which say what they hold: `uploaded_etags`, `completed_by_us`, `read_sha256`) instead of S3's."""
     folder = plan.location.folder
     resume = Resume(files=[], start=ReaderStart())
     keep: frozenset[str] = frozenset()
@@ -65,11 +67,12 @@ def resume_export(
             # The request changed since those were written: none of them can be reused.
             checkpoints.drop_files_from(folder, 1)
             saved = []
-        resume = _resume_from(saved, plan, client, bucket, checkpoints, resumable, part_size)
+        resume = _resume_from(saved, plan, client, bucket, checkpoints, resumable, part_size, sink_factory)
         if resume.open_file is not None:
             keep = frozenset({resume.open_file.sink.upload_id or ""})
-    # Uploads no checkpoint names (a crash between create and record, a superseded attempt).
-    abort_uploads(client, bucket, folder, keep)
+    if sink_factory is None:
+        # Uploads no checkpoint names (a crash between create and record, a superseded attempt).
+        abort_uploads(client, bucket, folder, keep)
     return resume
 
 
@@ -81,6 +84,7 @@ def _resume_from(
     store: CheckpointStore,
     resumable: bool,
     part_size: int,
+    sink_factory: Any = None,
 ) -> Resume:
     folder = plan.location.folder
     done: list[FileResult] = []
@@ -93,12 +97,18 @@ def _resume_from(
             batch = f.parts[-1].next_batch_rows if f.parts else start.batch_rows
             start = ReaderStart(len(done), f.last_key, batch)
             continue
-        sink = file_sink(client, bucket, plan, f.number, f.key, f.upload_token, f.upload_id)
+        if sink_factory is not None:
+            sink = sink_factory(f.key, f.upload_token)
+            sink.upload_id = f.upload_id
+        else:
+            sink = file_sink(client, bucket, plan, f.number, f.key, f.upload_token, f.upload_id)
         etags = sink.uploaded_etags()
         if etags is None and f.parts and sink.completed_by_us(sum(p.size for p in f.parts)):
             # The crash came after CompleteMultipartUpload but before we recorded it.
             result = file_result(f)
-            result.sha256 = object_sha256(client, bucket, f.key)
+            result.sha256 = (
+                sink.read_sha256() if sink_factory is not None else object_sha256(client, bucket, f.key)
+            )
             store.complete_file(folder, file_checkpoint(plan, f.number, result))
             done.append(result)
             # An uploading row has no last key of its own: the file's parts have it.

@@ -9,6 +9,7 @@ folder and an unreachable host end with the matching code and nothing half-writt
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -221,10 +222,24 @@ def test_export_arrives_byte_identical_to_the_link_export(
     assert main(["verify", str(tmp_path / "got"), "--public-key", str(public)]) == 0, capsys.readouterr()
 
 
-def test_s3_crash_mid_upload_continues_at_the_next_part(
-    link_export, stack_env, sftp_server, tenant_s3, catalog, source_url, signer, prefix, tmp_path
+@pytest.mark.parametrize("kind", ["s3", "azure_blob", "gcs"])
+def test_crash_mid_upload_continues_at_the_next_part(
+    kind,
+    request,
+    link_export,
+    stack_env,
+    sftp_server,
+    tenant_s3,
+    catalog,
+    source_url,
+    signer,
+    prefix,
+    tmp_path,
 ):
-    dest = destination("s3", stack_env, sftp_server, prefix)
+    """S3: the multipart upload stays open; Azure: the staged blocks stay uncommitted. Either way
+    the next attempt continues at part 3 from the checkpoint, and the file is byte for byte the same."""
+    server = request.getfixturevalue(SERVER_OF[kind]) if kind in SERVER_OF else None
+    dest = destination(kind, stack_env, sftp_server, prefix, azure=server)
     checkpoints = CheckpointStore(source_url).migrate_once()
     seen = 0
 
@@ -237,46 +252,77 @@ def test_s3_crash_mid_upload_continues_at_the_next_part(
     try:
         plan = _plan(catalog, source_url, dest.prefix, "resumed", checkpoints)
         with pytest.raises(Crash):
-            _export("s3", dest, plan, catalog, source_url, signer, checkpoints, crash, abort_on_error=False)
-        client = tenant_client(stack_env)
-        assert open_uploads(client, dest.config["bucket"], dest.prefix + "/"), (
-            "the crash left its upload open"
-        )
+            _export(kind, dest, plan, catalog, source_url, signer, checkpoints, crash, abort_on_error=False)
+        folder = plan.location.folder
+        if kind == "s3":
+            client = tenant_client(stack_env)
+            assert open_uploads(client, dest.config["bucket"], folder), "the upload stays open"
+            assert not client.list_objects_v2(Bucket=dest.config["bucket"], Prefix=folder).get("Contents")
+        elif kind == "azure_blob":  # staged blocks only: no blob under any name yet
+            from export_pipelines.core.delivery.destinations.azure_blob import container_client
+
+            assert not list(container_client(dest, allow_private=True).list_blobs(name_starts_with=folder))
+        else:  # part objects only: nothing under the file's name
+            from export_pipelines.core.delivery.destinations.gcs import bucket_handle
+
+            bucket = bucket_handle(dest, allow_private=True)
+            names = [b.name for b in bucket.client.list_blobs(bucket, prefix=folder)]
+            assert names and all(".export-part-" in n for n in names)
         again = _plan(catalog, source_url, dest.prefix, "resumed", checkpoints)
         assert again.resumed
-        _export("s3", dest, again, catalog, source_url, signer, checkpoints)
+        _export(kind, dest, again, catalog, source_url, signer, checkpoints)
     finally:
         checkpoints.close()
-    files = delivered("s3", stack_env, sftp_server, dest, again.location.folder, tmp_path / "got")
+    files = delivered(kind, stack_env, sftp_server, dest, again.location.folder, tmp_path / "got")
     assert {n: d for n, d in files.items() if n.startswith("part-")} == link_export
-    import json
-
     manifest = json.loads(files["manifest.json"])
     assert manifest["files"][0]["resumed_at_part"] == 3
     assert manifest["files"][0]["sha256"] == hashlib.sha256(link_export["part-00001.csv"]).hexdigest()
 
 
-def test_sftp_crash_mid_upload_leaves_nothing_under_a_final_name_and_a_rerun_completes(
-    link_export, stack_env, sftp_server, catalog, source_url, signer, prefix, tmp_path
+def test_sftp_crash_keeps_complete_files_and_writes_the_open_one_again(
+    stack_env, sftp_server, catalog, source_url, signer, prefix, tmp_path, capsys
 ):
+    """File-level resume: a crash in the second file leaves the first complete (kept, not written
+    again) and nothing of the second under its final name; the next attempt completes the export."""
     dest = destination("sftp", stack_env, sftp_server, prefix)
-    plan = _plan(catalog, source_url, dest.prefix, "same-export")
-    seen = 0
+    checkpoints = CheckpointStore(source_url).migrate_once()
+    request = build_request(
+        catalog, resource="orders", tenant_id=BIG, export_id="files", max_rows_per_file=40_000, **REQUEST
+    )
+    seen: list[Any] = []
 
-    def crash(_: Any) -> None:
-        nonlocal seen
-        seen += 1
-        if seen >= 2:
-            raise Crash("after 2 parts")
+    def crash(p: Any) -> None:
+        seen.append(p)
+        if p.files_completed >= 1:
+            raise Crash("in the second file")
 
-    with pytest.raises(Crash):
-        _export("sftp", dest, plan, catalog, source_url, signer, on_progress=crash)
-    folder = Path(dest.config["path"]) / plan.location.folder
-    assert [p.name for p in folder.iterdir()] == []  # the partial file was removed, nothing else written
-    _export("sftp", dest, plan, catalog, source_url, signer)
-    files = delivered("sftp", stack_env, sftp_server, dest, plan.location.folder, tmp_path / "got")
-    assert {n: d for n, d in files.items() if n.startswith("part-")} == link_export
-    assert "_SUCCESS" in files
+    try:
+        plan = plan_export(source_url, catalog, request, dest.prefix, checkpoints=checkpoints)
+        with pytest.raises(Crash):
+            _export("sftp", dest, plan, catalog, source_url, signer, checkpoints, crash)
+        folder = Path(dest.config["path"]) / plan.location.folder
+        assert sorted(p.name for p in folder.iterdir()) == ["part-00001.csv"]
+        first = (folder / "part-00001.csv").stat().st_mtime_ns
+        again = plan_export(source_url, catalog, request, dest.prefix, checkpoints=checkpoints)
+        assert again.resumed
+        outcome = _export("sftp", dest, again, catalog, source_url, signer, checkpoints)
+    finally:
+        checkpoints.close()
+    assert len(outcome.files) == 3 and outcome.rows == again.rows_total
+    assert (folder / "part-00001.csv").stat().st_mtime_ns == first  # kept, not written again
+    files = delivered("sftp", stack_env, sftp_server, dest, again.location.folder, tmp_path / "got")
+    assert set(files) == {
+        "part-00001.csv",
+        "part-00002.csv",
+        "part-00003.csv",
+        "manifest.json",
+        "manifest.json.sig",
+        "_SUCCESS",
+    }
+    public = tmp_path / "key.pub"
+    public.write_text(signer.published().public_key)
+    assert main(["verify", str(tmp_path / "got"), "--public-key", str(public)]) == 0, capsys.readouterr()
 
 
 FAILURES = [

@@ -76,6 +76,15 @@ def block_id(number: int) -> str:
     return base64.b64encode(f"part-{number:08d}".encode()).decode()
 
 
+def block_number(block: str) -> int | None:
+    """The part number a block id of `block_id` names (None for another writer's block)."""
+    try:
+        text = base64.b64decode(block).decode()
+    except ValueError:
+        return None
+    return int(text[5:]) if text.startswith("part-") and text[5:].isdigit() else None
+
+
 def preflight(client: Any) -> None:
     """A read before any write: a missing container answers ContainerNotFound."""
     client.get_container_properties()
