@@ -102,8 +102,9 @@ def test_over_the_active_cap_the_tenant_is_told_to_retry(api, source_url):
 
 def test_api_key_create_refuses_an_unknown_tenant(source_url):
     env = {**os.environ, "SOURCE_DATABASE_URL": source_url}
+    unknown = f"t-nope-{uuid.uuid4().hex[:8]}"  # "t-nope" itself may hold a key from before the check
     nope = subprocess.run(
-        [str(EXE), "api-key", "create", "--tenant", "t-nope"],
+        [str(EXE), "api-key", "create", "--tenant", unknown],
         env=env,
         capture_output=True,
         text=True,
@@ -111,9 +112,9 @@ def test_api_key_create_refuses_an_unknown_tenant(source_url):
     )
     assert nope.returncode == 2, nope.stdout + nope.stderr
     assert nope.stdout == ""  # no token printed
-    assert "'t-nope' is not a tenant" in nope.stderr
+    assert f"'{unknown}' is not a tenant" in nope.stderr
     with psycopg.connect(source_url) as conn:
-        row = conn.execute("SELECT count(*) FROM export_api_keys WHERE tenant_id = 't-nope'").fetchone()
+        row = conn.execute("SELECT count(*) FROM export_api_keys WHERE tenant_id = %s", [unknown]).fetchone()
     assert row is not None and row[0] == 0
     known = subprocess.run(
         [str(EXE), "api-key", "create", "--tenant", SMALL, "--name", "refusals"],
