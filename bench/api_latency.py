@@ -12,6 +12,11 @@ database of its own (exports_bench_api, created and migrated here), then measure
 2. GET /v1/exports/{id}: the same count and concurrency on the created ids.
 3. GET /v1/exports/{id}/events: `--streams` open SSE streams on running exports whose progress this
    script advances every second; the server's RSS and CPU while they are open.
+With `--hostile`, step 2 runs twice: alone, then while a hostile client (a process of its own) sends
+oversized headers, oversized bodies with a garbage key and create+cancel churn with a key of its own
+tenant; `get_status_hostile` and `hostile_ratio_p99` say how much the other tenants' reads moved.
+The server runs with rate limits the measured clients stay under (20/s and 600/min per key and per
+tenant): the churn client is over them.
 Prints one JSON document (and `uptime`, since the clients share the machine with the server).
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import socket
 import statistics
@@ -116,6 +122,59 @@ def _one_proc_stats(pid: int) -> tuple[float, int]:
     with open(f"/proc/{pid}/status") as f:
         rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
     return cpu, rss
+
+
+def hostile(base: str, token: str, stop: Any, counts: Any) -> None:
+    """The attacks of the hostile client, round after round until `stop`: a 4 MB header line, a
+    declared 100 MB body and a streamed 2 MB body with a garbage key, and create+cancel churn."""
+    host, port = base.split("://", 1)[1].split(":")
+
+    def exchange(head: bytes, chunks: int = 0, chunk: bytes = b"") -> int:
+        try:
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(head)
+                for _ in range(chunks):
+                    sock.sendall(chunk)
+                answer = sock.recv(64)
+                return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+        except (OSError, ValueError, IndexError):
+            return -1
+
+    def count(code: int) -> None:
+        counts[code] = counts.get(code, 0) + 1
+
+    client = httpx.Client(base_url=base, timeout=10)
+    while not stop.is_set():
+        count(exchange(b"GET /v1/exports HTTP/1.1\r\nHost: x\r\nX-Big: ", 64, b"a" * 65536))
+        count(
+            exchange(
+                b"POST /v1/exports HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer exp_garbage\r\n"
+                b"Content-Length: 104857600\r\n\r\n"
+            )
+        )
+        count(
+            exchange(
+                b"POST /v1/exports HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer exp_garbage\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n",
+                32,
+                b"10000\r\n" + b" " * 65536 + b"\r\n",
+            )
+        )
+        for _ in range(10):
+            try:
+                created = client.post(
+                    "/v1/exports", headers={"Authorization": f"Bearer {token}"}, json={"resource": "orders"}
+                )
+                count(created.status_code)
+                if created.status_code == 202:
+                    cancel = client.post(
+                        f"/v1/exports/{created.json()['id']}/cancel",
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
+                    count(cancel.status_code)
+            except httpx.HTTPError:
+                count(-1)
+    client.close()
 
 
 class RawResponse:
@@ -241,6 +300,26 @@ async def bench(args: argparse.Namespace, base: str, bench_url: str, pid: int) -
         return await client.request("GET", f"/v1/exports/{rid}", {"Authorization": f"Bearer {owner[rid]}"})
 
     get_ms, get_codes = await run_concurrently(args.clients, ids, status, base, args.rate)
+    hostile_result: dict[str, Any] = {}
+    if args.hostile:
+        with ApiKeyStore(bench_url) as keys:
+            attacker = keys.create("bench-attacker", "bench")[0]
+        manager = multiprocessing.Manager()
+        stop_attack, counts = manager.Event(), manager.dict()
+        attack = multiprocessing.Process(target=hostile, args=(base, attacker, stop_attack, counts))
+        attack.start()
+        await asyncio.sleep(2)  # the attacks are under way
+        try:
+            hostile_ms, hostile_codes = await run_concurrently(args.clients, ids, status, base, args.rate)
+        finally:
+            stop_attack.set()
+            attack.join(timeout=60)
+        hostile_result = {
+            "get_status_hostile": {**percentiles(hostile_ms), "codes": hostile_codes},
+            "hostile_answers": dict(counts),
+            "hostile_ratio_p99": round(percentiles(hostile_ms)["p99_ms"] / percentiles(get_ms)["p99_ms"], 2),
+        }
+        manager.shutdown()
 
     # SSE: streams on running exports whose progress moves every second.
     stream_ids = ids[: args.streams]
@@ -304,6 +383,8 @@ async def bench(args: argparse.Namespace, base: str, bench_url: str, pid: int) -
             "server_cpu_seconds": round(post_cpu, 2),
         },
         "get_status": {**percentiles(get_ms), "codes": get_codes},
+        "waiting_rows": len(created),
+        **hostile_result,
         "sse": {
             "streams": len(stream_ids),
             "window_seconds": round(window, 1),
@@ -316,20 +397,28 @@ async def bench(args: argparse.Namespace, base: str, bench_url: str, pid: int) -
 
 
 def server_side_latency(path: str, skip_posts: int) -> dict[str, Any]:
+    """From the request log (one JSON object a line)."""
     post: list[float] = []
     get: list[float] = []
     with open(path) as f:
         for line in f:
-            parts = line.split()
-            if "export_pipelines.api" not in parts or len(parts) < 8:
+            if not line.startswith("{"):
                 continue
-            at = parts.index("export_pipelines.api") + 2
-            method, route, ms = parts[at], parts[at + 1], parts[at + 3]
-            if method == "POST" and route == "/v1/exports":
-                post.append(float(ms.removesuffix("ms")))
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            method, route, ms = entry.get("method"), entry.get("path") or "", entry.get("ms")
+            if not isinstance(ms, int | float):
+                continue
+            if method == "POST" and route == "/v1/exports" and entry.get("status") == 202:
+                post.append(float(ms))
             elif method == "GET" and route.startswith("/v1/exports/") and not route.endswith("/events"):
-                get.append(float(ms.removesuffix("ms")))
-    return {"post": percentiles(post[skip_posts:]), "get_status": percentiles(get)}
+                get.append(float(ms))
+    return {
+        "post": percentiles(post[skip_posts:]) if post[skip_posts:] else {},
+        "get_status": percentiles(get) if get else {},
+    }
 
 
 def main() -> int:
@@ -345,6 +434,9 @@ def main() -> int:
     parser.add_argument(
         "--rate", type=float, default=0.0, help="total requests/s of the clients (0: back to back)"
     )
+    parser.add_argument(
+        "--hostile", action="store_true", help="measure the status reads again with a hostile client running"
+    )
     args = parser.parse_args()
 
     source = os.environ.get("SOURCE_DATABASE_URL")
@@ -352,7 +444,13 @@ def main() -> int:
         sys.exit("set SOURCE_DATABASE_URL and EXPORT_BUCKET (source scripts/env.sh)")
     bench_url = bench_database(source)
     port = free_port()
-    env = {**os.environ, "SOURCE_DATABASE_URL": bench_url}
+    env = {
+        **os.environ,
+        "SOURCE_DATABASE_URL": bench_url,
+        # The measured clients (a few requests a second each) stay under these; a churn client does not.
+        "EXPORT_API_RATE_LIMIT_PER_KEY": "20/second;600/minute",
+        "EXPORT_API_RATE_LIMIT_PER_TENANT": "20/second;600/minute",
+    }
     log = open("/tmp/export_api_bench.log", "w")  # noqa: SIM115 - the child's log, closed below
     server = subprocess.Popen(
         [
@@ -373,7 +471,7 @@ def main() -> int:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 180  # a loaded machine starts the server slowly
         while True:
             try:
                 if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
@@ -395,6 +493,7 @@ def main() -> int:
     result["nproc"] = os.cpu_count()
     result["workers"] = args.workers
     result["rate"] = args.rate or "closed loop (back to back)"
+    result["hostile"] = args.hostile
     print(json.dumps(result, indent=2))
     return 0
 

@@ -8,6 +8,7 @@ hanging S3 slows the file routes only; the rest of the API (and /healthz) keeps 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -32,6 +33,8 @@ DEFAULT_LINK_HOURS = 24
 # How long a request waits for one of the S3 slots before it answers 503: short, so requests piling
 # up behind a hanging S3 give their threads back quickly.
 S3_SLOT_WAIT_SECONDS = 1.0
+# Queue positions are read for every waiting row at most this often and shared by all status reads.
+POSITIONS_SECONDS = 1.0
 
 
 class Loaded(NamedTuple):
@@ -56,6 +59,9 @@ class ExportApi:
             settings.api_rate_limit_per_tenant,
             settings.api_rate_limit_storage_url,
         )
+        self._positions: dict[str, int] = {}
+        self._positions_at = -POSITIONS_SECONDS
+        self._positions_lock = threading.Lock()
         self._s3: Any = None
         self._s3_slots = threading.BoundedSemaphore(settings.api_s3_max_concurrent)
 
@@ -108,8 +114,21 @@ class ExportApi:
                 raise not_found()
             queue_position = None
             if position and row.status in ("pending", "queued"):
-                queue_position = RequestQueue.on(conn).position(row.id)
+                queue_position = self._position(conn, row.id)
         return Loaded(row, status_document(row, queue_position))
+
+    def _position(self, conn: Any, request_id: str) -> int | None:
+        """The row's queue position from the shared snapshot (refreshed at most once a second by one
+        request; the others use the last one); a row newer than the snapshot is counted alone."""
+        now = time.monotonic()
+        if now - self._positions_at >= POSITIONS_SECONDS and self._positions_lock.acquire(blocking=False):
+            try:
+                self._positions = RequestQueue.on(conn).positions()
+                self._positions_at = time.monotonic()
+            finally:
+                self._positions_lock.release()
+        known = self._positions.get(str(request_id))
+        return known if known is not None else RequestQueue.on(conn).position(request_id)
 
     def links(self, row: StoredRequest, first: int = 1, limit: int | None = None) -> tuple[list[Link], int]:
         """Fresh links of files `first` … `first + limit - 1` (and the manifest's), and the number of

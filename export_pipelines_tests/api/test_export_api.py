@@ -516,7 +516,11 @@ def test_sse_progress_then_final_event_and_resume(api, client, finished, db):
 
 def test_queue_position_is_the_fair_queue_order(db):
     """The cheap aggregate gives the same position as ranking every waiting row."""
-    from export_pipelines.core.requests.queue import QUEUE_POSITION_REFERENCE_SQL, QUEUE_POSITION_SQL
+    from export_pipelines.core.requests.queue import (
+        QUEUE_POSITION_REFERENCE_SQL,
+        QUEUE_POSITION_SQL,
+        QUEUE_POSITIONS_SQL,
+    )
 
     tenants = [fresh_tenant() for _ in range(3)]
     ids = []
@@ -535,8 +539,10 @@ def test_queue_position_is_the_fair_queue_order(db):
         db.execute("UPDATE export_requests SET status = 'pending' WHERE id = ANY(%s)", [ids])
         positions = [db.execute(QUEUE_POSITION_SQL, {"id": i}).fetchone()["ahead"] for i in ids]
         reference = [db.execute(QUEUE_POSITION_REFERENCE_SQL, {"id": i}).fetchone()["ahead"] for i in ids]
+        # The snapshot the API's status reads share (every waiting row in one query).
+        snapshot = {r["id"]: r["ahead"] for r in db.execute(QUEUE_POSITIONS_SQL).fetchall()}
         db.execute("UPDATE export_requests SET status = 'canceled' WHERE id = ANY(%s)", [ids])
-    assert positions == reference
+    assert positions == reference == [snapshot[str(i)] for i in ids]
     assert len(set(positions)) == 10  # other tests' waiting rows may be ahead, never level
 
 

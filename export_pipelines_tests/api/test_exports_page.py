@@ -346,10 +346,13 @@ def test_events_token_is_short_lived_and_scoped_to_one_export(api, source_url, d
         assert "not valid" in refused_with(f"{payload}.{'0' * len(signature)}")["message"]
         assert "not an event-stream token" in refused_with("est_%%%")["message"]
         principal = _principal_of(source_url, key)
-        old, _ = stream_tokens.mint(principal, mine, now=time.time() - stream_tokens.TOKEN_SECONDS - 5)
+        secret = api.server.config.app.state.api.token_secret  # the server's own signing key
+        old, _ = stream_tokens.mint(
+            principal, mine, secret, now=time.time() - stream_tokens.TOKEN_SECONDS - 5
+        )
         assert "expired" in refused_with(old)["message"]
         # A tenant claim the key does not have is refused even when the signature is right.
-        forged, _ = stream_tokens.mint(_as_tenant(principal, other), mine)
+        forged, _ = stream_tokens.mint(_as_tenant(principal, other), mine, secret)
         assert "wrong tenant" in refused_with(forged)["message"]
 
         # Revoking the key voids its tokens at once.

@@ -46,6 +46,19 @@ WHERE waiting.id <> me.id
 """
 
 
+# Every waiting row's position at once (the same order as QUEUE_POSITION_REFERENCE_SQL): the API
+# reads this at most once a second and answers each status GET from it, so a GET does not aggregate
+# every waiting row.
+QUEUE_POSITIONS_SQL = """
+WITH waiting AS (
+    SELECT id, created_at,
+           row_number() OVER (PARTITION BY tenant_id ORDER BY created_at, id) AS rank
+    FROM export_requests WHERE status IN ('pending', 'queued')
+)
+SELECT id::text AS id, row_number() OVER (ORDER BY rank, created_at, id) - 1 AS ahead FROM waiting
+"""
+
+
 class RequestQueue(RequestRows):
     """The fair queue's reads and claims on export_requests."""
 
@@ -150,6 +163,10 @@ class RequestQueue(RequestRows):
             [older_than_seconds, limit],
         ).fetchall()
         return [as_request(r) for r in rows]
+
+    def positions(self) -> dict[str, int]:
+        """Every waiting row's queue position, by id."""
+        return {r["id"]: int(r["ahead"]) for r in self.execute(QUEUE_POSITIONS_SQL).fetchall()}
 
     def position(self, request_id: str) -> int | None:
         """How many waiting rows the fair queue starts before this one (None: it names no row)."""
