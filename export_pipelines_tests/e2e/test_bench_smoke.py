@@ -22,5 +22,5 @@ def test_bench_smoke_runs_and_verifies(stack_env):
     assert "ours_csv: decompressed CSV identical to psql reference" in out.stdout
     assert "job_csv: decompressed CSV identical to psql reference" in out.stdout
     assert "verified: 3 checks passed" in out.stdout
-    for method in ("ref_csv", "ours_csv", "job_csv", "ref_parquet", "ours_parquet"):
+    for method in ("floor", "ref_csv", "ours_csv", "job_csv", "ref_parquet", "ours_parquet", "job_parquet"):
         assert f"| {method} |" in out.stdout

@@ -175,10 +175,19 @@ def make_source(
     query = ExportQuery(catalog.resource(plan.request.resource), plan.request, plan.types)
     # The format may have PostgreSQL render some columns (bytea as base64, JSON rows, ...).
     query = encoder_cls.render_query(query)
+    streamed = encoder_cls.stream_counted(plan.columns)
     if encoder_cls.input_kind == "pg_csv":
         chunk = encoder_cls.input_chunk_bytes or CHUNK_BYTES
-        return PgCsvSource(conninfo, query, plan.high_water_mark, statement_timeout_seconds, counters, chunk)
-    return ArrowSource(conninfo, query, plan.high_water_mark, statement_timeout_seconds, counters)
+        return PgCsvSource(
+            conninfo,
+            query,
+            plan.high_water_mark,
+            statement_timeout_seconds,
+            counters,
+            chunk_bytes=chunk,
+            stream_counted=streamed,
+        )
+    return ArrowSource(conninfo, query, plan.high_water_mark, statement_timeout_seconds, counters, streamed)
 
 
 def event_queue(encoder_cls: type[Encoder]) -> queue.Queue[Any]:

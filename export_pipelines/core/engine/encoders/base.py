@@ -64,8 +64,16 @@ class Encoder(ABC):
 
     def special_counts(self) -> dict[str, dict[str, int]]:
         """Special values this encoder counted itself ({column: {key: count}}, no zeros): the
-        ones only the encoder can see (PDF's wrapped-lines cut). PostgreSQL counts the rest."""
+        ones only the encoder can see (PDF's wrapped-lines cut), and those of `stream_counted`.
+        PostgreSQL counts the rest."""
         return {}
+
+    @classmethod
+    def stream_counted(cls, columns: list[ColumnInfo]) -> frozenset[tuple[str, str]]:
+        """(column, key) pairs this encoder counts in the rows it writes, for free, so the file's
+        count query leaves them out (PostgreSQL still counts them when rows an earlier attempt
+        wrote are recounted)."""
+        return frozenset()
 
     def describe(self, context: dict[str, str]) -> None:  # noqa: B027 - optional hook
         """Facts about the export (tenant, resource, filters, generated_at) for formats that print

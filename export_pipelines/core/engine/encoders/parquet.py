@@ -27,7 +27,7 @@ from pyarrow._parquet import ParquetWriter as _ParquetWriter
 from export_pipelines.core.columns import ColumnInfo
 from export_pipelines.core.engine.encoders.base import Encoder
 from export_pipelines.core.engine.encoders.render_sql import column_ref
-from export_pipelines.core.engine.encoders.type_contract import category, numeric_precision_scale
+from export_pipelines.core.engine.encoders.type_contract import NAN, category, numeric_precision_scale
 from export_pipelines.core.engine.query import ExportQuery, RenderedQuery
 from export_pipelines.core.formats import format_spec
 from export_pipelines.core.memory import release_free_memory
@@ -84,11 +84,13 @@ def _numeric_type(col: ColumnInfo) -> pa.DataType | None:
     return pa.decimal128(*ps) if category(col) == "decimal" and (ps := numeric_precision_scale(col)) else None
 
 
-def _decimal_with_nan(array: pa.Array, decimal: pa.DataType) -> pa.Array:
-    """NaN cannot be a decimal128: it becomes null (the type contract says so)."""
+def _decimal_with_nan(array: pa.Array, decimal: pa.DataType) -> tuple[pa.Array, int]:
+    """NaN cannot be a decimal128: it becomes null (the type contract says so). Also returns
+    how many NaN there were (the file's special-value count)."""
     text = array.storage if isinstance(array.type, pa.BaseExtensionType) else array
     is_nan = pc.fill_null(pc.equal(pc.utf8_lower(text), "nan"), False)
-    return pc.if_else(is_nan, pa.scalar(None, pa.string()), text).cast(decimal)
+    nans = int(pc.sum(is_nan).as_py() or 0)
+    return pc.if_else(is_nan, pa.scalar(None, pa.string()), text).cast(decimal), nans
 
 
 def _fix_infinities(array: pa.Array) -> pa.Array:
@@ -178,7 +180,17 @@ class ParquetEncoder(Encoder):
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._decimals = {c.name: t for c in columns if (t := _numeric_type(c)) is not None}
+        self._nans: dict[str, int] = {}  # NaN per decimal column, counted while casting
         self._schema: pa.Schema | None = None
+
+    @classmethod
+    def stream_counted(cls, columns: list[ColumnInfo]) -> frozenset[tuple[str, str]]:
+        # NaN of a numeric(p,s) column: the decimal cast finds them anyway, where PostgreSQL
+        # would read every row once more (such columns are rarely indexed).
+        return frozenset((c.name, NAN) for c in columns if _numeric_type(c) is not None)
+
+    def special_counts(self) -> dict[str, dict[str, int]]:
+        return {name: {NAN: n} for name, n in self._nans.items() if n}
 
     @classmethod
     def render_query(cls, query: ExportQuery) -> ExportQuery:
@@ -203,7 +215,8 @@ class ParquetEncoder(Encoder):
                 try:
                     array = array.cast(self._decimals[field.name])
                 except pa.ArrowInvalid:  # NaN: the only numeric(p,s) value a decimal cannot hold
-                    array = _decimal_with_nan(array, self._decimals[field.name])
+                    array, nans = _decimal_with_nan(array, self._decimals[field.name])
+                    self._nans[field.name] = self._nans.get(field.name, 0) + nans
             elif pa.types.is_timestamp(array.type) or pa.types.is_date32(array.type):
                 array = _fix_infinities(array)
             arrays.append(array)
