@@ -179,3 +179,33 @@ def test_the_feed_sensor_makes_the_due_feeds_deliveries(client, dagster_resource
     assert launch_due_feeds(
         dagster_resources["source"], dagster_resources["export_settings"], "off"
     ).startswith("0")
+
+
+def test_enterprise_tenants_get_a_default_monthly_feed_in_the_configured_mode(dagster_resources, source_url):
+    from export_pipelines_tests.support.services import ENTERPRISE
+
+    source, settings = dagster_resources["source"], dagster_resources["export_settings"]
+    with FeedStore(source_url) as feeds:
+        feeds.execute("DELETE FROM export_feeds WHERE origin = 'enterprise_default'")
+        launch_due_feeds(source, settings, "off")
+        assert (
+            feeds.execute("SELECT count(*) FROM export_feeds WHERE origin = 'enterprise_default'").fetchone()[
+                "count"
+            ]
+            == 0
+        )
+        launch_due_feeds(source, settings, "incremental")
+        launch_due_feeds(source, settings, "incremental")  # made once
+        made = feeds.execute(
+            "SELECT tenant_id, resource, frequency, mode FROM export_feeds WHERE origin = 'enterprise_default' "
+            "ORDER BY tenant_id"
+        ).fetchall()
+        assert [(r["tenant_id"], r["resource"], r["frequency"], r["mode"]) for r in made] == [
+            (t, "orders", "monthly", "incremental") for t in sorted(ENTERPRISE)
+        ]
+        launch_due_feeds(source, settings, "full")  # the setting moves: the mode follows
+        modes = feeds.execute(
+            "SELECT DISTINCT mode FROM export_feeds WHERE origin = 'enterprise_default'"
+        ).fetchall()
+        assert [r["mode"] for r in modes] == ["full"]
+        feeds.execute("DELETE FROM export_feeds WHERE origin = 'enterprise_default'")
