@@ -331,3 +331,52 @@ def test_a_long_transaction_is_missed_by_a_watermark_and_delivered_by_the_feed(t
     assert source == {"1": ("gap-long", "100"), "2": ("gap-long", "200")}
     assert feed.replica == source
     assert feed.wm_replica["1"] == ("gap-long", "1")  # the watermark had passed its updated_at
+
+
+def test_real_threads_writing_while_deliveries_run_back_to_back(tracked, s3_client, bucket):
+    """The same check with the writers on their own threads (real concurrency, no scheduler): for a
+    few seconds, three writers run transactions of random length (some held open across several
+    deliveries) while deliveries follow each other; then one last delivery."""
+    import threading
+    import time
+
+    feed = Feed(tenant="gap-threads")
+    with psycopg.connect(tracked, autocommit=True) as conn:
+        conn.execute("DELETE FROM gapfree_items WHERE tenant_id = %s", [feed.tenant])
+        conn.execute(
+            "INSERT INTO gapfree_items (tenant_id, id, val) SELECT %s, g, g FROM generate_series(1, %s) g",
+            [feed.tenant, KEYS],
+        )
+    run_delivery(tracked, feed, s3_client, bucket, via_s3=False)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer(seed: int) -> None:
+        rng = random.Random(seed)
+        w = Writer(tracked, feed.tenant, rng)
+        try:
+            while not stop.is_set():
+                for _ in range(rng.randint(1, 4)):
+                    w.step(rng.choice(ACTIONS))
+                time.sleep(rng.choice([0.0, 0.05, 0.3, 1.0]))  # sometimes across several deliveries
+                w.end(commit=rng.random() < 0.8)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+        finally:
+            w.close()
+
+    threads = [threading.Thread(target=writer, args=(s,), daemon=True) for s in range(WRITERS)]
+    for t in threads:
+        t.start()
+    deliveries = 0
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        run_delivery(tracked, feed, s3_client, bucket, via_s3=deliveries % 5 == 0)
+        deliveries += 1
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, errors
+    run_delivery(tracked, feed, s3_client, bucket, via_s3=True)
+    assert deliveries >= 5
+    assert feed.replica == source_rows(tracked, feed.tenant)
