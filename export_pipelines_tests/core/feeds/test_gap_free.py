@@ -380,3 +380,67 @@ def test_real_threads_writing_while_deliveries_run_back_to_back(tracked, s3_clie
     run_delivery(tracked, feed, s3_client, bucket, via_s3=True)
     assert deliveries >= 5
     assert feed.replica == source_rows(tracked, feed.tenant)
+
+
+@pytest.mark.parametrize(("fmt", "compression"), [("parquet", "zstd"), ("jsonl", "gzip"), ("xlsx", "none")])
+def test_deliveries_in_other_formats_carry_op_and_deletes(tracked, s3_client, bucket, fmt, compression):
+    """The change relation feeds every encoder: Arrow (Parquet), rendered JSON, xlsx."""
+    import gzip as gz
+    import json as js
+
+    import pyarrow.parquet as pq
+
+    tenant = f"gap-fmt-{fmt}"
+    with psycopg.connect(tracked, autocommit=True) as conn:
+        conn.execute("DELETE FROM gapfree_items WHERE tenant_id = %s", [tenant])
+        conn.execute(
+            "INSERT INTO gapfree_items (tenant_id, id, val) VALUES (%s, 1, 1), (%s, 2, 2)", [tenant, tenant]
+        )
+    previous = None
+    manifests = []
+    for n in (1, 2):
+        request = build_request(
+            CATALOG,
+            tenant_id=tenant,
+            resource="gapfree",
+            format=fmt,
+            compression=compression,
+            columns=None,
+            filters={},
+            export_id=f"fmt-{n}",
+        )
+        from dataclasses import replace
+
+        done = deliver(
+            tracked,
+            CATALOG,
+            replace(request, feed=next_window("f", n, "incremental", previous)),
+            s3_client=s3_client,
+            bucket=bucket,
+            prefix=f"gapfree-{fmt}",
+        )
+        previous = done.record
+        manifests.append(done.finalized.manifest_key)
+        if n == 1:
+            with psycopg.connect(tracked, autocommit=True) as conn:
+                conn.execute("UPDATE gapfree_items SET val = 10 WHERE tenant_id = %s AND id = 1", [tenant])
+                conn.execute("DELETE FROM gapfree_items WHERE tenant_id = %s AND id = 2", [tenant])
+    manifest = js.loads(s3_client.get_object(Bucket=bucket, Key=manifests[1])["Body"].read())
+    assert manifest["changes"]["mode"] == "incremental"
+    assert (manifest["changes"]["upserts"], manifest["changes"]["deletes"]) == (1, 1)
+    assert [c["name"] for c in manifest["columns"]] == ["id", "tenant_id", "val", "_op"]
+    body = s3_client.get_object(Bucket=bucket, Key=manifest["files"][0]["key"])["Body"].read()
+    if fmt == "parquet":
+        rows = pq.read_table(io.BytesIO(body)).to_pylist()
+        got = sorted((r["id"], r["val"], r["_op"]) for r in rows)
+        assert got == [(1, 10, "upsert"), (2, None, "delete")]
+    elif fmt == "jsonl":
+        rows = [js.loads(line) for line in gz.decompress(body).decode().splitlines()]
+        assert sorted((r["id"], r["val"], r["_op"]) for r in rows) == [(1, 10, "upsert"), (2, None, "delete")]
+    else:
+        import openpyxl
+
+        sheet = openpyxl.load_workbook(io.BytesIO(body), read_only=True).worksheets[0]
+        rows = list(sheet.iter_rows(values_only=True))
+        assert rows[0] == ("id", "tenant_id", "val", "_op")
+        assert sorted((r[0], r[2], r[3]) for r in rows[1:]) == [(1, 10, "upsert"), (2, None, "delete")]
