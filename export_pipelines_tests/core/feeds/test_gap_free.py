@@ -444,3 +444,26 @@ def test_deliveries_in_other_formats_carry_op_and_deletes(tracked, s3_client, bu
         rows = list(sheet.iter_rows(values_only=True))
         assert rows[0] == ("id", "tenant_id", "val", "_op")
         assert sorted((r[0], r[2], r[3]) for r in rows[1:]) == [(1, 10, "upsert"), (2, None, "delete")]
+
+
+def test_tracking_turned_off_and_on_between_deliveries_makes_the_next_one_full(tracked, s3_client, bucket):
+    """Writes while tracking was off carry no xid and no tombstone: the next delivery cannot be
+    incremental, and says why."""
+    from export_pipelines.core.engine.change_tracking import uninstall
+
+    feed = Feed(tenant="gap-reinstall")
+    with psycopg.connect(tracked, autocommit=True) as conn:
+        conn.execute("DELETE FROM gapfree_items WHERE tenant_id = %s", [feed.tenant])
+        conn.execute(
+            "INSERT INTO gapfree_items (tenant_id, id, val) VALUES (%s, 1, 1), (%s, 2, 2)", [feed.tenant] * 2
+        )
+    run_delivery(tracked, feed, s3_client, bucket, via_s3=False)
+    uninstall(tracked, CATALOG.resource("gapfree"))
+    try:
+        with psycopg.connect(tracked, autocommit=True) as conn:
+            conn.execute("DELETE FROM gapfree_items WHERE tenant_id = %s AND id = 2", [feed.tenant])
+    finally:
+        install(tracked, CATALOG.resource("gapfree"))
+    run_delivery(tracked, feed, s3_client, bucket, via_s3=True)
+    assert feed.previous is not None and feed.previous.mode == "full"
+    assert feed.replica == source_rows(tracked, feed.tenant) == {"1": ("gap-reinstall", "1")}
