@@ -16,6 +16,20 @@ def cmd_track(args: argparse.Namespace) -> int:
     from export_pipelines.core.requests.catalog import load_catalog
 
     settings = settings_or_exit()
+    if args.off:
+        from export_pipelines.core.engine.change_tracking import uninstall
+
+        try:
+            spec = load_catalog(settings.catalog_path).resource(args.resource)
+            uninstall(source_url_or_exit(), spec, drop_column=args.drop_column)
+        except ExportError as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+        print(
+            f"change tracking of {spec.table} is off"
+            + (" (column and index dropped)" if args.drop_column else "")
+        )
+        return 0
     try:
         spec = load_catalog(settings.catalog_path).resource(args.resource)
         done = install(
@@ -194,4 +208,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--backfill", action="store_true", help="fill the column of existing rows, in batches")
     p.add_argument("--batch-rows", type=int, default=10_000, help="rows per backfill transaction")
     p.add_argument("--verbose-batches", action="store_true", help="print the backfill's progress")
+    p.add_argument(
+        "--off",
+        action="store_true",
+        help="turn tracking off: drop the triggers and the resource's tombstones",
+    )
+    p.add_argument(
+        "--drop-column", action="store_true", help="with --off: also drop the index and the column"
+    )
     p.set_defaults(func=cmd_track)

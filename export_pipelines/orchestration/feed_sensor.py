@@ -10,7 +10,7 @@ import dagster as dg
 
 from export_pipelines.core.engine.change_tracking import prune_tombstones
 from export_pipelines.core.errors import DeliveryInProgress, TooManyActive
-from export_pipelines.core.requests.feed_store import FeedStore, start_delivery
+from export_pipelines.core.requests.feed_store import FeedStore, check_feed, start_delivery
 from export_pipelines.core.requests.tenants import list_tenants
 from export_pipelines.core.storage.pg_connect import open_connection
 from export_pipelines.orchestration.resources import ExportSettings, SourceDatabase
@@ -19,7 +19,9 @@ from export_pipelines.settings import Settings
 FEED_SENSOR_NAME = "export_feed_sensor"
 
 
-def launch_due_feeds(source: SourceDatabase, export_settings: ExportSettings, enterprise_mode: str) -> str:
+def launch_due_feeds(
+    source: SourceDatabase, export_settings: ExportSettings, enterprise_mode: str, monthly_format: str = "csv"
+) -> str:
     """One tick: default feeds, due deliveries, tombstone pruning. Returns the tick's summary."""
     now = datetime.now(UTC)
     started, waiting = 0, 0
@@ -32,9 +34,18 @@ def launch_due_feeds(source: SourceDatabase, export_settings: ExportSettings, en
                     if spec.time_column is None:
                         continue
                     mode = enterprise_mode if spec.change_tracking else "full"
-                    feeds.ensure_default(
-                        tenant, {"resource": spec.name, "frequency": "monthly", "mode": mode}
+                    fields = check_feed(
+                        catalog,
+                        (),
+                        {
+                            "tenant_id": tenant,
+                            "resource": spec.name,
+                            "format": monthly_format,
+                            "frequency": "monthly",
+                            "mode": mode,
+                        },
                     )
+                    feeds.ensure_default(tenant, fields)
         for feed in feeds.due(now):
             try:
                 start_delivery(conn, feed, now=now)
@@ -59,6 +70,8 @@ def build_feed_sensor(settings: Settings) -> dg.SensorDefinition:
     def export_feed_sensor(
         context: dg.SensorEvaluationContext, source: SourceDatabase, export_settings: ExportSettings
     ) -> dg.SkipReason:
-        return dg.SkipReason(launch_due_feeds(source, export_settings, settings.enterprise_feed_mode))
+        return dg.SkipReason(
+            launch_due_feeds(source, export_settings, settings.enterprise_feed_mode, settings.monthly_format)
+        )
 
     return export_feed_sensor

@@ -179,3 +179,67 @@ def test_the_feed_sensor_makes_the_due_feeds_deliveries(client, dagster_resource
     assert launch_due_feeds(
         dagster_resources["source"], dagster_resources["export_settings"], "off"
     ).startswith("0")
+
+
+def test_enterprise_tenants_get_a_default_monthly_feed_in_the_configured_mode(dagster_resources, source_url):
+    from export_pipelines_tests.support.services import ENTERPRISE
+
+    source, settings = dagster_resources["source"], dagster_resources["export_settings"]
+    with FeedStore(source_url) as feeds:
+        feeds.execute("DELETE FROM export_feeds WHERE origin = 'enterprise_default'")
+        launch_due_feeds(source, settings, "off")
+        assert (
+            feeds.execute("SELECT count(*) FROM export_feeds WHERE origin = 'enterprise_default'").fetchone()[
+                "count"
+            ]
+            == 0
+        )
+        launch_due_feeds(source, settings, "incremental")
+        launch_due_feeds(source, settings, "incremental")  # made once
+        made = feeds.execute(
+            "SELECT tenant_id, resource, frequency, mode FROM export_feeds WHERE origin = 'enterprise_default' "
+            "ORDER BY tenant_id"
+        ).fetchall()
+        assert [(r["tenant_id"], r["resource"], r["frequency"], r["mode"]) for r in made] == [
+            (t, "orders", "monthly", "incremental") for t in sorted(ENTERPRISE)
+        ]
+        launch_due_feeds(source, settings, "full")  # the setting moves: the mode follows
+        modes = feeds.execute(
+            "SELECT DISTINCT mode FROM export_feeds WHERE origin = 'enterprise_default'"
+        ).fetchall()
+        assert [r["mode"] for r in modes] == ["full"]
+        feeds.execute("DELETE FROM export_feeds WHERE origin = 'enterprise_default'")
+
+
+def test_a_failed_delivery_run_again_covers_its_window(client, dagster_resources, s3_client, bucket, pg):
+    """A delivery whose run failed is run again (a re-execution, or the row re-requested): it starts
+    over in a fresh snapshot from the same previous delivery, and includes what changed meanwhile."""
+    feed = client.post("/v1/feeds", json={"resource": "orders", "frequency": "manual"}).json()
+    _, first = deliver(client, dagster_resources, feed["id"])
+    key = pg.execute(
+        "SELECT id FROM orders WHERE tenant_id = %s ORDER BY id DESC LIMIT 1", [TENANT]
+    ).fetchone()[0]
+    pg.execute(
+        "UPDATE orders SET note = 'before the failure' WHERE tenant_id = %s AND id = %s", [TENANT, key]
+    )
+    second = client.post(f"/v1/feeds/{feed['id']}/run").json()
+    with RequestStore(pg.info.dsn) as store:
+        store.mark_failed(second["id"], "the run failed")
+        previous_record = store.get(first["id"]).feed_record
+    pg.execute("UPDATE orders SET status = 'refunded' WHERE tenant_id = %s AND id = %s", [TENANT, key])
+    instance = dg.DagsterInstance.ephemeral()
+    result = tenant_export_job.execute_in_process(
+        run_config=export_run_config(tenant_id=TENANT, resource="orders", request_id=second["id"]),
+        resources=dagster_resources,
+        raise_on_error=False,
+        instance=instance,
+    )
+    assert result.success
+    with RequestStore(pg.info.dsn) as store:
+        row = store.get(second["id"])
+    assert row.status == "succeeded" and row.sequence == 2
+    manifest = read_manifest(s3_client, bucket, row.manifest_key)
+    assert manifest["changes"]["previous_snapshot"] == previous_record["snapshot"]
+    header, rows = csv_rows(s3_client, bucket, manifest)
+    mine = [dict(zip(header, r, strict=True)) for r in rows if r[0] == str(key)]
+    assert len(mine) == 1 and mine[0]["status"] == "refunded" and mine[0]["note"] == "before the failure"

@@ -231,6 +231,16 @@ def install_all(conninfo: str, catalog: Catalog) -> list[Installed]:
     return [install(conninfo, spec) for spec in catalog.resources.values() if spec.change_tracking]
 
 
+def tracking_id(conn: psycopg.Connection[Any], spec: ResourceSpec) -> int | None:
+    """The oid of the table's xid trigger (None: not installed). It changes when tracking is turned
+    off and on again, so a delivery can tell that writes in between went untracked."""
+    row = conn.execute(
+        "SELECT oid::bigint FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s",
+        [sql.Identifier(spec.table.schema, spec.table.name).as_string(conn), f"{spec.name[:40]}_export_xid"],
+    ).fetchone()
+    return int(row[0]) if row else None
+
+
 def check_installed(conn: psycopg.Connection[Any], spec: ResourceSpec) -> None:
     """A feed's incremental delivery needs the column and its triggers: say how to get them."""
     row = conn.execute(

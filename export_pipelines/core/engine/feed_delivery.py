@@ -35,6 +35,7 @@ class DeliveryRecord:
     mode: str = "incremental"
     upserts: int = 0
     deletes: int = 0
+    tracking_id: int | None = None  # the table's tracking when this delivery was made
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -46,6 +47,7 @@ class DeliveryRecord:
             "mode": self.mode,
             "upserts": self.upserts,
             "deletes": self.deletes,
+            "tracking_id": self.tracking_id,
         }
 
     @classmethod
@@ -59,6 +61,7 @@ class DeliveryRecord:
             mode=str(data.get("mode") or "incremental"),
             upserts=int(data.get("upserts") or 0),
             deletes=int(data.get("deletes") or 0),
+            tracking_id=int(data["tracking_id"]) if data.get("tracking_id") is not None else None,
         )
 
 
@@ -73,6 +76,7 @@ def next_window(
         "previous_manifest": previous.manifest_key,
         "previous_schema": previous.schema,
         "previous_schema_hash": previous.schema_hash,
+        "previous_tracking_id": previous.tracking_id,
     }
     if full_refresh:
         return FeedWindow(feed_id, sequence, "full", reason="a full refresh was asked for", **common)
@@ -96,6 +100,7 @@ def delivery_record(plan: ExportPlan, outcome: ExportOutcome, manifest_key: str 
         mode=feed.mode,
         upserts=outcome.rows - deletes,
         deletes=deletes,
+        tracking_id=feed.tracking_id,
     )
 
 

@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from export_pipelines.core.columns import ColumnInfo
-from export_pipelines.core.engine.change_tracking import check_installed
+from export_pipelines.core.engine.change_tracking import check_installed, tracking_id
 from export_pipelines.core.engine.checkpoints import CheckpointStore, Cut
 from export_pipelines.core.engine.query import ExportQuery, connect, introspect_columns
 from export_pipelines.core.errors import InvalidRequest
@@ -163,8 +163,15 @@ def feed_request(conn: Any, spec: Any, request: ExportRequest, types: dict[str, 
             f"a feed's columns must include the primary key {list(spec.primary_key)}; missing {missing}",
         )
     columns = tuple(c for c in request.columns if c != OP_COLUMN)
+    tracking = tracking_id(conn, spec) if spec.change_tracking else None
     if feed.mode == "incremental" and feed.previous_snapshot is not None:
         check_installed(conn, spec)
+        if feed.previous_tracking_id != tracking:
+            feed = replace(
+                feed,
+                mode="full",
+                reason="change tracking was installed or reinstalled since the previous delivery",
+            )
         if feed.previous_schema is not None:
             before = dict(feed.previous_schema)
             changed = [c for c in columns if c in before and before[c] != types[c].pg_type]
@@ -176,7 +183,12 @@ def feed_request(conn: Any, spec: Any, request: ExportRequest, types: dict[str, 
                 )
     elif feed.mode == "incremental":
         feed = replace(feed, mode="full", reason=feed.reason or "a feed's first delivery is full")
-    return replace(request, columns=(*columns, OP_COLUMN), max_rows_per_file=None, feed=feed)
+    return replace(
+        request,
+        columns=(*columns, OP_COLUMN),
+        max_rows_per_file=None,
+        feed=replace(feed, tracking_id=tracking),
+    )
 
 
 def check_key_length(location: ExportLocation) -> None:

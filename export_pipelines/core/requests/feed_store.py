@@ -180,6 +180,7 @@ class FeedStore(PgStore):
         ).fetchone()
         if row is None:
             return self.create({**fields, "tenant_id": tenant_id}, origin="enterprise_default")
+        # (Only the mode follows the setting; the rest is the tenant's to change.)
         feed = Feed.from_row(row)
         if feed.mode != fields["mode"]:
             feed = self.update(tenant_id, feed.id, {"mode": fields["mode"]}) or feed

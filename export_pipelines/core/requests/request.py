@@ -73,6 +73,10 @@ class FeedWindow:
     previous_schema: tuple[tuple[str, str], ...] | None = None
     previous_schema_hash: str | None = None
     reason: str = ""  # why this delivery is full (first, asked for, the schema's types changed)
+    # The table's change tracking (its trigger's oid) when the previous delivery was made, and now:
+    # tracking turned off and on again in between left writes untracked, so the delivery is full.
+    previous_tracking_id: int | None = None
+    tracking_id: int | None = None
 
 
 @dataclass(frozen=True)

@@ -106,3 +106,36 @@ def test_backfill_fills_existing_rows_in_batches(source_url, items):
     assert done.backfilled_rows == 47  # 50 rows - 1 deleted - 2 written by the test above
     assert seen[-1] == 47 and len(seen) == 8  # 7 batches of at most 7, then the empty one
     assert distinct >= 7  # one transaction per batch
+
+
+def test_track_off_drops_the_triggers_and_with_drop_column_the_column(
+    source_url, items, tmp_path, monkeypatch
+):
+    from export_pipelines.cli.main import main
+
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(BASE + "    change_tracking: true\n    primary_key: [tenant_id, id]\n")
+    monkeypatch.setenv("EXPORT_CATALOG", str(catalog))
+    monkeypatch.setenv("SOURCE_DATABASE_URL", source_url)
+    assert main(["track", "items"]) == 0
+    assert main(["track", "items", "--off"]) == 0
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        count = (
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.ct_items'::regclass AND NOT tgisinternal"
+        )
+        assert conn.execute(count).fetchone()[0] == 0
+        assert (
+            conn.execute("SELECT count(*) FROM export_tombstones WHERE resource = 'items'").fetchone()[0] == 0
+        )
+        conn.execute("DELETE FROM ct_items WHERE id = 5")  # no tombstone any more
+        assert (
+            conn.execute("SELECT count(*) FROM export_tombstones WHERE resource = 'items'").fetchone()[0] == 0
+        )
+    assert main(["track", "items", "--off", "--drop-column"]) == 0
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        has = conn.execute(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'public.ct_items'::regclass "
+            "AND attname = '_export_xid' AND NOT attisdropped"
+        ).fetchone()[0]
+    assert has == 0
+    install(source_url, items)  # and back on

@@ -331,3 +331,139 @@ def test_a_long_transaction_is_missed_by_a_watermark_and_delivered_by_the_feed(t
     assert source == {"1": ("gap-long", "100"), "2": ("gap-long", "200")}
     assert feed.replica == source
     assert feed.wm_replica["1"] == ("gap-long", "1")  # the watermark had passed its updated_at
+
+
+def test_real_threads_writing_while_deliveries_run_back_to_back(tracked, s3_client, bucket):
+    """The same check with the writers on their own threads (real concurrency, no scheduler): for a
+    few seconds, three writers run transactions of random length (some held open across several
+    deliveries) while deliveries follow each other; then one last delivery."""
+    import threading
+    import time
+
+    feed = Feed(tenant="gap-threads")
+    with psycopg.connect(tracked, autocommit=True) as conn:
+        conn.execute("DELETE FROM gapfree_items WHERE tenant_id = %s", [feed.tenant])
+        conn.execute(
+            "INSERT INTO gapfree_items (tenant_id, id, val) SELECT %s, g, g FROM generate_series(1, %s) g",
+            [feed.tenant, KEYS],
+        )
+    run_delivery(tracked, feed, s3_client, bucket, via_s3=False)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer(seed: int) -> None:
+        rng = random.Random(seed)
+        w = Writer(tracked, feed.tenant, rng)
+        try:
+            while not stop.is_set():
+                for _ in range(rng.randint(1, 4)):
+                    w.step(rng.choice(ACTIONS))
+                time.sleep(rng.choice([0.0, 0.05, 0.3, 1.0]))  # sometimes across several deliveries
+                w.end(commit=rng.random() < 0.8)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+        finally:
+            w.close()
+
+    threads = [threading.Thread(target=writer, args=(s,), daemon=True) for s in range(WRITERS)]
+    for t in threads:
+        t.start()
+    deliveries = 0
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        run_delivery(tracked, feed, s3_client, bucket, via_s3=deliveries % 5 == 0)
+        deliveries += 1
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, errors
+    run_delivery(tracked, feed, s3_client, bucket, via_s3=True)
+    assert deliveries >= 5
+    assert feed.replica == source_rows(tracked, feed.tenant)
+
+
+@pytest.mark.parametrize(("fmt", "compression"), [("parquet", "zstd"), ("jsonl", "gzip"), ("xlsx", "none")])
+def test_deliveries_in_other_formats_carry_op_and_deletes(tracked, s3_client, bucket, fmt, compression):
+    """The change relation feeds every encoder: Arrow (Parquet), rendered JSON, xlsx."""
+    import gzip as gz
+    import json as js
+
+    import pyarrow.parquet as pq
+
+    tenant = f"gap-fmt-{fmt}"
+    with psycopg.connect(tracked, autocommit=True) as conn:
+        conn.execute("DELETE FROM gapfree_items WHERE tenant_id = %s", [tenant])
+        conn.execute(
+            "INSERT INTO gapfree_items (tenant_id, id, val) VALUES (%s, 1, 1), (%s, 2, 2)", [tenant, tenant]
+        )
+    previous = None
+    manifests = []
+    for n in (1, 2):
+        request = build_request(
+            CATALOG,
+            tenant_id=tenant,
+            resource="gapfree",
+            format=fmt,
+            compression=compression,
+            columns=None,
+            filters={},
+            export_id=f"fmt-{n}",
+        )
+        from dataclasses import replace
+
+        done = deliver(
+            tracked,
+            CATALOG,
+            replace(request, feed=next_window("f", n, "incremental", previous)),
+            s3_client=s3_client,
+            bucket=bucket,
+            prefix=f"gapfree-{fmt}",
+        )
+        previous = done.record
+        manifests.append(done.finalized.manifest_key)
+        if n == 1:
+            with psycopg.connect(tracked, autocommit=True) as conn:
+                conn.execute("UPDATE gapfree_items SET val = 10 WHERE tenant_id = %s AND id = 1", [tenant])
+                conn.execute("DELETE FROM gapfree_items WHERE tenant_id = %s AND id = 2", [tenant])
+    manifest = js.loads(s3_client.get_object(Bucket=bucket, Key=manifests[1])["Body"].read())
+    assert manifest["changes"]["mode"] == "incremental"
+    assert (manifest["changes"]["upserts"], manifest["changes"]["deletes"]) == (1, 1)
+    assert [c["name"] for c in manifest["columns"]] == ["id", "tenant_id", "val", "_op"]
+    body = s3_client.get_object(Bucket=bucket, Key=manifest["files"][0]["key"])["Body"].read()
+    if fmt == "parquet":
+        rows = pq.read_table(io.BytesIO(body)).to_pylist()
+        got = sorted((r["id"], r["val"], r["_op"]) for r in rows)
+        assert got == [(1, 10, "upsert"), (2, None, "delete")]
+    elif fmt == "jsonl":
+        rows = [js.loads(line) for line in gz.decompress(body).decode().splitlines()]
+        assert sorted((r["id"], r["val"], r["_op"]) for r in rows) == [(1, 10, "upsert"), (2, None, "delete")]
+    else:
+        import openpyxl
+
+        sheet = openpyxl.load_workbook(io.BytesIO(body), read_only=True).worksheets[0]
+        rows = list(sheet.iter_rows(values_only=True))
+        assert rows[0] == ("id", "tenant_id", "val", "_op")
+        assert sorted((r[0], r[2], r[3]) for r in rows[1:]) == [(1, 10, "upsert"), (2, None, "delete")]
+
+
+def test_tracking_turned_off_and_on_between_deliveries_makes_the_next_one_full(tracked, s3_client, bucket):
+    """Writes while tracking was off carry no xid and no tombstone: the next delivery cannot be
+    incremental, and says why."""
+    from export_pipelines.core.engine.change_tracking import uninstall
+
+    feed = Feed(tenant="gap-reinstall")
+    with psycopg.connect(tracked, autocommit=True) as conn:
+        conn.execute("DELETE FROM gapfree_items WHERE tenant_id = %s", [feed.tenant])
+        conn.execute(
+            "INSERT INTO gapfree_items (tenant_id, id, val) VALUES (%s, 1, 1), (%s, 2, 2)", [feed.tenant] * 2
+        )
+    run_delivery(tracked, feed, s3_client, bucket, via_s3=False)
+    uninstall(tracked, CATALOG.resource("gapfree"))
+    try:
+        with psycopg.connect(tracked, autocommit=True) as conn:
+            conn.execute("DELETE FROM gapfree_items WHERE tenant_id = %s AND id = 2", [feed.tenant])
+    finally:
+        install(tracked, CATALOG.resource("gapfree"))
+    run_delivery(tracked, feed, s3_client, bucket, via_s3=True)
+    assert feed.previous is not None and feed.previous.mode == "full"
+    assert feed.replica == source_rows(tracked, feed.tenant) == {"1": ("gap-reinstall", "1")}
