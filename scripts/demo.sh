@@ -22,8 +22,9 @@ else
 fi
 # shellcheck source=scripts/env.sh
 source "$root/scripts/env.sh"
-export-pipelines migrate
+# The demo tables first: migrate installs change tracking on the catalog's tracked tables.
 python -m export_pipelines_dev demo-data
+export-pipelines migrate
 export-pipelines ${verbose:+--verbose} demo --tenant "${DEMO_TENANT:-t-big}" --format "${DEMO_FORMAT:-csv}"
 
 port="${EXPORT_API_PORT:-8000}"

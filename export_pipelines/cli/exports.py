@@ -30,12 +30,17 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     migrate(url, tenant_max_active=settings.tenant_max_active, tenant_source=source)
     print("export_requests, export_deliveries and the checkpoint tables are up to date")
     try:
-        installed = install_all(url, load_catalog(settings.catalog_path))
+        installed, missing = install_all(url, load_catalog(settings.catalog_path))
     except ExportError as exc:
         print(f"change tracking: {exc}", file=sys.stderr)
         return 1
     for done in installed:
         print(f"change tracking on {done.table} (resource {done.resource}) is up to date")
+    for spec in missing:
+        print(
+            f"change tracking on {spec.table.schema}.{spec.table.name} (resource {spec.name}): the table "
+            "does not exist yet; run `export-pipelines migrate` again once it does"
+        )
     return 0
 
 

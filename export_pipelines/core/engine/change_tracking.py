@@ -226,9 +226,20 @@ def _backfill(
             return total
 
 
-def install_all(conninfo: str, catalog: Catalog) -> list[Installed]:
-    """`install` for every resource of the catalog with change_tracking: true."""
-    return [install(conninfo, spec) for spec in catalog.resources.values() if spec.change_tracking]
+def install_all(conninfo: str, catalog: Catalog) -> tuple[list[Installed], list[ResourceSpec]]:
+    """`install` for every resource of the catalog with change_tracking: true whose table exists;
+    the others are returned apart (an app's tables may come after the project's migration)."""
+    tracked = [spec for spec in catalog.resources.values() if spec.change_tracking]
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        missing = [
+            spec
+            for spec in tracked
+            if conn.execute(
+                "SELECT to_regclass(%s) IS NULL",
+                [sql.Identifier(spec.table.schema, spec.table.name).as_string(conn)],
+            ).fetchone()[0]
+        ]
+    return [install(conninfo, spec) for spec in tracked if spec not in missing], missing
 
 
 def tracking_id(conn: psycopg.Connection[Any], spec: ResourceSpec) -> int | None:
