@@ -13,6 +13,7 @@ from export_pipelines.core.errors import DeliveryInProgress, TooManyActive
 from export_pipelines.core.requests.feed_store import FeedStore, check_feed, start_delivery
 from export_pipelines.core.requests.tenants import list_tenants
 from export_pipelines.core.storage.pg_connect import open_connection
+from export_pipelines.orchestration.feed_steps import feed_deliveries
 from export_pipelines.orchestration.resources import ExportSettings, SourceDatabase
 from export_pipelines.settings import Settings
 
@@ -52,7 +53,7 @@ def launch_due_feeds(
                 started += 1
             except (DeliveryInProgress, TooManyActive):
                 waiting += 1  # still due: the next tick tries again
-        pruned = prune_tombstones(conn, source.requests().oldest_feed_snapshots())
+        pruned = prune_tombstones(conn, feed_deliveries(source).oldest_feed_snapshots())
     return (
         f"{started} deliveries made, {waiting} feeds waiting (a delivery active or the tenant's cap), "
         f"{pruned} tombstones pruned"

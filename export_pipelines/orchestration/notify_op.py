@@ -13,7 +13,8 @@ from export_pipelines.core.engine.resume import abandon_open_uploads
 from export_pipelines.core.requests.request_row import StoredRequest, is_request_id
 from export_pipelines.core.requests.tenant_settings import targets as tenant_targets
 from export_pipelines.core.results import FinalizedExport
-from export_pipelines.orchestration.ops import RunPlan, canceled_failure
+from export_pipelines.orchestration.op_failures import canceled_failure
+from export_pipelines.orchestration.ops import RunPlan
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
 
 

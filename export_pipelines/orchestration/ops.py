@@ -5,34 +5,28 @@ count_rows → export_files → finalize → notify. Run config is given once, t
 later ops receive the plan as an input. When the run serves a row of export_requests, each op
 also moves that row along (running, progress, succeeded); failures are recorded by
 `export_failure_sensor`, which knows whether the run will be retried.
+
+A feed delivery's window and record are feed_steps.py's, an export into a tenant's destination
+destination_steps.py's, how an op fails op_failures.py's.
 """
 
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import dagster as dg
 
-from export_pipelines.core.delivery import notices
-from export_pipelines.core.delivery.destinations.destination_store import DestinationStore
 from export_pipelines.core.engine.checkpoints import CheckpointStore
-from export_pipelines.core.engine.destination_export import abandon, delivered, export_to_destination
+from export_pipelines.core.engine.destination_export import delivered
 from export_pipelines.core.engine.exporter import PROGRESS_EVERY_SECONDS, run_export
-from export_pipelines.core.engine.feed_delivery import (
-    DeliveryRecord,
-    delivery_record,
-    next_window,
-    schema_changes,
-)
 from export_pipelines.core.engine.janitor import run_janitor
 from export_pipelines.core.engine.manifest import clear_success_marker, finalize_export
 from export_pipelines.core.engine.plan import ExportPlan, plan_export
 from export_pipelines.core.engine.resume import abandon_open_uploads
 from export_pipelines.core.errors import (
-    DestinationError,
     DestinationNotFound,
     ExportCanceled,
     ExportError,
@@ -43,20 +37,24 @@ from export_pipelines.core.errors import (
     tenant_message,
 )
 from export_pipelines.core.requests.catalog import Catalog
-from export_pipelines.core.requests.feed_store import FeedStore
 from export_pipelines.core.requests.refusals import PDF_ROWS
-from export_pipelines.core.requests.request import ExportRequest, FeedWindow, build_request, check_notify
+from export_pipelines.core.requests.request import ExportRequest, build_request, check_notify
 from export_pipelines.core.requests.request_store import RequestStore
 from export_pipelines.core.requests.tenant_settings import targets as tenant_targets
 from export_pipelines.core.requests.tenants import require_tenant
 from export_pipelines.core.results import ExportOutcome, ExportProgress, FinalizedExport
 from export_pipelines.orchestration import tags
+from export_pipelines.orchestration.destination_steps import export_into_destination, find_destination
+from export_pipelines.orchestration.feed_steps import feed_window, record_feed_delivery
+from export_pipelines.orchestration.op_failures import (
+    NETWORK_RETRY,
+    canceled_failure,
+    explained_on_last_attempt,
+    failure,
+    is_last_attempt,
+)
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
 
-# The step failure metadata the failure sensor reads: what the tenant is told (code and message);
-# the description and the logs keep the full error for operators.
-ERROR_CODE_KEY = "error_code"
-TENANT_ERROR_KEY = "tenant_error"
 # States of a request row a run may take on: waiting for it, its own (retry), or failed before
 # (a re-execution). Never one that finished well (succeeded, expired) or was canceled.
 LAUNCHABLE = ("pending", "queued", "running", "failed")
@@ -64,64 +62,10 @@ LAUNCHABLE = ("pending", "queued", "running", "failed")
 MONTH_SHAPED = re.compile(r"\d{4}-\d{2}(?:\b.*)?", re.DOTALL)
 
 
-def failure(exc: BaseException, description: str) -> dg.Failure:
-    """A final dg.Failure that carries the tenant-facing code and message for the failure sensor."""
-    code = error_code(exc)
-    return dg.Failure(
-        description=description,
-        metadata={ERROR_CODE_KEY: code, TENANT_ERROR_KEY: tenant_message(code, exc)},
-        allow_retries=False,
-    )
-
-
-def canceled_failure(request_id: str) -> dg.Failure:
-    """The run found its request canceled before a commit point: it stops, commits nothing, and is
-    not retried (the cancel sensor empties the folder)."""
-    return failure(ExportCanceled(f"request {request_id} was canceled"), "the export was canceled")
-
-
 def stop_if_canceled(source: SourceDatabase, request_id: str | None) -> None:
     """A commit point's check: a canceled request is never produced."""
     if request_id and source.requests().is_canceled(request_id):
         raise canceled_failure(request_id)
-
-
-# Network ops ride over transient failures; invalid input is raised with allow_retries=False.
-NETWORK_RETRY = dg.RetryPolicy(
-    max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
-)
-
-
-def is_last_attempt(context: dg.OpExecutionContext) -> bool:
-    return context.retry_number >= NETWORK_RETRY.max_retries
-
-
-@contextlib.contextmanager
-def explained_on_last_attempt(context: dg.OpExecutionContext) -> Iterator[None]:
-    """On the op's last attempt, fail with what went wrong: Dagster's own message for exhausted
-    retries is only "Exceeded max_retries", and that is what the request row would show."""
-    try:
-        yield
-    except dg.Failure:
-        raise
-    except ExportCanceled as exc:  # the request was canceled: stop, never retry
-        raise failure(exc, "the export was canceled") from exc
-    except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
-        # Dagster retries an interrupted op that has a retry policy (it may have been preempted);
-        # a run being canceled (the API's cancel, the UI's terminate) must stop instead.
-        run = context.instance.get_run_by_id(context.run_id)
-        if run is None or run.status != dg.DagsterRunStatus.CANCELING:
-            raise
-        raise dg.Failure(
-            description="the run was canceled",
-            metadata={ERROR_CODE_KEY: "canceled", TENANT_ERROR_KEY: tenant_message("canceled")},
-            allow_retries=False,
-        ) from exc
-    except Exception as exc:
-        if not is_last_attempt(context):
-            raise
-        attempts = context.retry_number + 1
-        raise failure(exc, f"{type(exc).__name__}: {str(exc).strip()} (after {attempts} attempts)") from exc
 
 
 class NotifyConfig(dg.Config):
@@ -307,8 +251,7 @@ def count_rows(
             request = replace(request, feed=window)
         prefix, destination_id = None, None
         if config.destination_id:
-            with DestinationStore(source.conninfo) as store:
-                found = store.get(config.destination_id, tenant_id)
+            found = find_destination(source, config.destination_id, tenant_id)
             if found is None:
                 raise DestinationNotFound(
                     f"destination_id: {config.destination_id} does not exist (deleted?)", "destination_id"
@@ -370,24 +313,6 @@ def over_pdf_cap(exc: ExportError, format: str) -> bool:
     """A pdf request refused for its row count: for a known format ("pdf"), the format is refused
     only by the row cap of planning."""
     return format == "pdf" and isinstance(exc, InvalidRequest) and exc.field == "format"
-
-
-def feed_window(source: SourceDatabase, request_id: str) -> FeedWindow | None:
-    """The window of the feed delivery this row is (None: not a feed's delivery): from the feed's
-    last succeeded delivery, whatever happened to the ones in between."""
-    row = source.requests().get(request_id)
-    if row is None or row.feed_id is None or row.sequence is None:
-        return None
-    previous = source.requests().previous_delivery(row.feed_id, row.sequence)
-    with FeedStore(source.conninfo) as feeds:
-        feed = feeds.get(None, row.feed_id)
-    return next_window(
-        row.feed_id,
-        row.sequence,
-        feed.mode if feed else "incremental",
-        DeliveryRecord.from_json(previous) if previous else None,
-        full_refresh=row.feed_full_refresh,
-    )
 
 
 def own_request_row(
@@ -461,7 +386,7 @@ def export_files(
             raise ExportCanceled(f"request {rid} was canceled")
 
     if run_plan.destination_id:
-        outcome = _export_to_destination(context, run_plan, source, export_settings, on_progress)
+        outcome = export_into_destination(context, run_plan, source, export_settings, on_progress)
         context.add_output_metadata(
             {"rows": outcome.rows, "bytes": outcome.bytes, "files": len(outcome.files)}
         )
@@ -505,8 +430,7 @@ def finalize(
     # deletes whatever the run wrote once it has finished).
     stop_if_canceled(source, run_plan.request_id)
     if run_plan.destination_id:  # export_files delivered everything, manifest and _SUCCESS included
-        with DestinationStore(source.conninfo) as store:
-            found = store.get(run_plan.destination_id, run_plan.plan.request.tenant_id)
+        found = find_destination(source, run_plan.destination_id, run_plan.plan.request.tenant_id)
         if found is None:
             exc = DestinationNotFound(
                 f"destination_id: {run_plan.destination_id} was deleted during the export"
@@ -540,105 +464,6 @@ def finalize(
     context.log_event(download_links(run_plan.plan, done))
     context.add_output_metadata(metadata)
     return done
-
-
-def record_feed_delivery(
-    context: dg.OpExecutionContext,
-    run_plan: RunPlan,
-    outcome: ExportOutcome,
-    done: FinalizedExport,
-    source: SourceDatabase,
-) -> None:
-    """What the feed's next delivery starts from (on the row, before it is marked succeeded), the
-    snapshot on the run's tags, and export.schema_changed when the columns or types moved."""
-    plan = run_plan.plan
-    record = delivery_record(plan, outcome, done.manifest_key)
-    if run_plan.request_id:
-        source.requests().record_delivery(run_plan.request_id, record.as_json())
-    context.instance.add_run_tags(context.run_id, {tags.FEED_SNAPSHOT: record.snapshot})
-    context.log.info(
-        f"delivery {record.sequence}: {record.upserts} upserts, {record.deletes} deletes, "
-        f"snapshot {record.snapshot}"
-    )
-    changes = schema_changes(plan)
-    if changes is not None:
-        req = plan.request
-        notice = notices.schema_changed(
-            export_id=req.export_id, tenant_id=req.tenant_id, resource=req.resource, changes=changes
-        )
-        notices.enqueue(
-            source.deliveries(),
-            notice,
-            request_id=run_plan.request_id,
-            tenant_id=req.tenant_id,
-            webhook_url=run_plan.webhook_url,
-            email=run_plan.email,
-        )
-
-
-# How often a running export into a destination checks the destination still exists.
-DESTINATION_CHECK_SECONDS = 5.0
-
-
-def _export_to_destination(
-    context: dg.OpExecutionContext,
-    run_plan: RunPlan,
-    source: SourceDatabase,
-    export_settings: ExportSettings,
-    on_progress: Callable[[ExportProgress], None],
-) -> ExportOutcome:
-    """Write the export, its signed manifest and `_SUCCESS` into the tenant's destination. The
-    destination is read (credentials decrypted) here, never put in run config or logs; one deleted
-    meanwhile stops the export at its next part, its upload aborted, as destination_not_found."""
-    plan, destination_id = run_plan.plan, run_plan.destination_id or ""
-    tenant = plan.request.tenant_id
-    box = export_settings.secret_box()
-    checked = [time.monotonic()]
-
-    def still_there(p: ExportProgress) -> None:
-        on_progress(p)
-        if time.monotonic() - checked[0] >= DESTINATION_CHECK_SECONDS:
-            checked[0] = time.monotonic()
-            with DestinationStore(source.conninfo) as store:
-                if store.get(destination_id, tenant) is None:
-                    raise DestinationNotFound(
-                        f"destination_id: {destination_id} was deleted during the export"
-                    )
-
-    try:
-        with DestinationStore(source.conninfo) as store:
-            destination = store.for_writer(box, destination_id, tenant)
-    except DestinationError as exc:
-        raise failure(exc, str(exc)) from exc
-    context.log.info(f"delivering into destination {destination.id} ({destination.kind}, {destination.name})")
-    # Part-level resume where the destination keeps parts across a crash (S3 uploads, Azure blocks,
-    # GCS part objects); file-level on SFTP (complete files are kept, the open one is written again).
-    checkpoints = source.checkpoints()
-    try:
-        with explained_on_last_attempt(context):
-            outcome = export_to_destination(
-                plan,
-                destination,
-                conninfo=source.conninfo,
-                catalog=export_settings.catalog(),
-                signer=export_settings.signer(),
-                checkpoints=checkpoints,
-                allow_private=export_settings.destinations_allow_private,
-                part_size=export_settings.part_size_mib * 1024 * 1024,
-                max_parts_in_flight=export_settings.max_parts_in_flight,
-                on_progress=still_there,
-                abort_on_error=is_last_attempt(context),
-                statement_timeout_seconds=export_settings.statement_timeout_seconds,
-            )
-    except DestinationError as exc:
-        # The tenant's storage refused or is gone: retrying cannot help, so nothing stays open for a
-        # retry; the row says which code.
-        abandon(destination, plan, checkpoints, allow_private=export_settings.destinations_allow_private)
-        raise failure(exc, str(exc)) from exc
-    context.log.info(
-        f"delivered {outcome.rows} rows in {len(outcome.files)} file(s) to destination {destination_id}"
-    )
-    return outcome
 
 
 # Links shown on the run's page, one click away (not in the finalize output's long metadata).

@@ -21,7 +21,7 @@ from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.monthly.partitions import tenant_partitions_sensor
 from export_pipelines.orchestration.notify_op import abort_uploads_logged, notify_row
-from export_pipelines.orchestration.ops import ERROR_CODE_KEY, TENANT_ERROR_KEY
+from export_pipelines.orchestration.op_failures import ERROR_CODE_KEY, TENANT_ERROR_KEY
 from export_pipelines.orchestration.request_intake import REQUEST_SENSOR_NAME, claim_pending_requests
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, Notifier, SourceDatabase
 from export_pipelines.settings import Settings

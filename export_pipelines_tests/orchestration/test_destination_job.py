@@ -140,19 +140,19 @@ def test_destination_deleted_while_the_export_runs_stops_it_cleanly(
 ):
     """Deleted between the plan and the upload: the export stops at its next part, its upload
     aborted, no _SUCCESS; the run fails as destination_not_found."""
-    from export_pipelines.orchestration import ops
+    from export_pipelines.orchestration import destination_steps
 
     tenant_bucket(stack_env, s3_client)
     dest = make(source_url, stack_env, "s3", s3_config(stack_env, prefix), dict(TENANT_S3_CREDENTIALS))
-    monkeypatch.setattr(ops, "DESTINATION_CHECK_SECONDS", 0.0)  # check at every part
-    real = ops.export_to_destination
+    monkeypatch.setattr(destination_steps, "DESTINATION_CHECK_SECONDS", 0.0)  # check at every part
+    real = destination_steps.export_to_destination
 
     def delete_then_export(*args, **kwargs):
         with DestinationStore(source_url) as store:
             store.delete(dest.id, TENANT)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ops, "export_to_destination", delete_then_export)
+    monkeypatch.setattr(destination_steps, "export_to_destination", delete_then_export)
     result, _ = run(resources, request_id=f"dest-{uuid.uuid4().hex[:6]}", destination_id=dest.id)
     assert not result.success
     assert (

@@ -1,8 +1,8 @@
 """A feed's delivery, end to end, in plain Python: the window it covers, then the ordinary export
 engine (plan, stream, finalize) on the feed's change relation (docs/feeds.md).
 
-The Dagster ops run the same three steps (orchestration/ops.py); tests and the cost bench call
-`deliver` directly.
+The Dagster ops run the same three steps (orchestration/ops.py, orchestration/feed_steps.py);
+tests and the cost bench call `deliver` directly.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`export_feeds` (schema in core/storage/migrations.py): a tenant's standing export and its
 schedule (docs/feeds.md). Each delivery is an ordinary export_requests row
-(RequestStore.submit_delivery); this store holds the feeds, when each is due, and whether its next
+(FeedDeliveries.submit_delivery); this store holds the feeds, when each is due, and whether its next
 delivery must be full.
 
 Frequencies are UTC: hourly (top of the hour), daily (midnight), weekly (Monday midnight), monthly
@@ -271,14 +271,14 @@ def start_delivery(conn: Any, feed: Feed, *, full_refresh: bool = False, now: da
     """Make the feed's next delivery (a pending export_requests row the request sensor launches)
     and move its schedule on; on the lender's connection, in one transaction. A full refresh asked
     while a delivery is still active stays pending for the next one."""
-    from export_pipelines.core.requests.request_store import RequestStore
+    from export_pipelines.core.requests.feed_deliveries import FeedDeliveries
 
     now = now or datetime.now(UTC)
-    feeds, requests = FeedStore.on(conn), RequestStore.on(conn)
+    feeds, deliveries = FeedStore.on(conn), FeedDeliveries.on(conn)
     if full_refresh:
         feeds.ask_full_refresh(feed.id)
     with conn.transaction():
-        row = requests.submit_delivery(
+        row = deliveries.submit_delivery(
             feed_id=feed.id,
             tenant_id=feed.tenant_id,
             resource=feed.resource,

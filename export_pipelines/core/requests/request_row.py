@@ -1,7 +1,8 @@
 """One row of `export_requests` as the service reads it, and the rules about rows that need no
 database: field checks before a row is queued or launched, the folder a row's export is written
 to, the id of a monthly partition's row. The stores of the table are request_store.py (writes),
-queue.py (the fair queue) and request_reads.py (a tenant's reads)."""
+feed_deliveries.py (a feed's deliveries), queue.py (the fair queue) and request_reads.py (a tenant's
+reads)."""
 
 from __future__ import annotations
 

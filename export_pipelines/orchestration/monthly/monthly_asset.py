@@ -33,12 +33,8 @@ from export_pipelines.orchestration.monthly.monthly_export import (
     export_month,
 )
 from export_pipelines.orchestration.monthly.partitions import monthly_partitions, previous_month
-from export_pipelines.orchestration.ops import (
-    ERROR_CODE_KEY,
-    TENANT_ERROR_KEY,
-    configured_request,
-    human_size,
-)
+from export_pipelines.orchestration.op_failures import ERROR_CODE_KEY, TENANT_ERROR_KEY
+from export_pipelines.orchestration.ops import configured_request, human_size
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
 from export_pipelines.orchestration.run_config import MONTHLY_OP
 from export_pipelines.settings import Settings

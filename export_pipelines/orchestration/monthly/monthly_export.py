@@ -27,8 +27,8 @@ from export_pipelines.core.results import ExportProgress, FinalizedExport
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.monthly.partitions import month_range
 from export_pipelines.orchestration.notify_op import abort_uploads_logged, notify_row, record_success
+from export_pipelines.orchestration.op_failures import NETWORK_RETRY
 from export_pipelines.orchestration.ops import (
-    NETWORK_RETRY,
     RunPlan,
     configured_request,
     plan_request,
