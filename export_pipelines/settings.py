@@ -18,7 +18,7 @@ from export_pipelines.core.delivery.webhook_target import parse_allowlist
 from export_pipelines.core.errors import ConfigurationError
 from export_pipelines.core.formats import DEFAULT_PDF_MAX_ROWS
 from export_pipelines.core.requests.queue import DEFAULT_STARTS_PER_MINUTE
-from export_pipelines.core.storage.migrations import DEFAULT_TENANT_MAX_ACTIVE
+from export_pipelines.core.storage.migrations.request_table import DEFAULT_TENANT_MAX_ACTIVE
 
 # PostgreSQL's units for statement_timeout; a bare number is milliseconds, as in PostgreSQL.
 _TIMEOUT_UNITS = {"us": 1e-6, "ms": 1e-3, "": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}

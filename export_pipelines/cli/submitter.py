@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from export_pipelines.cli.common import code_server_log_level, settings_or_exit, source_url_or_exit
-from export_pipelines.core.storage.migrations import PENDING_CHANNEL
+from export_pipelines.core.storage.migrations.request_table import PENDING_CHANNEL
 from export_pipelines.orchestration.monthly.backfills import WORKSPACE
 from export_pipelines.orchestration.submitter import DEFAULT_SWEEP_SECONDS, request_submitter
 

@@ -2,12 +2,13 @@
 
 Dagster evaluates sensors at most every 5 s (the sensor daemon's loop), so a request waited 2.5 s
 on average, and up to 5 s, before `export_request_sensor` even saw it. The submitter LISTENs on
-the channel the insert trigger notifies (core/migrations.PENDING_CHANNEL) and, on each notice and
-every `sweep_seconds` besides, claims pending rows with the sensor's own rules
-(request_intake.claim_pending_requests) and submits their runs through the instance's run
-coordinator (TenantRunCoordinator: queue, per-tenant and global caps), exactly as the sensor's
-runs are. Runs carry the sensor's name and run key, so the sensor, which keeps ticking as the
-fallback when no submitter runs, never starts a second run of a row the submitter took.
+the channel the insert trigger notifies (core/storage/migrations/request_table.py's
+PENDING_CHANNEL) and, on each notice and every `sweep_seconds` besides, claims pending rows with
+the sensor's own rules (request_intake.claim_pending_requests) and submits their runs through the
+instance's run coordinator (TenantRunCoordinator: queue, per-tenant and global caps), exactly as
+the sensor's runs are. Runs carry the sensor's name and run key, so the sensor, which keeps
+ticking as the fallback when no submitter runs, never starts a second run of a row the submitter
+took.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
-from export_pipelines.core.storage.migrations import PENDING_CHANNEL, migrate
+from export_pipelines.core.storage.migrations import migrate
+from export_pipelines.core.storage.migrations.request_table import PENDING_CHANNEL
 from export_pipelines.orchestration.request_intake import (
     REQUEST_SENSOR_NAME,
     ClaimedRequest,

@@ -24,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from export_pipelines.core.requests.request_store import RequestStore
-from export_pipelines.core.storage.migrations import DEFAULT_TENANT_MAX_ACTIVE
+from export_pipelines.core.storage.migrations.request_table import DEFAULT_TENANT_MAX_ACTIVE
 from export_pipelines.orchestration.metrics import BYTES_BOUNDS
 from export_pipelines_tests.support.api_helpers import auth, free_port, key_for, migrate_api
 from export_pipelines_tests.support.daemon import ROOT, running_daemon

@@ -9,7 +9,7 @@ import pytest
 
 from export_pipelines.core.errors import TooManyActive
 from export_pipelines.core.requests.refusals import PDF_ROWS, TENANT_ACTIVE_CAP, RefusalStore
-from export_pipelines.core.storage.migrations import DEFAULT_TENANT_MAX_ACTIVE
+from export_pipelines.core.storage.migrations.request_table import DEFAULT_TENANT_MAX_ACTIVE
 from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.resources import ExportSettings
 from export_pipelines.orchestration.run_config import export_run_config

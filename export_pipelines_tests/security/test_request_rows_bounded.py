@@ -12,7 +12,7 @@ import pytest
 
 from export_pipelines.core.errors import InvalidRequest
 from export_pipelines.core.requests.queue import RequestQueue
-from export_pipelines.core.storage.migrations import UNKNOWN_TENANT_SQLSTATE, set_tenant_source
+from export_pipelines.core.storage.migrations.request_table import UNKNOWN_TENANT_SQLSTATE, set_tenant_source
 from export_pipelines_tests.support.api_helpers import api_settings, auth, key_for, serve
 
 BIG = "x" * 200_000

@@ -22,7 +22,7 @@ from export_pipelines.api.status import API_VERSION
 from export_pipelines.core.errors import Rejected
 from export_pipelines.core.requests.request import check_notify
 from export_pipelines.core.requests.tenant_settings import TenantSettingsStore
-from export_pipelines.core.storage.migrations import MAX_EMAIL_CHARS, MAX_WEBHOOK_URL_CHARS
+from export_pipelines.core.storage.migrations.request_table import MAX_EMAIL_CHARS, MAX_WEBHOOK_URL_CHARS
 
 PATH = f"/{API_VERSION}/notify-settings"
 

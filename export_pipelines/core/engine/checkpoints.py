@@ -12,7 +12,7 @@ re-request of the same row):
   reader stood after it (rows in the file, last key, next batch size): enough to continue the
   file with the bytes an uninterrupted run would have written.
 Keys are stored as PostgreSQL text and cast back to the key column's type when read. The schema is
-in core/storage/migrations.py.
+in core/storage/migrations/checkpoints.py.
 """
 
 from __future__ import annotations

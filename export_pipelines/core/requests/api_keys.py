@@ -5,7 +5,7 @@ people can recognise.
 A token is `exp_` + 43 url-safe characters (32 random bytes). It is shown once, at creation.
 
 The key table (and the export_requests columns only the API writes) are created by
-core/storage/migrations.py, with every other table.
+core/storage/migrations/tenant_tables.py, run by `migrate` with every other table.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`export_feeds` (schema in core/storage/migrations.py): a tenant's standing export and its
+"""`export_feeds` (schema in core/storage/migrations/feeds.py): a tenant's standing export and its
 schedule (docs/feeds.md). Each delivery is an ordinary export_requests row
 (FeedDeliveries.submit_delivery); this store holds the feeds, when each is due, and whether its next
 delivery must be full.

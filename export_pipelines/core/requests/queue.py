@@ -9,7 +9,7 @@ from psycopg import sql
 from export_pipelines.core.requests.catalog import TenantsSpec
 from export_pipelines.core.requests.request_row import OversizedFilters, StoredRequest, is_request_id
 from export_pipelines.core.requests.request_store import RequestRows, as_request
-from export_pipelines.core.storage.migrations import MAX_FILTERS_BYTES
+from export_pipelines.core.storage.migrations.request_table import MAX_FILTERS_BYTES
 
 DEFAULT_STARTS_PER_MINUTE = 10
 

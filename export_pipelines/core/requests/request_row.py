@@ -16,7 +16,7 @@ from export_pipelines.core.errors import InvalidRequest
 from export_pipelines.core.requests.catalog import Catalog
 from export_pipelines.core.requests.request import build_request, check_notify
 from export_pipelines.core.storage.layout import ExportLocation
-from export_pipelines.core.storage.migrations import MAX_FILTERS_BYTES
+from export_pipelines.core.storage.migrations.request_table import MAX_FILTERS_BYTES
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""The writes of `export_requests` (schema in core/storage/migrations.py): a request created with
-the one idempotency rule every door shares, the monthly partitions' rows, each status transition
+"""The writes of `export_requests` (schema in core/storage/migrations/request_table.py): a request
+created with the one idempotency rule every door shares, the monthly partitions' rows, each status transition
 (queued, running, succeeded, failed, canceled, expired), progress, links and the tenant's cancel.
 The fair queue's reads and claims are queue.py's, a tenant's reads request_reads.py's, a feed's
 deliveries (their numbered rows and records) feed_deliveries.py's (docs/requests.md).
@@ -45,7 +45,7 @@ from export_pipelines.core.requests.request_row import (
     monthly_request_id,
 )
 from export_pipelines.core.requests.tenant_settings import TenantSettingsStore
-from export_pipelines.core.storage.migrations import set_tenant_max_active
+from export_pipelines.core.storage.migrations.request_table import set_tenant_max_active
 from export_pipelines.core.storage.pg_errors import refusal
 from export_pipelines.core.storage.pg_store import PgStore
 

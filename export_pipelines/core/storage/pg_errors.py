@@ -8,7 +8,7 @@ import psycopg
 import psycopg.errors
 
 from export_pipelines.core.errors import ExportError, InvalidRequest, RequestTooLarge, TooManyActive
-from export_pipelines.core.storage.migrations import (
+from export_pipelines.core.storage.migrations.request_table import (
     MAX_CODE_CHARS,
     MAX_COLUMNS,
     MAX_COLUMNS_BYTES,
