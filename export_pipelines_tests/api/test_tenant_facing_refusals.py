@@ -14,8 +14,7 @@ import httpx
 import psycopg
 import pytest
 
-from export_pipelines.settings import Settings
-from export_pipelines_tests.support.api_helpers import auth, key_for, migrate_api, serve
+from export_pipelines_tests.support.api_helpers import api_settings, auth, key_for, migrate_api, serve
 
 EXE = Path(sys.executable).parent / "export-pipelines"
 SMALL, BIG = "t-002", "t-big"
@@ -39,14 +38,10 @@ def pdf_cap(source_url) -> int:
 @pytest.fixture(scope="module")
 def api(stack_env, source_url, bucket, pdf_cap):
     migrate_api(source_url)
-    env = {
-        **stack_env,
-        "SOURCE_DATABASE_URL": source_url,
-        "EXPORT_BUCKET": bucket,
-        "EXPORT_PREFIX": f"refusals-{uuid.uuid4().hex[:8]}",
-        "EXPORT_PDF_MAX_ROWS": str(pdf_cap),
-    }
-    with serve(Settings.from_env(env)) as running, httpx.Client(base_url=running.url, timeout=30) as client:
+    settings = api_settings(
+        stack_env, source_url, bucket, f"refusals-{uuid.uuid4().hex[:8]}", EXPORT_PDF_MAX_ROWS=str(pdf_cap)
+    )
+    with serve(settings) as running, httpx.Client(base_url=running.url, timeout=30) as client:
         yield client
 
 
