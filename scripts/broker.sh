@@ -57,8 +57,9 @@ urls() {
 write_env() { (umask 077 && urls >"$dir/broker.env.tmp" && mv "$dir/broker.env.tmp" "$dir/broker.env"); chmod 600 "$dir/broker.env"; }
 # Least privilege for Celery (kombu's Redis transport and result backend): reads and writes of
 # strings, lists, sets, sorted sets and hashes, key expiry, pub/sub, MULTI/EXEC, Lua scripts and the
-# connection commands; minus everything @admin and @dangerous.
-acl_rules="on >$password ~* &* -@all +@read +@write +@list +@set +@sortedset +@hash +@string +@keyspace +@pubsub +@transaction +@scripting +@connection -@admin -@dangerous +info"
+# connection commands; minus everything @admin and @dangerous; plus INFO, and TIME, which kombu's
+# binding scripts call (a worker's broadcast queue, e.g. `celery inspect ping`).
+acl_rules="on >$password ~* &* -@all +@read +@write +@list +@set +@sortedset +@hash +@string +@keyspace +@pubsub +@transaction +@scripting +@connection -@admin -@dangerous +info +time"
 pid_alive() { [ -s "$dir/redis.pid" ] && kill -0 "$(cat "$dir/redis.pid")" 2>/dev/null; }
 
 redis_binary() {

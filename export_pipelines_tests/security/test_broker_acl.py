@@ -47,6 +47,12 @@ def test_celery_works_as_the_acl_user_and_nothing_more(broker):
         assert message.payload == {"run": 1}
         message.ack()
         queue.close()
+    with Connection(urls["DAGSTER_CELERY_BROKER_URL"]) as conn:
+        # A worker's broadcast queue (what `celery inspect ping` and the run launcher's control use):
+        # kombu binds it with a Lua script that calls TIME.
+        conn.default_channel.queue_declare("acl-test.pidbox", arguments={"x-expires": 60_000})
+        conn.default_channel.exchange_declare("acl-test.pidbox-x", type="fanout")
+        conn.default_channel.queue_bind("acl-test.pidbox", "acl-test.pidbox-x", routing_key="")
     backend = redis.Redis.from_url(urls["DAGSTER_CELERY_BACKEND_URL"])
     backend.set("celery-task-meta-x", "{}", ex=60)
     assert backend.get("celery-task-meta-x") == b"{}"
