@@ -161,6 +161,22 @@ def test_backend_terminated_mid_export_is_retried_from_the_checkpoint(
     assert row.status == "succeeded" and row.rows_exported == manifest["rows_total"]
 
 
+def release_after_a_wait(source_url: str, locker: psycopg.Connection, seconds: float) -> None:
+    """Roll back `locker` (releasing its lock on orders) `seconds` after another backend starts
+    waiting for that lock."""
+    with psycopg.connect(source_url, autocommit=True) as watcher:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            waiting = watcher.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'orders'::regclass"
+            ).fetchone()
+            if waiting and waiting[0]:
+                break
+            time.sleep(0.05)
+    time.sleep(seconds)
+    locker.rollback()
+
+
 def test_statement_timeout_is_retried_then_succeeds(
     resources, source_url, s3_client, bucket, prefix, clean_digests
 ):
@@ -170,7 +186,9 @@ def test_statement_timeout_is_retried_then_succeeds(
     instance = dg.DagsterInstance.ephemeral()
     locker = psycopg.connect(source_url)
     locker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
-    release = threading.Timer(1.5, locker.rollback)
+    # Released 1.5 s after the run's first query starts waiting on it (past the 1 s timeout), not
+    # 1.5 s after now: on a busy machine the run may not reach its query before a fixed timer ends.
+    release = threading.Thread(target=release_after_a_wait, args=(source_url, locker, 1.5))
     release.start()
     try:
         run = launch(
