@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from export_pipelines.core.requests.request_store import RequestStore
 from export_pipelines.core.storage.migrations.request_table import DEFAULT_TENANT_MAX_ACTIVE
 from export_pipelines.orchestration.metrics import BYTES_BOUNDS
-from export_pipelines_tests.support.api_helpers import auth, free_port, key_for, migrate_api
+from export_pipelines_tests.support.api_helpers import UNLIMITED, auth, free_port, key_for, migrate_api
 from export_pipelines_tests.support.daemon import ROOT, running_daemon
 from export_pipelines_tests.support.s3_fault_proxy import S3FaultProxy, hang
 
@@ -155,7 +155,14 @@ def until(what: str, condition: Callable[[], bool], timeout: float = 180) -> Non
 
 
 def test_both_metrics_endpoints_move_with_a_real_export(daemon, proxy, source_url, store, tmp_path):
-    env = {**daemon, "EXPORT_WEBHOOK_ALLOW_PRIVATE": "1"}
+    # Two API workers verify each other's stream tokens only with one secret (the API refuses to start
+    # without it); the rate limits have tests of their own.
+    env = {
+        **daemon,
+        **UNLIMITED,
+        "EXPORT_WEBHOOK_ALLOW_PRIVATE": "1",
+        "EXPORT_API_TOKEN_SECRET": "metrics-test-secret",
+    }
     api_port, api_metrics_port, metrics_port = free_port(), free_port(), free_port()
     api = f"http://127.0.0.1:{api_port}"
     api_metrics = f"http://127.0.0.1:{api_metrics_port}/metrics"

@@ -88,6 +88,7 @@ class PgCsvSource:
         high_water_mark: Any,
         statement_timeout_seconds: float | None = None,
         counters: tuple[Counter, ...] = (),
+        *,
         chunk_bytes: int = CHUNK_BYTES,
         stream_counted: frozenset[tuple[str, str]] = frozenset(),
     ) -> None:
@@ -223,7 +224,12 @@ class ArrowSource:
         self.hwm = high_water_mark
         # Bounds and special-value counts come from psycopg, in the snapshot ADBC reads.
         self.bounds = PgCsvSource(
-            conninfo, query, high_water_mark, statement_timeout_seconds, counters, stream_counted
+            conninfo,
+            query,
+            high_water_mark,
+            statement_timeout_seconds,
+            counters,
+            stream_counted=stream_counted,
         )
         try:
             self._db = adbc_driver_postgresql.connect(conninfo)
