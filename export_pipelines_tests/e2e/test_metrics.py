@@ -161,7 +161,7 @@ def test_both_metrics_endpoints_move_with_a_real_export(daemon, proxy, source_ur
         **daemon,
         **UNLIMITED,
         "EXPORT_WEBHOOK_ALLOW_PRIVATE": "1",
-        "EXPORT_API_TOKEN_SECRET": "metrics-test-secret",
+        "EXPORT_API_TOKEN_SECRET": "metrics-test-secret-of-at-least-32-characters",
     }
     api_port, api_metrics_port, metrics_port = free_port(), free_port(), free_port()
     api = f"http://127.0.0.1:{api_port}"
