@@ -105,7 +105,9 @@ class _Export:
         # Rows read and encoded so far (the uploaded ones and those in the open part): progress.
         self.rows_seen = 0
         self.range_rows_seen = 0
-        self.last_report = time.monotonic()
+        # The first rows are reported at once, then about every rows_progress_seconds: a format
+        # that renders at its end (PDF) reads a few thousand rows in well under a second.
+        self.last_report = float("-inf")
         self.rows_progress_seconds = rows_progress_seconds
 
     def prepare(self) -> ReaderStart:
