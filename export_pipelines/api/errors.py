@@ -4,6 +4,8 @@ is core/storage/pg_errors.py's to say)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -54,6 +56,25 @@ def error_response(
 ) -> JSONResponse:
     count_error(status, code)  # every error answer passes here: the metrics count it by its code
     return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
+
+
+def json_object_body(
+    raw: bytes, allowed: Iterable[str], shown: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """A request body that must be one JSON object of known fields: 422 naming the field (and the
+    allowed ones, `shown` if given) otherwise. One rule for every route that takes a body."""
+    try:
+        body = json.loads(raw or b"null")
+    except (ValueError, RecursionError):
+        raise ApiError(422, "invalid_request", "body: not valid JSON", "body") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid_request", "body: must be a JSON object", "body")
+    allowed = frozenset(allowed)
+    unknown = sorted(str(k) for k in body if k not in allowed)
+    if unknown:
+        names = ", ".join(sorted(allowed if shown is None else shown))
+        raise ApiError(422, "invalid_request", f"{unknown[0]}: unknown field; allowed: {names}", unknown[0])
+    return body
 
 
 def not_found(what: str = "export") -> ApiError:

@@ -5,7 +5,6 @@ and whose database refuses a tenant over its cap (429).
 
 (No `from __future__ import annotations`: FastAPI resolves the handler's annotations.)"""
 
-import json
 from typing import Annotated, Any
 
 import psycopg
@@ -14,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from export_pipelines.api.auth import Auth, Principal
-from export_pipelines.api.errors import ApiError
+from export_pipelines.api.errors import ApiError, json_object_body
 from export_pipelines.api.schemas import (
     CREATE_BODY_SCHEMA,
     ERRORS,
@@ -86,20 +85,7 @@ def router(api: ExportApi) -> APIRouter:
     def _create_on(
         conn: psycopg.Connection[Any], who: Principal, raw: bytes, idempotency_key: str | None
     ) -> JSONResponse:
-        try:
-            body = json.loads(raw or b"null")
-        except (ValueError, RecursionError):
-            raise ApiError(422, "invalid_request", "body: not valid JSON", "body") from None
-        if not isinstance(body, dict):
-            raise ApiError(422, "invalid_request", "body: must be a JSON object", "body")
-        unknown = sorted(str(k) for k in body if k not in BODY_FIELDS)
-        if unknown:
-            raise ApiError(
-                422,
-                "invalid_request",
-                f"{unknown[0]}: unknown field; allowed: {', '.join(sorted(BODY_FIELDS - {'tenant_id'}))}",
-                unknown[0],
-            )
+        body = json_object_body(raw, BODY_FIELDS, BODY_FIELDS - {"tenant_id"})
         tenant_id = who.tenant_id
         if "tenant_id" in body:
             if not who.operator:

@@ -6,7 +6,6 @@ back: `GET` shows a fingerprint. `POST …/{id}/test` writes, reads back and del
 
 (No `from __future__ import annotations`: FastAPI resolves the handler's annotations.)"""
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from export_pipelines.api.auth import Auth, Principal
-from export_pipelines.api.errors import ApiError, not_found
+from export_pipelines.api.errors import ApiError, json_object_body, not_found
 from export_pipelines.api.schemas import ERRORS
 from export_pipelines.api.service import ExportApi
 from export_pipelines.api.status import API_VERSION, json_response
@@ -50,20 +49,7 @@ def router(api: ExportApi) -> APIRouter:
         return await run_in_threadpool(_create, who, raw)
 
     def _create(who: Principal, raw: bytes) -> JSONResponse:
-        try:
-            body = json.loads(raw or b"null")
-        except (ValueError, RecursionError):
-            raise ApiError(422, "invalid_request", "body: not valid JSON", "body") from None
-        if not isinstance(body, dict):
-            raise ApiError(422, "invalid_request", "body: must be a JSON object", "body")
-        unknown = sorted(str(k) for k in body if k not in BODY_FIELDS)
-        if unknown:
-            raise ApiError(
-                422,
-                "invalid_request",
-                f"{unknown[0]}: unknown field; allowed: {', '.join(BODY_FIELDS)}",
-                unknown[0],
-            )
+        body = json_object_body(raw, BODY_FIELDS)
         with api.pool.connection() as conn:
             who.resolve(conn)
             tenant = _tenant(who)

@@ -5,7 +5,6 @@ events, files, cancel are the exports' routes; `GET /v1/exports?feed_id=` lists 
 
 (No `from __future__ import annotations`: FastAPI resolves the handlers' annotations.)"""
 
-import json
 from typing import Any
 
 import psycopg
@@ -14,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from export_pipelines.api.auth import Auth, Principal
-from export_pipelines.api.errors import ApiError, not_found
+from export_pipelines.api.errors import ApiError, json_object_body, not_found
 from export_pipelines.api.schemas import ERRORS
 from export_pipelines.api.service import ExportApi
 from export_pipelines.api.status import API_VERSION, json_response, status_document
@@ -39,20 +38,7 @@ def _feed_doc(feed: Feed) -> dict[str, Any]:
 
 
 def _body(raw: bytes, *, partial: bool) -> dict[str, Any]:
-    try:
-        body = json.loads(raw or b"null")
-    except (ValueError, RecursionError):
-        raise ApiError(422, "invalid_request", "body: not valid JSON", "body") from None
-    if not isinstance(body, dict):
-        raise ApiError(422, "invalid_request", "body: must be a JSON object", "body")
-    unknown = sorted(str(k) for k in body if k not in BODY_FIELDS)
-    if unknown:
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"{unknown[0]}: unknown field; allowed: {', '.join(sorted(BODY_FIELDS))}",
-            unknown[0],
-        )
+    body = json_object_body(raw, BODY_FIELDS)
     if body.get("destination_id") is not None:
         # Destinations are their own resource; until a feed can name one, its files go to our bucket.
         raise ApiError(
