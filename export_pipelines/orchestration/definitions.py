@@ -31,7 +31,7 @@ KNOWN_BETA_NOTICES = (
 def export_asset_specs(settings: Settings) -> list[dg.AssetSpec]:
     """`exports/<resource>` for every catalog resource, described in code: each ad-hoc export
     (tenant_export_job, whatever door asked) records a materialization of it with its download
-    links (ops.download_links), so the asset's page lists every export of that resource, newest
+    links (run_page.download_links), so the asset's page lists every export of that resource, newest
     first, and the run's header names the asset. Not materializable from the UI: an export needs a
     tenant and its options, which the job's launchpad (or the API) takes."""
     catalog = load_catalog(settings.catalog_path)

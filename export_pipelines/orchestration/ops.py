@@ -54,6 +54,7 @@ from export_pipelines.orchestration.op_failures import (
     is_last_attempt,
 )
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
+from export_pipelines.orchestration.run_page import download_links, progress_line, readable_summary
 
 # States of a request row a run may take on: waiting for it, its own (retry), or failed before
 # (a re-execution). Never one that finished well (succeeded, expired) or was canceled.
@@ -94,56 +95,6 @@ class ExportConfig(dg.Config):
     notify: NotifyConfig = NotifyConfig()
     # A destination of the tenant (its own bucket or SFTP server); None: our bucket and links.
     destination_id: str | None = None
-
-
-def human_size(n: int) -> str:
-    """Bytes as people read them (decimal units, as S3 consoles show sizes), with the precision
-    the number has: 512 B, 26 KB, 9.4 KB, 1.4 MB, 120 MB, 2.1 GB (never "0.0 MB" for 26 KB)."""
-    value, unit = float(n), "B"
-    for next_unit in ("KB", "MB", "GB", "TB"):
-        if value < 999.5:  # what would round to 1,000 reads better one unit up
-            break
-        value, unit = value / 1000, next_unit
-    if unit == "B":
-        return f"{n} B"
-    return f"{value:.1f} {unit}" if value < 9.95 else f"{value:,.0f} {unit}"
-
-
-def duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def progress_line(p: ExportProgress, elapsed: float) -> str:
-    """One log line per uploaded part and about once a second while rows are encoded: percent,
-    rows, size uploaded, rows/s, ETA (the count's rows left at the rate so far), the file and its
-    parts, and the key being written."""
-    pct = f" ({100 * p.rows_exported / p.rows_total:.1f}%)" if p.rows_total else ""
-    rate = p.rows_exported / elapsed if elapsed > 0 else 0.0
-    left = max(p.rows_total - p.rows_exported, 0)
-    eta = duration(left / rate) if rate > 0 and p.rows_total else "unknown"
-    return (
-        f"progress: {p.rows_exported}/{p.rows_total} rows{pct}, {human_size(p.bytes_written)} uploaded, "
-        f"{rate:,.0f} rows/s, ETA {eta}; file {p.files_completed + 1}: {p.parts_uploaded} part(s) "
-        f"uploaded so far; writing {p.file_key}"
-    )
-
-
-def readable_summary(rows: int, size: int, seconds: float) -> dict[str, Any]:
-    """The human half of an op's metadata, beside the raw counts scripts read."""
-    return {
-        "size": human_size(size),
-        "duration": duration(seconds),
-        "throughput": (
-            f"{rows / seconds:,.0f} rows/s, {human_size(round(size / seconds))}/s" if seconds > 0 else "-"
-        ),
-    }
 
 
 @dataclass(frozen=True)
@@ -464,40 +415,6 @@ def finalize(
     context.log_event(download_links(run_plan.plan, done))
     context.add_output_metadata(metadata)
     return done
-
-
-# Links shown on the run's page, one click away (not in the finalize output's long metadata).
-MAX_LINKED_FILES = 20
-
-
-def download_links(plan: ExportPlan, done: FinalizedExport) -> dg.AssetMaterialization:
-    """The export as an asset materialization of `exports/<resource>`: Dagster's run page lists a
-    run's materializations with their metadata, links clickable, in the run's own event log and
-    on the asset's page (every export of that resource, newest first)."""
-    req = plan.request
-    links: dict[str, Any] = {
-        "download": dg.MetadataValue.url(done.files[0].url if len(done.files) == 1 else done.manifest_url),
-        "manifest": dg.MetadataValue.url(done.manifest_url),
-    }
-    for number, link in enumerate(done.files[:MAX_LINKED_FILES], start=1):
-        links[f"file {number}"] = dg.MetadataValue.url(link.url)
-    return dg.AssetMaterialization(
-        asset_key=dg.AssetKey(["exports", req.resource]),
-        description=(
-            f"{req.tenant_id}: {done.rows} rows, {human_size(done.bytes)} in {len(done.files)} file(s); "
-            f"links expire {done.expires_at:%Y-%m-%d %H:%M} UTC"
-        ),
-        metadata={
-            **links,
-            "tenant": req.tenant_id,
-            "export_id": req.export_id,
-            "format": req.format,
-            "rows": done.rows,
-            "size": human_size(done.bytes),
-            "expires_at": done.expires_at.isoformat(),
-            "folder": plan.location.folder,
-        },
-    )
 
 
 @dg.op(tags={"kind": "s3"})

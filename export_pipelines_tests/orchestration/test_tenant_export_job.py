@@ -14,8 +14,8 @@ import pytest
 
 from export_pipelines.core.storage.s3 import open_uploads
 from export_pipelines.orchestration.jobs import tenant_export_job
-from export_pipelines.orchestration.ops import human_size
 from export_pipelines.orchestration.run_config import export_run_config
+from export_pipelines.orchestration.run_page import human_size
 from export_pipelines_tests.support.readback import csv_rows, read_manifest
 
 

@@ -34,9 +34,10 @@ from export_pipelines.orchestration.monthly.monthly_export import (
 )
 from export_pipelines.orchestration.monthly.partitions import monthly_partitions, previous_month
 from export_pipelines.orchestration.op_failures import ERROR_CODE_KEY, TENANT_ERROR_KEY
-from export_pipelines.orchestration.ops import configured_request, human_size
+from export_pipelines.orchestration.ops import configured_request
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
 from export_pipelines.orchestration.run_config import MONTHLY_OP
+from export_pipelines.orchestration.run_page import human_size
 from export_pipelines.settings import Settings
 
 MONTHLY_JOB = "monthly_tenant_export_job"
