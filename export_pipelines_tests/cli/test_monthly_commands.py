@@ -95,3 +95,22 @@ def test_dry_run_and_nothing_to_do_say_so(dagster_home, capsys):
     assert main(["failed-partitions", "--month", "2024-05"]) == 0
     out, err = capsys.readouterr()
     assert out == "" and "no failed partitions of monthly_tenant_export_job in 2024-05" in err
+
+
+def test_backfill_without_the_tenants_table_says_which_table(source_url, monkeypatch, capsys):
+    import psycopg
+
+    from export_pipelines_tests.support.services import with_db
+
+    admin = with_db(source_url, "postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS exports_no_tenants")
+        conn.execute("CREATE DATABASE exports_no_tenants")
+    try:
+        monkeypatch.setenv("SOURCE_DATABASE_URL", with_db(source_url, "exports_no_tenants"))
+        assert main(["backfill", "--month", "2025-11", "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert "tenants table public.tenants does not exist" in err and "Traceback" not in err
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS exports_no_tenants WITH (FORCE)")

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
-from export_pipelines.core.errors import InvalidRequest
+from export_pipelines.core.errors import ConfigurationError, InvalidRequest
 from export_pipelines.core.requests.catalog import Catalog, shown
 from export_pipelines.core.storage.pg_connect import open_connection
 
@@ -28,7 +29,20 @@ def list_tenants(conninfo: str, catalog: Catalog, *, enterprise_only: bool = Fal
         query = sql.SQL("{} WHERE {} = %s").format(query, sql.Identifier(tenants.enterprise_column))
         params.append(tenants.enterprise_value)
     with open_connection(conninfo, autocommit=True) as conn:
-        return [r[0] for r in conn.execute(sql.SQL("{} ORDER BY 1").format(query), params)]
+        try:
+            return [r[0] for r in conn.execute(sql.SQL("{} ORDER BY 1").format(query), params)]
+        except psycopg.errors.UndefinedTable:
+            raise missing_tenants_table(catalog) from None
+
+
+def missing_tenants_table(catalog: Catalog) -> ConfigurationError:
+    """The catalog names a tenants table the database does not have (yet)."""
+    assert catalog.tenants is not None
+    table = f"{catalog.tenants.table.schema}.{catalog.tenants.table.name}"
+    return ConfigurationError(
+        f"tenants: the catalog's tenants table {table} does not exist in the source database "
+        "(create it with a row per tenant, or point the catalog's `tenants` at the table that lists them)"
+    )
 
 
 def existing_tenants(conninfo: str, catalog: Catalog, tenant_ids: list[str]) -> set[str] | None:
@@ -43,7 +57,10 @@ def existing_tenants(conninfo: str, catalog: Catalog, tenant_ids: list[str]) -> 
         key=sql.Identifier(tenants.key), table=sql.Identifier(tenants.table.schema, tenants.table.name)
     )
     with open_connection(conninfo, autocommit=True) as conn:
-        return {r[0] for r in conn.execute(query, [sorted(set(tenant_ids))])}
+        try:
+            return {r[0] for r in conn.execute(query, [sorted(set(tenant_ids))])}
+        except psycopg.errors.UndefinedTable:
+            raise missing_tenants_table(catalog) from None
 
 
 def require_tenant(conninfo: str, catalog: Catalog, tenant_id: str) -> None:
