@@ -561,3 +561,39 @@ def test_api_key_cli(source_url, capsys, monkeypatch, client):
     assert client.get("/v1/exports", headers=auth(token)).status_code == 401
     assert main(["api-key", "revoke", token[:12]]) == 1
     assert main(["api-key", "create"]) == 2
+
+
+def test_the_manifest_and_its_signature_verify_through_the_api(
+    client, tenant_key, source_url, catalog, s3_client, bucket, api, db, finished
+):
+    """/manifest answers the stored bytes exactly (what the signature covers) and /manifest.sig the
+    signature, which the signer's public key accepts; an unsigned manifest has no signature (404)."""
+    import base64
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from export_pipelines.core.engine.signing import generate_signing_key, load_signer
+
+    unsigned_id, unsigned_token, _ = finished
+    assert (
+        client.get(f"/v1/exports/{unsigned_id}/manifest.sig", headers=auth(unsigned_token)).status_code == 404
+    )
+    _, token = tenant_key
+    created = post(client, token, {"resource": "orders", "format": "csv"})
+    assert created.status_code == 202, created.text
+    row = db.execute("SELECT * FROM export_requests WHERE id = %s", [created.json()["id"]]).fetchone()
+    signer = load_signer(generate_signing_key())
+    done = complete_export(
+        source_url, catalog, s3_client, bucket, api.settings.prefix, {**row, "id": str(row["id"])}, signer
+    )
+    manifest = client.get(f"/v1/exports/{row['id']}/manifest", headers=auth(token))
+    signature = client.get(f"/v1/exports/{row['id']}/manifest.sig", headers=auth(token))
+    assert manifest.status_code == 200 and signature.status_code == 200, (manifest.text, signature.text)
+    stored = s3_client.get_object(Bucket=bucket, Key=done.manifest_key)["Body"].read()
+    assert manifest.content == stored
+    public = Ed25519PublicKey.from_public_bytes(base64.b64decode(signer.published().public_key))
+    public.verify(base64.b64decode(signature.content), manifest.content)  # raises if it does not hold
+    tampered = manifest.content.replace(b'"rows_total"', b'"rows_totaL"')
+    with pytest.raises(InvalidSignature):
+        public.verify(base64.b64decode(signature.content), tampered)

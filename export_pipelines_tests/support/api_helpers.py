@@ -104,7 +104,13 @@ def auth(token: str) -> dict[str, str]:
 
 
 def complete_export(
-    source_url: str, catalog: Any, s3_client: Any, bucket: str, prefix: str, row: dict[str, Any]
+    source_url: str,
+    catalog: Any,
+    s3_client: Any,
+    bucket: str,
+    prefix: str,
+    row: dict[str, Any],
+    signer: Any = None,
 ) -> Any:
     """What the Dagster job does for a request row, without Dagster: plan, export, finalize, and
     mark the row succeeded."""
@@ -122,7 +128,7 @@ def complete_export(
     plan = plan_export(source_url, catalog, request, prefix)
     clear_success_marker(s3_client, bucket, plan.location)
     outcome = run_export(plan, conninfo=source_url, catalog=catalog, s3_client=s3_client, bucket=bucket)
-    done = finalize_export(s3_client, bucket, plan, outcome)
+    done = finalize_export(s3_client, bucket, plan, outcome, signer=signer)
     with RequestStore(source_url) as store:
         store.mark_running(row["id"], "run-test", plan.rows_total)
         store.mark_succeeded(

@@ -5,7 +5,7 @@ manifest order, a page at a time: `limit` and the `next_cursor` of the previous 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from export_pipelines.api.auth import Auth
 from export_pipelines.api.errors import ApiError, not_found
@@ -13,7 +13,7 @@ from export_pipelines.api.schemas import ERRORS, ErrorBody, ExportId, FileList
 from export_pipelines.api.service import ExportApi
 from export_pipelines.api.status import API_VERSION, iso, json_response
 from export_pipelines.core.errors import Rejected
-from export_pipelines.core.storage.links import Link, read_manifest
+from export_pipelines.core.storage.links import Link, read_manifest_bytes, read_manifest_signature
 
 DEFAULT_FILES_PAGE = 100
 MAX_FILES_PAGE = 1000
@@ -108,14 +108,47 @@ def router(api: ExportApi) -> APIRouter:
             **ERRORS,
         },
     )
-    def get_manifest(export_id: ExportId, who: Auth) -> JSONResponse:
-        """The export's manifest.json (files, rows, bytes, sha256, columns and types, snapshot)."""
+    def get_manifest(export_id: ExportId, who: Auth) -> Response:
+        """The export's manifest.json (files, rows, bytes, sha256, columns and types, snapshot), its
+        exact bytes: what `manifest.sig` signs."""
         row = api.load(who, export_id, position=False).row
         api.links(row, limit=0)  # same status checks as /files
         try:
             with api.storage() as s3:
-                return json_response(read_manifest(s3, api.bucket, row.location(settings.prefix)))
+                body = read_manifest_bytes(s3, api.bucket, row.location(settings.prefix))
         except Rejected as exc:
             raise ApiError(410, "export_expired", str(exc)) from exc
+        return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+    @router.get(
+        f"/{API_VERSION}/exports/{{export_id}}/manifest.sig",
+        tags=["files"],
+        response_model=None,
+        responses={
+            200: {
+                "description": "base64 of the Ed25519 signature over the manifest's exact bytes",
+                "content": {"text/plain": {}},
+            },
+            404: {"model": ErrorBody, "description": "no such export, or its manifest is not signed"},
+            409: {"model": ErrorBody, "description": "not succeeded (yet)"},
+            410: {"model": ErrorBody, "description": "the files were deleted"},
+            **ERRORS,
+        },
+    )
+    def get_manifest_signature(export_id: ExportId, who: Auth) -> Response:
+        """The manifest's signature: check it against `GET /v1/signing-keys` (docs: Verifying a
+        delivery)."""
+        row = api.load(who, export_id, position=False).row
+        api.links(row, limit=0)  # same status checks as /files
+        location = row.location(settings.prefix)
+        try:
+            with api.storage() as s3:
+                read_manifest_bytes(s3, api.bucket, location)  # complete, and this export's
+                signature = read_manifest_signature(s3, api.bucket, location)
+        except Rejected as exc:
+            raise ApiError(410, "export_expired", str(exc)) from exc
+        if signature is None:
+            raise not_found("signature")
+        return Response(signature, media_type="text/plain", headers={"Cache-Control": "no-store"})
 
     return router

@@ -18,10 +18,16 @@ from export_pipelines.core.engine.checkpoints import CheckpointStore
 from export_pipelines.core.engine.encoders.type_contract import describe
 from export_pipelines.core.engine.encoders.xlsx import sheet_layout
 from export_pipelines.core.engine.plan import ExportPlan, schema_hash, schema_of
-from export_pipelines.core.engine.signing import ALG, SIGNATURE_SUFFIX, ManifestSigner
+from export_pipelines.core.engine.signing import ALG, ManifestSigner
 from export_pipelines.core.formats import format_spec
 from export_pipelines.core.results import ExportOutcome, FileLink, FileResult, FinalizedExport
-from export_pipelines.core.storage.layout import MANIFEST_NAME, ExportLocation, download_name, file_extension
+from export_pipelines.core.storage.layout import (
+    MANIFEST_NAME,
+    SIGNATURE_SUFFIX,
+    ExportLocation,
+    download_name,
+    file_extension,
+)
 from export_pipelines.core.storage.links import link_expiry, presign_link
 from export_pipelines.core.storage.s3 import abort_uploads, delete_prefix, explain
 

@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from export_pipelines.core.errors import ConfigurationError
 
 ALG = "Ed25519"
-SIGNATURE_SUFFIX = ".sig"
 
 
 def key_id(public_raw: bytes) -> str:

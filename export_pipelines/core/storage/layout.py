@@ -17,6 +17,8 @@ from urllib.parse import quote
 from export_pipelines.core.errors import Rejected
 
 MANIFEST_NAME = "manifest.json"
+# The manifest's Ed25519 signature lies beside it, under its name + this suffix.
+SIGNATURE_SUFFIX = ".sig"
 SUCCESS_NAME = "_SUCCESS"
 
 # The same rules the catalog (resource names) and the request (export ids) apply; checked again

@@ -24,6 +24,7 @@ from botocore.exceptions import ClientError
 from export_pipelines.core.errors import ConfigurationError, Rejected
 from export_pipelines.core.storage.layout import (
     MANIFEST_NAME,
+    SIGNATURE_SUFFIX,
     ExportLocation,
     attachment,
     download_name,
@@ -164,6 +165,11 @@ def presign(client: Any, bucket: str, key: str, filename: str, expiry: timedelta
 def read_manifest(client: Any, bucket: str, location: ExportLocation) -> dict[str, Any]:
     """The manifest of a complete export, read from the location's own folder; Rejected when the
     export is not complete (no _SUCCESS) or the manifest names another export."""
+    return json.loads(read_manifest_bytes(client, bucket, location))
+
+
+def read_manifest_bytes(client: Any, bucket: str, location: ExportLocation) -> bytes:
+    """`read_manifest`'s checks, and the manifest's exact bytes: what its signature covers."""
     try:
         client.head_object(Bucket=bucket, Key=location.success_key)
         body = client.get_object(Bucket=bucket, Key=location.manifest_key)["Body"].read()
@@ -180,7 +186,17 @@ def read_manifest(client: Any, bucket: str, location: ExportLocation) -> dict[st
     named = (manifest.get("tenant_id"), manifest.get("resource"), manifest.get("export_id"))
     if named != (location.tenant_id, location.resource, location.export_id):
         raise Rejected(f"export {location.export_id}: its manifest names another export", "export_id")
-    return manifest
+    return body
+
+
+def read_manifest_signature(client: Any, bucket: str, location: ExportLocation) -> bytes | None:
+    """The manifest's signature (base64 text) beside it; None for an unsigned manifest."""
+    try:
+        return client.get_object(Bucket=bucket, Key=location.manifest_key + SIGNATURE_SUFFIX)["Body"].read()
+    except ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise explain(exc, bucket, location.folder) from exc
 
 
 def fresh_links(

@@ -14,10 +14,11 @@ from export_pipelines.core.engine.checkpoints import CheckpointStore
 from export_pipelines.core.engine.exporter import run_export
 from export_pipelines.core.engine.manifest import build_manifest, manifest_bytes
 from export_pipelines.core.engine.plan import ExportPlan
-from export_pipelines.core.engine.signing import SIGNATURE_SUFFIX, ManifestSigner
+from export_pipelines.core.engine.signing import ManifestSigner
 from export_pipelines.core.errors import DestinationError
 from export_pipelines.core.requests.catalog import Catalog
 from export_pipelines.core.results import ExportOutcome, ExportProgress
+from export_pipelines.core.storage.layout import SIGNATURE_SUFFIX
 from export_pipelines.core.storage.s3 import UploadedPart
 
 GCS_PART_SUFFIX = ".export-part-"
