@@ -597,3 +597,13 @@ def test_the_manifest_and_its_signature_verify_through_the_api(
     tampered = manifest.content.replace(b'"rows_total"', b'"rows_totaL"')
     with pytest.raises(InvalidSignature):
         public.verify(base64.b64decode(signature.content), tampered)
+
+
+@pytest.mark.parametrize("destination_id", ["not-a-uuid", "U\u0000\u009a", 7])
+def test_a_destination_id_that_is_no_destination_is_refused_naming_the_field(
+    client, tenant_key, destination_id
+):
+    _, token = tenant_key
+    answer = post(client, token, {"resource": "orders", "destination_id": destination_id})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["field"] == "destination_id"

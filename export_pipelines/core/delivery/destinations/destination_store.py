@@ -3,6 +3,7 @@ decrypted only through `for_writer`; every other read carries the fingerprint al
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -67,7 +68,12 @@ class DestinationStore(PgStore):
         return [_row(r) for r in rows]
 
     def get(self, destination_id: str, tenant_id: str | None = None) -> Destination | None:
-        """The live destination (of `tenant_id`, when given); None if there is none or it was deleted."""
+        """The live destination (of `tenant_id`, when given); None if there is none or it was deleted,
+        or the id is not one an id can be (a UUID): such text never reaches the database."""
+        try:
+            uuid.UUID(str(destination_id))
+        except ValueError:
+            return None
         row = self.execute(
             f"""
             SELECT {_COLUMNS} FROM export_destinations
