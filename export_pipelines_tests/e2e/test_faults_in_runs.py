@@ -126,10 +126,11 @@ def test_backend_terminated_mid_export_is_retried_from_the_checkpoint(
     worker.start()
     try:
         with psycopg.connect(source_url, autocommit=True) as watcher:
-            # Once count_rows marked the row running, hold the row: export_files' first progress
-            # update then waits on it, with the reader mid-file (its queue full).
+            # Once a part is checkpointed, hold the row: export_files' next progress update (the
+            # next part's, or rows' within a second) then waits on it, with the reader mid-file.
+            # Held before that, the first rows' progress (reported at once) would wait with no
+            # part uploaded.
             wait_until(lambda: store.get(rid).status == "running", interval=0.005)
-            holder.execute("SELECT 1 FROM export_requests WHERE id = %s FOR UPDATE", [rid])
             wait_until(
                 lambda: (
                     watcher.execute(
@@ -137,8 +138,10 @@ def test_backend_terminated_mid_export_is_retried_from_the_checkpoint(
                         [f"{prefix}/%/{rid}/"],
                     ).fetchone()[0]
                     > 0
-                )
+                ),
+                interval=0.005,
             )
+            holder.execute("SELECT 1 FROM export_requests WHERE id = %s FOR UPDATE", [rid])
             killed = watcher.execute(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                 "WHERE application_name = 'export_pipelines' AND datname = current_database()"
