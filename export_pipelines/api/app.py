@@ -14,6 +14,7 @@ pool, or a presign; no SQL text here, nothing imports Dagster or launches a run.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -60,6 +61,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        freeze_startup_objects()
         yield
         api.pool.close()
 
@@ -101,6 +103,21 @@ def create_app(
     app.include_router(page.router())
     app.include_router(docs_pages.router(title))
     return app
+
+
+def freeze_startup_objects() -> None:
+    """Move everything the imports and the app built into the collector's permanent generation.
+
+    A full (oldest-generation) collection walks every tracked object: with FastAPI, pydantic, boto3
+    and psycopg loaded that is a million objects and ~200 ms with the GIL held, during which no
+    request of the process is answered (the API's p99 at 400 req/s was that pause). Frozen objects
+    are never walked again; what requests create is still collected as usual."""
+    # Loaded lazily by the first /files call otherwise, after the freeze.
+    import boto3  # noqa: F401
+    import botocore.client  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
 
 
 def add_error_handlers(app: FastAPI) -> None:

@@ -97,6 +97,14 @@ class ExportApi:
     def bucket(self) -> str:
         return self.settings.require_bucket()
 
+    def admit(self, principal: Principal) -> None:
+        """Before a mutating route reads its body: the key over its rate limit (429, no database
+        call), the key itself (401), then the key's and tenant's limits (429), counted."""
+        self.rate_limits.check_presented(principal.token)
+        with self.pool.connection() as conn:
+            principal.resolve(conn)
+        self.rate_limits.check(principal)
+
     # -- reads --
 
     def load(

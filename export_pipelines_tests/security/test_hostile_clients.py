@@ -252,6 +252,30 @@ def test_create_and_cancel_churn_is_rate_limited_per_key_and_per_tenant(server, 
     assert client.post("/v1/exports", headers=auth(other), json={"resource": "orders"}).status_code == 202
 
 
+def test_a_key_past_its_limit_is_refused_without_a_database_call(server, client, source_url):
+    """Fails on the old server, which looked the key up before every limit: a client hammering past
+    its limit cost a database round trip per request. Here the key table is locked while the
+    over-limit key asks again: it is answered 429 at once, where a key lookup would wait."""
+    key, under_limit = key_for(source_url, fresh_tenant()), key_for(source_url, fresh_tenant())
+    missing = "/v1/exports/00000000-0000-0000-0000-000000000000/cancel"
+    statuses = [client.post(missing, headers=auth(key)).status_code for _ in range(PER_KEY + 1)]
+    assert statuses == [404] * PER_KEY + [429], statuses
+    with psycopg.connect(source_url) as locker:
+        locker.execute("LOCK TABLE export_api_keys IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        refused = client.post(missing, headers=auth(key))
+        took = time.monotonic() - started
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+        assert took < 1.0, f"the refusal waited {took:.2f} s for the locked key table"
+        # A key under its limit does need the table: the lock is what the refusal did not wait for.
+        started = time.monotonic()
+        try:
+            waited = client.post(missing, headers=auth(under_limit), timeout=2).status_code
+        except httpx.TimeoutException:
+            waited = 0
+        assert time.monotonic() - started >= 1.0, waited
+
+
 # --- event-stream tokens ------------------------------------------------------------------------
 
 

@@ -36,6 +36,7 @@ def router(api: ExportApi) -> APIRouter:
         """Cancel: a pending, queued or running export is `canceled` at once and is never produced;
         its run, if one started, is stopped by the Dagster side and its files deleted. Canceling a
         canceled export again changes nothing (202); a finished one answers 409."""
+        api.rate_limits.check_presented(who.token)
         with api.pool.connection() as conn:
             who.resolve(conn)
             api.rate_limits.check(who)

@@ -69,14 +69,9 @@ def router(api: ExportApi) -> APIRouter:
         sensor launches the run."""
         # The key and the rate limits first: an unknown key or a client over its limit is answered
         # before its body is read (a body is bounded by the server's body limit either way).
-        await run_in_threadpool(_admit, who)
+        await run_in_threadpool(api.admit, who)
         raw = await request.body()
         return await run_in_threadpool(_create, who, raw, idempotency_key)
-
-    def _admit(who: Principal) -> None:
-        with api.pool.connection() as conn:
-            who.resolve(conn)
-        api.rate_limits.check(who)
 
     def _create(who: Principal, raw: bytes, idempotency_key: str | None) -> JSONResponse:
         with api.pool.connection() as conn:

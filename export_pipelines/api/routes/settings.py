@@ -72,14 +72,9 @@ def router(api: ExportApi) -> APIRouter:
     async def put_notify_settings(request: Request, who: Auth) -> JSONResponse:
         """Replace the tenant's default notify targets; a field left out or null is cleared."""
         # The key first, then the body: nothing about the rules (the allowlist) before the key.
-        await run_in_threadpool(_admit, who)
+        await run_in_threadpool(api.admit, who)
         raw = await request.body()
         return await run_in_threadpool(_put, who, raw)
-
-    def _admit(who: Principal) -> None:
-        with api.pool.connection() as conn:
-            who.resolve(conn)
-        api.rate_limits.check(who)
 
     def _put(who: Principal, raw: bytes) -> JSONResponse:
         try:
