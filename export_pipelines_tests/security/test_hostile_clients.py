@@ -215,6 +215,36 @@ def test_the_key_is_checked_before_the_body_is_read_or_validated(server, client,
     assert invalid.status_code == 422 and invalid.json()["error"]["field"] == "nonsense", invalid.text
 
 
+MUTATING_FEED_AND_DESTINATION_ROUTES = [
+    ("POST", "/v1/feeds"),
+    ("PATCH", "/v1/feeds/00000000-0000-0000-0000-000000000000"),
+    ("DELETE", "/v1/feeds/00000000-0000-0000-0000-000000000000"),
+    ("POST", "/v1/feeds/00000000-0000-0000-0000-000000000000/run"),
+    ("POST", "/v1/feeds/00000000-0000-0000-0000-000000000000/full-refresh"),
+    ("POST", "/v1/destinations"),
+    ("DELETE", "/v1/destinations/00000000-0000-0000-0000-000000000000"),
+    ("POST", "/v1/destinations/00000000-0000-0000-0000-000000000000/test"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), MUTATING_FEED_AND_DESTINATION_ROUTES)
+def test_feed_and_destination_routes_check_the_key_first_and_are_rate_limited(
+    server, client, source_url, method, path
+):
+    """Fails on the old server: these routes read a bad key's whole body before its 401, and had no
+    rate limit (a destination test opens a connection to a host the tenant names, each call)."""
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer exp_not-a-key\r\n"
+        "Content-Type: application/json\r\nContent-Length: 50000\r\n\r\n"
+    ).encode()
+    assert raw_exchange(server, head, timeout=10)[0] == 401
+    token = key_for(source_url, fresh_tenant())
+    statuses = [
+        client.request(method, path, headers=auth(token), json={}).status_code for _ in range(PER_KEY + 1)
+    ]
+    assert 429 not in statuses[:PER_KEY] and statuses[-1] == 429, statuses
+
+
 # --- rate limits --------------------------------------------------------------------------------
 
 

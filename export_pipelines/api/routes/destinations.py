@@ -45,6 +45,7 @@ def router(api: ExportApi) -> APIRouter:
     async def create_destination(request: Request, who: Auth) -> JSONResponse:
         """Add a destination: `{kind, name, config, credentials}`; answers it with a credentials
         fingerprint (the credentials themselves are never returned)."""
+        await run_in_threadpool(api.admit, who)  # the key and its rate limits before the body
         raw = await request.body()
         return await run_in_threadpool(_create, who, raw)
 
@@ -93,6 +94,7 @@ def router(api: ExportApi) -> APIRouter:
     def delete_destination(destination_id: str, who: Auth) -> Response:
         """Delete it (its credentials are wiped at once); an export still naming it fails as
         destination_not_found."""
+        api.admit(who)
         with api.pool.connection() as conn:
             who.resolve(conn)
             if not DestinationStore.on(conn).delete(destination_id, _tenant(who)):
@@ -103,6 +105,8 @@ def router(api: ExportApi) -> APIRouter:
     def test(destination_id: str, who: Auth) -> JSONResponse:
         """Write, read back and delete a probe object: `{result: ok|unreachable|denied|not_found|invalid,
         message}`."""
+        # Rate limited like every mutating route: each call connects to a host the tenant names.
+        api.admit(who)
         with api.pool.connection() as conn:
             who.resolve(conn)
             try:

@@ -89,6 +89,7 @@ def router(api: ExportApi) -> APIRouter:
     async def create_feed(request: Request, who: Auth) -> JSONResponse:
         """Create a feed: `{resource, format, compression?, columns?, filters?, frequency:
         hourly|daily|weekly|monthly|manual, mode?: incremental|full, notify?}`."""
+        await run_in_threadpool(api.admit, who)  # the key and its rate limits before the body
         raw = await request.body()
 
         def work(conn: psycopg.Connection[Any], tenant_id: str) -> JSONResponse:
@@ -117,6 +118,7 @@ def router(api: ExportApi) -> APIRouter:
     @router.patch(f"/{API_VERSION}/feeds/{{feed_id}}", tags=["feeds"], response_model=None, responses=ERRORS)
     async def update_feed(feed_id: str, request: Request, who: Auth) -> JSONResponse:
         """Change a feed's fields (the same checks as at creation)."""
+        await run_in_threadpool(api.admit, who)  # the key and its rate limits before the body
         raw = await request.body()
 
         def work(conn: psycopg.Connection[Any], tenant_id: str) -> JSONResponse:
@@ -144,6 +146,7 @@ def router(api: ExportApi) -> APIRouter:
     )
     def delete_feed(feed_id: str, who: Auth) -> Response:
         """Delete the feed; its deliveries stay exports (their files expire as any export's)."""
+        api.admit(who)
 
         def work(conn: psycopg.Connection[Any], tenant_id: str) -> Response:
             if not FeedStore.on(conn).delete(tenant_id, feed_id):
@@ -153,6 +156,8 @@ def router(api: ExportApi) -> APIRouter:
         return _on(who, work)
 
     def _deliver(feed_id: str, who: Principal, full_refresh: bool) -> JSONResponse:
+        api.admit(who)
+
         def work(conn: psycopg.Connection[Any], tenant_id: str) -> JSONResponse:
             feed = _load(conn, tenant_id, feed_id)
             try:
