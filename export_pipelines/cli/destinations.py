@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from export_pipelines.cli.common import settings_or_exit, source_url_or_exit
-from export_pipelines.core.errors import ConfigurationError, DestinationError
+from export_pipelines.core.errors import ConfigurationError, DestinationError, DestinationInUse
 
 
 def _box(settings: Any) -> Any:
@@ -78,7 +78,12 @@ def cmd_delete(args: argparse.Namespace) -> int:
     from export_pipelines.core.delivery.destinations.destination_store import DestinationStore
 
     with DestinationStore(source_url_or_exit()).migrate_once() as store:
-        if not store.delete(args.id, args.tenant):
+        try:
+            deleted = store.delete(args.id, args.tenant)
+        except DestinationInUse as exc:
+            print(f"export-pipelines destinations delete: {exc}", file=sys.stderr)
+            return 1
+        if not deleted:
             print(
                 f"export-pipelines destinations delete: no destination {args.id} of {args.tenant}",
                 file=sys.stderr,

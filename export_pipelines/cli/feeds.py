@@ -78,14 +78,16 @@ def cmd_feeds_create(args: argparse.Namespace) -> int:
         "mode": args.mode,
         "webhook_url": args.webhook_url,
         "email": args.email,
+        "destination_id": args.destination,
     }
     try:
         checked = check_feed(load_catalog(settings.catalog_path), settings.webhook_allowlist, fields)
+        with _feed_store() as store:
+            made = store.create(checked)  # refuses a destination that is not the tenant's
     except ExportError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    with _feed_store() as store:
-        print(json.dumps(store.create(checked).document(), indent=2))
+    print(json.dumps(made.document(), indent=2))
     return 0
 
 
@@ -111,6 +113,8 @@ def cmd_feeds_update(args: argparse.Namespace) -> int:
 
     settings = settings_or_exit()
     changes = {k: v for k, v in (("frequency", args.frequency), ("mode", args.mode)) if v is not None}
+    if args.destination is not None:  # "" (or "link"): back to our bucket and links
+        changes["destination_id"] = args.destination if args.destination not in ("", "link") else None
     with _feed_store() as store:
         feed = store.get(args.tenant, args.id)
         if feed is None:
@@ -122,10 +126,10 @@ def cmd_feeds_update(args: argparse.Namespace) -> int:
         )
         try:
             check_feed(load_catalog(settings.catalog_path), settings.webhook_allowlist, merged)
+            updated = store.update(args.tenant, args.id, changes)
         except ExportError as exc:
             print(str(exc), file=sys.stderr)
             return 2
-        updated = store.update(args.tenant, args.id, changes)
     print(json.dumps(updated.document() if updated else None, indent=2))
     return 0
 
@@ -175,6 +179,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--columns", help="comma-separated; must include the primary key")
     p.add_argument("--webhook-url")
     p.add_argument("--email")
+    p.add_argument("--destination", help="a destination id of the tenant (destinations list); default: links")
     p.set_defaults(func=cmd_feeds_create)
     p = verbs.add_parser("list", help="a tenant's feeds")
     p.add_argument("--tenant", required=True)
@@ -187,11 +192,15 @@ def add_commands(sub: Any) -> None:
         p.add_argument("id")
         p.add_argument("--tenant", required=True)
         p.set_defaults(func=func)
-    p = verbs.add_parser("update", help="change a feed's frequency or mode")
+    p = verbs.add_parser("update", help="change a feed's frequency, mode or destination")
     p.add_argument("id")
     p.add_argument("--tenant", required=True)
     p.add_argument("--frequency")
     p.add_argument("--mode")
+    p.add_argument(
+        "--destination",
+        help="a destination id of the tenant, or '' for links; the next delivery is then full",
+    )
     p.set_defaults(func=cmd_feeds_update)
     p = verbs.add_parser("run", help="make the feed's next delivery now (an export row); prints its id")
     p.add_argument("id")

@@ -15,6 +15,7 @@
     │   ├── DestinationDenied        wrong credentials, no permission (destination_denied)
     │   ├── DestinationNotFound      no bucket/container/folder, or the destination was deleted
     │   └── DestinationInvalid       the config is wrong, or names a host that is not allowed
+    ├── DestinationInUse             a destination that feeds name is not deleted (an API answer, 409)
     └── TransientError               worth another attempt (the source or S3 briefly unavailable)
         ├── SourceTimeout            the source database cancelled a statement
         └── IdempotencyInFlight      the first request with this idempotency key is still being made
@@ -129,6 +130,19 @@ class DestinationNotFound(DestinationError):
 
 class DestinationInvalid(DestinationError):
     code, result = "destination_invalid", "invalid"
+
+
+class DestinationInUse(ExportError):
+    """A destination that feeds name cannot be deleted: point them elsewhere first (docs/feeds.md)."""
+
+    code = "destination_in_use"
+
+    def __init__(self, destination_id: str, feed_ids: list[str]) -> None:
+        super().__init__(
+            f"destination {destination_id} is used by feed(s) {', '.join(feed_ids)}; change their "
+            "destination_id (PATCH /v1/feeds/{id}) or delete them first"
+        )
+        self.feed_ids = feed_ids
 
 
 class TransientError(ExportError):

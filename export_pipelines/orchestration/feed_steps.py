@@ -35,19 +35,22 @@ def feed_deliveries(source: SourceDatabase) -> FeedDeliveries:
 
 def feed_window(source: SourceDatabase, request_id: str) -> FeedWindow | None:
     """The window of the feed delivery this row is (None: not a feed's delivery): from the feed's
-    last succeeded delivery, whatever happened to the ones in between."""
+    last succeeded delivery, whatever happened to the ones in between; full when that delivery went
+    to another destination (or to our bucket) than this one goes to."""
     row = source.requests().get(request_id)
     if row is None or row.feed_id is None or row.sequence is None:
         return None
     previous = feed_deliveries(source).previous_delivery(row.feed_id, row.sequence)
     with FeedStore(source.conninfo) as feeds:
         feed = feeds.get(None, row.feed_id)
+    here = str(row.destination_id) if row.destination_id else None
     return next_window(
         row.feed_id,
         row.sequence,
         feed.mode if feed else "incremental",
         DeliveryRecord.from_json(previous) if previous else None,
         full_refresh=row.feed_full_refresh,
+        destination_changed=previous is not None and previous.get("destination_id") != here,
     )
 
 

@@ -75,9 +75,12 @@ def record_success(log: Any, source: SourceDatabase, run_plan: RunPlan, done: Fi
     return True
 
 
-def notify_row(source: SourceDatabase, log: Any, row: StoredRequest, event: str, error: str) -> None:
-    """Record the notifications of a row that ended without files (failed, canceled); the delivery
-    sensor sends them, so a slow receiver never holds this sensor. Never raises."""
+def notify_row(
+    source: SourceDatabase, log: Any, row: StoredRequest, event: str, error: str, code: str | None = None
+) -> None:
+    """Record the notifications of a row that ended without files (failed, canceled), with the code
+    the row got; the delivery sensor sends them, so a slow receiver never holds this sensor. Never
+    raises."""
     webhook_url, email = tenant_targets(source.conninfo, row.tenant_id, row.webhook_url, row.email)
     if not (webhook_url or email):
         return
@@ -90,6 +93,7 @@ def notify_row(source: SourceDatabase, log: Any, row: StoredRequest, event: str,
             rows=row.rows_exported,
             bytes_written=row.bytes_written,
             error=error,
+            error_code=code,
         )
         notices.enqueue(
             source.deliveries(),

@@ -387,7 +387,10 @@ def finalize(
                 f"destination_id: {run_plan.destination_id} was deleted during the export"
             )
             raise failure(exc, str(exc))
-        return delivered(found, run_plan.plan, outcome)
+        done = delivered(found, run_plan.plan, outcome)
+        if run_plan.plan.request.feed is not None:  # what the feed's next delivery starts from
+            record_feed_delivery(context, run_plan, outcome, done, source)
+        return done
     with explained_on_last_attempt(context):
         done = finalize_export(
             s3.get_client(),

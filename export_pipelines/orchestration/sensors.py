@@ -197,9 +197,9 @@ def record_run_failure(
             return
         if code == "canceled":  # terminated on request (the API's cancel): not a failure
             if store.mark_canceled(row.id, short):
-                notify_row(source, log, row, CANCELED, short)
+                notify_row(source, log, row, CANCELED, short, code)
         elif store.mark_failed(row.id, short, code):
-            notify_row(source, log, row, FAILED, short)
+            notify_row(source, log, row, FAILED, short, code)
     if will_retry or s3 is None or export_settings is None:
         return
     # The folder from (prefix, tenant, resource, export id), never from a row's column; a run
@@ -252,21 +252,24 @@ def reap_unfinished_requests(
             if row.status != "running":
                 continue
             changed, event, error = store.mark_failed(row.id, RUN_GONE, "internal"), FAILED, RUN_GONE
+            code = "internal"
         elif run.status == dg.DagsterRunStatus.CANCELED:
             changed, event, error = store.mark_canceled(row.id), CANCELED, tenant_message("canceled")
+            code = "canceled"
         elif (
             run.status == dg.DagsterRunStatus.FAILURE
             and run.tags.get(tags.WILL_RETRY) != "true"
             and now - row_age_reference(row) > failure_grace_seconds
         ):
             changed, event, error = store.mark_failed(row.id, RUN_FAILED, "internal"), FAILED, RUN_FAILED
+            code = "internal"
         else:
             continue
         if not changed:
             continue
         resolved += 1
         log.info(f"request {row.id}: {error} (run {run.run_id if run else 'gone'})")
-        notify_row(source, log, row, event, error)
+        notify_row(source, log, row, event, error, code)
         if s3 is not None and export_settings is not None:
             abort_uploads_logged(
                 s3, export_settings, source, row.location(export_settings.prefix).folder, log

@@ -54,3 +54,75 @@ def sftp_config(server: Any, **extra: Any) -> dict[str, Any]:
 
 def sftp_credentials(server: Any) -> dict[str, str]:
     return {"username": server.username, "private_key": server.client_key_pem}
+
+
+def azure_container(server: Any, name: str) -> dict[str, Any]:
+    """Azurite's container `name` (made if missing); the destination config for it."""
+    from azure.storage.blob import BlobServiceClient
+
+    from export_pipelines_dev.azurite import ACCOUNT_KEY, ACCOUNT_NAME
+
+    service = BlobServiceClient(
+        server.account_url, credential={"account_name": ACCOUNT_NAME, "account_key": ACCOUNT_KEY}
+    )
+    if not service.get_container_client(name).exists():
+        service.create_container(name)
+    return {"account_url": server.account_url, "container": name}
+
+
+def azure_credentials() -> dict[str, str]:
+    from export_pipelines_dev.azurite import ACCOUNT_KEY, ACCOUNT_NAME
+
+    return {"account_name": ACCOUNT_NAME, "account_key": ACCOUNT_KEY}
+
+
+def gcs_bucket(server: Any, name: str) -> dict[str, Any]:
+    """fake-gcs-server's bucket `name` (made if missing); the destination config for it."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(
+        project="tenant", credentials=AnonymousCredentials(), client_options={"api_endpoint": server.url}
+    )
+    if client.lookup_bucket(name) is None:
+        client.create_bucket(name)
+    return {"bucket": name, "endpoint_url": server.url}
+
+
+def read_folder(
+    kind: str, stack_env: dict[str, str], config: dict[str, Any], folder: str, credentials: dict[str, Any]
+) -> dict[str, bytes]:
+    """Every object of an export's folder in a destination (name → bytes), read with the tenant's own
+    access, as the tenant would read it; for s3, also that no multipart upload is left open."""
+    from export_pipelines.core.delivery.destinations.config import Destination
+
+    dest = Destination("read", "t", kind, "read", config, credentials=credentials)
+    found: dict[str, bytes] = {}
+    if kind == "s3":
+        from export_pipelines.core.storage.s3 import open_uploads
+
+        client = tenant_client(stack_env)
+        for obj in client.list_objects_v2(Bucket=config["bucket"], Prefix=folder).get("Contents", []):
+            body = client.get_object(Bucket=config["bucket"], Key=obj["Key"])["Body"].read()
+            found[obj["Key"].rsplit("/", 1)[-1]] = body
+        assert not open_uploads(client, config["bucket"], folder), "no multipart upload left open"
+    elif kind == "gcs":
+        from export_pipelines.core.delivery.destinations.gcs import bucket_handle
+
+        bucket = bucket_handle(dest, allow_private=True)
+        for blob in bucket.client.list_blobs(bucket, prefix=folder):
+            found[blob.name.rsplit("/", 1)[-1]] = blob.download_as_bytes()
+    elif kind == "azure_blob":
+        from export_pipelines.core.delivery.destinations.azure_blob import container_client
+
+        container = container_client(dest, allow_private=True)
+        for blob in container.list_blobs(name_starts_with=folder):
+            data = container.get_blob_client(blob.name).download_blob().readall()
+            found[blob.name.rsplit("/", 1)[-1]] = data
+    else:
+        from pathlib import Path
+
+        where = Path(config["path"]) / folder
+        if where.is_dir():
+            found = {p.name: p.read_bytes() for p in where.iterdir()}
+    return found

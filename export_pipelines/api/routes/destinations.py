@@ -21,7 +21,7 @@ from export_pipelines.core.delivery.destinations.config import check_destination
 from export_pipelines.core.delivery.destinations.destination_store import DestinationStore
 from export_pipelines.core.delivery.destinations.secrets import SecretBox
 from export_pipelines.core.delivery.destinations.service import test_destination
-from export_pipelines.core.errors import DestinationError
+from export_pipelines.core.errors import DestinationError, DestinationInUse
 
 PATH = f"/{API_VERSION}/destinations"
 BODY_FIELDS = ("kind", "name", "config", "credentials")
@@ -93,11 +93,15 @@ def router(api: ExportApi) -> APIRouter:
     )
     def delete_destination(destination_id: str, who: Auth) -> Response:
         """Delete it (its credentials are wiped at once); an export still naming it fails as
-        destination_not_found."""
+        destination_not_found. 409 `destination_in_use`, naming them, while feeds name it."""
         api.admit(who)
         with api.pool.connection() as conn:
             who.resolve(conn)
-            if not DestinationStore.on(conn).delete(destination_id, _tenant(who)):
+            try:
+                deleted = DestinationStore.on(conn).delete(destination_id, _tenant(who))
+            except DestinationInUse as exc:
+                raise ApiError(409, "destination_in_use", str(exc), "destination_id") from None
+            if not deleted:
                 raise not_found("destination")
         return Response(status_code=204)
 

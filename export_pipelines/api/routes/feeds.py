@@ -20,7 +20,7 @@ from export_pipelines.api.status import API_VERSION, json_response, status_docum
 from export_pipelines.core.errors import DeliveryInProgress, Rejected
 from export_pipelines.core.requests.feed_store import FIELDS, Feed, FeedStore, check_feed, start_delivery
 
-BODY_FIELDS = frozenset({*FIELDS, "notify", "destination_id"} - {"webhook_url", "email"})
+BODY_FIELDS = frozenset({*FIELDS, "notify"} - {"webhook_url", "email"})
 
 
 def _feed_doc(feed: Feed) -> dict[str, Any]:
@@ -39,15 +39,6 @@ def _feed_doc(feed: Feed) -> dict[str, Any]:
 
 def _body(raw: bytes, *, partial: bool) -> dict[str, Any]:
     body = json_object_body(raw, BODY_FIELDS)
-    if body.get("destination_id") is not None:
-        # Destinations are their own resource; until a feed can name one, its files go to our bucket.
-        raise ApiError(
-            422,
-            "invalid_request",
-            "destination_id: destinations are not available yet; omit it (link)",
-            "destination_id",
-        )
-    body.pop("destination_id", None)
     notify = body.pop("notify", None) or {}
     if not isinstance(notify, dict) or set(notify) - {"webhook_url", "email"}:
         raise ApiError(422, "invalid_request", "notify: must be an object {webhook_url?, email?}", "notify")
@@ -88,7 +79,8 @@ def router(api: ExportApi) -> APIRouter:
     )
     async def create_feed(request: Request, who: Auth) -> JSONResponse:
         """Create a feed: `{resource, format, compression?, columns?, filters?, frequency:
-        hourly|daily|weekly|monthly|manual, mode?: incremental|full, notify?}`."""
+        hourly|daily|weekly|monthly|manual, mode?: incremental|full, notify?, destination_id?}`
+        (`destination_id`: one of the tenant's destinations, which every delivery goes to)."""
         await run_in_threadpool(api.admit, who)  # the key and its rate limits before the body
         raw = await request.body()
 
@@ -96,9 +88,9 @@ def router(api: ExportApi) -> APIRouter:
             body = _body(raw, partial=False)
             try:
                 fields = check_feed(api.catalog, allowlist, {**body, "tenant_id": tenant_id})
+                feed = FeedStore.on(conn).create(fields)  # the destination must be the tenant's
             except Rejected as exc:
                 raise _rejected(exc) from None
-            feed = FeedStore.on(conn).create(fields)
             doc = _feed_doc(feed)
             return json_response(doc, 201, {"Location": doc["links"]["self"]})
 
@@ -128,9 +120,9 @@ def router(api: ExportApi) -> APIRouter:
             merged.update({"webhook_url": feed.webhook_url, "email": feed.email, **changes})
             try:
                 fields = check_feed(api.catalog, allowlist, {**merged, "tenant_id": tenant_id})
+                updated = FeedStore.on(conn).update(tenant_id, feed_id, {k: fields[k] for k in changes})
             except Rejected as exc:
                 raise _rejected(exc) from None
-            updated = FeedStore.on(conn).update(tenant_id, feed_id, {k: fields[k] for k in changes})
             if updated is None:
                 raise not_found("feed")
             return json_response(_feed_doc(updated))

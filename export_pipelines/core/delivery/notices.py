@@ -36,9 +36,11 @@ def webhook_payload(
     bytes_written: int,
     done: FinalizedExport | None = None,
     error: str | None = None,
+    error_code: str | None = None,
 ) -> dict[str, Any]:
     """The JSON body of every webhook (one shape for every event); links and expiry only when the
-    export succeeded."""
+    export succeeded; `error_code` (the request row's, core.errors.ERROR_CODES) and `error` when it
+    did not."""
     return {
         "event": event,
         "export_id": export_id,
@@ -50,6 +52,7 @@ def webhook_payload(
         "manifest_url": done.manifest_url if done else None,
         "expires_at": done.expires_at.isoformat() if done else None,
         "error": error,
+        "error_code": error_code,
     }
 
 
@@ -100,9 +103,11 @@ def ended(
     rows: int,
     bytes_written: int,
     error: str,
+    error_code: str | None = None,
 ) -> Notice:
     """The export ended without files: FAILED or CANCELED; `error` is what the tenant reads (a short
-    stable message, core.errors.tenant_message), in the payload and as the email's body."""
+    stable message, core.errors.tenant_message), in the payload and as the email's body, with its
+    code (a receiver branches on the code, a person reads the message)."""
     payload = webhook_payload(
         event,
         export_id=export_id,
@@ -111,6 +116,7 @@ def ended(
         rows=rows,
         bytes_written=bytes_written,
         error=error,
+        error_code=error_code,
     )
     verb = "was canceled" if event == CANCELED else "failed"
     return Notice(event, payload, f"Your {resource} export {verb}", error)

@@ -66,10 +66,16 @@ class DeliveryRecord:
 
 
 def next_window(
-    feed_id: str, sequence: int, mode: str, previous: DeliveryRecord | None, full_refresh: bool = False
+    feed_id: str,
+    sequence: int,
+    mode: str,
+    previous: DeliveryRecord | None,
+    full_refresh: bool = False,
+    destination_changed: bool = False,
 ) -> FeedWindow:
     """The window of a feed's next delivery: incremental from the last succeeded delivery's
-    snapshot, or full (the feed's mode, a full refresh, or no delivery yet)."""
+    snapshot, or full (the feed's mode, a full refresh, no delivery yet, or the feed now delivering
+    somewhere else than its last delivery: the new place holds none of the earlier changes)."""
     if previous is None:
         return FeedWindow(feed_id, sequence, "full", reason="the feed's first delivery")
     common = {
@@ -80,6 +86,8 @@ def next_window(
     }
     if full_refresh:
         return FeedWindow(feed_id, sequence, "full", reason="a full refresh was asked for", **common)
+    if destination_changed:
+        return FeedWindow(feed_id, sequence, "full", reason="the feed's destination changed", **common)
     if mode == "full":
         return FeedWindow(feed_id, sequence, "full", reason="the feed's mode is full", **common)
     return FeedWindow(feed_id, sequence, "incremental", previous_snapshot=previous.snapshot, **common)

@@ -35,6 +35,7 @@ class FeedDeliveries(RequestRows):
         webhook_url: str | None,
         email: str | None,
         full_refresh: bool,
+        destination_id: str | None = None,
     ) -> StoredRequest:
         """A feed's next delivery: a pending row numbered after the feed's last one. The tenant's cap
         applies (TooManyActive); a delivery still active refuses another (DeliveryInProgress)."""
@@ -52,10 +53,10 @@ class FeedDeliveries(RequestRows):
                     """
                     INSERT INTO export_requests
                         (id, tenant_id, resource, format, compression, filters, columns, webhook_url, email,
-                         origin, feed_id, sequence, feed_full_refresh)
+                         origin, feed_id, sequence, feed_full_refresh, destination_id)
                     SELECT %(id)s, %(tenant_id)s, %(resource)s, %(format)s, %(compression)s,
                            %(filters)s::jsonb, %(columns)s, %(webhook_url)s, %(email)s, 'feed', %(feed_id)s,
-                           coalesce(max(sequence), 0) + 1, %(full_refresh)s
+                           coalesce(max(sequence), 0) + 1, %(full_refresh)s, %(destination_id)s::uuid
                     FROM export_requests WHERE feed_id = %(feed_id)s
                     RETURNING *
                     """,
@@ -71,6 +72,7 @@ class FeedDeliveries(RequestRows):
                         "email": email,
                         "feed_id": feed_id,
                         "full_refresh": full_refresh,
+                        "destination_id": destination_id,
                     },
                 ).fetchone()
                 assert row is not None
@@ -83,10 +85,12 @@ class FeedDeliveries(RequestRows):
 
     def previous_delivery(self, feed_id: str, before_sequence: int) -> dict[str, Any] | None:
         """The record of the feed's last succeeded delivery before this one: what the next delivery
-        starts from. A failed or canceled delivery is never a starting point, so its changes go to
-        the next delivery that succeeds."""
+        starts from, with the destination it went to (`destination_id`, None: our bucket). A failed
+        or canceled delivery is never a starting point, so its changes go to the next delivery that
+        succeeds."""
         row = self.execute(
-            "SELECT feed_record FROM export_requests WHERE feed_id = %s AND sequence < %s "
+            "SELECT feed_record || jsonb_build_object('destination_id', destination_id::text) AS feed_record "
+            "FROM export_requests WHERE feed_id = %s AND sequence < %s "
             "AND status IN ('succeeded', 'expired') AND feed_record IS NOT NULL "
             "ORDER BY sequence DESC LIMIT 1",
             [feed_id, before_sequence],

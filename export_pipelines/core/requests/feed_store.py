@@ -21,6 +21,7 @@ from export_pipelines.core.requests.catalog import Catalog, allowed
 from export_pipelines.core.requests.request import build_request, check_notify
 from export_pipelines.core.storage.pg_store import PgStore
 
+NOT_A_DESTINATION = "not a destination of this tenant (GET /v1/destinations lists them)"
 FREQUENCIES = ("hourly", "daily", "weekly", "monthly", "manual")
 MODES = ("incremental", "full")
 FIELDS = (
@@ -33,6 +34,7 @@ FIELDS = (
     "mode",
     "webhook_url",
     "email",
+    "destination_id",
 )
 
 
@@ -54,10 +56,18 @@ class Feed:
     next_due_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    # A destination of the tenant its deliveries go to (None: our bucket and links).
+    destination_id: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Feed:
-        return cls(**{k: (str(row[k]) if k == "id" else row[k]) for k in cls.__dataclass_fields__})
+        uuids = ("id", "destination_id")
+        return cls(
+            **{
+                k: (str(row[k]) if k in uuids and row[k] is not None else row[k])
+                for k in cls.__dataclass_fields__
+            }
+        )
 
     def document(self) -> dict[str, Any]:
         """What the API and the CLI show."""
@@ -72,6 +82,7 @@ class Feed:
             "frequency": self.frequency,
             "mode": self.mode,
             "notify": {"webhook_url": self.webhook_url, "email": self.email},
+            "destination_id": self.destination_id,
             "origin": self.origin,
             "full_refresh_pending": self.full_refresh_pending,
             "next_due_at": self.next_due_at.isoformat() if self.next_due_at else None,
@@ -108,8 +119,12 @@ def check_feed(
         "mode": "incremental",
         "webhook_url": None,
         "email": None,
+        "destination_id": None,
         **fields,
     }
+    destination_id = out["destination_id"]
+    if destination_id is not None and (not isinstance(destination_id, str) or not _is_uuid(destination_id)):
+        raise InvalidRequest("destination_id", NOT_A_DESTINATION)
     if out.get("frequency") not in FREQUENCIES:
         raise InvalidRequest(
             "frequency", f"{out.get('frequency')!r} is not a frequency; allowed: {allowed(list(FREQUENCIES))}"
@@ -153,21 +168,25 @@ class FeedStore(PgStore):
 
     def create(self, fields: dict[str, Any], *, origin: str = "tenant", now: datetime | None = None) -> Feed:
         now = now or datetime.now(UTC)
-        row = self.execute(
-            """
-            INSERT INTO export_feeds (tenant_id, resource, format, compression, columns, filters, frequency,
-                                      mode, webhook_url, email, origin, next_due_at)
-            VALUES (%(tenant_id)s, %(resource)s, %(format)s, %(compression)s, %(columns)s, %(filters)s::jsonb,
-                    %(frequency)s, %(mode)s, %(webhook_url)s, %(email)s, %(origin)s, %(next_due_at)s)
-            RETURNING *
-            """,
-            {
-                **{k: fields.get(k) for k in ("tenant_id", *FIELDS)},
-                "filters": json.dumps(fields.get("filters") or {}),
-                "origin": origin,
-                "next_due_at": next_due(fields["frequency"], now),
-            },
-        ).fetchone()
+        with self.transaction() as cur:
+            _hold_destination(cur, fields["tenant_id"], fields.get("destination_id"))
+            row = cur.execute(
+                """
+                INSERT INTO export_feeds (tenant_id, resource, format, compression, columns, filters,
+                                          frequency, mode, webhook_url, email, destination_id, origin,
+                                          next_due_at)
+                VALUES (%(tenant_id)s, %(resource)s, %(format)s, %(compression)s, %(columns)s,
+                        %(filters)s::jsonb, %(frequency)s, %(mode)s, %(webhook_url)s, %(email)s,
+                        %(destination_id)s, %(origin)s, %(next_due_at)s)
+                RETURNING *
+                """,
+                {
+                    **{k: fields.get(k) for k in ("tenant_id", *FIELDS)},
+                    "filters": json.dumps(fields.get("filters") or {}),
+                    "origin": origin,
+                    "next_due_at": next_due(fields["frequency"], now),
+                },
+            ).fetchone()
         return Feed.from_row(row)
 
     def ensure_default(self, tenant_id: str, fields: dict[str, Any]) -> Feed:
@@ -216,11 +235,14 @@ class FeedStore(PgStore):
             params["next_due_at"] = next_due(sets["frequency"], datetime.now(UTC))
         if not assignments:
             return feed
-        row = self.execute(
-            f"UPDATE export_feeds SET {', '.join(assignments)}, updated_at = now() "
-            "WHERE id = %(id)s RETURNING *",
-            params,
-        ).fetchone()
+        with self.transaction() as cur:
+            if sets.get("destination_id") is not None:
+                _hold_destination(cur, tenant_id, sets["destination_id"])
+            row = cur.execute(
+                f"UPDATE export_feeds SET {', '.join(assignments)}, updated_at = now() "
+                "WHERE id = %(id)s RETURNING *",
+                params,
+            ).fetchone()
         return Feed.from_row(row) if row else None
 
     def delete(self, tenant_id: str, feed_id: str) -> bool:
@@ -251,6 +273,24 @@ class FeedStore(PgStore):
             "WHERE id = %s",
             [next_due_or_none(self.get(None, feed_id), now), feed_id],
         )
+
+
+def _hold_destination(cur: Any, tenant_id: str, destination_id: str | None) -> None:
+    """The tenant's live destination a feed is about to name, share-locked until the feed is
+    written: a concurrent delete (DestinationStore.delete locks the row for update) either waits and
+    then sees this feed, or has committed and this finds no row. InvalidRequest naming the field when
+    the id is no destination of this tenant."""
+    if destination_id is None:
+        return
+    if not _is_uuid(destination_id):
+        raise InvalidRequest("destination_id", NOT_A_DESTINATION)
+    found = cur.execute(
+        "SELECT id FROM export_destinations WHERE id = %s AND tenant_id = %s AND deleted_at IS NULL "
+        "FOR SHARE",
+        [destination_id, tenant_id],
+    ).fetchone()
+    if found is None:
+        raise InvalidRequest("destination_id", NOT_A_DESTINATION)
 
 
 def next_due_or_none(feed: Feed | None, now: datetime) -> datetime | None:
@@ -288,6 +328,7 @@ def start_delivery(conn: Any, feed: Feed, *, full_refresh: bool = False, now: da
             columns=feed.columns,
             webhook_url=feed.webhook_url,
             email=feed.email,
+            destination_id=feed.destination_id,
             full_refresh=full_refresh or feed.full_refresh_pending,
         )
         feeds.ask_full_refresh(feed.id, pending=False)

@@ -223,7 +223,8 @@ def _ended(
     changed = store.mark_canceled(rid, short) if code == "canceled" else store.mark_failed(rid, short, code)
     row = store.get(rid)
     if changed and row is not None:
-        notify_row(services.source, context.log, row, CANCELED if code == "canceled" else FAILED, short)
+        event = CANCELED if code == "canceled" else FAILED
+        notify_row(services.source, context.log, row, event, short, code)
     if folder:
         abort_uploads_logged(services.s3, services.settings, services.source, folder, context.log)
     return MonthOutcome(key, tenant, rid, folder=folder, code=code, error=f"{type(exc).__name__}: {exc}")

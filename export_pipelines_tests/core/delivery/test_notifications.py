@@ -149,6 +149,7 @@ def test_success_webhook_payload_and_email(receiver, smtp, dagster_resources, st
         "manifest_url",
         "expires_at",
         "error",
+        "error_code",
     }
     (raw,) = inbox.messages
     mail = message_from_bytes(raw)

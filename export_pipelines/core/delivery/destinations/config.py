@@ -121,6 +121,10 @@ def check_destination(
                 raise _invalid(f"config.{key}", "no empty, '.' or '..' segments")
     checked = dict(config)
     check_host(kind, checked, allow_private=allow_private)
+    if kind == "gcs" and "service_account_json" in clean_credentials:
+        from export_pipelines.core.delivery.destinations.gcs import service_account_info
+
+        service_account_info(clean_credentials["service_account_json"], allow_private=allow_private)
     return kind, name, checked, clean_credentials
 
 

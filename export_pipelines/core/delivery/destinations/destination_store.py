@@ -10,7 +10,7 @@ from psycopg.types.json import Jsonb
 
 from export_pipelines.core.delivery.destinations.config import Destination
 from export_pipelines.core.delivery.destinations.secrets import SecretBox, fingerprint
-from export_pipelines.core.errors import DestinationInvalid, DestinationNotFound
+from export_pipelines.core.errors import DestinationInUse, DestinationInvalid, DestinationNotFound
 from export_pipelines.core.storage.pg_store import PgStore
 
 _COLUMNS = "id::text, tenant_id, kind, name, config, credentials_fingerprint, deleted_at IS NOT NULL"
@@ -105,15 +105,34 @@ class DestinationStore(PgStore):
         return Destination(**{**found.__dict__, "credentials": box.decrypt(row[7])})
 
     def delete(self, destination_id: str, tenant_id: str) -> bool:
-        """Mark it deleted and wipe its credentials; exports still naming it fail as not found."""
-        row = self.execute(
-            """
-            UPDATE export_destinations SET deleted_at = now(), updated_at = now(), credentials = NULL
-            WHERE id::text = %s AND tenant_id = %s AND deleted_at IS NULL RETURNING id
-            """,
-            [str(destination_id), tenant_id],
-        ).fetchone()
-        return row is not None
+        """Mark it deleted and wipe its credentials; exports still naming it fail as not found.
+        Refused (DestinationInUse, naming them) while a feed names it: the feed's next delivery would
+        fail. The row lock pairs with the one a feed takes when it names the destination
+        (FeedStore), so a feed made meanwhile is seen here, or sees the destination gone."""
+        try:
+            uuid.UUID(str(destination_id))
+        except ValueError:
+            return False
+        with self.transaction() as cur:
+            found = cur.execute(
+                "SELECT id FROM export_destinations WHERE id = %s AND tenant_id = %s AND deleted_at IS NULL "
+                "FOR UPDATE",
+                [str(destination_id), tenant_id],
+            ).fetchone()
+            if found is None:
+                return False
+            feeds = cur.execute(
+                "SELECT id::text FROM export_feeds WHERE destination_id = %s ORDER BY created_at, id",
+                [str(destination_id)],
+            ).fetchall()
+            if feeds:
+                raise DestinationInUse(str(destination_id), [f[0] for f in feeds])
+            cur.execute(
+                "UPDATE export_destinations SET deleted_at = now(), updated_at = now(), credentials = NULL "
+                "WHERE id = %s",
+                [str(destination_id)],
+            )
+        return True
 
     def rotate(self, box: SecretBox) -> int:
         """Re-encrypt every stored credential under the newest key of EXPORT_SECRETS_KEY, in one

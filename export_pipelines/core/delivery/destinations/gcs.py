@@ -10,12 +10,14 @@ import uuid
 from typing import Any
 
 from export_pipelines.core.delivery.destinations.config import Destination, check_host
+from export_pipelines.core.delivery.webhook_target import check_target
 from export_pipelines.core.errors import (
     DestinationDenied,
     DestinationError,
     DestinationInvalid,
     DestinationNotFound,
     DestinationUnreachable,
+    InvalidWebhook,
 )
 
 COMPOSE_MAX = 32
@@ -34,7 +36,7 @@ def bucket_handle(destination: Destination, *, allow_private: bool = False) -> A
     if config.get("endpoint_url"):
         options["client_options"] = {"api_endpoint": config["endpoint_url"]}
     if "service_account_json" in creds:
-        info = json.loads(creds["service_account_json"])
+        info = service_account_info(creds["service_account_json"], allow_private=allow_private)
         credentials = service_account.Credentials.from_service_account_info(info)
         client = storage.Client(project=info.get("project_id"), credentials=credentials, **options)
     else:
@@ -42,8 +44,34 @@ def bucket_handle(destination: Destination, *, allow_private: bool = False) -> A
     return client.bucket(config["bucket"])
 
 
+def service_account_info(text: str, *, allow_private: bool = False) -> dict[str, Any]:
+    """The key file's content as an object. Its `token_uri` is where the client sends a signed
+    grant for a token: a tenant-given URL, so it passes the same host rules as the endpoint (no
+    loopback, private or metadata address), here and before every connection."""
+    try:
+        info = json.loads(text)
+    except ValueError:
+        info = None
+    if not isinstance(info, dict) or info.get("type") != "service_account":
+        raise DestinationInvalid(
+            "credentials.service_account_json: not a service account key (the JSON key file's content)",
+            "credentials",
+        )
+    token_uri = info.get("token_uri")
+    if token_uri is not None:
+        try:
+            check_target(str(token_uri), allow_private=allow_private)
+        except InvalidWebhook as exc:
+            detail = str(exc).split(": ", 1)[-1]
+            raise DestinationInvalid(
+                f"credentials.service_account_json: token_uri {detail}", "credentials"
+            ) from None
+    return info
+
+
 def gcs_error(exc: BaseException, destination: Destination) -> DestinationError:
     from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exc
 
     bucket = destination.config.get("bucket")
     if isinstance(exc, DestinationError):
@@ -54,6 +82,14 @@ def gcs_error(exc: BaseException, destination: Destination) -> DestinationError:
         return DestinationDenied(
             "credentials: the bucket refused the service account; it needs storage.objects.create, "
             "get, delete and list on the bucket",
+            "credentials",
+        )
+    if isinstance(exc, auth_exc.RefreshError):
+        # Google's token endpoint refused the key's signed grant (invalid_grant: a deleted or
+        # disabled key or account, a key of another account): the credentials are wrong.
+        return DestinationDenied(
+            "credentials: Google refused the service account key (deleted, disabled or not this "
+            "account's); create a new key and update the destination",
             "credentials",
         )
     if isinstance(exc, gexc.RetryError):  # connection failures retried until the deadline

@@ -5,6 +5,8 @@
   durably uploaded, so a retry resumes (core/engine/checkpoints.py).
 - `export_deliveries`: notifications waiting to be sent, sent, or given up (core/delivery/delivery_store.py).
 - `export_destinations`: tenants' own buckets, containers and SFTP servers (core/delivery/destinations/).
+- `export_feeds`: tenants' feeds, each naming one of those destinations or none
+  (core/requests/feed_store.py).
 - `export_limits`: the per-tenant caps the insert trigger enforces (written by `migrate`).
 - `export_request_status_history`: every status a request row took, with the time (a trigger
   writes it), so operators and tests see the lifecycle; a guard trigger keeps a canceled row
@@ -25,7 +27,7 @@ import threading
 
 from export_pipelines.core.storage.migrations.checkpoints import CHECKPOINT_TABLES
 from export_pipelines.core.storage.migrations.destinations import DESTINATIONS_TABLE
-from export_pipelines.core.storage.migrations.feeds import FEEDS
+from export_pipelines.core.storage.migrations.feeds import FEED_DESTINATION, FEEDS
 from export_pipelines.core.storage.migrations.metrics import METRICS_COUNTERS
 from export_pipelines.core.storage.migrations.request_table import (
     PENDING_NOTIFY,
@@ -59,6 +61,7 @@ MIGRATIONS = (
     TENANT_SOURCE,
     FEEDS,
     DESTINATIONS_TABLE,
+    FEED_DESTINATION,
 )
 
 _migrated: set[str] = set()

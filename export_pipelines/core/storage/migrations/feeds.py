@@ -58,3 +58,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS export_requests_feed_active_idx
     ON public.export_requests (feed_id)
     WHERE feed_id IS NOT NULL AND status IN ('pending', 'queued', 'running');
 """
+
+# A feed may name a destination of its tenant (docs/feeds.md); its deliveries carry it on their
+# export_requests rows. Added after DESTINATIONS_TABLE, as an existing database was migrated.
+FEED_DESTINATION = """
+ALTER TABLE public.export_feeds ADD COLUMN IF NOT EXISTS destination_id uuid;
+CREATE INDEX IF NOT EXISTS export_feeds_destination_idx ON public.export_feeds (destination_id)
+    WHERE destination_id IS NOT NULL;
+"""
