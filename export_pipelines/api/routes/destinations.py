@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from export_pipelines.api.auth import Auth, Principal
 from export_pipelines.api.errors import ApiError, json_object_body, not_found
-from export_pipelines.api.schemas import ERRORS
+from export_pipelines.api.schemas import ERRORS, ErrorBody
 from export_pipelines.api.service import ExportApi
 from export_pipelines.api.status import API_VERSION, json_response
 from export_pipelines.core.delivery.destinations.config import check_destination
@@ -89,7 +89,11 @@ def router(api: ExportApi) -> APIRouter:
         return json_response(found.public())
 
     @router.delete(
-        PATH + "/{destination_id}", status_code=204, tags=TAGS, response_model=None, responses=ERRORS
+        PATH + "/{destination_id}",
+        status_code=204,
+        tags=TAGS,
+        response_model=None,
+        responses={409: {"model": ErrorBody, "description": "feeds name it (destination_in_use)"}, **ERRORS},
     )
     def delete_destination(destination_id: str, who: Auth) -> Response:
         """Delete it (its credentials are wiped at once); an export still naming it fails as

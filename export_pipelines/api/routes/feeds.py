@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from export_pipelines.api.auth import Auth, Principal
 from export_pipelines.api.errors import ApiError, json_object_body, not_found
-from export_pipelines.api.schemas import ERRORS
+from export_pipelines.api.schemas import ERRORS, ErrorBody
 from export_pipelines.api.service import ExportApi
 from export_pipelines.api.status import API_VERSION, json_response, status_document
 from export_pipelines.core.errors import DeliveryInProgress, Rejected
@@ -166,7 +166,7 @@ def router(api: ExportApi) -> APIRouter:
         status_code=202,
         tags=["feeds"],
         response_model=None,
-        responses=ERRORS,
+        responses={409: {"model": ErrorBody, "description": "a delivery is in progress"}, **ERRORS},
     )
     def run_feed(feed_id: str, who: Auth) -> JSONResponse:
         """A delivery now: the new delivery's export status document."""
@@ -177,7 +177,7 @@ def router(api: ExportApi) -> APIRouter:
         status_code=202,
         tags=["feeds"],
         response_model=None,
-        responses=ERRORS,
+        responses={409: {"model": ErrorBody, "description": "a delivery is in progress"}, **ERRORS},
     )
     def full_refresh(feed_id: str, who: Auth) -> JSONResponse:
         """The feed's next delivery is full (every row, replace what you hold), and it starts now."""
