@@ -14,7 +14,6 @@ from export_pipelines.orchestration.ops import (
     finalize,
 )
 from export_pipelines.orchestration.run_config import ENTRY_OP
-from export_pipelines.orchestration.run_page import tag_run_outcome
 
 # A whole run in one process: on a 2-core machine a process per op only adds start-up time.
 EXECUTOR = dg.in_process_executor
@@ -42,7 +41,6 @@ tenant_export_job = export_graph.to_job(
     description="Export one tenant's rows of one catalog resource to S3 files; all inputs in run config.",
     config=export_config_only(),
     executor_def=EXECUTOR,
-    hooks={tag_run_outcome},
 )
 
 

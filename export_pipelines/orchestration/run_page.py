@@ -9,10 +9,8 @@ from typing import Any
 import dagster as dg
 
 from export_pipelines.core.engine.plan import ExportPlan
-from export_pipelines.core.errors import error_code, tenant_message
 from export_pipelines.core.results import ExportProgress, FinalizedExport
 from export_pipelines.orchestration import tags
-from export_pipelines.orchestration.op_failures import ERROR_CODE_KEY, TENANT_ERROR_KEY
 
 
 def human_size(n: int) -> str:
@@ -110,29 +108,3 @@ def result_tags(done: FinalizedExport) -> dict[str, str]:
         tags.DOWNLOAD: done.download_url,
         tags.LINKS_EXPIRE: f"{done.expires_at:%Y-%m-%d %H:%M} UTC",
     }
-
-
-def failure_tags(exc: BaseException | None) -> dict[str, str]:
-    """A failed step's end in the run's header: "canceled", or "failed (<code>)" and the short
-    message the tenant is told (the final dg.Failure's metadata, op_failures.failure)."""
-    metadata = exc.metadata if isinstance(exc, dg.Failure) else {}
-    code_value = metadata.get(ERROR_CODE_KEY)
-    if code_value is not None:
-        code = str(code_value.value)
-    else:
-        code = error_code(exc) if exc is not None and not isinstance(exc, dg.Failure) else "internal"
-    if code == "canceled":
-        return {tags.OUTCOME: "canceled"}
-    message = metadata.get(TENANT_ERROR_KEY)
-    return {
-        tags.OUTCOME: f"failed ({code})",
-        tags.ERROR: str(message.value) if message is not None else tenant_message(code),
-    }
-
-
-@dg.failure_hook(name="tag_run_outcome")
-def tag_run_outcome(context: dg.HookContext) -> None:
-    """A step that failed for good (a retried attempt is no failure yet) tags the run with how it
-    ended, in the run's own process: it shows at once, daemon or not."""
-    assert context.run_id is not None
-    context.instance.add_run_tags(context.run_id, failure_tags(context.op_exception))

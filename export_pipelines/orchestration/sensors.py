@@ -93,7 +93,7 @@ def build_sensors(settings: Settings, monthly_job: dg.JobDefinition) -> list[dg.
         code, tenant_error = tenant_facing_failure(events)
         run = with_retry_decision(context.instance, context.dagster_run)
         if run.tags.get(tags.WILL_RETRY) != "true":
-            # Also a run whose process died, which no failure hook saw (run_page.tag_run_outcome).
+            # The run's tags: where the data team reads how the run ended (docs/data-team.md).
             context.instance.add_run_tags(run.run_id, outcome_tags(code, tenant_error))
         record_run_failure(
             run,
@@ -153,7 +153,7 @@ def tenant_facing_failure(events: list[Any]) -> tuple[str, str]:
 
 
 def outcome_tags(code: str, tenant_error: str) -> dict[str, str]:
-    """The run header's end of a failed run, as run_page.failure_tags writes it from the step."""
+    """How a failed run ended, beside run_page.result_tags of a successful one."""
     if code == "canceled":
         return {tags.OUTCOME: "canceled"}
     return {tags.OUTCOME: f"failed ({code})", tags.ERROR: tenant_error}
