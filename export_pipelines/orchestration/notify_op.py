@@ -16,6 +16,7 @@ from export_pipelines.core.results import FinalizedExport
 from export_pipelines.orchestration.op_failures import canceled_failure
 from export_pipelines.orchestration.ops import RunPlan
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
+from export_pipelines.orchestration.run_page import result_tags
 
 
 @dg.op(tags={"kind": "notify"})
@@ -30,6 +31,8 @@ def notify(
     came first wins (the run fails as canceled; nobody is told of a success)."""
     if not record_success(context.log, source, run_plan, done):
         raise canceled_failure(run_plan.request_id or "")
+    # Committed: the summary and the link go to the top of the run's page.
+    context.instance.add_run_tags(context.run_id, result_tags(done))
     return done
 
 

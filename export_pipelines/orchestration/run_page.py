@@ -1,5 +1,6 @@
 """What a run's page shows the data team: sizes and durations as people read them, the progress
-line, the run's summary and its download links (an asset materialization at the top of its assets)."""
+line, the run's summary and its download links: in the run's header (its tags, which Dagster shows
+at the top of the page) and as a materialization of the asset `exports/<resource>`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import dagster as dg
 
 from export_pipelines.core.engine.plan import ExportPlan
 from export_pipelines.core.results import ExportProgress, FinalizedExport
+from export_pipelines.orchestration import tags
 
 
 def human_size(n: int) -> str:
@@ -93,3 +95,16 @@ def download_links(plan: ExportPlan, done: FinalizedExport) -> dg.AssetMateriali
             "folder": plan.location.folder,
         },
     )
+
+
+def result_tags(done: FinalizedExport) -> dict[str, str]:
+    """A finished export in the run's header: the summary and the one link that gets the files (the
+    file, or the manifest listing several). The presigned link, although it expires: there is no
+    stable URL of an export the data team can open without a tenant's API key, so the expiry sits
+    beside it (`export-pipelines relink <id>` issues a fresh one for a request's export)."""
+    return {
+        tags.OUTCOME: "succeeded",
+        tags.RESULT: f"{done.rows:,} rows, {human_size(done.bytes)} in {len(done.files)} file(s)",
+        tags.DOWNLOAD: done.download_url,
+        tags.LINKS_EXPIRE: f"{done.expires_at:%Y-%m-%d %H:%M} UTC",
+    }

@@ -91,8 +91,12 @@ def build_sensors(settings: Settings, monthly_job: dg.JobDefinition) -> list[dg.
             if e.step_failure_data and e.step_failure_data.error
         ]
         code, tenant_error = tenant_facing_failure(events)
+        run = with_retry_decision(context.instance, context.dagster_run)
+        if run.tags.get(tags.WILL_RETRY) != "true":
+            # The run's tags: where the data team reads how the run ended (docs/data-team.md).
+            context.instance.add_run_tags(run.run_id, outcome_tags(code, tenant_error))
         record_run_failure(
-            with_retry_decision(context.instance, context.dagster_run),
+            run,
             "; ".join(step_errors) or context.failure_event.message or "run failed",
             source,
             notifier,
@@ -146,6 +150,13 @@ def tenant_facing_failure(events: list[Any]) -> tuple[str, str]:
         if code != "internal":
             return code, tenant_message(code)
     return "internal", tenant_message("internal")
+
+
+def outcome_tags(code: str, tenant_error: str) -> dict[str, str]:
+    """How a failed run ended, beside run_page.result_tags of a successful one."""
+    if code == "canceled":
+        return {tags.OUTCOME: "canceled"}
+    return {tags.OUTCOME: f"failed ({code})", tags.ERROR: tenant_error}
 
 
 def with_retry_decision(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dg.DagsterRun:
@@ -256,6 +267,8 @@ def reap_unfinished_requests(
         elif run.status == dg.DagsterRunStatus.CANCELED:
             changed, event, error = store.mark_canceled(row.id), CANCELED, tenant_message("canceled")
             code = "canceled"
+            if run.tags.get(tags.OUTCOME) != "canceled":  # stopped before any step could say so
+                instance.add_run_tags(run.run_id, outcome_tags("canceled", error))
         elif (
             run.status == dg.DagsterRunStatus.FAILURE
             and run.tags.get(tags.WILL_RETRY) != "true"

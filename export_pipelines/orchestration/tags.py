@@ -11,6 +11,16 @@ REQUEST_ID = "export/request_id"
 ATTEMPT = "export/attempt"
 # The export's S3 folder, set by count_rows: lets the failure sensor clean up a dead run's uploads.
 FOLDER = "export/folder"
+# What the run's header shows the data team (Dagster lists a run's tags at the top of its page): how
+# the export ended ("succeeded", "failed (<code>)", "canceled"), and for a success the summary, the
+# one link that gets the files and when that link expires.
+OUTCOME = "export/outcome"
+ERROR = "export/error"
+RESULT = "export/result"
+DOWNLOAD = "export/download"
+LINKS_EXPIRE = "export/links_expire"
+# A retry or re-execution copies its parent's tags: these describe the parent's end, not its own.
+RESULT_TAGS = (OUTCOME, ERROR, RESULT, DOWNLOAD, LINKS_EXPIRE)
 # Dagster's own: set on a failed run once the daemon decided whether it will be retried.
 WILL_RETRY = "dagster/will_retry"
 # Dagster's per-run cap on run retries: the cancel sensor sets 0 before it stops a canceled export's run.

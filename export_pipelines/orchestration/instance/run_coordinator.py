@@ -70,6 +70,16 @@ def export_tags(
     return derived
 
 
+def inherited_result_cleared(run_tags: Mapping[str, str]) -> dict[str, str]:
+    """A retry or re-execution is created with its parent's tags, the parent's outcome, summary and
+    link among them (run_page.result_tags): blanked until this run ends and sets its own (tags can be
+    overwritten, never removed)."""
+    inherited = [key for key in tags.RESULT_TAGS if run_tags.get(key)]
+    if not inherited:
+        return {}
+    return {key: "" for key in inherited} | {tags.OUTCOME: "pending (a retry or re-execution)"}
+
+
 class TenantRunCoordinator(QueuedRunCoordinator):
     """`QueuedRunCoordinator` that tags every export run with its tenant (and resource, format,
     export id) before queueing it, whichever door submitted it. Configured in dagster.yaml and
@@ -79,6 +89,7 @@ class TenantRunCoordinator(QueuedRunCoordinator):
         run = context.dagster_run
         derived = export_tags(run.tags, run.run_config, run.root_run_id or run.run_id)
         new_tags = {key: value for key, value in derived.items() if run.tags.get(key) != value}
+        new_tags.update(inherited_result_cleared(run.tags))
         if new_tags:
             self._instance.add_run_tags(run.run_id, new_tags)
             run = run.with_tags({**run.tags, **new_tags})
