@@ -40,7 +40,7 @@ from export_pipelines.core.engine.feed_delivery import deliver, next_window
 from export_pipelines.core.engine.plan import plan_export
 from export_pipelines.core.engine.query import ExportQuery
 from export_pipelines.core.requests.catalog import parse_catalog
-from export_pipelines.core.requests.request import FeedWindow, build_request
+from export_pipelines.core.requests.request import build_request
 from export_pipelines.core.storage.migrations import migrate
 from export_pipelines.core.storage.s3 import make_s3_client
 from export_pipelines.settings import Settings
@@ -149,8 +149,9 @@ def change(url: str, pattern: str, share: float, tenant_rows: int) -> int:
     return n
 
 
-def explain(url: str, previous_snapshot: str) -> list[str]:
-    """The plan of the change relation's read, as the reader runs it (one keyset batch, all rows)."""
+def explain(url: str, previous: Any) -> list[str]:
+    """The plan of the change relation's one evaluation, as the reader runs it: into the file's
+    temp table (then every statement of the file reads that)."""
     request = build_request(
         CATALOG,
         tenant_id=TENANT,
@@ -161,12 +162,14 @@ def explain(url: str, previous_snapshot: str) -> list[str]:
         filters={},
         export_id="explain",
     )
-    window = FeedWindow("bench", 99, "incremental", previous_snapshot=previous_snapshot)
+    # The previous delivery's record, tracking id included: a window without it is made full.
+    window = next_window("bench", previous.sequence + 1, "incremental", previous)
     plan = plan_export(url, CATALOG, replace(request, feed=window), "x")
+    assert plan.request.feed is not None and plan.request.feed.mode == "incremental"
     query = ExportQuery(CATALOG.resource("orders"), plan.request, plan.types)
-    stmt, params = query.select_range(None, None)
+    stmt = query.materialize()[0]
     with psycopg.connect(url, autocommit=True) as conn:
-        text = psycopg.ClientCursor(conn).mogrify(stmt, params)
+        text = psycopg.ClientCursor(conn).mogrify(stmt, [])
         return [r[0] for r in conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + text)]
 
 
@@ -220,7 +223,7 @@ def main() -> None:
         inc = one_delivery(url, s3, bucket, next_window("bench", i, "incremental", previous), f"inc-{i}")
         inc["distinct_heap_pages_of_changed_rows"] = heap_pages_changed
         inc["distinct_heap_pages_vs_table"] = round(heap_pages_changed / heap_pages, 4)
-        plan_lines = explain(url, previous.snapshot)
+        plan_lines = explain(url, previous)
         previous = inc.pop("record")
         inc.update(
             pattern=pattern,

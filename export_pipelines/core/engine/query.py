@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # request imports the encoders, which import ColumnInfo from 
 FEED_ALIAS = "_feed"
 OP_COLUMN_NAME = "_op"  # request.OP_COLUMN (request imports this module's users)
 XID_COLUMN = "_export_xid"  # change_tracking.py installs it
+# An incremental delivery's rows, evaluated once per file into this session's temp table.
+MATERIALIZED_FEED = "_export_feed_delivery"
 
 DEFAULT_STATEMENT_TIMEOUT_SECONDS = 300
 
@@ -90,6 +92,8 @@ class ExportQuery:
     spec: ResourceSpec
     request: ExportRequest
     types: dict[str, ColumnInfo]
+    # The feed's rows are in MATERIALIZED_FEED (materialize() ran in this transaction).
+    materialized: bool = False
 
     def where(self, after: Any = None, upto: Any = None) -> tuple[sql.Composable, list[Any]]:
         """Tenant predicate, filters, and the keyset window (after, upto]."""
@@ -145,8 +149,34 @@ class ExportQuery:
     def table(self) -> sql.Composable:
         """What rows are read from: the table, or for a feed's delivery its change relation."""
         if self.request.feed is not None:
+            if self.materialized:
+                return sql.SQL("pg_temp.{} AS {}").format(
+                    sql.Identifier(MATERIALIZED_FEED), sql.Identifier(FEED_ALIAS)
+                )
             return feed_relation(self.spec, self.request, self.types)
         return sql.Identifier(self.spec.table.schema, self.spec.table.name)
+
+    @property
+    def can_materialize(self) -> bool:
+        """An incremental delivery: its change relation is worth evaluating once per file."""
+        feed = self.request.feed
+        return feed is not None and feed.mode == "incremental" and feed.previous_snapshot is not None
+
+    def materialize(self) -> list[sql.Composable]:
+        """Statements that evaluate the change relation once, in the open transaction's snapshot,
+        into a temp table dropped at its commit. Without it every statement of the file (the
+        batch bounds, the COPY, the delete count) re-ran the change-set scan, and the COPY and
+        the count each joined every changed key to the table. Run them with params `[]` (the
+        relation's literals escape their %)."""
+        name = sql.Identifier(MATERIALIZED_FEED)
+        return [
+            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT * FROM {}").format(
+                name, feed_relation(self.spec, self.request, self.types)
+            ),
+            # The keyset batches read it by key: an index keeps each batch a range, not a sort.
+            sql.SQL("CREATE INDEX ON pg_temp.{} ({})").format(name, sql.Identifier(self.spec.key)),
+            sql.SQL("ANALYZE pg_temp.{}").format(name),
+        ]
 
     @property
     def qualifier(self) -> sql.Composable:

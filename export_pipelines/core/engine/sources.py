@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import select
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
@@ -91,8 +91,11 @@ class PgCsvSource:
         *,
         chunk_bytes: int = CHUNK_BYTES,
         stream_counted: frozenset[tuple[str, str]] = frozenset(),
+        materialize: bool = True,
     ) -> None:
-        self.query = query
+        self.query = self.unmaterialized = query
+        # Only when this session reads the rows too: a temp table is invisible to another session.
+        self.materialize = materialize and query.can_materialize
         self.hwm = high_water_mark
         self.counters = counters
         self.chunk_bytes = chunk_bytes
@@ -104,7 +107,12 @@ class PgCsvSource:
 
     def begin_file(self) -> str:
         self.conn.rollback()
+        self.query = self.unmaterialized
         row = self.conn.execute("SELECT pg_current_snapshot()::text").fetchone()
+        if self.materialize:
+            for stmt in self.query.materialize():
+                self.conn.execute(stmt, [])
+            self.query = replace(self.query, materialized=True)
         return str(row[0]) if row else ""
 
     def next_range(self, after: Any, limit: int) -> KeyRange | None:
@@ -194,6 +202,7 @@ class PgCsvSource:
 
     def end_file(self) -> None:
         self.conn.commit()
+        self.query = self.unmaterialized  # the temp table went with the commit
 
     def close(self) -> None:
         self.conn.close()
@@ -230,6 +239,7 @@ class ArrowSource:
             statement_timeout_seconds,
             counters,
             stream_counted=stream_counted,
+            materialize=False,  # ADBC's session reads the rows, and could not see a temp table
         )
         try:
             self._db = adbc_driver_postgresql.connect(conninfo)
