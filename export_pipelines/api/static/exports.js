@@ -23,7 +23,11 @@
     streams: new Map(), // export id -> EventSource (null while its token is being fetched)
     waiting: [], // export ids waiting for a stream slot (polled meanwhile)
     pollTimer: null,
+    destinations: [],
+    feeds: new Map(), // feed id -> {feed, last (its newest delivery's status document), tr, cells}
+    pausedFrom: new Map(), // feed id -> the frequency it had when paused here (resume's default)
   };
+  const SCHEDULES = ["hourly", "daily", "weekly", "monthly"];
 
   class ApiError extends Error {
     constructor(status, code, message, field) {
@@ -74,14 +78,18 @@
   // --- errors ----------------------------------------------------------------------------------
 
   function showError(err) {
-    // The API's error.message names the field and the allowed values already.
-    $("error-text").textContent = err && err.message ? err.message : String(err);
+    // The API's error.message names the field and the allowed values already; a message that
+    // does not start with its field gets it in front.
+    let text = err && err.message ? err.message : String(err);
+    if (err && err.field && !text.startsWith(err.field.split(".").pop())) text = `${err.field}: ${text}`;
+    $("error-text").textContent = text;
     $("error").hidden = false;
   }
 
   function clearError() {
     $("error").hidden = true;
     $("error-text").textContent = "";
+    for (const input of document.querySelectorAll("[aria-invalid=true]")) input.removeAttribute("aria-invalid");
   }
 
   // --- formatting ------------------------------------------------------------------------------
@@ -135,7 +143,9 @@
     $("sign-out").hidden = false;
     $("who").textContent = `Signed in with key ${key.slice(0, 12)}…`;
     fillForm(catalog);
+    fillFeedForm(catalog);
     await loadDestinations();
+    await loadFeeds();
     await loadExports(true);
   }
 
@@ -148,6 +158,8 @@
     $("signin").hidden = false;
     $("who").textContent = "";
     $("api-key").value = "";
+    state.feeds.clear();
+    $("feed-rows").replaceChildren();
   }
 
   // --- the request form ------------------------------------------------------------------------
@@ -232,6 +244,7 @@
 
   async function loadDestinations() {
     const list = await call("GET", "/v1/destinations");
+    state.destinations = list.data;
     const rows = list.data.map((d) => {
       const result = el("span", { class: "test-result" });
       const test = el("button", { type: "button", class: "secondary", text: "Test" });
@@ -308,6 +321,247 @@
     } catch (err) {
       showError(err);
     } finally {
+      button.disabled = false;
+    }
+  }
+
+  // --- feeds (the same verbs as `export-pipelines feeds` and /v1/feeds) ---------------------------
+
+  // A 422's field, as the API names it, to the form input that holds it.
+  const FEED_FIELDS = {
+    resource: "feed-resource",
+    format: "feed-format",
+    frequency: "feed-frequency",
+    mode: "feed-mode",
+    "notify.webhook_url": "feed-webhook",
+  };
+
+  function fillFeedForm(catalog) {
+    $("feed-resource").replaceChildren(...catalog.data.map((r) => el("option", { value: r.name, text: r.name })));
+    $("feed-format").replaceChildren(...catalog.formats.map((f) => el("option", { value: f, text: f })));
+  }
+
+  async function loadFeeds() {
+    let list;
+    try {
+      list = await call("GET", "/v1/feeds");
+    } catch (err) {
+      showError(err);
+      return;
+    }
+    // Each feed's newest delivery (the list of its exports is newest first).
+    const lasts = await Promise.all(
+      list.data.map((f) =>
+        call("GET", `/v1/exports?${new URLSearchParams({ feed_id: f.id, limit: "1" })}`).then(
+          (page) => page.data[0] || null,
+          () => null,
+        ),
+      ),
+    );
+    state.feeds.clear();
+    const rows = list.data.map((feed, i) => feedRow(feed, lasts[i]));
+    $("feed-rows").replaceChildren(...rows);
+    $("feeds-empty").hidden = rows.length > 0;
+    for (const last of lasts) if (last && ACTIVE.has(last.status)) watch(last.id);
+  }
+
+  function destinationName(id) {
+    if (!id) return "links to download";
+    const d = state.destinations.find((x) => x.id === id);
+    return d ? `${d.name} (${d.kind})` : id;
+  }
+
+  function feedRow(feed, last) {
+    const cells = {
+      resource: el("td", { text: feed.resource }),
+      format: el("td", {
+        text: feed.compression && feed.compression !== "none" ? `${feed.format} · ${feed.compression}` : feed.format,
+      }),
+      frequency: el("td", { class: "frequency", text: feed.frequency }),
+      mode: el("td", { text: feed.mode }),
+      state: el("td", { class: "feed-state" }),
+      due: el("td", { class: "when", text: feed.next_due_at ? when(feed.next_due_at) : "—" }),
+      // destination_id: a feed may name one of the tenant's destinations; without it, links.
+      destination: el("td", { text: destinationName(feed.destination_id) }),
+      last: el("td", { class: "last-delivery" }),
+      actions: el("td", { class: "actions" }),
+    };
+    const paused = feed.frequency === "manual";
+    const stateText = paused ? "paused" : "active";
+    cells.state.append(
+      el("span", {
+        class: `status ${paused ? "canceled" : "succeeded"}`,
+        text: stateText,
+        title: paused ? "manual: delivers only when you run it" : `delivers ${feed.frequency}`,
+      }),
+    );
+    if (feed.full_refresh_pending) cells.state.append(el("span", { class: "hint", text: " full refresh pending" }));
+
+    const button = (text, cls, onclick) => el("button", { type: "button", class: `small ${cls}`, text, onclick });
+    const actions = [
+      button("Run now", "run", (e) => runFeed(feed.id, false, e.target)),
+      button("Full refresh", "secondary full-refresh", (e) => runFeed(feed.id, true, e.target)),
+    ];
+    if (paused) {
+      const schedule = el(
+        "select",
+        { class: "resume-frequency", "aria-label": "resume with frequency" },
+        ...SCHEDULES.map((f) => el("option", { value: f, text: f })),
+      );
+      schedule.value = state.pausedFrom.get(feed.id) || "daily";
+      actions.push(schedule, button("Resume", "secondary resume", (e) => patchFeed(feed.id, { frequency: schedule.value }, e.target)));
+    } else {
+      actions.push(
+        button("Pause", "secondary pause", (e) => {
+          state.pausedFrom.set(feed.id, feed.frequency);
+          patchFeed(feed.id, { frequency: "manual" }, e.target);
+        }),
+      );
+    }
+    actions.push(button("Delete", "link delete", (e) => deleteFeed(feed.id, e.target)));
+    cells.actions.append(...actions);
+
+    const tr = el("tr", { "data-id": feed.id, "data-state": stateText }, ...Object.values(cells));
+    const entry = { feed, last: null, tr, cells, lastShown: null };
+    state.feeds.set(feed.id, entry);
+    renderLast(entry, last);
+    return tr;
+  }
+
+  function renderLast(entry, doc) {
+    if (!doc) {
+      entry.cells.last.replaceChildren(el("span", { class: "hint", text: "none yet" }));
+      return;
+    }
+    // A delivery older than the one shown, or an older document of it (a late event), never
+    // replaces it.
+    const shownDoc = entry.last;
+    if (shownDoc && (shownDoc.sequence > doc.sequence || (shownDoc.id === doc.id && shownDoc.updated_at > doc.updated_at)))
+      return;
+    entry.last = doc;
+    entry.tr.dataset.lastStatus = doc.status;
+    const shown = `${doc.sequence}:${doc.status}`;
+    if (entry.lastShown === shown) return; // progress events: keep the Files button stable
+    entry.lastShown = shown;
+    const at = doc.completed_at || doc.started_at || doc.created_at;
+    const parts = [
+      el("span", { class: "sequence", text: `#${doc.sequence}` }),
+      " ",
+      el("span", { class: `status ${doc.status}`, text: doc.status }),
+      " ",
+      el("span", { class: "when", text: when(at), title: doc.id }),
+    ];
+    if (doc.status === "succeeded") {
+      const files = el("span", { class: "files" });
+      files.append(
+        el("button", {
+          type: "button",
+          class: "small secondary show-files",
+          text: "Files",
+          onclick: () => feedFiles(doc.id, files),
+        }),
+      );
+      parts.push(" ", files);
+    }
+    if (doc.error) parts.push(el("span", { class: "row-error", text: doc.error.message }));
+    entry.cells.last.replaceChildren(...parts);
+  }
+
+  function noteDelivery(doc) {
+    const entry = doc.feed_id ? state.feeds.get(doc.feed_id) : null;
+    if (entry) renderLast(entry, doc);
+  }
+
+  async function feedFiles(id, cell) {
+    clearError();
+    try {
+      const files = await call("GET", `/v1/exports/${id}/files`);
+      if (files.data.length === 0) {
+        cell.replaceChildren(el("span", { class: "hint", text: "no files" }));
+        return;
+      }
+      cell.replaceChildren(
+        ...files.data.map((f) =>
+          el("button", {
+            type: "button",
+            class: "small download",
+            "data-number": String(f.number),
+            title: `${f.filename} · ${numberFormat.format(f.rows ?? 0)} rows`,
+            text: `File ${f.number} (${bytes(f.bytes)})`,
+            onclick: (e) => download(id, f.number, e.target),
+          }),
+        ),
+      );
+    } catch (err) {
+      showError(err);
+    }
+  }
+
+  async function createFeed(event) {
+    event.preventDefault();
+    clearError();
+    const body = {
+      resource: $("feed-resource").value,
+      format: $("feed-format").value,
+      frequency: $("feed-frequency").value,
+      mode: $("feed-mode").value,
+    };
+    const webhook = $("feed-webhook").value.trim();
+    if (webhook) body.notify = { webhook_url: webhook };
+    const button = $("feed-submit");
+    button.disabled = true;
+    try {
+      await call("POST", "/v1/feeds", body);
+      $("feed-webhook").value = "";
+      await loadFeeds();
+    } catch (err) {
+      showError(err);
+      const input = err.field && FEED_FIELDS[err.field] ? $(FEED_FIELDS[err.field]) : null;
+      if (input) input.setAttribute("aria-invalid", "true");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function runFeed(id, fullRefresh, button) {
+    clearError();
+    button.disabled = true;
+    try {
+      const doc = await call("POST", `/v1/feeds/${id}/${fullRefresh ? "full-refresh" : "run"}`);
+      upsertRow(doc, "top");
+      $("empty").hidden = true;
+      noteDelivery(doc);
+      watch(doc.id);
+    } catch (err) {
+      showError(err); // 409 delivery_in_progress: one delivery of a feed at a time
+    } finally {
+      button.disabled = false;
+    }
+    // The schedule moved on, or a full refresh asked during an active delivery stays pending.
+    await loadFeeds();
+  }
+
+  async function patchFeed(id, changes, button) {
+    clearError();
+    button.disabled = true;
+    try {
+      await call("PATCH", `/v1/feeds/${id}`, changes);
+      await loadFeeds();
+    } catch (err) {
+      showError(err);
+      button.disabled = false;
+    }
+  }
+
+  async function deleteFeed(id, button) {
+    clearError();
+    button.disabled = true;
+    try {
+      await call("DELETE", `/v1/feeds/${id}`);
+      state.pausedFrom.delete(id);
+      await loadFeeds();
+    } catch (err) {
+      showError(err);
       button.disabled = false;
     }
   }
@@ -497,6 +751,7 @@
   function update(doc) {
     const entry = state.rows.get(doc.id);
     if (entry) render(entry, doc);
+    noteDelivery(doc);
   }
 
   // --- live progress: one EventSource per running export -----------------------------------------
@@ -600,6 +855,8 @@
     $("columns-none").addEventListener("click", () => setAllColumns(false));
     $("request-form").addEventListener("submit", submitRequest);
     $("destination-form").addEventListener("submit", addDestination);
+    $("feed-form").addEventListener("submit", createFeed);
+    $("feeds-refresh").addEventListener("click", loadFeeds);
     $("refresh").addEventListener("click", () => loadExports(true));
     $("more").addEventListener("click", () => loadExports(false));
     const saved = sessionStorage.getItem(KEY_STORAGE);
