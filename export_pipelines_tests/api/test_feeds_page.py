@@ -2,14 +2,17 @@
 export job: a 422 shown with its field, create a feed, pause and resume it, run it (the job the
 request sensor would launch runs the delivery; the page hears it succeed over the event stream and
 lists its files), a second run refused while a delivery is active, delete it — the verbs of
-`/v1/feeds` and `export-pipelines feeds`."""
+`/v1/feeds` and `export-pipelines feeds`; and a feed created to deliver into one of the tenant's
+destinations, shown by name."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
 import dagster as dg
+import httpx
 import psycopg
 import pytest
 
@@ -18,7 +21,8 @@ from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.resources import ExportSettings
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines_tests.api.test_exports_page import browser, page, sign_in  # noqa: F401 (fixtures)
-from export_pipelines_tests.support.api_helpers import api_settings, key_for, migrate_api, serve
+from export_pipelines_tests.support.api_helpers import api_settings, auth, key_for, migrate_api, serve
+from export_pipelines_tests.support.destinations import TENANT_S3_CREDENTIALS, s3_config, tenant_bucket
 
 TENANT = "t-011"
 PREFIX = f"feedpage-{uuid.uuid4().hex[:8]}"  # the API finds the files where the job wrote them
@@ -31,7 +35,11 @@ def api(stack_env, source_url, s3_client, bucket, catalog):
     with psycopg.connect(source_url, autocommit=True) as conn:
         conn.execute("DELETE FROM export_feeds WHERE tenant_id = %s", [TENANT])
         conn.execute("DELETE FROM export_requests WHERE tenant_id = %s", [TENANT])
-    with serve(api_settings(stack_env, source_url, bucket, PREFIX)) as running:
+    tenant_bucket(stack_env, s3_client)
+    settings = dataclasses.replace(
+        api_settings(stack_env, source_url, bucket, PREFIX), destinations_allow_private=True
+    )
+    with serve(settings) as running:
         yield running
 
 
@@ -128,4 +136,44 @@ def test_create_pause_run_and_delete_a_feed(api, page, source_url, bucket, dagst
     assert page.is_visible("#feeds-empty")
     with psycopg.connect(source_url) as conn:
         assert conn.execute("SELECT count(*) FROM export_feeds WHERE id = %s", [feed_id]).fetchone() == (0,)
+    assert not page.errors, page.errors
+
+
+def test_a_feed_into_a_destination_shows_it_by_name(api, page, source_url, stack_env):  # noqa: F811
+    token = key_for(source_url, TENANT)
+    name = f"lake-{uuid.uuid4().hex[:6]}"
+    made = httpx.post(
+        f"{api.url}/v1/destinations",
+        headers=auth(token),
+        json={
+            "kind": "s3",
+            "name": name,
+            "config": s3_config(stack_env, "feeds-from-page"),
+            "credentials": TENANT_S3_CREDENTIALS,
+        },
+        timeout=30,
+    )
+    assert made.status_code == 201, made.text
+    destination_id = made.json()["id"]
+    sign_in(page, api.url, token)
+    page.wait_for_selector(f'#feed-destination option[value="{destination_id}"]', state="attached")
+    page.select_option("#feed-destination", destination_id)
+    page.select_option("#feed-frequency", "manual")
+    page.click("#feed-submit")
+    row = page.wait_for_selector(f"#feed-rows tr:has-text('{name}')")
+    feed_id = row.get_attribute("data-id")
+    assert row.get_attribute("data-state") == "paused"  # manual: runs only when run
+    with psycopg.connect(source_url) as conn:
+        stored = conn.execute(
+            "SELECT destination_id::text FROM export_feeds WHERE id = %s", [feed_id]
+        ).fetchone()
+    assert stored == (destination_id,)
+    row.query_selector("button.delete").click()
+    page.wait_for_selector(f'#feed-rows tr[data-id="{feed_id}"]', state="detached")
+    assert (
+        httpx.delete(
+            f"{api.url}/v1/destinations/{destination_id}", headers=auth(token), timeout=30
+        ).status_code
+        == 204
+    )
     assert not page.errors, page.errors

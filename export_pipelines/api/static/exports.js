@@ -282,13 +282,15 @@
       );
     });
     $("destination-rows").replaceChildren(...rows);
-    const select = $("destination");
-    const chosen = select.value;
-    select.replaceChildren(
-      el("option", { value: "", text: "links to download (default)" }),
-      ...list.data.map((d) => el("option", { value: d.id, text: `${d.name} (${d.kind})` })),
-    );
-    if (list.data.some((d) => d.id === chosen)) select.value = chosen;
+    // The request form's and the feed form's "Deliver to".
+    for (const select of [$("destination"), $("feed-destination")]) {
+      const chosen = select.value;
+      select.replaceChildren(
+        el("option", { value: "", text: "links to download (default)" }),
+        ...list.data.map((d) => el("option", { value: d.id, text: `${d.name} (${d.kind})` })),
+      );
+      if (list.data.some((d) => d.id === chosen)) select.value = chosen;
+    }
   }
 
   function jsonField(id, name) {
@@ -334,6 +336,7 @@
     frequency: "feed-frequency",
     mode: "feed-mode",
     "notify.webhook_url": "feed-webhook",
+    destination_id: "feed-destination",
   };
 
   function fillFeedForm(catalog) {
@@ -381,7 +384,7 @@
       mode: el("td", { text: feed.mode }),
       state: el("td", { class: "feed-state" }),
       due: el("td", { class: "when", text: feed.next_due_at ? when(feed.next_due_at) : "—" }),
-      // destination_id: a feed may name one of the tenant's destinations; without it, links.
+      // destination_id: one of the tenant's destinations every delivery goes to; without it, links.
       destination: el("td", { text: destinationName(feed.destination_id) }),
       last: el("td", { class: "last-delivery" }),
       actions: el("td", { class: "actions" }),
@@ -508,6 +511,7 @@
     };
     const webhook = $("feed-webhook").value.trim();
     if (webhook) body.notify = { webhook_url: webhook };
+    if ($("feed-destination").value) body.destination_id = $("feed-destination").value;
     const button = $("feed-submit");
     button.disabled = true;
     try {
