@@ -63,6 +63,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         freeze_startup_objects()
         yield
+        api.doorbell.close()
         api.pool.close()
 
     title = "export_pipelines export API"

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from export_pipelines.api.auth import Principal
 from export_pipelines.api.db import ConnectionPool
+from export_pipelines.api.doorbell import PendingDoorbell
 from export_pipelines.api.errors import ApiError, not_found
 from export_pipelines.api.rate_limits import RateLimits
 from export_pipelines.api.status import status_document
@@ -53,6 +54,7 @@ class ExportApi:
         self.pool = pool or ConnectionPool(
             settings.require_source_database_url(), max_size=settings.api_db_max_concurrent
         )
+        self.doorbell = PendingDoorbell(self.pool)
         self.token_secret = token_secret(settings.api_token_secret, workers)
         self.rate_limits = RateLimits(
             settings.api_rate_limit_per_key,

@@ -77,6 +77,25 @@ def test_health_and_readiness(client):
     assert client.get("/docs").status_code == 200
 
 
+def test_a_created_export_is_announced_to_the_submitter_once_visible(client, tenant_key, source_url):
+    """The submitter LISTENs for new pending rows: a create through the API is announced within a
+    moment, and by then the row is committed (the submitter claims what it can read). The API sends
+    the notice after its commit, not from the insert's own transaction."""
+    from export_pipelines.core.storage.migrations.request_table import PENDING_CHANNEL
+
+    with psycopg.connect(source_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {PENDING_CHANNEL}")
+        created = post(client, tenant_key[1], {"resource": "orders"})
+        assert created.status_code == 202, created.text
+        heard = next(listener.notifies(timeout=5, stop_after=1), None)
+        assert heard is not None, "no notice within 5 s of the create"
+        with psycopg.connect(source_url, autocommit=True) as reader:
+            status = reader.execute(
+                "SELECT status FROM export_requests WHERE id = %s", [created.json()["id"]]
+            ).fetchone()
+        assert status == ("pending",)
+
+
 def test_authentication(client, source_url):
     assert client.get("/v1/exports").status_code == 401
     no_key = client.get("/v1/exports", headers={"Authorization": "Bearer exp_nope"})

@@ -175,7 +175,10 @@ def router(api: ExportApi) -> APIRouter:
             link_expiry_hours=link_hours,
             max_rows_per_file=max_rows,
             destination_id=destination_id,
+            notify_after_commit=True,
         )
+        if not created.replayed:
+            api.doorbell.ring()
         doc = status_document(created.row, None)
         headers = {"Location": doc["links"]["self"]}
         if created.replayed:

@@ -45,7 +45,10 @@ from export_pipelines.core.requests.request_row import (
     monthly_request_id,
 )
 from export_pipelines.core.requests.tenant_settings import TenantSettingsStore
-from export_pipelines.core.storage.migrations.request_table import set_tenant_max_active
+from export_pipelines.core.storage.migrations.request_table import (
+    NOTIFY_AFTER_COMMIT_SETTING,
+    set_tenant_max_active,
+)
 from export_pipelines.core.storage.pg_errors import refusal
 from export_pipelines.core.storage.pg_store import PgStore
 
@@ -122,8 +125,12 @@ class RequestStore(RequestRows):
         link_expiry_hours: int | None = None,
         max_rows_per_file: int | None = None,
         destination_id: str | None = None,
+        notify_after_commit: bool = False,
     ) -> Created:
         """Insert a pending request, or find the one this idempotency key made.
+
+        `notify_after_commit`: the caller announces the new row itself once this returns (the API's
+        doorbell), so this transaction does not notify (see NOTIFY_AFTER_COMMIT_SETTING).
 
         The one idempotency rule of every door: a key is the tenant's; the same key with the same
         request (`fingerprint`, by default the fields given here) answers the first row
@@ -151,17 +158,19 @@ class RequestStore(RequestRows):
         params = {**fields, "id": uuid.uuid4(), "fingerprint": fingerprint}
         for _ in range(2):
             try:
-                return self.insert_once(params)
+                return self.insert_once(params, notify_after_commit=notify_after_commit)
             except psycopg.errors.UniqueViolation:
                 # Another door (SQL) inserted the same key between our look and our insert: look again.
                 continue
         raise IdempotencyInFlight()
 
-    def insert_once(self, params: dict[str, Any]) -> Created:
+    def insert_once(self, params: dict[str, Any], *, notify_after_commit: bool = False) -> Created:
         """One attempt of `submit`, in one transaction."""
         key, tenant_id = params["idempotency_key"], params["tenant_id"]
         try:
             with self.transaction() as cur:
+                if notify_after_commit:
+                    cur.execute("SELECT set_config(%s, 'on', true)", [NOTIFY_AFTER_COMMIT_SETTING])
                 if key is not None:
                     got = cur.execute(IDEMPOTENCY_LOCK, [tenant_id, key]).fetchone()
                     if not got or not got["ok"]:
