@@ -3,10 +3,11 @@
 An insert into export_requests normally notifies the submitter from its own transaction (the
 table's trigger). PostgreSQL serialises the commits of all transactions that notified, across the
 cluster, each holding that lock through its WAL flush: at a few hundred creates a second the API's
-inserts queued behind each other's fsync. So the API's inserts skip the trigger's notice
-(`RequestStore.submit(notify_after_commit=True)`) and the doorbell sends one, from a thread of its
-own, after they commit: a notice-only transaction writes no WAL to wait for, and the notices of a
-burst fold into one.
+inserts queued behind each other's fsync. So the API's connections set
+`export_pipelines.notify_after_commit` (api/db.py), the trigger leaves their inserts unannounced, and
+the routes that make a pending row (create, a feed's run and full refresh) ring the doorbell, which
+sends a notice from a thread of its own after they commit: a notice-only transaction writes no WAL
+to wait for, and the notices of a burst fold into one.
 
 If the process dies between a commit and its notice, the row is found by the submitter's sweep and
 the request sensor, a few seconds later, as before the submitter existed."""

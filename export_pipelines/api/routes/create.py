@@ -175,7 +175,6 @@ def router(api: ExportApi) -> APIRouter:
             link_expiry_hours=link_hours,
             max_rows_per_file=max_rows,
             destination_id=destination_id,
-            notify_after_commit=True,
         )
         if not created.replayed:
             api.doorbell.ring()

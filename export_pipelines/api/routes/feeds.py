@@ -159,7 +159,9 @@ def router(api: ExportApi) -> APIRouter:
             doc = status_document(row, None)
             return json_response(doc, 202, {"Location": doc["links"]["self"]})
 
-        return _on(who, work)
+        answer = _on(who, work)
+        api.doorbell.ring()  # committed: the submitter starts the delivery now
+        return answer
 
     @router.post(
         f"/{API_VERSION}/feeds/{{feed_id}}/run",

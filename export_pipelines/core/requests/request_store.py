@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import psycopg
 import psycopg.errors
+from psycopg.pq import TransactionStatus
 from psycopg.rows import RowFactory, dict_row
 from psycopg.types.json import set_json_loads
 
@@ -45,10 +46,7 @@ from export_pipelines.core.requests.request_row import (
     monthly_request_id,
 )
 from export_pipelines.core.requests.tenant_settings import TenantSettingsStore
-from export_pipelines.core.storage.migrations.request_table import (
-    NOTIFY_AFTER_COMMIT_SETTING,
-    set_tenant_max_active,
-)
+from export_pipelines.core.storage.migrations.request_table import set_tenant_max_active
 from export_pipelines.core.storage.pg_errors import refusal
 from export_pipelines.core.storage.pg_store import PgStore
 
@@ -101,6 +99,19 @@ class Created:
     replayed: bool
 
 
+INSERT_REQUEST = """
+    INSERT INTO export_requests
+        (id, tenant_id, resource, format, compression, filters, columns, webhook_url,
+         email, idempotency_key, idempotency_fingerprint, link_expiry_hours,
+         max_rows_per_file, destination_id)
+    VALUES (%(id)s, %(tenant_id)s, %(resource)s, %(format)s, %(compression)s,
+            %(filters)s::jsonb, %(columns)s, %(webhook_url)s, %(email)s,
+            %(idempotency_key)s, %(fingerprint)s, %(link_expiry_hours)s,
+            %(max_rows_per_file)s, %(destination_id)s::uuid)
+    RETURNING *
+"""
+
+
 class RequestStore(RequestRows):
     """Every write of export_requests but a feed's deliveries'; each method is one short
     transaction on the store's connection (its own, or the one it is lent)."""
@@ -125,12 +136,8 @@ class RequestStore(RequestRows):
         link_expiry_hours: int | None = None,
         max_rows_per_file: int | None = None,
         destination_id: str | None = None,
-        notify_after_commit: bool = False,
     ) -> Created:
         """Insert a pending request, or find the one this idempotency key made.
-
-        `notify_after_commit`: the caller announces the new row itself once this returns (the API's
-        doorbell), so this transaction does not notify (see NOTIFY_AFTER_COMMIT_SETTING).
 
         The one idempotency rule of every door: a key is the tenant's; the same key with the same
         request (`fingerprint`, by default the fields given here) answers the first row
@@ -158,19 +165,23 @@ class RequestStore(RequestRows):
         params = {**fields, "id": uuid.uuid4(), "fingerprint": fingerprint}
         for _ in range(2):
             try:
-                return self.insert_once(params, notify_after_commit=notify_after_commit)
+                return self.insert_once(params)
             except psycopg.errors.UniqueViolation:
                 # Another door (SQL) inserted the same key between our look and our insert: look again.
                 continue
         raise IdempotencyInFlight()
 
-    def insert_once(self, params: dict[str, Any], *, notify_after_commit: bool = False) -> Created:
+    def insert_once(self, params: dict[str, Any]) -> Created:
         """One attempt of `submit`, in one transaction."""
         key, tenant_id = params["idempotency_key"], params["tenant_id"]
         try:
+            conn = self.conn
+            if key is None and conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
+                # Nothing to look up first: the insert is its own transaction, one round trip.
+                row = self.cursor().execute(INSERT_REQUEST, params).fetchone()
+                assert row is not None
+                return Created(as_request(row), replayed=False)
             with self.transaction() as cur:
-                if notify_after_commit:
-                    cur.execute("SELECT set_config(%s, 'on', true)", [NOTIFY_AFTER_COMMIT_SETTING])
                 if key is not None:
                     got = cur.execute(IDEMPOTENCY_LOCK, [tenant_id, key]).fetchone()
                     if not got or not got["ok"]:
@@ -183,20 +194,7 @@ class RequestStore(RequestRows):
                         if first["idempotency_fingerprint"] != params["fingerprint"]:
                             raise IdempotencyConflict()
                         return Created(as_request(first), replayed=True)
-                row = cur.execute(
-                    """
-                    INSERT INTO export_requests
-                        (id, tenant_id, resource, format, compression, filters, columns, webhook_url,
-                         email, idempotency_key, idempotency_fingerprint, link_expiry_hours,
-                         max_rows_per_file, destination_id)
-                    VALUES (%(id)s, %(tenant_id)s, %(resource)s, %(format)s, %(compression)s,
-                            %(filters)s::jsonb, %(columns)s, %(webhook_url)s, %(email)s,
-                            %(idempotency_key)s, %(fingerprint)s, %(link_expiry_hours)s,
-                            %(max_rows_per_file)s, %(destination_id)s::uuid)
-                    RETURNING *
-                    """,
-                    params,
-                ).fetchone()
+                row = cur.execute(INSERT_REQUEST, params).fetchone()
                 assert row is not None
                 return Created(as_request(row), replayed=False)
         except psycopg.errors.UniqueViolation:

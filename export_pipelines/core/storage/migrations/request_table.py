@@ -208,10 +208,10 @@ REVOKE ALL ON public.export_limits FROM {APP_ROLE};
 # (orchestration/submitter.py) LISTENs and starts its run at once, instead of at the request
 # sensor's next tick (Dagster evaluates sensors every 5 s at best).
 PENDING_CHANNEL = "export_requests_pending"
-# A transaction that sets this (SET LOCAL … = 'on') announces its pending row itself, after its
-# commit (the API's doorbell): PostgreSQL serialises the commits of every transaction that
-# notified, across the cluster, each holding that lock through its WAL flush, which capped the
-# API's creates near 1/fsync per second and queued them behind each other.
+# A session or transaction that sets this to 'on' announces its pending rows itself, after they
+# commit (the API's connections, and its doorbell): PostgreSQL serialises the commits of every
+# transaction that notified, across the cluster, each holding that lock through its WAL flush, which
+# capped the API's creates near 1/fsync per second and queued them behind each other.
 NOTIFY_AFTER_COMMIT_SETTING = "export_pipelines.notify_after_commit"
 PENDING_NOTIFY = f"""
 CREATE OR REPLACE FUNCTION public.export_requests_notify_pending() RETURNS trigger
