@@ -359,6 +359,8 @@ def test_a_killed_delivery_is_retried_and_no_later_delivery_skips_a_change(
         assert run_status(daemon, killed_run) == "FAILURE"
         (retry,) = runs_retrying(daemon, killed_run)
         assert run_tags(daemon, retry).get("dagster/retry_number") == "1"
+        # The row is committed `succeeded` by the run's last step, a moment before the run ends.
+        wait_until(lambda: run_status(daemon, retry) in ("SUCCESS", "FAILURE"), 60, "the retry to end")
         assert run_status(daemon, retry) == "SUCCESS"
         folder = row.manifest_key.rsplit("/", 1)[0] + "/"
         assert open_uploads(s3_client, bucket, folder) == []  # the killed attempt's upload is gone

@@ -67,6 +67,20 @@ def runs_of(dagster_url: str, request_id: str) -> list[dict[str, Any]]:
         ).fetchall()
 
 
+def stopped_by_its_own_check(dagster_url: str, run_id: str) -> bool:
+    """The run failed at a step that found its request canceled (a commit point's check): an op's
+    failure, which run retries never re-run (`retry_on_asset_or_op_failure: false`)."""
+    with psycopg.connect(dagster_url, autocommit=True) as conn:
+        return (
+            conn.execute(
+                "SELECT 1 FROM event_logs WHERE run_id = %s AND dagster_event_type = 'STEP_FAILURE'"
+                " AND event LIKE %s LIMIT 1",
+                [run_id, "%was canceled%"],
+            ).fetchone()
+            is not None
+        )
+
+
 def run_status(dagster_url: str, request_id: str) -> str | None:
     runs = runs_of(dagster_url, request_id)
     return runs[-1]["status"] if runs else None
