@@ -39,12 +39,7 @@ from export_pipelines.core.errors import (
     TooManyActive,
 )
 from export_pipelines.core.requests.refusals import TENANT_ACTIVE_CAP, RefusalStore
-from export_pipelines.core.requests.request_row import (
-    StoredRequest,
-    is_request_id,
-    load_json,
-    monthly_request_id,
-)
+from export_pipelines.core.requests.request_row import StoredRequest, is_request_id, load_json
 from export_pipelines.core.requests.tenant_settings import TenantSettingsStore
 from export_pipelines.core.storage.migrations.request_table import set_tenant_max_active
 from export_pipelines.core.storage.pg_errors import refusal
@@ -212,56 +207,6 @@ class RequestStore(RequestRows):
         answer the caller gets."""
         with contextlib.suppress(psycopg.Error):
             RefusalStore.on(self.conn).record(reason)
-
-    def upsert_monthly(
-        self,
-        *,
-        tenant_id: str,
-        resource: str,
-        month: str,
-        format: str,
-        compression: str | None,
-        filters: dict[str, Any],
-        columns: list[str] | None,
-        run_id: str,
-    ) -> str:
-        """The request row of a monthly partition (origin 'monthly', export_id YYYY-MM), created by
-        its first run and taken over by every re-run (UI re-execution, backfill): one row per
-        (tenant, resource, month). A re-run of a finished row counts as a new attempt. The tenant's
-        cap neither refuses nor counts these rows (the trigger skips origin 'monthly')."""
-        request_id = monthly_request_id(tenant_id, resource, month)
-        self.execute(
-            """
-                INSERT INTO export_requests (id, tenant_id, resource, format, compression, filters,
-                                             columns, status, run_id, origin, export_id,
-                                             queued_at, started_at)
-                VALUES (%(id)s, %(tenant)s, %(resource)s, %(format)s, %(compression)s,
-                        %(filters)s::jsonb, %(columns)s, 'running', %(run_id)s, 'monthly',
-                        %(month)s, now(), now())
-                ON CONFLICT (id) DO UPDATE SET
-                    format = excluded.format, compression = excluded.compression,
-                    filters = excluded.filters, columns = excluded.columns,
-                    attempt = export_requests.attempt
-                        + CASE WHEN export_requests.status IN ('pending', 'queued', 'running')
-                               THEN 0 ELSE 1 END,
-                    status = 'running', run_id = excluded.run_id, error = NULL, error_code = NULL,
-                    rows_exported = 0, bytes_written = 0, manifest_key = NULL,
-                    download_url = NULL, expires_at = NULL, completed_at = NULL,
-                    cancel_requested_at = NULL, started_at = now(), updated_at = now()
-                """,
-            {
-                "id": request_id,
-                "tenant": tenant_id,
-                "resource": resource,
-                "format": format,
-                "compression": compression,
-                "filters": json.dumps(filters),
-                "columns": columns,
-                "run_id": run_id,
-                "month": month,
-            },
-        )
-        return request_id
 
     def set_tenant_max_active(self, value: int) -> None:
         """Store EXPORT_TENANT_MAX_ACTIVE where the insert trigger reads it."""

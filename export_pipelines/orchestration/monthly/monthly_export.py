@@ -21,6 +21,7 @@ import dagster as dg
 from export_pipelines.core.delivery.notices import CANCELED, FAILED
 from export_pipelines.core.engine.manifest import finalize_export
 from export_pipelines.core.errors import ExportError, TransientError, error_code, tenant_message
+from export_pipelines.core.requests.monthly_rows import MonthlyRows
 from export_pipelines.core.requests.request_row import monthly_request_id
 from export_pipelines.core.requests.tenant_settings import targets as tenant_targets
 from export_pipelines.core.results import ExportProgress, FinalizedExport
@@ -108,7 +109,7 @@ def export_month(
             CanceledThroughApi("the export was canceled through the export API"),
         )
     filters = dict(zip(("date_from", "date_to"), month_range(month), strict=True))
-    store.upsert_monthly(
+    MonthlyRows.on(store.conn).upsert(
         tenant_id=tenant,
         resource=config.resource,
         month=month[:7],

@@ -17,6 +17,7 @@ from psycopg.rows import dict_row
 
 from export_pipelines.cli.main import main
 from export_pipelines.core.errors import InvalidRequest
+from export_pipelines.core.requests.monthly_rows import MonthlyRows
 from export_pipelines.core.requests.request_row import monthly_request_id
 from export_pipelines.core.requests.request_store import RequestStore
 from export_pipelines.core.requests.tenant_settings import TenantSettingsStore
@@ -178,7 +179,7 @@ def test_tenant_at_its_cap_still_gets_its_monthly_row(dagster_resources, source_
             # running monthly row of another month leaves it free.
             store.execute("UPDATE export_requests SET status = 'failed' WHERE id = %s", [made.pop()])
             other = fresh_month_row(source_url, tenant, "2024-09")
-            store.upsert_monthly(
+            MonthlyRows.on(store.conn).upsert(
                 tenant_id=tenant,
                 resource="orders",
                 month="2024-09",
