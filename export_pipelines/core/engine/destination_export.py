@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 from export_pipelines.core.delivery.destinations import s3 as s3_destination
 from export_pipelines.core.delivery.destinations.config import Destination
@@ -25,6 +26,14 @@ from export_pipelines.core.engine.upload import DEFAULT_PART_SIZE
 from export_pipelines.core.errors import DestinationInvalid
 from export_pipelines.core.requests.catalog import Catalog
 from export_pipelines.core.results import ExportOutcome, ExportProgress, FinalizedExport
+
+# The writer of each kind: the same engine, a sink per kind (core/engine/sinks/).
+WRITERS: dict[str, Callable[..., ExportOutcome]] = {
+    "s3": to_s3,
+    "sftp": to_sftp,
+    "azure_blob": to_azure,
+    "gcs": to_gcs,
+}
 
 
 def export_to_destination(
@@ -45,65 +54,23 @@ def export_to_destination(
     """Write the planned export (whose prefix is the destination's) into the destination, manifest,
     signature and `_SUCCESS` included; raises DestinationError with the code the tenant reads when
     the destination fails us. `delivered(destination, plan, outcome)` says where the files lie."""
-    if destination.kind == "s3":
-        return to_s3(
-            plan,
-            destination,
-            conninfo=conninfo,
-            catalog=catalog,
-            signer=signer,
-            checkpoints=checkpoints,
-            allow_private=allow_private,
-            part_size=part_size,
-            max_parts_in_flight=max_parts_in_flight,
-            on_progress=on_progress,
-            abort_on_error=abort_on_error,
-            statement_timeout_seconds=statement_timeout_seconds,
-        )
-    if destination.kind == "sftp":
-        return to_sftp(
-            plan,
-            destination,
-            conninfo=conninfo,
-            catalog=catalog,
-            signer=signer,
-            checkpoints=checkpoints,
-            allow_private=allow_private,
-            part_size=part_size,
-            on_progress=on_progress,
-            statement_timeout_seconds=statement_timeout_seconds,
-        )
-    if destination.kind == "azure_blob":
-        return to_azure(
-            plan,
-            destination,
-            conninfo=conninfo,
-            catalog=catalog,
-            signer=signer,
-            checkpoints=checkpoints,
-            abort_on_error=abort_on_error,
-            allow_private=allow_private,
-            part_size=part_size,
-            max_parts_in_flight=max_parts_in_flight,
-            on_progress=on_progress,
-            statement_timeout_seconds=statement_timeout_seconds,
-        )
-    if destination.kind == "gcs":
-        return to_gcs(
-            plan,
-            destination,
-            conninfo=conninfo,
-            catalog=catalog,
-            signer=signer,
-            checkpoints=checkpoints,
-            abort_on_error=abort_on_error,
-            allow_private=allow_private,
-            part_size=part_size,
-            max_parts_in_flight=max_parts_in_flight,
-            on_progress=on_progress,
-            statement_timeout_seconds=statement_timeout_seconds,
-        )
-    raise DestinationInvalid(f"kind: {destination.kind} has no writer in this version", "kind")
+    writer = WRITERS.get(destination.kind)
+    if writer is None:
+        raise DestinationInvalid(f"kind: {destination.kind} has no writer in this version", "kind")
+    options: dict[str, Any] = {
+        "conninfo": conninfo,
+        "catalog": catalog,
+        "signer": signer,
+        "checkpoints": checkpoints,
+        "allow_private": allow_private,
+        "part_size": part_size,
+        "on_progress": on_progress,
+        "statement_timeout_seconds": statement_timeout_seconds,
+    }
+    if destination.kind != "sftp":
+        # SFTP writes one file at a time and removes its own partial file as it fails.
+        options |= {"max_parts_in_flight": max_parts_in_flight, "abort_on_error": abort_on_error}
+    return writer(plan, destination, **options)
 
 
 def abandon(
