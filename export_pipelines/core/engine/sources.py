@@ -229,9 +229,11 @@ class ArrowSource:
 
         settle_allocators()  # before the first batch: see memory.py
         self._adm, self._pa = adbc_driver_manager, pyarrow
-        self.query = query
+        self.query = self.unmaterialized = query
         self.hwm = high_water_mark
-        # Bounds and special-value counts come from psycopg, in the snapshot ADBC reads.
+        # Bounds and special-value counts come from psycopg, in the snapshot ADBC reads. An
+        # incremental delivery's change relation is evaluated once per file in each session, into
+        # each one's temp table (a session cannot see another's): the same rows, the same snapshot.
         self.bounds = PgCsvSource(
             conninfo,
             query,
@@ -239,7 +241,6 @@ class ArrowSource:
             statement_timeout_seconds,
             counters,
             stream_counted=stream_counted,
-            materialize=False,  # ADBC's session reads the rows, and could not see a temp table
         )
         try:
             self._db = adbc_driver_postgresql.connect(conninfo)
@@ -280,9 +281,16 @@ class ArrowSource:
         snapshot = self.bounds.begin_file()
         row = self.bounds.conn.execute("SELECT pg_export_snapshot()").fetchone()
         self._end_adbc_tx()
-        self._execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        self.query = self.unmaterialized
+        materialize = self.bounds.materialize
+        # READ ONLY refuses CREATE, even of a temp table; nothing else is written either way.
+        self._execute("BEGIN ISOLATION LEVEL REPEATABLE READ" + ("" if materialize else " READ ONLY"))
         self._in_tx = True
         self._execute(self._render(sql.SQL("SET TRANSACTION SNAPSHOT %s"), [row[0] if row else ""]))
+        if materialize:
+            for stmt in self.query.materialize():
+                self._execute(self._render(stmt, []))
+            self.query = replace(self.query, materialized=True)
         return snapshot
 
     def next_range(self, after: Any, limit: int) -> KeyRange | None:
@@ -318,6 +326,7 @@ class ArrowSource:
 
     def end_file(self) -> None:
         self._end_adbc_tx()
+        self.query = self.unmaterialized  # the temp table went with the commit
         self.bounds.end_file()
 
     def close(self) -> None:

@@ -1,7 +1,8 @@
 """An incremental delivery evaluates its change relation once per file: the reader's session copies
 it into a temp table in the file's snapshot, and the batch bounds, the COPY and the delete count
-read that. Formats read through ADBC keep the relation in every statement (ADBC's session cannot
-see the temp table). Both deliver the same rows."""
+read that. Formats read through ADBC do the same in each of their two sessions (ADBC's, which reads
+the rows, and psycopg's, which finds the bounds and counts), in one snapshot. Both deliver the same
+rows."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from export_pipelines.core.engine.change_tracking import install
 from export_pipelines.core.engine.feed_delivery import deliver, next_window
 from export_pipelines.core.engine.plan import plan_export
 from export_pipelines.core.engine.query import ExportQuery
-from export_pipelines.core.engine.sources import PgCsvSource
+from export_pipelines.core.engine.sources import ArrowSource, PgCsvSource
 from export_pipelines.core.requests.catalog import parse_catalog
 from export_pipelines.core.requests.request import build_request
 
@@ -125,6 +126,17 @@ def test_incremental_delivery_reads_its_change_set_once_and_delivers_the_same_ro
         assert not source.query.materialized  # the temp table went with the commit
     finally:
         source.close()
+    # Parquet's two sessions: each holds the same rows in its own temp table, in one snapshot.
+    arrow = ArrowSource(tracked, query, None)
+    try:
+        arrow.begin_file()
+        assert arrow.query.materialized and arrow.bounds.query.materialized
+        read = sum(batch.num_rows for batch in arrow.read(arrow.next_range(None, 10_000)))
+        assert read == plan.rows_total
+        arrow.end_file()
+        assert not arrow.query.materialized and not arrow.bounds.query.materialized
+    finally:
+        arrow.close()
     # A full delivery reads the table itself: nothing to materialize.
     full = plan_export(
         tracked, CATALOG, request("csv", "once-full", next_window("f", 1, "full", None)), "once"
