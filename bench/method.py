@@ -66,7 +66,7 @@ def job(fmt: str, tenant: str, prefix: str) -> dict:
     start = time.perf_counter()
     result = job_def.execute_in_process(run_config=config, instance=dg.DagsterInstance.ephemeral())
     seconds = time.perf_counter() - start
-    done = result.output_for_node("finalize")
+    done = result.output_for_node("exports.finalize")
     return {"seconds": seconds, "rows": done.rows, "bytes": done.bytes, "keys": [f.key for f in done.files]}
 
 

@@ -126,7 +126,7 @@ def demo_in_process(instance: Any, run_config: dict[str, Any]) -> int:
         if not result.success:
             print(f"run {result.run_id} failed; its event log: {log} (or the Dagster UI)", file=sys.stderr)
             return 1
-        done = result.output_for_node("finalize")
+        done = result.output_for_node("exports.finalize")
     print(f"run {result.run_id} succeeded: {done.rows} rows, {done.bytes} bytes in {len(done.files)} file(s)")
     for link in done.files:
         print(f"  s3 object: {link.key}  ({link.rows} rows, {link.bytes} bytes)")

@@ -4,6 +4,8 @@ then the notifications recorded for the delivery sensor), the notices of a row t
 files (failed, canceled), and aborting a dead export's open uploads. Nothing here sends: a receiver
 that hangs must not hold the run's slot, nor a sensor's tick (docs/architecture.md)."""
 
+import re
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dagster as dg
@@ -16,24 +18,45 @@ from export_pipelines.core.results import FinalizedExport
 from export_pipelines.orchestration.op_failures import canceled_failure
 from export_pipelines.orchestration.ops import RunPlan
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
-from export_pipelines.orchestration.run_page import result_tags
+from export_pipelines.orchestration.run_page import download_links, result_tags
 
 
-@dg.op(tags={"kind": "notify"})
-def notify(
-    context: dg.OpExecutionContext,
-    run_plan: RunPlan,
-    done: FinalizedExport,
-    source: SourceDatabase,
-) -> FinalizedExport:
-    """Mark the request row succeeded, then queue webhook and email. The commit point of an export:
-    the row becomes `succeeded` only if it is still running, in one statement, so a cancel that
-    came first wins (the run fails as canceled; nobody is told of a success)."""
-    if not record_success(context.log, source, run_plan, done):
-        raise canceled_failure(run_plan.request_id or "")
-    # Committed: the summary and the link go to the top of the run's page.
-    context.instance.add_run_tags(context.run_id, result_tags(done))
-    return done
+def asset_output(resource: str) -> str:
+    """The name of the export graph's output that materializes `exports/<resource>`."""
+    return re.sub(r"\W", "_", resource)
+
+
+def build_notify_op(resources: Sequence[str]) -> dg.OpDefinition:
+    """The export graph's last op, with one optional output per catalog resource: the output of
+    the export's resource is the materialization of its asset `exports/<resource>`, made once the
+    export is committed."""
+
+    @dg.op(
+        name="notify",
+        tags={"kind": "notify"},
+        out={asset_output(r): dg.Out(dg.Nothing, is_required=False) for r in resources},
+    )
+    def notify(
+        context: dg.OpExecutionContext,
+        run_plan: RunPlan,
+        done: FinalizedExport,
+        source: SourceDatabase,
+    ) -> Iterator[dg.Output]:
+        """Mark the request row succeeded, then queue webhook and email. The commit point of an export:
+        the row becomes `succeeded` only if it is still running, in one statement, so a cancel that
+        came first wins (the run fails as canceled; nobody is told of a success)."""
+        if not record_success(context.log, source, run_plan, done):
+            raise canceled_failure(run_plan.request_id or "")
+        # Committed: the summary and the link go to the top of the run's page.
+        context.instance.add_run_tags(context.run_id, result_tags(done))
+        if run_plan.destination_id is None:  # files in our bucket, with links (not a tenant's storage)
+            yield dg.Output(
+                None,
+                output_name=asset_output(run_plan.plan.request.resource),
+                metadata=download_links(run_plan.plan, done),
+            )
+
+    return notify
 
 
 def record_success(log: Any, source: SourceDatabase, run_plan: RunPlan, done: FinalizedExport) -> bool:

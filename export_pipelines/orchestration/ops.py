@@ -54,7 +54,7 @@ from export_pipelines.orchestration.op_failures import (
     is_last_attempt,
 )
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
-from export_pipelines.orchestration.run_page import download_links, progress_line, readable_summary
+from export_pipelines.orchestration.run_page import progress_line, readable_summary
 
 # States of a request row a run may take on: waiting for it, its own (retry), or failed before
 # (a re-execution). Never one that finished well (succeeded, expired) or was canceled.
@@ -185,6 +185,7 @@ def count_rows(
     export_settings: ExportSettings,
 ) -> RunPlan:
     """Validate the request against the catalog, count its rows and fix the high-water mark."""
+    refuse_unselected_resource(context, export_settings.catalog(), config.resource)
     tenant_id, filters = config.tenant_id, dict(config.filters)
     export_id = config.request_id or context.run.root_run_id or context.run_id
     # (Monthly partitions run monthly_export.py's export_month, not this graph.)
@@ -258,6 +259,21 @@ def count_rows(
         source.conninfo, tenant_id, config.notify.webhook_url, config.notify.email
     )
     return RunPlan(plan, request_id, webhook_url, email, destination_id)
+
+
+def refuse_unselected_resource(context: dg.OpExecutionContext, catalog: Catalog, resource: str) -> None:
+    """A run materializes the exports asset it selected: "Materialize" on `exports/orders` with
+    `resource: customers` in the config is an operator's mistake, refused before anything is read
+    or any request row touched. (A resource the catalog does not have is the catalog's error.)"""
+    if not context.has_assets_def or resource not in catalog.resources:
+        return
+    selected = sorted(key.path[-1] for key in context.selected_asset_keys)
+    if resource not in selected:
+        raise dg.Failure(
+            f"resource: {resource!r} is not the exports asset this run materializes (allowed: "
+            f"{', '.join(selected)}); materialize exports/{resource}, or change the config's resource",
+            allow_retries=False,
+        )
 
 
 def over_pdf_cap(exc: ExportError, format: str) -> bool:
@@ -415,7 +431,6 @@ def finalize(
     for number, link in enumerate(done.files, start=1):
         metadata[f"file_{number:05d}_url"] = dg.MetadataValue.url(link.url)
     metadata.update(readable_summary(done.rows, done.bytes, outcome.seconds))
-    context.log_event(download_links(run_plan.plan, done))
     context.add_output_metadata(metadata)
     return done
 

@@ -1,6 +1,6 @@
 """What a run's page shows the data team: sizes and durations as people read them, the progress
 line, the run's summary and its download links: in the run's header (its tags, which Dagster shows
-at the top of the page) and as a materialization of the asset `exports/<resource>`."""
+at the top of the page) and as the materialization of the asset `exports/<resource>`."""
 
 from __future__ import annotations
 
@@ -67,10 +67,11 @@ def readable_summary(rows: int, size: int, seconds: float) -> dict[str, Any]:
 MAX_LINKED_FILES = 20
 
 
-def download_links(plan: ExportPlan, done: FinalizedExport) -> dg.AssetMaterialization:
-    """The export as an asset materialization of `exports/<resource>`: Dagster's run page lists a
-    run's materializations with their metadata, links clickable, in the run's own event log and
-    on the asset's page (every export of that resource, newest first)."""
+def download_links(plan: ExportPlan, done: FinalizedExport) -> dict[str, Any]:
+    """The metadata of the export's materialization of `exports/<resource>` (the export graph's
+    last output): Dagster's run page lists a run's materializations with their metadata, links
+    clickable, in the run's own event log and on the asset's page (every export of that resource,
+    newest first)."""
     req = plan.request
     links: dict[str, Any] = {
         "download": dg.MetadataValue.url(done.files[0].url if len(done.files) == 1 else done.manifest_url),
@@ -78,23 +79,20 @@ def download_links(plan: ExportPlan, done: FinalizedExport) -> dg.AssetMateriali
     }
     for number, link in enumerate(done.files[:MAX_LINKED_FILES], start=1):
         links[f"file {number}"] = dg.MetadataValue.url(link.url)
-    return dg.AssetMaterialization(
-        asset_key=dg.AssetKey(["exports", req.resource]),
-        description=(
+    return {
+        "summary": (
             f"{req.tenant_id}: {done.rows} rows, {human_size(done.bytes)} in {len(done.files)} file(s); "
             f"links expire {done.expires_at:%Y-%m-%d %H:%M} UTC"
         ),
-        metadata={
-            **links,
-            "tenant": req.tenant_id,
-            "export_id": req.export_id,
-            "format": req.format,
-            "rows": done.rows,
-            "size": human_size(done.bytes),
-            "expires_at": done.expires_at.isoformat(),
-            "folder": plan.location.folder,
-        },
-    )
+        **links,
+        "tenant": req.tenant_id,
+        "export_id": req.export_id,
+        "format": req.format,
+        "rows": done.rows,
+        "size": human_size(done.bytes),
+        "expires_at": done.expires_at.isoformat(),
+        "folder": plan.location.folder,
+    }
 
 
 def result_tags(done: FinalizedExport) -> dict[str, str]:

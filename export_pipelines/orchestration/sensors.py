@@ -4,7 +4,7 @@ were canceled or no longer exist → canceled / failed. (The tenants table → p
 monthly dumps': monthly/partitions.py.)
 
 The request, failure and reaper sensors tick every settings.sensor_interval_seconds, so they are
-built by `build_sensors(settings, monthly_job)` when the definitions are built.
+built by `build_sensors(settings, export_job, monthly_job)` when the definitions are built.
 """
 
 import logging
@@ -12,19 +12,22 @@ import time
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from export_pipelines.core.delivery.notices import CANCELED, FAILED
 from export_pipelines.core.errors import error_code_of_class_names, tenant_message
 from export_pipelines.core.requests.request_row import StoredRequest
 from export_pipelines.core.requests.request_store import RequestStore
 from export_pipelines.orchestration import tags
-from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.monthly.partitions import tenant_partitions_sensor
 from export_pipelines.orchestration.notify_op import abort_uploads_logged, notify_row
 from export_pipelines.orchestration.op_failures import ERROR_CODE_KEY, TENANT_ERROR_KEY
 from export_pipelines.orchestration.request_intake import REQUEST_SENSOR_NAME, claim_pending_requests
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, Notifier, SourceDatabase
 from export_pipelines.settings import Settings
+
+# The two asset jobs, before the definitions resolve them.
+ExportJob = UnresolvedAssetJobDefinition | dg.JobDefinition
 
 _LOG = logging.getLogger(__name__)
 # The reaper leaves rows alone this long after their last change: the request sensor marks a row
@@ -51,12 +54,14 @@ def launch_pending_requests(
     )
 
 
-def build_sensors(settings: Settings, monthly_job: dg.JobDefinition) -> list[dg.SensorDefinition]:
+def build_sensors(
+    settings: Settings, export_job: ExportJob, monthly_job: ExportJob
+) -> list[dg.SensorDefinition]:
     interval = settings.sensor_interval_seconds
 
     @dg.sensor(
         name=REQUEST_SENSOR_NAME,
-        job=tenant_export_job,
+        job=export_job,
         minimum_interval_seconds=interval,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Turns pending export_requests rows into runs (run_key = id:attempt).",
@@ -71,7 +76,7 @@ def build_sensors(settings: Settings, monthly_job: dg.JobDefinition) -> list[dg.
 
     @dg.run_failure_sensor(
         name="export_failure_sensor",
-        monitored_jobs=[tenant_export_job, monthly_job],
+        monitored_jobs=[export_job, monthly_job],
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=interval,
         description="Marks the request row failed (or notes the error while a run retry is pending).",
@@ -85,8 +90,8 @@ def build_sensors(settings: Settings, monthly_job: dg.JobDefinition) -> list[dg.
     ) -> None:
         # The steps' errors say what went wrong; the run's own message only names the steps.
         events = context.get_step_failure_events()
-        step_errors = [
-            f"{e.step_key}: {e.step_failure_data.error.message.strip()}"
+        step_errors = [  # by op name: `export_files`, not the step key `exports.export_files`
+            f"{(e.step_key or '').rsplit('.', 1)[-1]}: {e.step_failure_data.error.message.strip()}"
             for e in events
             if e.step_failure_data and e.step_failure_data.error
         ]

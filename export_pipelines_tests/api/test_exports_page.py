@@ -35,7 +35,7 @@ from export_pipelines.core.storage.s3 import open_uploads
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings
 from export_pipelines_tests.support.api_helpers import api_settings, auth, key_for, migrate_api, serve
 from export_pipelines_tests.support.s3_fault_proxy import S3FaultProxy, delay, op
-from export_pipelines_tests.support.services import code_location
+from export_pipelines_tests.support.services import code_location, run_export_job
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -196,12 +196,11 @@ def test_page_request_progress_download_rows_equal_postgresql(
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
         requests = sensor(context).run_requests or []
     (run_request,) = [r for r in requests if r.run_key == f"{export_id}:1"]
-    job = code_location()["tenant_export_job"]
     outcome: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            outcome["result"] = job.execute_in_process(
+            outcome["result"] = run_export_job(
                 run_config=run_request.run_config,
                 tags=run_request.tags,
                 resources=resources,

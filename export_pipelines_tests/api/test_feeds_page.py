@@ -17,12 +17,12 @@ import psycopg
 import pytest
 
 from export_pipelines.core.engine.change_tracking import install
-from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.resources import ExportSettings
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines_tests.api.test_exports_page import browser, page, sign_in  # noqa: F401 (fixtures)
 from export_pipelines_tests.support.api_helpers import api_settings, auth, key_for, migrate_api, serve
 from export_pipelines_tests.support.destinations import TENANT_S3_CREDENTIALS, s3_config, tenant_bucket
+from export_pipelines_tests.support.services import run_export_job
 
 TENANT = "t-011"
 PREFIX = f"feedpage-{uuid.uuid4().hex[:8]}"  # the API finds the files where the job wrote them
@@ -110,7 +110,7 @@ def test_create_pause_run_and_delete_a_feed(api, page, source_url, bucket, dagst
     page.errors.clear()  # the 409: expected
     page.click("#error-close")
 
-    result = tenant_export_job.execute_in_process(
+    result = run_export_job(
         run_config=export_run_config(tenant_id=TENANT, resource="orders", request_id=delivery_id),
         resources={**dagster_resources, "export_settings": ExportSettings(bucket=bucket, prefix=PREFIX)},
         raise_on_error=False,

@@ -26,10 +26,9 @@ from export_pipelines.core.requests.catalog import InvalidRequest
 from export_pipelines.core.requests.queue import RequestQueue
 from export_pipelines.core.requests.request import build_request, check_notify
 from export_pipelines.core.storage.s3 import open_uploads
-from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.resources import ExportSettings
 from export_pipelines_tests.support.readback import csv_rows, read_manifest
-from export_pipelines_tests.support.services import code_location
+from export_pipelines_tests.support.services import code_location, run_export_job
 
 export_request_sensor = code_location()["export_request_sensor"]
 
@@ -579,7 +578,7 @@ def objects_under(s3_client: Any, bucket: str, prefix: str) -> list[str]:
 def test_run_config_fails_at_once_naming_the_field(
     dagster_resources, instance, s3_client, bucket, prefix, case: Bad
 ):
-    result = tenant_export_job.execute_in_process(
+    result = run_export_job(
         run_config=run_config(case.fields),
         resources=dagster_resources,
         raise_on_error=False,
@@ -587,7 +586,7 @@ def test_run_config_fails_at_once_naming_the_field(
     )
     assert not result.success
     (failure,) = result.get_step_failure_events()
-    assert failure.step_key == "count_rows"
+    assert failure.step_key == "exports.count_rows"
     # A dagster.Failure with allow_retries=False: bad input is not retried with backoff.
     assert failure.step_failure_data.user_failure_data is not None
     assert not [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
@@ -602,9 +601,7 @@ def test_run_config_of_the_wrong_type_is_refused_before_any_run(
 ):
     runs_before = len(instance.get_runs())
     with pytest.raises(dg.DagsterInvalidConfigError) as info:
-        tenant_export_job.execute_in_process(
-            run_config=run_config(case.fields), resources=dagster_resources, instance=instance
-        )
+        run_export_job(run_config=run_config(case.fields), resources=dagster_resources, instance=instance)
     name = next(iter(case.fields))
     assert name in str(info.value)  # Dagster names the config path, e.g. root:ops:count_rows:config:tenant_id
     assert len(instance.get_runs()) == runs_before
@@ -677,7 +674,7 @@ def test_sql_in_values_is_a_literal_through_sensor_and_run(
         return
     (req,) = tick(dagster_resources, instance)
     assert req.run_key == f"{rid}:1"
-    result = tenant_export_job.execute_in_process(
+    result = run_export_job(
         run_config=req.run_config,
         resources=dagster_resources,
         tags=req.tags,

@@ -35,7 +35,6 @@ from export_pipelines.core.delivery.webhook_client import verify
 from export_pipelines.core.requests.request_store import RequestStore
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.delivery_sensor import build_delivery_sensor
-from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.request_intake import request_run_config
 from export_pipelines.orchestration.resources import ExportSettings, Notifier
 from export_pipelines.orchestration.sensors import record_run_failure, tenant_facing_failure
@@ -51,7 +50,7 @@ from export_pipelines_tests.support.destinations import (
     tenant_bucket,
 )
 from export_pipelines_tests.support.gcs_auth_proxy import GcsAuthProxy, gcs_auth_proxy, new_key
-from export_pipelines_tests.support.services import WEBHOOK_SECRET
+from export_pipelines_tests.support.services import WEBHOOK_SECRET, run_export_job
 
 TENANT = "t-014"
 BUCKET = "tenant-gcs-auth"
@@ -247,7 +246,7 @@ def test_a_refused_export_tells_the_tenant_and_leaks_no_credential(
         rid = store.create(tenant_id=TENANT, resource="orders", webhook_url=url, destination_id=dest.id)
         row = store.get(rid)
         instance = dg.DagsterInstance.ephemeral()
-        result = tenant_export_job.execute_in_process(
+        result = run_export_job(
             run_config=request_run_config(row),
             resources=resources,
             raise_on_error=False,

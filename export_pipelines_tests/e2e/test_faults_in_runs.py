@@ -14,11 +14,11 @@ import psycopg
 import pytest
 
 from export_pipelines.core.storage.s3 import open_uploads
-from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.resources import ExportSettings
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines.settings import Settings
 from export_pipelines_tests.support.readback import read_manifest
+from export_pipelines_tests.support.services import run_export_job
 
 BIG = "t-big"
 
@@ -40,7 +40,7 @@ def with_statement_timeout(resources, timeout: str):
 
 
 def launch(resources, instance, **config):
-    return tenant_export_job.execute_in_process(
+    return run_export_job(
         run_config=export_run_config(**config),
         resources=resources,
         raise_on_error=False,
@@ -88,7 +88,7 @@ def clean_digests(resources, s3_client, bucket):
         request_id="clean",
     )
     assert result.success
-    manifest = read_manifest(s3_client, bucket, result.output_for_node("finalize").manifest_key)
+    manifest = read_manifest(s3_client, bucket, result.output_for_node("exports.finalize").manifest_key)
     return file_digests(s3_client, bucket, manifest)
 
 
@@ -155,9 +155,9 @@ def test_backend_terminated_mid_export_is_retried_from_the_checkpoint(
     assert run.success
     retries = step_retries(instance, run.run_id)
     assert any(r.startswith("export_files:") and "terminat" in r for r in retries), retries
-    outcome = run.output_for_node("export_files")
+    outcome = run.output_for_node("exports.export_files")
     assert outcome.files[0].resumed_at_part is not None and outcome.files[0].resumed_at_part > 1
-    manifest = read_manifest(s3_client, bucket, run.output_for_node("finalize").manifest_key)
+    manifest = read_manifest(s3_client, bucket, run.output_for_node("exports.finalize").manifest_key)
     assert file_digests(s3_client, bucket, manifest) == clean_digests
     assert open_uploads(s3_client, bucket, prefix) == []
     row = store.get(rid)
@@ -209,7 +209,7 @@ def test_statement_timeout_is_retried_then_succeeds(
     assert run.success
     retries = step_retries(instance, run.run_id)
     assert any("statement timeout" in r for r in retries), retries
-    manifest = read_manifest(s3_client, bucket, run.output_for_node("finalize").manifest_key)
+    manifest = read_manifest(s3_client, bucket, run.output_for_node("exports.finalize").manifest_key)
     assert file_digests(s3_client, bucket, manifest) == clean_digests
 
 
@@ -236,7 +236,7 @@ def test_statement_timeout_every_attempt_fails_clearly_and_leaves_nothing_open(
         locker.close()
     assert not run.success
     (failure,) = run.get_step_failure_events()
-    assert failure.step_key == "count_rows"
+    assert failure.step_key == "exports.count_rows"
     message = failure.step_failure_data.error.message
     assert "QueryCanceled: canceling statement due to statement timeout (after 4 attempts)" in message
     assert len(step_retries(instance, run.run_id)) == 3  # the op's RetryPolicy, then it gave up

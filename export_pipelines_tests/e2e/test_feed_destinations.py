@@ -26,7 +26,6 @@ from export_pipelines.core.engine.change_tracking import install
 from export_pipelines.core.engine.signing import load_signer
 from export_pipelines.core.requests.request_store import RequestStore
 from export_pipelines.orchestration import tags
-from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.request_intake import request_run_config
 from export_pipelines.orchestration.sensors import record_run_failure, tenant_facing_failure
 from export_pipelines_tests.support.api_helpers import api_settings, auth, key_for, migrate_api, serve
@@ -42,6 +41,7 @@ from export_pipelines_tests.support.destinations import (
     tenant_bucket,
 )
 from export_pipelines_tests.support.readback import read_manifest
+from export_pipelines_tests.support.services import run_export_job
 
 TENANT = "t-012"
 KINDS = ("s3", "azure_blob", "gcs", "sftp")
@@ -108,7 +108,7 @@ def deliver(client: httpx.Client, resources: dict[str, Any], feed_id: str) -> tu
     assert answer.status_code == 202, answer.text
     with RequestStore(resources["source"].conninfo) as store:
         row = store.get(answer.json()["id"])
-        result = tenant_export_job.execute_in_process(
+        result = run_export_job(
             run_config=request_run_config(row),
             resources=resources,
             raise_on_error=False,

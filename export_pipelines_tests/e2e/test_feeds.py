@@ -18,10 +18,10 @@ from export_pipelines.core.requests.feed_store import FeedStore, next_due
 from export_pipelines.core.requests.request_store import RequestStore
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.feed_sensor import launch_due_feeds
-from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines_tests.support.api_helpers import api_settings, auth, key_for, migrate_api, serve
 from export_pipelines_tests.support.readback import csv_rows, read_manifest
+from export_pipelines_tests.support.services import run_export_job
 
 TENANT = "t-007"
 
@@ -54,7 +54,7 @@ def deliver(
     doc = answer.json()
     assert doc["feed_id"] == feed_id and doc["status"] == "pending"
     instance = dg.DagsterInstance.ephemeral()
-    result = tenant_export_job.execute_in_process(
+    result = run_export_job(
         run_config=export_run_config(tenant_id=TENANT, resource="orders", request_id=doc["id"]),
         resources=resources,
         raise_on_error=False,
@@ -228,7 +228,7 @@ def test_a_failed_delivery_run_again_covers_its_window(client, dagster_resources
         previous_record = store.get(first["id"]).feed_record
     pg.execute("UPDATE orders SET status = 'refunded' WHERE tenant_id = %s AND id = %s", [TENANT, key])
     instance = dg.DagsterInstance.ephemeral()
-    result = tenant_export_job.execute_in_process(
+    result = run_export_job(
         run_config=export_run_config(tenant_id=TENANT, resource="orders", request_id=second["id"]),
         resources=dagster_resources,
         raise_on_error=False,

@@ -10,14 +10,15 @@ from export_pipelines.cli.main import main
 from export_pipelines.core.engine.checkpoints import CheckpointStore
 from export_pipelines.core.requests.queue import RequestQueue
 from export_pipelines.core.storage.s3 import open_uploads
-from export_pipelines.orchestration.jobs import janitor_job, tenant_export_job
+from export_pipelines.orchestration.jobs import janitor_job
 from export_pipelines.orchestration.resources import ExportSettings
 from export_pipelines.orchestration.run_config import export_run_config
+from export_pipelines_tests.support.services import run_export_job
 
 
 def export_for_request(resources, store, tenant="t-009"):
     rid = store.create(tenant_id=tenant, resource="orders")
-    result = tenant_export_job.execute_in_process(
+    result = run_export_job(
         run_config=export_run_config(tenant_id=tenant, resource="orders", request_id=rid), resources=resources
     )
     assert result.success

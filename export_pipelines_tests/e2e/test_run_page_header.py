@@ -1,7 +1,7 @@
 """What the data team sees at the top of a run's page and on the exports asset's page, through a real
 dagster-daemon and dagster-webserver: the run's tags (which the UI shows in the run's header) hold
-how the export ended, its summary and the link to its files. The asset `exports/<resource>` should
-have a definition in code, not "External Asset" (not yet: strict xfail).
+how the export ended, its summary and the link to its files. The asset `exports/<resource>` has a
+definition in code (the job's graph), not "External Asset", and the run materializes it.
 
 The pages are also opened in Debian's chromium (playwright): screenshots go to /tmp/run_page_*.png.
 Without chromium the browser checks skip, except on CI (CI=true), where that is a failure.
@@ -44,6 +44,9 @@ ASSET = """
 query ($key: AssetKeyInput!) {
   assetNodeOrError(assetKey: $key) {
     ... on AssetNode { isExecutable isMaterializable isObservable description groupName jobNames }
+  }
+  assetOrError(assetKey: $key) {
+    ... on Asset { assetMaterializations(limit: 1) { runId metadataEntries { label } } }
   }
 }"""
 
@@ -169,18 +172,22 @@ def test_a_failed_export_says_why_in_its_tags(dagster):
     assert run_tags[tags.ERROR] and tags.DOWNLOAD not in run_tags, run_tags
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="exports/<resource> is an AssetSpec that tenant_export_job, a job of ops, records: Dagster shows "
-    "it as External until a job of that asset materializes it",
-)
-def test_the_exports_asset_is_defined_in_code(dagster, browser):
+def test_the_exports_asset_is_defined_in_code_and_each_export_materializes_it(dagster, browser):
     web, _ = dagster
-    node = web.graphql(ASSET, key={"path": ["exports", "orders"]})["assetNodeOrError"]
+    run_id = launch(web, export_run_config(tenant_id=TENANT, resource="orders"))
+    status, _ = finished_tags(web, run_id)
+    assert status == "SUCCESS"
+    answer = web.graphql(ASSET, key={"path": ["exports", "orders"]})
+    node = answer["assetNodeOrError"]
     assert node["isExecutable"] and node["isMaterializable"] and not node["isObservable"], node
     assert "tenant_export_job" in node["jobNames"], node
     assert node["groupName"] == "exports" and "orders" in node["description"], node
+    (latest,) = answer["assetOrError"]["assetMaterializations"]
+    assert latest["runId"] == run_id, latest
+    labels = [entry["label"] for entry in latest["metadataEntries"]]
+    assert labels[:3] == ["summary", "download", "manifest"], labels
     url = f"{web.url}/locations/{REPOSITORY}@{LOCATION}/asset-groups/exports"
     assert httpx.get(url, timeout=30).status_code == 200
     text = page_text(browser, f"{web.url}/assets/exports/orders", "orders", "/tmp/run_page_asset.png")
     assert "External" not in text and "software definition" not in text, text[:3000]
+    assert "Materialize" in text and TENANT in text, text[:3000]

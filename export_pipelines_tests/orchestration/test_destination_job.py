@@ -16,7 +16,6 @@ import pytest
 from export_pipelines.core.delivery.destinations.destination_store import DestinationStore
 from export_pipelines.core.delivery.destinations.secrets import SecretBox
 from export_pipelines.core.storage.s3 import open_uploads
-from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines.orchestration.sensors import tenant_facing_failure
 from export_pipelines_tests.support.destinations import (
@@ -27,6 +26,7 @@ from export_pipelines_tests.support.destinations import (
     tenant_bucket,
     tenant_client,
 )
+from export_pipelines_tests.support.services import run_export_job
 
 TENANT = "t-007"
 
@@ -61,7 +61,7 @@ def make(source_url, stack_env, kind, config, credentials):
 
 def run(resources, **config):
     instance = dg.DagsterInstance.ephemeral()
-    result = tenant_export_job.execute_in_process(
+    result = run_export_job(
         run_config=export_run_config(tenant_id=TENANT, resource="orders", **config),
         resources=resources,
         raise_on_error=False,
@@ -78,7 +78,7 @@ def test_export_lands_in_the_tenants_bucket(resources, source_url, stack_env, s3
     assert TENANT_S3_CREDENTIALS["secret_access_key"] not in json.dumps(config)
     result, logs = run(resources, request_id=f"dest-{uuid.uuid4().hex[:6]}", destination_id=dest.id)
     assert result.success, logs
-    done = result.output_for_node("finalize")
+    done = result.output_for_node("exports.finalize")
     assert done.manifest_url.startswith(f"s3://tenant-dest/{prefix}/tenant={TENANT}/orders/")
     client = tenant_client(stack_env)
     folder = done.manifest_key.rsplit("/", 1)[0] + "/"
@@ -98,7 +98,7 @@ def test_export_lands_on_the_sftp_server(resources, source_url, stack_env, sftp_
     )
     result, logs = run(resources, request_id=f"dest-{uuid.uuid4().hex[:6]}", destination_id=dest.id)
     assert result.success, logs
-    done = result.output_for_node("finalize")
+    done = result.output_for_node("exports.finalize")
     folder = root / done.manifest_key.rsplit("/", 1)[0]
     assert {p.name for p in folder.iterdir()} == {
         "part-00001.csv.gz",
@@ -115,7 +115,7 @@ def test_a_link_destination_is_our_bucket_and_links(
     dest = make(source_url, stack_env, "link", {}, {})
     result, logs = run(resources, request_id=f"dest-{uuid.uuid4().hex[:6]}", destination_id=dest.id)
     assert result.success, logs
-    done = result.output_for_node("finalize")
+    done = result.output_for_node("exports.finalize")
     assert done.manifest_url.startswith("http") and done.manifest_key.startswith(f"{prefix}/tenant={TENANT}/")
     s3_client.head_object(Bucket=bucket, Key=done.manifest_key)
 

@@ -10,9 +10,9 @@ import pytest
 from export_pipelines.core.errors import TooManyActive
 from export_pipelines.core.requests.refusals import PDF_ROWS, TENANT_ACTIVE_CAP, RefusalStore
 from export_pipelines.core.storage.migrations.request_table import DEFAULT_TENANT_MAX_ACTIVE
-from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.resources import ExportSettings
 from export_pipelines.orchestration.run_config import export_run_config
+from export_pipelines_tests.support.services import run_export_job
 
 
 def refusals(source_url: str) -> dict[str, int]:
@@ -21,7 +21,7 @@ def refusals(source_url: str) -> dict[str, int]:
 
 
 def run(resources: dict, **config) -> dg.ExecuteInProcessResult:
-    return tenant_export_job.execute_in_process(
+    return run_export_job(
         run_config=export_run_config(**config),
         resources=resources,
         raise_on_error=False,

@@ -16,12 +16,11 @@ from export_pipelines.core.requests.request_store import RequestStore
 from export_pipelines.core.storage.migrations import migrate
 from export_pipelines.core.storage.s3 import open_uploads
 from export_pipelines.orchestration.definitions import build_definitions
-from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines.orchestration.sensors import record_run_failure
 from export_pipelines.settings import Settings
 from export_pipelines_tests.support.readback import read_manifest
-from export_pipelines_tests.support.services import code_location
+from export_pipelines_tests.support.services import code_location, run_export_job
 
 export_request_sensor = code_location()["export_request_sensor"]
 
@@ -155,7 +154,7 @@ def test_failed_row_set_back_to_pending_runs_again_with_next_attempt(store, dags
 def test_run_moves_the_row_to_succeeded_with_link(store, dagster_resources, pg):
     rid = store.create(tenant_id="t-007", resource="orders", format="parquet")
     (req,) = tick(dagster_resources)
-    result = tenant_export_job.execute_in_process(
+    result = run_export_job(
         run_config=req.run_config, resources=dagster_resources, tags=req.tags, raise_on_error=False
     )
     assert result.success
@@ -200,7 +199,7 @@ def test_failed_run_marks_the_row_failed_unless_it_will_be_retried(store, dagste
 def test_invalid_request_found_at_run_time_fails_the_row(store, dagster_resources, source_url):
     # The catalog allows it, but the run finds a problem (here: an unknown filter slipped in).
     rid = store.create(tenant_id="t-007", resource="orders")
-    result = tenant_export_job.execute_in_process(
+    result = run_export_job(
         run_config=export_run_config(
             tenant_id="t-007", resource="orders", request_id=rid, filters={"secret": 1}
         ),
@@ -245,7 +244,7 @@ def test_excel_csv_requested_from_the_table(store, dagster_resources, s3_client,
     rid = store.create(tenant_id="t-003", resource="orders", format="csv_excel", columns=["id", "note"])
     (req,) = tick(dagster_resources)
     assert req.run_config["ops"]["count_rows"]["config"]["format"] == "csv_excel"
-    result = tenant_export_job.execute_in_process(
+    result = run_export_job(
         run_config=req.run_config, resources=dagster_resources, tags=req.tags, raise_on_error=False
     )
     assert result.success

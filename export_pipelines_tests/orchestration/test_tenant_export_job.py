@@ -13,10 +13,10 @@ import pyarrow as pa
 import pytest
 
 from export_pipelines.core.storage.s3 import open_uploads
-from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines.orchestration.run_page import human_size
 from export_pipelines_tests.support.readback import csv_rows, read_manifest
+from export_pipelines_tests.support.services import run_export_job
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def resources(dagster_resources):
 
 def run(resources, **config):
     instance = dg.DagsterInstance.ephemeral()
-    result = tenant_export_job.execute_in_process(
+    result = run_export_job(
         run_config=export_run_config(**config),
         resources=resources,
         raise_on_error=False,
@@ -39,7 +39,7 @@ def run(resources, **config):
 def test_job_exports_and_reports_metadata(resources, s3_client, bucket, prefix, pg):
     result = run(resources, tenant_id="t-005", resource="orders", request_id="req-123")
     assert result.success
-    done = result.output_for_node("finalize")
+    done = result.output_for_node("exports.finalize")
     expected = pg.execute("SELECT count(*) FROM orders WHERE tenant_id = 't-005'").fetchone()[0]
     assert done.rows == expected > 0
     assert done.manifest_key == f"{prefix}/tenant=t-005/orders/req-123/manifest.json"
@@ -48,8 +48,8 @@ def test_job_exports_and_reports_metadata(resources, s3_client, bucket, prefix, 
     assert len(rows) == expected and {r[1] for r in rows} == {"t-005"}
 
     outputs = {e.step_key: e.step_output_data.metadata for e in result.all_events if e.is_successful_output}
-    assert outputs["count_rows"]["rows_total"].value == expected
-    fin = outputs["finalize"]
+    assert outputs["exports.count_rows"]["rows_total"].value == expected
+    fin = outputs["exports.finalize"]
     assert fin["rows"].value == expected and fin["files"].value == 1
     assert fin["rows_per_second"].value > 0 and fin["seconds"].value > 0
     assert isinstance(fin["file_00001_url"], dg.UrlMetadataValue)
@@ -104,7 +104,7 @@ def test_every_format_from_run_config(resources, s3_client, bucket, pg, fmt, com
         columns=["id", "note"],
     )
     assert result.success
-    done = result.output_for_node("finalize")
+    done = result.output_for_node("exports.finalize")
     manifest = read_manifest(s3_client, bucket, done.manifest_key)
     (f,) = manifest["files"]
     assert f["key"].endswith("part-00001." + extension) and manifest["format"] == fmt
@@ -135,8 +135,8 @@ def test_every_format_from_run_config(resources, s3_client, bucket, pg, fmt, com
 def test_links_one_click_from_the_run_and_progress_as_people_read_it(resources, prefix):
     result = run(resources, tenant_id="t-005", resource="orders", request_id="req-606")
     assert result.success
-    done = result.output_for_node("finalize")
-    # The download links: a materialization of exports/orders in the run's own event log.
+    done = result.output_for_node("exports.finalize")
+    # The download links: the materialization of exports/orders in the run's own event log.
     (event,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION]
     materialization = event.event_specific_data.materialization
     assert materialization.asset_key == dg.AssetKey(["exports", "orders"])
@@ -147,15 +147,15 @@ def test_links_one_click_from_the_run_and_progress_as_people_read_it(resources, 
     # Sizes in the unit that fits, with real precision (a 26 KB file is "26 KB", not "0.0 MB").
     size = human_size(done.bytes)
     assert done.bytes < 1_000_000 and size.endswith(" KB") and not size.startswith("0"), size
-    assert "t-005" in materialization.description and size in materialization.description
+    assert "t-005" in meta["summary"].value and size in meta["summary"].value
     assert meta["size"].value == size
     # Progress: percent, size uploaded, rows/s and an ETA, not raw byte counts.
     last = [m for m in result.logs if m.startswith("progress:")][-1]
     assert f" {size} uploaded, " in last and " rows/s, ETA " in last and " bytes" not in last, last
     assert "file 1: 1 part(s) uploaded so far" in last, last
     fin = {e.step_key: e.step_output_data.metadata for e in result.all_events if e.is_successful_output}
-    assert fin["export_files"]["size"].value == size
-    assert "rows/s" in fin["finalize"]["throughput"].value
+    assert fin["exports.export_files"]["size"].value == size
+    assert "rows/s" in fin["exports.finalize"]["throughput"].value
 
 
 def test_launchpad_opens_with_the_export_config_block_only():
@@ -185,7 +185,7 @@ def test_launchpad_opens_with_the_export_config_block_only():
 
 def test_a_run_without_tenant_is_refused_before_it_starts(resources):
     with pytest.raises(dg.DagsterInvalidConfigError) as refused:
-        tenant_export_job.execute_in_process(
+        run_export_job(
             run_config={"ops": {"count_rows": {"config": {"resource": "orders"}}}},
             resources=resources,
             instance=dg.DagsterInstance.ephemeral(),
@@ -207,4 +207,53 @@ def test_step_outputs_go_to_the_bucket_with_the_s3_io_manager(resources, s3_clie
     assert result.success
     listed = s3_client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/_dagster/").get("Contents", [])
     steps = {o["Key"].split("/")[-2] for o in listed}
-    assert {"count_rows", "export_files", "finalize", "notify"} <= steps
+    # (notify's one output is the asset's materialization: nothing to keep)
+    assert {"exports.count_rows", "exports.export_files", "exports.finalize"} <= steps
+
+
+def test_the_run_materializes_the_exports_asset_of_its_resource_and_refuses_another(
+    resources, s3_client, bucket, prefix, tmp_path
+):
+    """Two catalog resources, two assets: launched for the job, a run materializes the asset of the
+    resource in its config (no other); "Materialize" on exports/orders_copy with `resource: orders`
+    in the config is refused before anything is read or written."""
+    import dataclasses
+    from importlib import resources as package_files
+
+    import yaml
+
+    from export_pipelines.settings import Settings
+
+    catalog = yaml.safe_load(package_files.files("export_pipelines").joinpath("catalog.yaml").read_text())
+    catalog["resources"]["orders_copy"] = dict(catalog["resources"]["orders"])
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(catalog))
+    settings = dataclasses.replace(Settings.from_env(), catalog_path=str(path))
+    config = export_run_config(tenant_id="t-005", resource="orders", request_id="req-asset")
+
+    def materialized(result: dg.ExecuteInProcessResult) -> list[dg.AssetKey]:
+        return [m.asset_key for m in result.asset_materializations_for_node("exports")]
+
+    instance = dg.DagsterInstance.ephemeral()
+    whole = run_export_job(resources=resources, settings=settings, run_config=config, instance=instance)
+    assert whole.success and materialized(whole) == [dg.AssetKey(["exports", "orders"])]
+
+    kept = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])}
+    wrong = run_export_job(
+        resources=resources,
+        settings=settings,
+        run_config={
+            "ops": {
+                "count_rows": {"config": {**config["ops"]["count_rows"]["config"], "request_id": "req-x"}}
+            }
+        },
+        asset_selection=[dg.AssetKey(["exports", "orders_copy"])],
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not wrong.success and materialized(wrong) == []
+    (failure,) = [e for e in wrong.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message
+    assert "resource: 'orders' is not the exports asset" in message and "allowed: orders_copy" in message
+    after = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])}
+    assert after == kept  # nothing of req-x was written

@@ -19,12 +19,12 @@ from export_pipelines.core.requests.request import build_request, parse_instant
 from export_pipelines.core.requests.request_row import OversizedFilters
 from export_pipelines.core.storage.migrations import migrate
 from export_pipelines.orchestration import tags
-from export_pipelines.orchestration.jobs import tenant_export_job
+from export_pipelines.orchestration.jobs import export_job_with
 from export_pipelines.orchestration.monthly.partitions import monthly_partitions
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines.orchestration.sensors import reap_unfinished_requests, record_run_failure
-from export_pipelines_tests.support.services import code_location
+from export_pipelines_tests.support.services import code_location, run_export_job
 
 LOCATION = code_location()
 export_request_sensor = LOCATION["export_request_sensor"]
@@ -228,7 +228,7 @@ def test_reaper_resolves_canceled_and_vanished_runs(store, dagster_resources, s3
     canceled = store.create(tenant_id="t-007", resource="orders")
     store.mark_queued(canceled, 1)
     run = instance.create_run_for_job(
-        tenant_export_job,
+        export_job_with(dagster_resources),
         run_config=export_run_config(tenant_id="t-007", resource="orders", request_id=canceled),
         tags={"export/request_id": canceled, "export/attempt": "1", "tenant": "t-007"},
     )
@@ -373,7 +373,7 @@ def test_export_id_and_dates_match_exactly(catalog):
 
 def test_run_config_request_id_of_another_tenant_is_refused(store, dagster_resources):
     victim = store.create(tenant_id="t-002", resource="orders")
-    result = tenant_export_job.execute_in_process(
+    result = run_export_job(
         run_config=export_run_config(tenant_id="t-001", resource="orders", request_id=victim),
         resources=dagster_resources,
         raise_on_error=False,
@@ -413,7 +413,7 @@ def test_unknown_tenant_is_refused_by_the_sensor_and_by_count_rows(store, dagste
     assert tick(dagster_resources) == []
     row = store.get(rid)
     assert row.status == "failed" and row.error_code == "invalid_request" and "is not a tenant" in row.error
-    result = tenant_export_job.execute_in_process(
+    result = run_export_job(
         run_config=export_run_config(tenant_id="no-such-tenant", resource="orders"),
         resources=dagster_resources,
         raise_on_error=False,

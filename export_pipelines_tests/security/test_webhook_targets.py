@@ -33,11 +33,10 @@ from export_pipelines.core.delivery.webhook_client import ERR_REDIRECT, ERR_TIME
 from export_pipelines.core.delivery.webhook_target import ERR_REFUSED, check_url_shape
 from export_pipelines.core.errors import InvalidWebhook
 from export_pipelines.orchestration.delivery_sensor import build_delivery_sensor
-from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.resources import Notifier
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines.settings import Settings
-from export_pipelines_tests.support.services import WEBHOOK_SECRET
+from export_pipelines_tests.support.services import WEBHOOK_SECRET, run_export_job
 
 LOG = logging.getLogger("test-delivery")
 FAST = DeliveryPolicy(base_delay_seconds=0.0, attempt_budget_seconds=3.0, tick_budget_seconds=10.0)
@@ -130,9 +129,7 @@ def run_export(
     rid = store.create(tenant_id=tenant, resource="orders", **notify)
     config = export_run_config(tenant_id=tenant, resource="orders", request_id=rid, **notify)
     instance = dg.DagsterInstance.ephemeral()
-    result = tenant_export_job.execute_in_process(
-        run_config=config, resources=resources, raise_on_error=False, instance=instance
-    )
+    result = run_export_job(run_config=config, resources=resources, raise_on_error=False, instance=instance)
     assert result.success
     return rid, (instance, result)
 
@@ -140,7 +137,7 @@ def run_export(
 def notify_step_seconds(ran: Any) -> float:
     """How long the notify op took, from the run's step stats."""
     instance, result = ran
-    (stats,) = [s for s in instance.get_run_step_stats(result.run_id) if s.step_key == "notify"]
+    (stats,) = [s for s in instance.get_run_step_stats(result.run_id) if s.step_key == "exports.notify"]
     return stats.end_time - stats.start_time
 
 

@@ -4,6 +4,7 @@ webhook secret, the demo data's enterprise tenants, and the code location's defi
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from export_pipelines.settings import Settings
@@ -25,18 +26,27 @@ def with_db(url: str, db: str) -> str:
 def code_location(settings: Settings | None = None) -> dict[str, Any]:
     """The code location's jobs, sensors and schedules by name, built from `settings` (default:
     nothing set), without the resources: tests pass their own."""
-    from export_pipelines.orchestration.jobs import janitor_job, janitor_schedule, tenant_export_job
+    from export_pipelines.orchestration.jobs import build_export_job, janitor_job, janitor_schedule
     from export_pipelines.orchestration.monthly.monthly_asset import build_monthly_job
     from export_pipelines.orchestration.monthly.schedules import build_monthly_schedule
     from export_pipelines.orchestration.sensors import build_sensors
 
     settings = settings or Settings()
     _, monthly_job = build_monthly_job(settings)
+    _, export_job = build_export_job(settings)
     defs = [
-        tenant_export_job,
+        export_job,
         monthly_job,
         janitor_job,
         build_monthly_schedule(monthly_job, settings.monthly_batch_size),
         janitor_schedule,
     ]
-    return {d.name: d for d in [*defs, *build_sensors(settings, monthly_job)]}
+    return {d.name: d for d in [*defs, *build_sensors(settings, export_job, monthly_job)]}
+
+
+def run_export_job(*, resources: Mapping[str, Any], settings: Settings | None = None, **kwargs: Any) -> Any:
+    """tenant_export_job executed in process with these resources (the job of the exports asset,
+    resolved as the code location resolves it): `execute_in_process`'s other arguments as keywords."""
+    from export_pipelines.orchestration.jobs import export_job_with
+
+    return export_job_with(resources, settings).execute_in_process(**kwargs)

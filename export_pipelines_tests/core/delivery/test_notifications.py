@@ -22,11 +22,10 @@ from export_pipelines.core.delivery.drain import Channels, DeliveryPolicy, send_
 from export_pipelines.core.delivery.webhook_client import verify
 from export_pipelines.core.delivery.webhook_target import check_url_shape
 from export_pipelines.orchestration.delivery_sensor import build_delivery_sensor
-from export_pipelines.orchestration.jobs import tenant_export_job
 from export_pipelines.orchestration.resources import Notifier
 from export_pipelines.orchestration.run_config import export_run_config
 from export_pipelines.settings import Settings
-from export_pipelines_tests.support.services import WEBHOOK_SECRET
+from export_pipelines_tests.support.services import WEBHOOK_SECRET, run_export_job
 
 # Retries at once, so one sensor tick shows the whole retry sequence.
 NO_WAIT = DeliveryPolicy(base_delay_seconds=0.0, max_attempts=4)
@@ -112,9 +111,7 @@ def run_job(resources, store, **notify):
     """Run the export, then one tick of the delivery sensor (which sends what the run recorded)."""
     rid = store.create(tenant_id="t-008", resource="orders", **notify)
     config = export_run_config(tenant_id="t-008", resource="orders", request_id=rid, **notify)
-    result = tenant_export_job.execute_in_process(
-        run_config=config, resources=resources, raise_on_error=False
-    )
+    result = run_export_job(run_config=config, resources=resources, raise_on_error=False)
     sensor = build_delivery_sensor(Settings(), NO_WAIT)
     with dg.build_sensor_context(
         resources={"source": resources["source"], "notifier": resources["notifier"]}
