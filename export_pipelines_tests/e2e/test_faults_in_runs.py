@@ -154,7 +154,7 @@ def test_backend_terminated_mid_export_is_retried_from_the_checkpoint(
     run = result["run"]
     assert run.success
     retries = step_retries(instance, run.run_id)
-    assert any(r.startswith("export_files:") and "terminat" in r for r in retries), retries
+    assert any(r.startswith("exports.export_files:") and "terminat" in r for r in retries), retries
     outcome = run.output_for_node("exports.export_files")
     assert outcome.files[0].resumed_at_part is not None and outcome.files[0].resumed_at_part > 1
     manifest = read_manifest(s3_client, bucket, run.output_for_node("exports.finalize").manifest_key)

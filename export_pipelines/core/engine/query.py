@@ -284,9 +284,9 @@ def feed_relation(spec: ResourceSpec, request: ExportRequest, types: dict[str, C
 
     full: the tenant's rows matching the filters, all `upsert`. incremental: the keys whose row or
     tombstone carries an xid not visible in the previous snapshot S (`xid >= pg_snapshot_xmin(S)`
-    bounds an index range; `NOT pg_visible_in_snapshot(xid, S)` decides), joined to their row in
-    this snapshot: `upsert` with the row, or `delete` with the key when no row (matching the
-    filters) remains. Values are literals, bound client-side by psycopg: the relation sits inside
+    bounds an index range; `NOT pg_visible_in_snapshot(xid, S)` decides), as they are in this
+    snapshot: `upsert` with the row, or `delete` with the key when no row (matching the filters)
+    remains. Values are literals, bound client-side by psycopg: the relation sits inside
     every statement of the export without shifting its parameters."""
     feed = request.feed
     assert feed is not None
@@ -319,43 +319,51 @@ def feed_relation(spec: ResourceSpec, request: ExportRequest, types: dict[str, C
         )
     snap = sql.SQL("{}::pg_snapshot").format(_Literal(feed.previous_snapshot))
     changed = sql.SQL("{xid} >= pg_snapshot_xmin({snap}) AND NOT pg_visible_in_snapshot({xid}, {snap})")
+    rows_changed = changed.format(xid=sql.SQL("t.{}").format(sql.Identifier(XID_COLUMN)), snap=snap)
+    matching = sql.SQL(" AND ").join(filters) if filters else sql.SQL("true")
+    # Upserts straight from the xid index's range, each row read once where it lies. Deletes: a
+    # changed row that no longer matches the filters, or a tombstoned key with no matching row now.
+    # (A key deleted in the window and inserted again carries the reinsert's xid, in the window too:
+    # the reinsert committed after the delete, so it cannot be visible in S when the delete is not.
+    # The tombstones' check below is a primary-key probe, for deleted keys only.)
+    upsert_cols = sql.SQL(", ").join(sql.SQL("t.{0} AS {0}").format(sql.Identifier(c)) for c in spec.columns)
+    delete_cols = []
+    for c in spec.columns:
+        if c == spec.key:
+            delete_cols.append(sql.SQL("gone.k AS {}").format(key))
+        elif c == spec.tenant_column:
+            delete_cols.append(sql.SQL("{} AS {}").format(tenant, tcol))
+        else:
+            delete_cols.append(
+                sql.SQL("NULL::{} AS {}").format(sql.SQL(types[c].pg_type), sql.Identifier(c))  # type: ignore[arg-type]
+            )
     key_type = sql.SQL(types[spec.key].pg_type)  # type: ignore[arg-type]
-    keys = sql.SQL(
-        "SELECT r.{key} AS k FROM {table} r WHERE r.{tcol} = {tenant} AND {rows_changed} "
+    return sql.SQL(
+        "(SELECT {upsert_cols}, 'upsert'::text AS {op} FROM {table} t "
+        "WHERE t.{tcol} = {tenant} AND {rows_changed} AND {matching} "
+        "UNION ALL "
+        "SELECT {delete_cols}, 'delete'::text AS {op} FROM ("
+        "SELECT t.{key} AS k FROM {table} t "
+        "WHERE t.{tcol} = {tenant} AND {rows_changed} AND NOT coalesce({matching}, false) "
         "UNION SELECT (d.pk ->> {key_name})::{key_type} FROM public.export_tombstones d "
-        "WHERE d.resource = {resource} AND d.tenant_id = {tenant_text} AND {tombs_changed}"
+        "WHERE d.resource = {resource} AND d.tenant_id = {tenant_text} AND {tombs_changed} "
+        "AND NOT EXISTS (SELECT 1 FROM {table} t WHERE t.{tcol} = {tenant} "
+        "AND t.{key} = (d.pk ->> {key_name})::{key_type} AND {matching})"
+        ") AS gone) AS {alias}"
     ).format(
-        key=key,
+        upsert_cols=upsert_cols,
+        delete_cols=sql.SQL(", ").join(delete_cols),
+        op=sql.Identifier(OP_COLUMN_NAME),
         table=table,
         tcol=tcol,
         tenant=tenant,
-        rows_changed=changed.format(xid=sql.SQL("r.{}").format(sql.Identifier(XID_COLUMN)), snap=snap),
+        rows_changed=rows_changed,
+        matching=matching,
+        key=key,
         key_name=_Literal(spec.key),
         key_type=key_type,
         resource=_Literal(spec.name),
         tenant_text=_Literal(str(request.tenant_id)),
         tombs_changed=changed.format(xid=sql.SQL("d.xid"), snap=snap),
-    )
-    cols = []
-    for c in spec.columns:
-        if c == spec.key:
-            cols.append(sql.SQL("ch.k AS {}").format(key))
-        elif c == spec.tenant_column:
-            cols.append(sql.SQL("{} AS {}").format(tenant, tcol))
-        else:
-            cols.append(sql.SQL("t.{0} AS {0}").format(sql.Identifier(c)))
-    join = sql.SQL(" AND ").join(
-        [sql.SQL("t.{} = {}").format(tcol, tenant), sql.SQL("t.{} = ch.k").format(key), *filters]
-    )
-    return sql.SQL(
-        "(SELECT {cols}, CASE WHEN t.{key} IS NULL THEN 'delete' ELSE 'upsert' END::text AS {op} "
-        "FROM ({keys}) AS ch LEFT JOIN {table} t ON {join}) AS {alias}"
-    ).format(
-        cols=sql.SQL(", ").join(cols),
-        key=key,
-        op=sql.Identifier(OP_COLUMN_NAME),
-        keys=keys,
-        table=table,
-        join=join,
         alias=sql.Identifier(FEED_ALIAS),
     )
