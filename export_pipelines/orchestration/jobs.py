@@ -10,7 +10,8 @@ import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from export_pipelines.core.requests.catalog import load_catalog
-from export_pipelines.orchestration.notify_op import asset_output, build_notify_op
+from export_pipelines.orchestration.exports_asset import EXPORTS_GROUP, asset_output, export_asset_key
+from export_pipelines.orchestration.notify_op import build_notify_op
 from export_pipelines.orchestration.ops import (
     ExportConfig,
     clean_up_exports,
@@ -26,13 +27,8 @@ EXECUTOR = dg.in_process_executor
 
 
 EXPORT_JOB = "tenant_export_job"
-EXPORTS_GROUP = "exports"
 # The node of the export graph in the job: its steps are `exports.count_rows`, `exports.export_files`…
 EXPORT_GRAPH = "exports"
-
-
-def export_asset_key(resource: str) -> dg.AssetKey:
-    return dg.AssetKey([EXPORTS_GROUP, resource])
 
 
 def build_exports_asset(resources: Sequence[str]) -> dg.AssetsDefinition:

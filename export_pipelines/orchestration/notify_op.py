@@ -4,7 +4,6 @@ then the notifications recorded for the delivery sensor), the notices of a row t
 files (failed, canceled), and aborting a dead export's open uploads. Nothing here sends: a receiver
 that hangs must not hold the run's slot, nor a sensor's tick (docs/architecture.md)."""
 
-import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -15,15 +14,11 @@ from export_pipelines.core.engine.resume import abandon_open_uploads
 from export_pipelines.core.requests.request_row import StoredRequest, is_request_id
 from export_pipelines.core.requests.tenant_settings import targets as tenant_targets
 from export_pipelines.core.results import FinalizedExport
+from export_pipelines.orchestration.exports_asset import asset_output
 from export_pipelines.orchestration.op_failures import canceled_failure
 from export_pipelines.orchestration.ops import RunPlan
 from export_pipelines.orchestration.resources import ExportS3, ExportSettings, SourceDatabase
 from export_pipelines.orchestration.run_page import download_links, result_tags
-
-
-def asset_output(resource: str) -> str:
-    """The name of the export graph's output that materializes `exports/<resource>`."""
-    return re.sub(r"\W", "_", resource)
 
 
 def build_notify_op(resources: Sequence[str]) -> dg.OpDefinition:

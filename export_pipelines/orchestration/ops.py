@@ -45,6 +45,7 @@ from export_pipelines.core.requests.tenants import require_tenant
 from export_pipelines.core.results import ExportOutcome, ExportProgress, FinalizedExport
 from export_pipelines.orchestration import tags
 from export_pipelines.orchestration.destination_steps import export_into_destination, find_destination
+from export_pipelines.orchestration.exports_asset import refuse_unselected_resource
 from export_pipelines.orchestration.feed_steps import feed_window, record_feed_delivery
 from export_pipelines.orchestration.op_failures import (
     NETWORK_RETRY,
@@ -259,21 +260,6 @@ def count_rows(
         source.conninfo, tenant_id, config.notify.webhook_url, config.notify.email
     )
     return RunPlan(plan, request_id, webhook_url, email, destination_id)
-
-
-def refuse_unselected_resource(context: dg.OpExecutionContext, catalog: Catalog, resource: str) -> None:
-    """A run materializes the exports asset it selected: "Materialize" on `exports/orders` with
-    `resource: customers` in the config is an operator's mistake, refused before anything is read
-    or any request row touched. (A resource the catalog does not have is the catalog's error.)"""
-    if not context.has_assets_def or resource not in catalog.resources:
-        return
-    selected = sorted(key.path[-1] for key in context.selected_asset_keys)
-    if resource not in selected:
-        raise dg.Failure(
-            f"resource: {resource!r} is not the exports asset this run materializes (allowed: "
-            f"{', '.join(selected)}); materialize exports/{resource}, or change the config's resource",
-            allow_retries=False,
-        )
 
 
 def over_pdf_cap(exc: ExportError, format: str) -> bool:
