@@ -1,5 +1,5 @@
 """The configuration reference (docs/configuration.md) cannot leave a variable out: every environment
-variable `Settings.from_env` reads is described in `settings.VARIABLES`, which the documentation
+variable `Settings.from_env` reads is described in `settings_reference.VARIABLES`, which the documentation
 build renders (docs/hooks/settings_reference.py)."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import dataclasses
 import importlib.util
 from pathlib import Path
 
-from export_pipelines.settings import VARIABLES, Settings
+from export_pipelines.settings import Settings
+from export_pipelines.settings_reference import VARIABLES
 
 ROOT = Path(__file__).resolve().parents[1]
 

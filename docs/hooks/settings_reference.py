@@ -1,11 +1,12 @@
-"""MkDocs hook: renders the configuration reference from `export_pipelines.settings.VARIABLES`, so the
-page lists exactly the environment variables the code reads, with the code's defaults."""
+"""MkDocs hook: renders the configuration reference from
+`export_pipelines.settings_reference.VARIABLES`, so the page lists exactly the environment variables
+the code reads, with the code's defaults."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from export_pipelines.settings import VARIABLES, Variable
+from export_pipelines.settings_reference import VARIABLES, Variable
 
 MARKER = "<!-- settings-reference -->"
 
