@@ -30,6 +30,7 @@ from export_pipelines.api.auth import RequestLog, configure_request_log
 from export_pipelines.api.db import ConnectionPool
 from export_pipelines.api.errors import ApiError, error_response, export_error_response
 from export_pipelines.api.metrics import MetricsMiddleware
+from export_pipelines.api.rate_limits import OverLimitGate
 from export_pipelines.api.routes import (
     cancel,
     catalog,
@@ -81,7 +82,8 @@ def create_app(
         ),
     )
     app.state.api = api
-    # Outermost last: the log sees every answer, the 413 of the body limit included.
+    # Outermost last: the log sees every answer, the 413 of the body limit and the gate's 429 included.
+    app.add_middleware(OverLimitGate, limits=api.rate_limits)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestLog)
     app.add_middleware(MetricsMiddleware)  # the outermost: it sees the route the router matched

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 from limits import RateLimitItem, parse_many
 from limits.storage import storage_from_string
@@ -22,6 +24,7 @@ DEFAULT_PER_KEY = "5/second;60/minute"
 DEFAULT_PER_TENANT = "10/second;120/minute"
 DEFAULT_STORAGE_URL = "memory://"
 NAMESPACE = "export-api"
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def parse_limits(name: str, text: str) -> list[RateLimitItem]:
@@ -47,6 +50,9 @@ class RateLimits:
         self.per_key = parse_limits("EXPORT_API_RATE_LIMIT_PER_KEY", per_key)
         self.per_tenant = parse_limits("EXPORT_API_RATE_LIMIT_PER_TENANT", per_tenant)
         self.limiter = MovingWindowRateLimiter(storage_from_string(storage_url))
+        # In this process's memory: a check costs no I/O, so the gate below may make it on the
+        # event loop itself.
+        self.in_memory = storage_url.startswith("memory://")
 
     def check_presented(self, token: str) -> None:
         """429 before the key is looked up when the key presented is already over its limit.
@@ -81,3 +87,41 @@ class RateLimits:
                 f"{item}; retry in {retry} s",
                 headers={"Retry-After": str(retry)},
             )
+
+
+class OverLimitGate:
+    """Pure ASGI, in front of the routes: a mutating request whose API key is already over its
+    limit is answered 429 (the routes' own answer, Retry-After included) from memory, before
+    routing, validation or a worker thread. A client hammering past its limit then costs the
+    server a hash and a lookup per request, and other tenants keep the event loop. Only with the
+    in-memory limiter (a Redis-backed check is a network call: the routes make it in their
+    threads); the routes check again either way."""
+
+    def __init__(self, app: Any, limits: RateLimits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        if scope["type"] == "http" and self.limits.in_memory and scope["method"] in MUTATING_METHODS:
+            token = presented_token(scope)
+            if token:
+                try:
+                    self.limits.check_presented(token)
+                except ApiError as refused:
+                    await refused.response()(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def presented_token(scope: MutableMapping[str, Any]) -> str:
+    """The bearer token of the request's Authorization header, or ''."""
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return ""

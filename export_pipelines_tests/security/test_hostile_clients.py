@@ -306,6 +306,36 @@ def test_a_key_past_its_limit_is_refused_without_a_database_call(server, client,
         assert time.monotonic() - started >= 1.0, waited
 
 
+def test_a_key_past_its_limit_is_refused_while_every_worker_thread_waits(server, client, source_url):
+    """Fails when the over-limit check runs in the routes' worker threads: with the key table locked,
+    60 status reads of another tenant take every thread of the server (40) and wait; the over-limit
+    key's next request is still answered 429 at once, before routing, from the event loop."""
+    key, reader = key_for(source_url, fresh_tenant()), key_for(source_url, fresh_tenant())
+    missing = "/v1/exports/00000000-0000-0000-0000-000000000000"
+    statuses = [client.post(missing + "/cancel", headers=auth(key)).status_code for _ in range(PER_KEY + 1)]
+    assert statuses == [404] * PER_KEY + [429], statuses
+
+    def read(_: int) -> int:
+        try:
+            return httpx.get(server.url + missing, headers=auth(reader), timeout=30).status_code
+        except httpx.HTTPError:
+            return -1
+
+    with psycopg.connect(source_url) as locker, ThreadPoolExecutor(max_workers=60) as readers:
+        locker.execute("LOCK TABLE export_api_keys IN ACCESS EXCLUSIVE MODE")
+        waiting = [readers.submit(read, n) for n in range(60)]
+        time.sleep(2)  # the reads are in the server's threads, waiting on the lock
+        assert not any(w.done() for w in waiting), "the reads did not wait: the test proves nothing"
+        started = time.monotonic()
+        refused = client.post(missing + "/cancel", headers=auth(key), timeout=10)
+        took = time.monotonic() - started
+        locker.rollback()  # the reads go on
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert took < 1.0, f"the refusal waited {took:.2f} s for a worker thread"
+        assert {w.result() for w in waiting} <= {404, 503}
+
+
 # --- event-stream tokens ------------------------------------------------------------------------
 
 
