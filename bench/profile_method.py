@@ -85,7 +85,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("method", choices=["ours_csv", "ours_parquet", "job_csv", "ref_parquet"])
+    parser.add_argument(
+        "method", choices=["ours_csv", "ours_parquet", "job_csv", "job_parquet", "ref_parquet"]
+    )
     parser.add_argument("--rows", type=int, default=1_000_000, help="size of an existing bench database")
     args = parser.parse_args()
     env = {**os.environ, **local_stack.start()}

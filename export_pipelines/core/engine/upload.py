@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from types import TracebackType
@@ -77,7 +78,8 @@ class PartWriter(Generic[Meta]):
         `keep_on_error`: an error leaves the upload open, for a retry to continue."""
         self.sink, self.pool, self.part_size, self.max_in_flight = sink, pool, part_size, max_in_flight
         self.on_part = on_part
-        self.buffer = bytearray()
+        # A BytesIO, not a bytearray: getvalue() hands over its bytes without copying the part.
+        self.buffer = io.BytesIO()
         self.uploaded: list[UploadedPart] = list(uploaded)
         self.parts = len(self.uploaded)  # parts cut so far, uploaded or in flight
         self.bytes = sum(p.size for p in self.uploaded)
@@ -92,17 +94,17 @@ class PartWriter(Generic[Meta]):
         return self._digest.hexdigest() if self._digest is not None else None
 
     def write(self, data: bytes) -> None:
-        self.buffer += data
+        self.buffer.write(data)
 
     @property
     def part_full(self) -> bool:
         """Whether the buffer holds a whole next part."""
-        return len(self.buffer) >= part_size_for(self.parts + 1, self.part_size)
+        return self.buffer.tell() >= part_size_for(self.parts + 1, self.part_size)
 
     def cut(self, meta: Meta) -> None:
         """Upload the buffer as the next part; waits while `max_in_flight` parts are in flight."""
-        data = bytes(self.buffer)
-        self.buffer = bytearray()
+        data = self.buffer.getvalue()
+        self.buffer = io.BytesIO()
         self.parts += 1
         self.bytes += len(data)
         if self._digest is not None:
@@ -115,7 +117,7 @@ class PartWriter(Generic[Meta]):
 
     def complete(self, meta: Meta) -> None:
         """Upload what is left (a file has at least one part), wait for every part, complete."""
-        if self.buffer or self.parts == 0:
+        if self.buffer.tell() or self.parts == 0:
             self.cut(meta)
         while self._pending:
             self._finish_oldest()
