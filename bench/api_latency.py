@@ -30,6 +30,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import secrets
 import socket
 import statistics
 import subprocess
@@ -115,6 +116,17 @@ def proc_stats(pid: int) -> tuple[float, int]:
         cpu += c
         rss += r
     return cpu, int(rss)
+
+
+def per_process_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds used so far by `pid` and each process below it."""
+    out = {}
+    for p in _descendants(pid):
+        try:
+            out[p] = _one_proc_stats(p)[0]
+        except (FileNotFoundError, ProcessLookupError, StopIteration):
+            continue
+    return out
 
 
 def _one_proc_stats(pid: int) -> tuple[float, int]:
@@ -287,10 +299,15 @@ async def bench(args: argparse.Namespace, base: str, bench_url: str, pid: int) -
     await run_concurrently(args.clients, tokens[: args.warmup], create, base)
     sequential_ms, _ = await run_concurrently(1, tokens[:100], create, base)
     cpu0, _ = proc_stats(pid)
+    per_process0 = per_process_cpu(pid)
     t0 = time.perf_counter()
     post_ms, post_codes = await run_concurrently(args.clients, tokens[args.warmup :], create, base, args.rate)
     post_wall = time.perf_counter() - t0
     post_cpu = proc_stats(pid)[0] - cpu0
+    # Per process: with --workers N, how the creates' work divided over the workers.
+    post_cpu_each = sorted(
+        round(cpu - per_process0.get(p, 0.0), 2) for p, cpu in per_process_cpu(pid).items() if p != pid
+    )
     with psycopg.connect(bench_url) as conn:
         rows = conn.execute(
             "SELECT r.id::text, k.key_prefix FROM export_requests r "
@@ -391,6 +408,7 @@ async def bench(args: argparse.Namespace, base: str, bench_url: str, pid: int) -
             "codes": post_codes,
             "per_second": round(len(post_ms) / post_wall, 1),
             "server_cpu_seconds": round(post_cpu, 2),
+            "worker_cpu_seconds": post_cpu_each,
         },
         "get_status": {**percentiles(get_ms), "codes": get_codes},
         "waiting_rows": len(created),
@@ -467,6 +485,8 @@ def main() -> int:
         # The measured clients (a few requests a second each) stay under these; a churn client does not.
         "EXPORT_API_RATE_LIMIT_PER_KEY": "20/second;600/minute",
         "EXPORT_API_RATE_LIMIT_PER_TENANT": "20/second;600/minute",
+        # Several workers verify each other's stream tokens: one secret for all (serve insists).
+        "EXPORT_API_TOKEN_SECRET": os.environ.get("EXPORT_API_TOKEN_SECRET") or secrets.token_hex(32),
     }
     log = open("/tmp/export_api_bench.log", "w")  # noqa: SIM115 - the child's log, closed below
     server = subprocess.Popen(
@@ -481,6 +501,8 @@ def main() -> int:
             "warning",
             "--metrics-port",
             "0",  # no /metrics listener: its default port may be another server's
+            "--workers",
+            str(args.workers),
         ],
         env=env,
         stdout=log,

@@ -8,12 +8,13 @@ create, cancel and delete, so create+cancel churn cannot flood the queue, the ta
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from limits import RateLimitItem, parse_many
-from limits.storage import storage_from_string
+from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from export_pipelines.api.auth import Principal
@@ -24,6 +25,7 @@ DEFAULT_PER_KEY = "5/second;60/minute"
 DEFAULT_PER_TENANT = "10/second;120/minute"
 DEFAULT_STORAGE_URL = "memory://"
 NAMESPACE = "export-api"
+EXPIRY_SWEEP_SECONDS = 1.0
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -49,10 +51,11 @@ class RateLimits:
     ) -> None:
         self.per_key = parse_limits("EXPORT_API_RATE_LIMIT_PER_KEY", per_key)
         self.per_tenant = parse_limits("EXPORT_API_RATE_LIMIT_PER_TENANT", per_tenant)
-        self.limiter = MovingWindowRateLimiter(storage_from_string(storage_url))
         # In this process's memory: a check costs no I/O, so the gate below may make it on the
         # event loop itself.
         self.in_memory = storage_url.startswith("memory://")
+        storage = SweptMemoryStorage() if self.in_memory else storage_from_string(storage_url)
+        self.limiter = MovingWindowRateLimiter(storage)
 
     def check_presented(self, token: str) -> None:
         """429 before the key is looked up when the key presented is already over its limit.
@@ -87,6 +90,21 @@ class RateLimits:
                 f"{item}; retry in {retry} s",
                 headers={"Retry-After": str(retry)},
             )
+
+
+class SweptMemoryStorage(MemoryStorage):
+    """`limits`' in-memory storage, dropping expired windows once a second instead of 100 times.
+
+    The stock storage starts a new timer thread 10 ms after any hit while requests keep coming: at a
+    few hundred requests a second that is ~100 threads a second, each taking the GIL from the
+    request threads. Limits are still exact: a window is judged by its entries' timestamps, and the
+    sweep only frees memory."""
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # the base class's private hook
+        if not self.timer.is_alive():
+            self.timer = threading.Timer(EXPIRY_SWEEP_SECONDS, self._MemoryStorage__expire_events)
+            self.timer.daemon = True
+            self.timer.start()
 
 
 class OverLimitGate:

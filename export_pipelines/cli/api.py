@@ -49,7 +49,7 @@ def serve_api(args: argparse.Namespace, metrics_dir: str | None) -> int:
     from export_pipelines.api.app import create_app
     from export_pipelines.api.auth import configure_request_log
     from export_pipelines.api.metrics import serve_metrics
-    from export_pipelines.api.server import uvicorn_options
+    from export_pipelines.api.server import run_workers, uvicorn_options
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     configure_request_log()
@@ -93,13 +93,24 @@ def serve_api(args: argparse.Namespace, metrics_dir: str | None) -> int:
             # A worker that has not answered uvicorn's health check within its timeout is killed and
             # started again; on a busy host a fresh worker's start (spawn, imports) takes longer than
             # uvicorn's 5 s default, and the workers would be restarted in a loop.
-            uvicorn.run(
-                "export_pipelines.api.app:app_from_env",
-                factory=True,
-                workers=args.workers,
-                timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
-                **common,
-            )
+            # Each worker listens on a socket of its own, so connections spread over the workers.
+            try:
+                run_workers(
+                    uvicorn.Config(
+                        "export_pipelines.api.app:app_from_env",
+                        factory=True,
+                        workers=args.workers,
+                        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
+                        **common,
+                    )
+                )
+            except OSError as exc:
+                print(
+                    f"export-pipelines serve: cannot listen on {args.host}:{args.port} ({exc.strerror}); "
+                    "choose another --port",
+                    file=sys.stderr,
+                )
+                return 2
         else:
             uvicorn.run(app, **common)
     finally:

@@ -1,5 +1,5 @@
 """The API holds against hostile and broken clients (docs/security.md), through the real server:
-`export-pipelines serve` in a process of its own (uvicorn, h11), on the test database, with S3 behind
+`export-pipelines serve` in a process of its own (uvicorn, httptools with a head limit), on the test database, with S3 behind
 a fault-injecting proxy so a test can make it hang."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import select
 import socket
 import subprocess
@@ -72,7 +73,17 @@ def server(stack_env, source_url, bucket, tmp_path_factory) -> Iterator[Server]:
         }
         with open(log, "w") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "export_pipelines.cli", "serve", "--port", str(port)],
+                # No /metrics listener: its default port may be taken by an API the demo left running.
+                [
+                    sys.executable,
+                    "-m",
+                    "export_pipelines.cli",
+                    "serve",
+                    "--port",
+                    str(port),
+                    "--metrics-port",
+                    "0",
+                ],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -167,6 +178,32 @@ def test_an_oversized_header_answers_431_while_other_clients_are_served(server, 
     # Refused near the limit, not after reading all 4 MB (the socket buffers hold a little).
     assert all(sent < big for _, sent in results), results
     assert worst < 5.0, f"/healthz waited {worst:.1f} s behind the oversized headers"
+
+
+def test_heads_up_to_the_limit_are_served_on_one_connection_and_the_next_one_over_it_is_refused(server):
+    """The head limit counts each request of a keep-alive connection on its own: several requests
+    sent in one write, each head just under the limit, are all answered; the next head on the same
+    connection, over the limit, is answered 431 and the connection closed."""
+
+    def head(size: int) -> bytes:
+        start = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: "
+        return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+    under, over = head(MAX_HEADER - 512), head(MAX_HEADER + 4096)
+    assert len(under) < MAX_HEADER < len(over)
+    with socket.create_connection((server.host, server.port), timeout=20) as sock:
+        sock.sendall(under * 3)  # pipelined: three requests in one write
+        answers = b""
+        while answers.count(b"HTTP/1.1 ") < 3 or not answers.endswith(b"}"):
+            got = sock.recv(65536)
+            assert got, answers
+            answers += got
+        assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answers) == [b"200", b"200", b"200"]
+        sock.sendall(over)
+        refusal = b""
+        while got := sock.recv(65536):
+            refusal += got
+    assert refusal.startswith(b"HTTP/1.1 431 "), refusal[:200]
 
 
 def test_a_body_over_the_limit_answers_413_before_it_is_read(server, source_url):
