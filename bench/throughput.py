@@ -47,6 +47,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -273,8 +274,50 @@ def max_overlap(rows: list[Any]) -> int:
     return most
 
 
-def scenario_2(store: RequestStore, count: int, timeout: float) -> dict[str, Any]:
+# Where a request's time goes, from the request row and the run's Dagster events (in order).
+STAGES = [
+    ("row -> run created (submitter)", "created", "run_created"),
+    ("run created -> launched (run queue)", "run_created", "RUN_STARTING"),
+    ("launched -> run process started (spawn, imports, code location)", "RUN_STARTING", "RUN_START"),
+    ("run started -> row succeeded (4 steps)", "RUN_START", "completed"),
+    ("row succeeded -> run success event", "completed", "RUN_SUCCESS"),
+]
+
+
+def timeline(dagster_url: str, row: Any) -> dict[str, float]:
+    """Seconds since the request row was created at which each mark was reached."""
+    with psycopg.connect(dagster_url, autocommit=True) as conn:
+        created = conn.execute("SELECT create_timestamp FROM runs WHERE run_id = %s", [row.run_id]).fetchone()
+        events = conn.execute(
+            "SELECT dagster_event_type, timestamp FROM event_logs WHERE run_id = %s "
+            "AND dagster_event_type IN ('PIPELINE_STARTING', 'PIPELINE_START', 'PIPELINE_SUCCESS')",
+            [row.run_id],
+        ).fetchall()
+    base = row.created_at.timestamp()
+
+    def utc(naive: Any) -> float:  # Dagster stores naive UTC timestamps
+        return naive.replace(tzinfo=UTC).timestamp() - base
+
+    marks = {"created": 0.0, "completed": row.completed_at.timestamp() - base}
+    if created:
+        marks["run_created"] = utc(created[0])
+    for kind, at in events:
+        marks[kind.replace("PIPELINE_", "RUN_")] = utc(at)
+    return marks
+
+
+def stage_medians(timelines: list[dict[str, float]]) -> dict[str, float]:
+    out = {}
+    for name, start, end in STAGES:
+        spans = [t[end] - t[start] for t in timelines if start in t and end in t]
+        if spans:
+            out[name] = round(statistics.median(spans), 3)
+    return out
+
+
+def scenario_2(store: RequestStore, count: int, timeout: float, dagster_url: str) -> dict[str, Any]:
     latencies: list[float] = []
+    timelines: list[dict[str, float]] = []
     failures = 0
     for _ in range(count):
         time.sleep(1.0)  # idle between requests: the previous run has finished
@@ -293,6 +336,8 @@ def scenario_2(store: RequestStore, count: int, timeout: float) -> dict[str, Any
             continue
         latencies.append(time.monotonic() - start)
         rows = row.rows_exported
+        if row.run_id:
+            timelines.append(timeline(dagster_url, row))
     lat = sorted(latencies)
     return {
         "requests": count,
@@ -303,6 +348,7 @@ def scenario_2(store: RequestStore, count: int, timeout: float) -> dict[str, Any
         "min": round(lat[0], 2) if lat else None,
         "max": round(lat[-1], 2) if lat else None,
         "all": [round(x, 2) for x in latencies],
+        "stages_median_s": stage_medians(timelines),
     }
 
 
@@ -461,7 +507,8 @@ def run_mode(
                     e.update(scenario_1(mode, store, args.cap_a if name == "A" else args.timeout))
             if "2" in scenarios:
                 with measured(results, "s2_request_to_link") as e:
-                    e.update(scenario_2(store, args.seq_a if name == "A" else args.seq, 120))
+                    seq = args.seq_a if name == "A" else args.seq
+                    e.update(scenario_2(store, seq, 120, mode.env["DAGSTER_POSTGRES_URL"]))
             if "3" in scenarios and name == "B":
                 with measured(results, "s3_worker_rss") as e:
                     e.update(scenario_3(mode, store, 100, 10, 180))
