@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).parent))
 import api_latency  # the bench's database, client and process helpers
 
@@ -84,7 +82,6 @@ def main() -> int:
     if not source:
         sys.exit("set SOURCE_DATABASE_URL (source scripts/env.sh)")
     url = api_latency.bench_database(source)
-    port = api_latency.free_port()
     env = {
         **os.environ,
         "SOURCE_DATABASE_URL": url,
@@ -92,31 +89,10 @@ def main() -> int:
         "EXPORT_API_RATE_LIMIT_PER_TENANT": "100000/second",
         "EXPORT_API_TOKEN_SECRET": os.environ.get("EXPORT_API_TOKEN_SECRET") or "api-cpu-bench-" + "s" * 32,
     }
-    log = Path("/tmp/export_api_cpu_bench.log")
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "export_pipelines.cli", "serve", "--port", str(port),
-             "--log-level", "warning", "--metrics-port", "0", "--workers", str(args.workers)],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                sys.exit(f"the API server did not start; see {log}")
-            time.sleep(0.1)
+    with api_latency.running_api(env, args.workers, "/tmp/export_api_cpu_bench.log") as (base, server):
         with ApiKeyStore(url) as keys:
             tokens = [keys.create(f"bench-{i:05d}", "bench")[0] for i in range(args.clients)]
         rows = asyncio.run(measure(base, server.pid, tokens, args))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(
         json.dumps(

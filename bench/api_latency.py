@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -36,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -45,6 +47,7 @@ from export_pipelines.core.requests.api_keys import ApiKeyStore
 from export_pipelines.core.storage.migrations import migrate
 
 BENCH_DB = "exports_bench_api"
+LOG = "/tmp/export_api_bench.log"
 
 
 def _with_db(url: str, db: str) -> str:
@@ -63,6 +66,36 @@ def bench_database(url: str) -> str:
         keys.execute("TRUNCATE export_api_keys")
         keys.execute("TRUNCATE export_requests")
     return bench_url
+
+
+@contextlib.contextmanager
+def running_api(env: dict[str, str], workers: int, log_path: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`export-pipelines serve` on a free port, once it answers /healthz; (base URL, process). Stopped
+    at the end; its output (the request log) goes to `log_path`."""
+    port = free_port()
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "export_pipelines.cli", "serve", "--port", str(port),
+             "--log-level", "warning", "--workers", str(workers),
+             "--metrics-port", "0"],  # no /metrics listener: its default port may be another server's
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 180  # a loaded machine starts the server slowly
+            while True:
+                try:
+                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline or server.poll() is not None:
+                    sys.exit(f"the API server did not start; see {log_path}")
+                time.sleep(0.1)
+            yield base, server
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
 
 
 def free_port() -> int:
@@ -478,7 +511,6 @@ def main() -> int:
     if not source or not os.environ.get("EXPORT_BUCKET"):
         sys.exit("set SOURCE_DATABASE_URL and EXPORT_BUCKET (source scripts/env.sh)")
     bench_url = bench_database(source)
-    port = free_port()
     env = {
         **os.environ,
         "SOURCE_DATABASE_URL": bench_url,
@@ -488,46 +520,11 @@ def main() -> int:
         # Several workers verify each other's stream tokens: one secret for all (serve insists).
         "EXPORT_API_TOKEN_SECRET": os.environ.get("EXPORT_API_TOKEN_SECRET") or secrets.token_hex(32),
     }
-    log = open("/tmp/export_api_bench.log", "w")  # noqa: SIM115 - the child's log, closed below
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "export_pipelines.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--metrics-port",
-            "0",  # no /metrics listener: its default port may be another server's
-            "--workers",
-            str(args.workers),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180  # a loaded machine starts the server slowly
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                sys.exit("the API server did not start; see /tmp/export_api_bench.log")
-            time.sleep(0.1)
+    with running_api(env, args.workers, LOG) as (base, server):
         result = asyncio.run(bench(args, base, bench_url, server.pid))
-    finally:
-        server.terminate()
-        server.wait(timeout=15)
-        log.close()
     # The server's own view (the request log: from the request's arrival in the app to its last
     # byte), without the client's share of the two cores.
-    result["server_side"] = server_side_latency("/tmp/export_api_bench.log", args.warmup + 100)
+    result["server_side"] = server_side_latency(LOG, args.warmup + 100)
     result["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     result["nproc"] = os.cpu_count()
     result["workers"] = args.workers
