@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from export_pipelines.api.rate_limits import RateLimits
 from export_pipelines.api.status import status_document
 from export_pipelines.api.stream_tokens import token_secret
 from export_pipelines.core.errors import Rejected
+from export_pipelines.core.requests.api_keys import hash_token
 from export_pipelines.core.requests.catalog import Catalog, load_catalog
 from export_pipelines.core.requests.queue import RequestQueue
 from export_pipelines.core.requests.request_reads import RequestReads
@@ -36,6 +38,8 @@ DEFAULT_LINK_HOURS = 24
 S3_SLOT_WAIT_SECONDS = 1.0
 # Queue positions are read for every waiting row at most this often and shared by all status reads.
 POSITIONS_SECONDS = 1.0
+# Keys (by hash) this process admitted lately, newest last: at most this many are remembered.
+RECENT_KEYS = 10_000
 
 
 class Loaded(NamedTuple):
@@ -66,6 +70,8 @@ class ExportApi:
         self._positions_lock = threading.Lock()
         self._s3: Any = None
         self._s3_slots = threading.BoundedSemaphore(settings.api_s3_max_concurrent)
+        self._recent_keys: OrderedDict[str, None] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     @property
     def s3(self) -> Any:
@@ -104,8 +110,25 @@ class ExportApi:
         call), the key itself (401), then the key's and tenant's limits (429), counted."""
         self.rate_limits.check_presented(principal.token)
         with self.pool.connection() as conn:
-            principal.resolve(conn)
+            self.admit_on(conn, principal)
+
+    def admit_on(self, conn: Any, principal: Principal) -> None:
+        """`admit` on a connection the caller holds (its first check aside)."""
+        principal.resolve(conn)
         self.rate_limits.check(principal)
+        with self._recent_lock:
+            key = hash_token(principal.token)
+            self._recent_keys[key] = None
+            self._recent_keys.move_to_end(key)
+            if len(self._recent_keys) > RECENT_KEYS:
+                self._recent_keys.popitem(last=False)
+
+    def recently_admitted(self, token: str) -> bool:
+        """True when this process admitted `token` lately: a route may then read its (size-bounded)
+        body before the key's database check, which it still makes before any write. A key nobody
+        here has seen, or a garbage one, is still checked before its body is read."""
+        with self._recent_lock:
+            return hash_token(token) in self._recent_keys
 
     # -- reads --
 

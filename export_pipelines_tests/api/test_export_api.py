@@ -118,6 +118,25 @@ def test_authentication(client, source_url):
     assert client.get("/v1/exports", headers=auth(token)).status_code == 401
 
 
+def test_a_key_revoked_after_it_created_exports_creates_nothing_more(client, source_url, db):
+    """A key the server has just admitted takes the one-call path (its body read first); the key is
+    still looked up before the insert, so a revocation in between is answered 401 and writes no row."""
+    from export_pipelines.core.requests.api_keys import ApiKeyStore
+
+    tenant = fresh_tenant()
+    body = {"resource": "orders", "format": "csv"}
+    with ApiKeyStore(source_url) as keys:
+        token, key = keys.create(tenant, "app")
+        for _ in range(2):  # the second create is one of a key admitted lately
+            assert client.post("/v1/exports", headers=auth(token), json=body).status_code == 202
+        assert keys.revoke(key.key_prefix) == 1
+    refused = client.post("/v1/exports", headers=auth(token), json=body)
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["error"]["code"] == "unauthenticated"
+    rows = db.execute("SELECT count(*) AS n FROM export_requests WHERE tenant_id = %s", [tenant]).fetchone()
+    assert rows["n"] == 2
+
+
 def test_create_then_status_etag_and_304(client, tenant_key):
     tenant, token = tenant_key
     body = {

@@ -67,14 +67,25 @@ def router(api: ExportApi) -> APIRouter:
     ) -> JSONResponse:
         """Request an export. Answers at once (202) with the export's status document; the request
         sensor launches the run."""
-        # The key and the rate limits first: an unknown key or a client over its limit is answered
-        # before its body is read (a body is bounded by the server's body limit either way).
+        if api.recently_admitted(who.token):
+            # A key admitted here lately (an app creating exports): its body first, then the key,
+            # the limits and the insert in one worker-thread call on one connection. The key is
+            # still looked up before anything is written: one revoked since is answered 401.
+            raw = await request.body()
+            return await run_in_threadpool(_admit_and_create, who, raw, idempotency_key)
+        # Any other key and the rate limits first: an unknown key or a client over its limit is
+        # answered before its body is read (a body is bounded by the server's body limit either way).
         await run_in_threadpool(api.admit, who)
         raw = await request.body()
         return await run_in_threadpool(_create, who, raw, idempotency_key)
 
     def _create(who: Principal, raw: bytes, idempotency_key: str | None) -> JSONResponse:
         with api.pool.connection() as conn:
+            return _create_on(conn, who, raw, idempotency_key)
+
+    def _admit_and_create(who: Principal, raw: bytes, idempotency_key: str | None) -> JSONResponse:
+        with api.pool.connection() as conn:
+            api.admit_on(conn, who)
             return _create_on(conn, who, raw, idempotency_key)
 
     def _create_on(
