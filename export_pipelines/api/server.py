@@ -22,6 +22,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import multiprocess
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
+from export_pipelines.api.errors import error_body
+
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_MAX_BODY_BYTES = 128 * 1024
 
@@ -34,12 +36,7 @@ Send = Callable[[Message], Awaitable[None]]
 def head_too_large_response() -> bytes:
     """The whole 431 answer (then the connection is closed): JSON, like every other refusal."""
     body = json.dumps(
-        {
-            "error": {
-                "code": "headers_too_large",
-                "message": "the request line and headers are over the server's limit",
-            }
-        }
+        error_body("headers_too_large", "the request line and headers are over the server's limit")
     ).encode()
     head = (
         b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
@@ -144,13 +141,7 @@ class BodyLimit:
 
     async def _refuse(self, send: Send) -> None:
         body = json.dumps(
-            {
-                "error": {
-                    "code": "body_too_large",
-                    "message": f"the request body is over {self.max_bytes} bytes",
-                    "field": "body",
-                }
-            }
+            error_body("body_too_large", f"the request body is over {self.max_bytes} bytes", "body")
         ).encode()
         await send(
             {
